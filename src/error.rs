@@ -1,0 +1,172 @@
+//! The crate's one error type and the errno each kind maps to.
+
+use std::fmt;
+use std::io;
+
+use crate::units::{Sector, SectorCount};
+
+/// Errors from parsing tables, building targets and doing I/O.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Malformed table text or target arguments (kernel: ctr fails with EINVAL, `ti->error` set).
+    /// `line` counts from 1 in the input text; `token` counts whitespace-separated words from 1
+    /// on that line (1 = start, 2 = length, 3 = type, 4.. = target arguments).
+    #[error("{}", TableErrorDisplay(self))]
+    Table {
+        /// 1-based line in the input.
+        line: usize,
+        /// 1-based token on that line and its text, when one token is at fault.
+        token: Option<(usize, String)>,
+        /// What is wrong, in the kernel's words where it has them.
+        reason: String,
+    },
+    /// A bad argument outside table text (CLI values, library calls).
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// Which argument.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// I/O outside the volume (kernel: bio beyond capacity, EIO).
+    #[error("sectors [{sector}, +{count}) outside a volume of {size} sectors")]
+    OutOfRange {
+        /// First sector of the request.
+        sector: Sector,
+        /// Length of the request.
+        count: SectorCount,
+        /// Size of the volume.
+        size: SectorCount,
+    },
+    /// Buffer not a whole number of sectors, or of the target's block size (EINVAL).
+    #[error("buffer of {len} bytes is not a whole number of 512-byte sectors")]
+    Misaligned {
+        /// The offending length in bytes.
+        len: usize,
+    },
+    /// A lower device failed; the source is kept (EIO to our caller).
+    #[error("I/O error on {device}")]
+    Io {
+        /// The device or file.
+        device: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The target fails this I/O by design: the error target, flakey's down phase, a verity
+    /// mismatch, an invalidated snapshot (EIO).
+    #[error("{target}: {reason}")]
+    TargetFailed {
+        /// Target type name.
+        target: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// No free data blocks (ENOSPC).
+    #[error("{target}: out of data space")]
+    NoSpace {
+        /// Target type name.
+        target: &'static str,
+    },
+    /// Write refused because the device or table is read-only (EROFS at load, EIO for I/O).
+    #[error("{target} is read-only")]
+    ReadOnly {
+        /// Device or target name.
+        target: String,
+    },
+    /// On-disk data is damaged or not what it claims to be (bad magic, checksum, structure).
+    #[error("corrupt {what} at offset {offset}: {detail}")]
+    Corrupt {
+        /// Which structure or field.
+        what: &'static str,
+        /// Byte offset in the image where it was found.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Operation the target does not implement (EOPNOTSUPP).
+    #[error("{op} is not supported by {target}")]
+    Unsupported {
+        /// Target type or volume kind.
+        target: &'static str,
+        /// The operation.
+        op: &'static str,
+    },
+    /// A device reference that no file, mapping or defined device satisfies (ENODEV).
+    #[error("unknown device {0:?}")]
+    NoDevice(String),
+}
+
+struct TableErrorDisplay<'a>(&'a Error);
+
+impl fmt::Display for TableErrorDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Error::Table {
+            line,
+            token,
+            reason,
+        } = self.0
+        else {
+            return Ok(());
+        };
+        write!(f, "line {line}: ")?;
+        if let Some((n, text)) = token {
+            write!(f, "token {n} {text:?}: ")?;
+        }
+        f.write_str(reason)
+    }
+}
+
+/// errno values used by [`Error::errno`].
+pub mod errno {
+    /// I/O error.
+    pub const EIO: i32 = 5;
+    /// No such device.
+    pub const ENODEV: i32 = 19;
+    /// Invalid argument.
+    pub const EINVAL: i32 = 22;
+    /// No space left on device.
+    pub const ENOSPC: i32 = 28;
+    /// Read-only file system.
+    pub const EROFS: i32 = 30;
+    /// Operation not supported.
+    pub const EOPNOTSUPP: i32 = 95;
+}
+
+impl Error {
+    /// The errno the kernel would complete this request or ioctl with.
+    #[must_use]
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Table { .. }
+            | Error::InvalidArgument { .. }
+            | Error::Misaligned { .. }
+            | Error::Corrupt { .. } => errno::EINVAL,
+            Error::OutOfRange { .. } | Error::TargetFailed { .. } | Error::Io { .. } => errno::EIO,
+            Error::NoSpace { .. } => errno::ENOSPC,
+            Error::ReadOnly { .. } => errno::EROFS,
+            Error::Unsupported { .. } => errno::EOPNOTSUPP,
+            Error::NoDevice(_) => errno::ENODEV,
+        }
+    }
+
+    /// `map_err` helper that names the device: `.map_err(Error::io(&path))`.
+    pub fn io(device: &impl fmt::Display) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| Error::Io {
+            device: device.to_string(),
+            source,
+        }
+    }
+
+    /// An `InvalidArgument` error.
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

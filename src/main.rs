@@ -1,0 +1,4 @@
+//! The `dmemu` command.
+fn main() {
+    std::process::exit(dmemu::cli::run());
+}

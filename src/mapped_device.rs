@@ -1,0 +1,232 @@
+//! `MappedDevice`: a live table as one `Volume`. A request is routed to the line holding its
+//! first sector by binary search and split where it crosses into the next line.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::table::{Table, TableMode};
+use crate::targets::{Keys, Target};
+use crate::units::{Sector, SectorCount};
+use crate::volume::{check_io, check_range, Volume};
+
+/// A constructed line: where it sits and the target serving it.
+pub struct Segment {
+    /// First sector on the mapped device.
+    pub start: Sector,
+    /// Length in sectors.
+    pub len: SectorCount,
+    /// The target, addressed from 0 within the segment.
+    pub target: Arc<dyn Target>,
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("start", &self.start)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A mapped device: a name, a table and its constructed targets.
+#[derive(Debug)]
+pub struct MappedDevice {
+    name: String,
+    table: Table,
+    mode: TableMode,
+    /// Segment start sectors, kept apart from `segments` so the binary search touches one
+    /// dense array.
+    starts: Vec<u64>,
+    segments: Vec<Segment>,
+    size: SectorCount,
+}
+
+impl MappedDevice {
+    /// Construct every target of `table` (the kernel's table load), resolving devices through
+    /// `registry`.
+    pub fn new(
+        name: &str,
+        table: Table,
+        mode: TableMode,
+        registry: &Registry,
+    ) -> Result<MappedDevice> {
+        table.validate()?;
+        table.check_mode(mode)?;
+        let mut segments = Vec::with_capacity(table.lines.len());
+        for (i, line) in table.lines.iter().enumerate() {
+            let target = line
+                .spec
+                .build(line.len, registry)
+                .map_err(|e| Error::Table {
+                    line: i + 1,
+                    token: None,
+                    reason: format!("{} target: {e}", line.spec.target_type()),
+                })?;
+            segments.push(Segment {
+                start: line.start,
+                len: line.len,
+                target,
+            });
+        }
+        Ok(MappedDevice::from_segments(name, table, mode, segments))
+    }
+
+    /// Assemble a device from already-built segments (they must tile `table`).
+    #[must_use]
+    pub fn from_segments(
+        name: &str,
+        table: Table,
+        mode: TableMode,
+        segments: Vec<Segment>,
+    ) -> MappedDevice {
+        let size = table.size();
+        MappedDevice {
+            name: name.to_string(),
+            starts: segments.iter().map(|s| s.start.0).collect(),
+            segments,
+            table,
+            mode,
+            size,
+        }
+    }
+
+    /// The device name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The table it was loaded with.
+    #[must_use]
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// The constructed segments, in order.
+    #[must_use]
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Index of the segment holding `sector` (which must be below `size`).
+    #[must_use]
+    pub fn segment_index(&self, sector: Sector) -> usize {
+        self.starts.partition_point(|&s| s <= sector.0) - 1
+    }
+
+    /// `dmsetup table`: canonical lines.
+    #[must_use]
+    pub fn table_text(&self, keys: Keys) -> String {
+        self.table.to_text(keys)
+    }
+
+    /// `dmsetup status`: `<start> <len> <type> <info>` per line.
+    #[must_use]
+    pub fn status_text(&self) -> String {
+        let mut s = String::new();
+        for (line, seg) in self.table.lines.iter().zip(&self.segments) {
+            s.push_str(&format!(
+                "{} {} {} {}\n",
+                line.start,
+                line.len,
+                line.spec.target_type(),
+                seg.target.status()
+            ));
+        }
+        s
+    }
+
+    /// `dmsetup message <dev> <sector> <words>`: deliver to the target covering `sector`.
+    pub fn message(&self, sector: Sector, argv: &[&str]) -> Result<String> {
+        check_range(self.size, sector, SectorCount(1))?;
+        let seg = &self.segments[self.segment_index(sector)];
+        seg.target.message(argv)
+    }
+
+    fn writable(&self) -> Result<()> {
+        match self.mode {
+            TableMode::ReadWrite => Ok(()),
+            TableMode::ReadOnly => Err(Error::ReadOnly {
+                target: self.name.clone(),
+            }),
+        }
+    }
+
+    /// Call `op(segment, sector within segment, byte range of the request)` for each piece
+    /// of `[sector, sector + count)`.
+    fn for_pieces(
+        &self,
+        sector: Sector,
+        count: SectorCount,
+        mut op: impl FnMut(&Segment, Sector, SectorCount, usize) -> Result<()>,
+    ) -> Result<()> {
+        let mut at = sector;
+        let end = sector + count;
+        let mut done = 0usize;
+        let mut i = self.segment_index(sector);
+        while at < end {
+            let seg = &self.segments[i];
+            let seg_end = seg.start + seg.len;
+            let piece = SectorCount(end.0.min(seg_end.0) - at.0);
+            op(seg, Sector(at.0 - seg.start.0), piece, done)?;
+            done += piece.usize_bytes()?;
+            at += piece;
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Volume for MappedDevice {
+    fn size(&self) -> SectorCount {
+        self.size
+    }
+
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        if count.0 == 0 {
+            return Ok(());
+        }
+        let seg = &self.segments[self.segment_index(sector)];
+        let rel = Sector(sector.0 - seg.start.0);
+        if rel.0 + count.0 <= seg.len.0 {
+            return seg.target.read(rel, buf);
+        }
+        self.for_pieces(sector, count, |seg, rel, len, done| {
+            let end = done + len.usize_bytes()?;
+            seg.target.read(rel, &mut buf[done..end])
+        })
+    }
+
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.writable()?;
+        if count.0 == 0 {
+            return Ok(());
+        }
+        self.for_pieces(sector, count, |seg, rel, len, done| {
+            let end = done + len.usize_bytes()?;
+            seg.target.write(rel, &buf[done..end])
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        for seg in &self.segments {
+            seg.target.flush()?;
+        }
+        Ok(())
+    }
+
+    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        self.writable()?;
+        if count.0 == 0 {
+            return Ok(());
+        }
+        self.for_pieces(sector, count, |seg, rel, len, _| {
+            seg.target.discard(rel, len)
+        })
+    }
+}

@@ -1,0 +1,402 @@
+//! Several devices in one string: `dmsetup create --concise` and the kernel's
+//! `dm-mod.create=` boot parameter.
+//!
+//! Concise: `<name>,<uuid>,<minor>,<ro|rw|>,<line>[,<line>...][;<next device>...]`, where a
+//! backslash escapes the next character (`\,` `\;` `\\`) and is removed
+//! (lvm2 dmsetup.c `_create_concise`). Boot: the same fields without escapes, fields trimmed,
+//! numbers in any base `kstrtoull(s, 0)` takes, only the targets dm-init.c allows, at most
+//! 256 devices of 256 lines each in at most 4095 bytes (drivers/md/dm-init.c).
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::targets::Keys;
+use crate::units::{Sector, SectorCount};
+
+use super::{parse::parse_line_params, parse_table, Table, TableLine, TableMode};
+
+/// One device of a multi-device spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// Device name (what other lines may refer to, also as `/dev/mapper/<name>`).
+    pub name: String,
+    /// UUID, possibly empty.
+    pub uuid: String,
+    /// Requested minor number, if any.
+    pub minor: Option<u64>,
+    /// Read-only or read-write.
+    pub mode: TableMode,
+    /// The table.
+    pub table: Table,
+}
+
+fn concise_error(device: usize, reason: impl Into<String>) -> Error {
+    Error::Table {
+        line: device,
+        token: None,
+        reason: format!("concise device {device}: {}", reason.into()),
+    }
+}
+
+/// Parse `dmsetup create --concise` text.
+pub fn parse_concise(text: &str) -> Result<Vec<DeviceSpec>> {
+    let mut devices = Vec::new();
+    let mut fields: Vec<String> = vec![String::new()];
+    let mut chars = text.chars().peekable();
+    let finish = |fields: &mut Vec<String>, devices: &mut Vec<DeviceSpec>| -> Result<()> {
+        let n = devices.len() + 1;
+        if fields.len() != 5 {
+            return Err(concise_error(
+                n,
+                format!(
+                    "five comma-separated fields are required for each device, found {}",
+                    fields.len()
+                ),
+            ));
+        }
+        let table = std::mem::take(&mut fields[4]);
+        let flags = fields[3].as_str();
+        let mode = match flags {
+            "ro" => TableMode::ReadOnly,
+            "rw" | "" => TableMode::ReadWrite,
+            other => {
+                return Err(concise_error(
+                    n,
+                    format!("Invalid flags parameter '{other}' must be 'ro' or 'rw' or empty."),
+                ))
+            }
+        };
+        let minor = if fields[2].is_empty() {
+            None
+        } else {
+            Some(
+                fields[2]
+                    .parse::<u64>()
+                    .map_err(|_| concise_error(n, format!("invalid minor '{}'", fields[2])))?,
+            )
+        };
+        let name = std::mem::take(&mut fields[0]);
+        if name.is_empty() {
+            return Err(concise_error(n, "empty device name"));
+        }
+        let table = parse_table(table.as_bytes()).map_err(|e| in_device(e, &name))?;
+        devices.push(DeviceSpec {
+            name,
+            uuid: std::mem::take(&mut fields[1]),
+            minor,
+            mode,
+            table,
+        });
+        *fields = vec![String::new()];
+        Ok(())
+    };
+    while let Some(c) = chars.next() {
+        let cur = fields.len() - 1;
+        match c {
+            '\\' => match chars.next() {
+                Some(next) => fields[cur].push(next),
+                None => {
+                    return Err(concise_error(
+                        devices.len() + 1,
+                        "Backslash must be followed by another character at end of string.",
+                    ))
+                }
+            },
+            ',' if fields.len() < 5 => {
+                fields.push(String::new());
+                while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+                    chars.next();
+                }
+            }
+            ',' => fields[cur].push('\n'),
+            ';' => {
+                finish(&mut fields, &mut devices)?;
+                while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+                    chars.next();
+                }
+            }
+            c => fields[cur].push(c),
+        }
+    }
+    if fields.len() > 1 || !fields[0].is_empty() {
+        finish(&mut fields, &mut devices)?;
+    }
+    if devices.is_empty() {
+        return Err(concise_error(1, "no devices given"));
+    }
+    check_unique(&devices)?;
+    Ok(devices)
+}
+
+fn in_device(e: Error, name: &str) -> Error {
+    match e {
+        Error::Table {
+            line,
+            token,
+            reason,
+        } => Error::Table {
+            line,
+            token,
+            reason: format!("device {name}: {reason}"),
+        },
+        other => other,
+    }
+}
+
+fn check_unique(devices: &[DeviceSpec]) -> Result<()> {
+    for (i, d) in devices.iter().enumerate() {
+        if devices[..i].iter().any(|o| o.name == d.name) {
+            return Err(concise_error(
+                i + 1,
+                format!("device name '{}' used twice", d.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Escape a concise field: backslash before `,` `;` and `\`.
+fn escape_concise(s: &str, out: &mut String) {
+    for c in s.chars() {
+        if matches!(c, ',' | ';' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// Print devices in concise form (keys hidden unless `keys` is `Shown`).
+#[must_use]
+pub fn format_concise(devices: &[DeviceSpec], keys: Keys) -> String {
+    let mut out = String::new();
+    for (i, d) in devices.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        escape_concise(&d.name, &mut out);
+        out.push(',');
+        escape_concise(&d.uuid, &mut out);
+        out.push(',');
+        if let Some(m) = d.minor {
+            out.push_str(&m.to_string());
+        }
+        out.push(',');
+        out.push_str(match d.mode {
+            TableMode::ReadOnly => "ro",
+            TableMode::ReadWrite => "rw",
+        });
+        for l in &d.table.lines {
+            out.push(',');
+            escape_concise(&l.to_text(keys), &mut out);
+        }
+    }
+    out
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_concise(std::slice::from_ref(self), Keys::Hidden))
+    }
+}
+
+/// Targets `dm-mod.create=` may use (dm-init.c `dm_allowed_targets`).
+pub const BOOT_TARGETS: &[&str] = &[
+    "crypt",
+    "delay",
+    "linear",
+    "snapshot-origin",
+    "striped",
+    "verity",
+];
+const BOOT_MAX_DEVICES: usize = 256;
+const BOOT_MAX_TARGETS: usize = 256;
+const BOOT_MAX_STR: usize = 4096;
+
+/// `kstrtoull(s, 0)`: decimal, `0x` hex or leading-`0` octal, optional `+`, optional `\n`.
+fn kstrtoull_auto(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('\n').unwrap_or(s);
+    let s = s.strip_prefix('+').unwrap_or(s);
+    let (digits, radix) = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        (h, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        (&s[1..], 8)
+    } else {
+        (s, 10)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+/// Parse a `dm-mod.create=` value.
+pub fn parse_boot(text: &str) -> Result<Vec<DeviceSpec>> {
+    if text.len() >= BOOT_MAX_STR {
+        return Err(concise_error(
+            1,
+            format!("Argument is too big. Limit is {BOOT_MAX_STR}"),
+        ));
+    }
+    let trim = |s: &str| {
+        s.trim_matches(|c: char| c.is_ascii_whitespace())
+            .to_string()
+    };
+    let mut devices = Vec::new();
+    for (d, dev_text) in text.split(';').enumerate() {
+        let n = d + 1;
+        if n > BOOT_MAX_DEVICES {
+            return Err(concise_error(
+                n,
+                format!("too many devices {n} > {BOOT_MAX_DEVICES}"),
+            ));
+        }
+        let mut parts = dev_text.splitn(5, ',');
+        let mut next = |what: &str| {
+            parts
+                .next()
+                .map(trim)
+                .ok_or_else(|| concise_error(n, format!("missing {what} field")))
+        };
+        let name = next("name")?;
+        let uuid = next("uuid")?;
+        let minor = next("minor")?;
+        let flags = next("flags")?;
+        let table_text = next("table")?;
+        let minor = if minor.is_empty() {
+            None
+        } else {
+            Some(kstrtoull_auto(&minor).ok_or_else(|| concise_error(n, "invalid minor"))?)
+        };
+        let mode = match flags.as_str() {
+            "ro" => TableMode::ReadOnly,
+            "rw" => TableMode::ReadWrite,
+            _ => return Err(concise_error(n, format!("invalid flags '{flags}'"))),
+        };
+        let mut lines = Vec::new();
+        for (i, entry) in table_text.split(',').enumerate() {
+            if i >= BOOT_MAX_TARGETS {
+                return Err(concise_error(
+                    n,
+                    format!("too many targets > {BOOT_MAX_TARGETS}"),
+                ));
+            }
+            lines.push(parse_boot_line(entry, i + 1).map_err(|e| in_device(e, &name))?);
+        }
+        let table = Table { lines };
+        table.validate().map_err(|e| in_device(e, &name))?;
+        devices.push(DeviceSpec {
+            name,
+            uuid,
+            minor,
+            mode,
+            table,
+        });
+    }
+    check_unique(&devices)?;
+    Ok(devices)
+}
+
+/// `<start> <len> <type> <args>` with single-space field delimiting, as
+/// `dm_parse_table_entry` does.
+fn parse_boot_line(entry: &str, line: usize) -> Result<TableLine> {
+    let mut rest = entry;
+    let mut field = |n: usize| -> Result<String> {
+        let s = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let Some(i) = s.find(' ') else {
+            return Err(Error::Table {
+                line,
+                token: None,
+                reason: format!("expected <start> <length> <type> <args>, field {n} missing"),
+            });
+        };
+        rest = &s[i + 1..];
+        Ok(s[..i].trim().to_string())
+    };
+    let start = field(1)?;
+    let len = field(2)?;
+    let target_type = field(3)?;
+    let bad = |n: usize, t: &str, r: &str| Error::Table {
+        line,
+        token: Some((n, t.to_string())),
+        reason: r.to_string(),
+    };
+    let start_v = kstrtoull_auto(&start).ok_or_else(|| bad(1, &start, "invalid start sector"))?;
+    let len_v = kstrtoull_auto(&len).ok_or_else(|| bad(2, &len, "invalid length"))?;
+    if !BOOT_TARGETS.contains(&target_type.as_str()) {
+        return Err(bad(
+            3,
+            &target_type,
+            "invalid type (not allowed in dm-mod.create)",
+        ));
+    }
+    let params = rest.trim_matches(|c: char| c.is_ascii_whitespace());
+    let spec =
+        parse_line_params(&target_type, SectorCount(len_v), params).map_err(|e| match e {
+            Error::Table { token, reason, .. } => Error::Table {
+                line,
+                token,
+                reason,
+            },
+            other => other,
+        })?;
+    Ok(TableLine {
+        start: Sector(start_v),
+        len: SectorCount(len_v),
+        spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concise_two_devices_with_escapes() {
+        let d = parse_concise(
+            "base,,,rw,0 100 linear /img\\,1 0,100 100 zero;top,uuid-1,7,ro,0 200 linear base 0",
+        )
+        .unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].name, "base");
+        assert_eq!(d[0].table.lines.len(), 2);
+        assert_eq!(
+            d[0].table.lines[0].to_text(Keys::Shown),
+            "0 100 linear /img,1 0"
+        );
+        assert_eq!(d[1].minor, Some(7));
+        assert_eq!(d[1].mode, TableMode::ReadOnly);
+        let again = parse_concise(&format_concise(&d, Keys::Shown)).unwrap();
+        assert_eq!(again, d);
+    }
+
+    #[test]
+    fn concise_needs_five_fields() {
+        let e = parse_concise("a,,rw,0 8 zero").unwrap_err().to_string();
+        assert!(e.contains("five comma-separated fields"), "{e}");
+    }
+
+    #[test]
+    fn concise_bad_flags() {
+        let e = parse_concise("a,,,rx,0 8 zero").unwrap_err().to_string();
+        assert!(e.contains("Invalid flags parameter 'rx'"), "{e}");
+    }
+
+    #[test]
+    fn concise_trailing_backslash() {
+        assert!(parse_concise("a,,,rw,0 8 zero\\").is_err());
+    }
+
+    #[test]
+    fn boot_syntax_accepts_hex_and_trims() {
+        let d = parse_boot("root, , 0x1 ,ro,0 0x10 linear /dev/sda 0, 16 16 linear /dev/sdb 8")
+            .unwrap();
+        assert_eq!(d[0].minor, Some(1));
+        assert_eq!(d[0].table.size(), SectorCount(32));
+    }
+
+    #[test]
+    fn boot_syntax_refuses_other_targets() {
+        let e = parse_boot("a,,,rw,0 8 zero x").unwrap_err().to_string();
+        assert!(e.contains("not allowed"), "{e}");
+    }
+}

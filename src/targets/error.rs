@@ -1,0 +1,64 @@
+//! `error`: every request fails with EIO, discards and flushes too (kernel dm-target.c).
+//!
+//! Table args: any. Exactly two are parsed like linear (`<dev> <offset>`, used by the kernel
+//! only for limits); any other count is ignored. Nothing is printed back.
+
+use crate::error::{Error, Result};
+use crate::table::args::{ArgResult, Args};
+use crate::units::{Sector, SectorCount};
+use crate::volume::{check_io, check_range, Volume};
+
+use super::Target;
+
+/// Validate the arguments the way `io_err_ctr` does.
+pub fn parse(args: &mut Args<'_>) -> ArgResult<()> {
+    if args.len() == 2 {
+        args.next("Invalid argument count")?;
+        args.llu("Invalid device sector")?;
+    }
+    Ok(())
+}
+
+/// The error target.
+#[derive(Debug)]
+pub struct ErrorTarget {
+    size: SectorCount,
+}
+
+impl ErrorTarget {
+    /// An error target of `len` sectors.
+    #[must_use]
+    pub fn new(len: SectorCount) -> ErrorTarget {
+        ErrorTarget { size: len }
+    }
+}
+
+fn fail() -> Error {
+    Error::TargetFailed {
+        target: "error",
+        reason: "every request fails".into(),
+    }
+}
+
+impl Volume for ErrorTarget {
+    fn size(&self) -> SectorCount {
+        self.size
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        Err(fail())
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        Err(fail())
+    }
+    fn flush(&self) -> Result<()> {
+        Err(fail())
+    }
+    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        Err(fail())
+    }
+}
+
+impl Target for ErrorTarget {}

@@ -1,0 +1,111 @@
+//! The `Volume` trait: a fixed-size array of 512-byte sectors, and its backings.
+//!
+//! Every target and every backing implements it, so targets stack over files, memory and each
+//! other through one interface.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::units::{Sector, SectorCount};
+
+mod file;
+mod memory;
+mod mmap;
+
+pub use file::{Access, FileVolume};
+pub use memory::MemVolume;
+pub use mmap::MmapVolume;
+
+/// A fixed-size array of 512-byte sectors that many threads may read and write at once.
+///
+/// Contract (checked for every implementation by `testing::conformance`):
+/// - `buf.len()` is a whole number of sectors and `[sector, sector + len)` lies within
+///   `size()`; otherwise the call fails with `Misaligned` / `OutOfRange` and has no effect.
+/// - Reads and writes are exact: they transfer all of `buf` or return an error.
+/// - A write that has returned is visible to every later read, from any thread.
+/// - `flush` makes every write that returned before it durable (REQ_PREFLUSH).
+pub trait Volume: Send + Sync + fmt::Debug {
+    /// Length in sectors; fixed for the lifetime of the volume.
+    fn size(&self) -> SectorCount;
+    /// Fill `buf` from `sector` on.
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()>;
+    /// Write all of `buf` from `sector` on.
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()>;
+    /// Make every completed write durable.
+    fn flush(&self) -> Result<()>;
+    /// The range's contents are no longer needed (REQ_OP_DISCARD). What a later read returns
+    /// is documented per implementation; volumes that cannot discard return `Unsupported`.
+    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()>;
+}
+
+/// A volume shared between targets and threads.
+pub type SharedVolume = Arc<dyn Volume>;
+
+/// Check a request of `len` bytes at `sector` against a volume of `size` sectors.
+///
+/// Called first in every `read`/`write` so the contract is enforced the same way everywhere.
+pub fn check_io(size: SectorCount, sector: Sector, len: usize) -> Result<SectorCount> {
+    let count = SectorCount::from_bytes(len)?;
+    check_range(size, sector, count)?;
+    Ok(count)
+}
+
+/// Check that `[sector, sector + count)` lies within a volume of `size` sectors.
+pub fn check_range(size: SectorCount, sector: Sector, count: SectorCount) -> Result<()> {
+    match sector.0.checked_add(count.0) {
+        Some(end) if end <= size.0 => Ok(()),
+        _ => Err(Error::OutOfRange {
+            sector,
+            count,
+            size,
+        }),
+    }
+}
+
+/// Split `[sector, sector + count)` at every multiple of `chunk` sectors, yielding
+/// `(sector, count)` pieces in order. `chunk` must not be zero.
+pub fn chunks(
+    sector: Sector,
+    count: SectorCount,
+    chunk: SectorCount,
+) -> impl Iterator<Item = (Sector, SectorCount)> {
+    debug_assert!(chunk.0 > 0);
+    let end = sector.0 + count.0;
+    let mut at = sector.0;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let boundary = (at / chunk.0 + 1).saturating_mul(chunk.0);
+        let next = boundary.min(end);
+        let piece = (Sector(at), SectorCount(next - at));
+        at = next;
+        Some(piece)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_split_at_boundaries() {
+        let pieces: Vec<_> = chunks(Sector(6), SectorCount(12), SectorCount(8)).collect();
+        assert_eq!(
+            pieces,
+            vec![
+                (Sector(6), SectorCount(2)),
+                (Sector(8), SectorCount(8)),
+                (Sector(16), SectorCount(2))
+            ]
+        );
+    }
+
+    #[test]
+    fn check_range_rejects_overflow() {
+        assert!(check_range(SectorCount(10), Sector(u64::MAX), SectorCount(2)).is_err());
+        assert!(check_range(SectorCount(10), Sector(8), SectorCount(2)).is_ok());
+        assert!(check_range(SectorCount(10), Sector(9), SectorCount(2)).is_err());
+    }
+}
