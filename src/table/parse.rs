@@ -92,7 +92,11 @@ fn parse_one(raw: &[u8], line_no: usize) -> Result<Option<TableLine>> {
     }
     // `%s %n`: the whitespace after the type belongs to the format, not the params.
     let params = rest.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
-    let params = params.find('#').map_or(params, |i| &params[..i]);
+    // A `#` comment ends the params; the whitespace before it goes too, so the line prints
+    // back as a fixed point (dmsetup trims the end of every line it reads).
+    let params = params.find('#').map_or(params, |i| {
+        params[..i].trim_end_matches(|c: char| c.is_ascii() && is_c_space(c as u8))
+    });
     let spec = parse_line_params(target_type, len, params).map_err(|e| match e {
         Error::Table { token, reason, .. } => Error::Table {
             line: line_no,
