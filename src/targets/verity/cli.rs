@@ -1,0 +1,1 @@
+//! `dmemu verity format|verify|dump|table`.
