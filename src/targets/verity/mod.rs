@@ -21,6 +21,7 @@ pub mod hash;
 pub mod hash_tree;
 pub mod superblock;
 pub mod target;
+mod tree_io;
 
 pub use hash::{BlockHasher, HashAlg};
 pub use hash_tree::Geometry;
