@@ -98,6 +98,11 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         words: Vec<String>,
     },
+    /// dm-verity trees: format, verify, dump, table (like veritysetup).
+    Verity {
+        #[command(subcommand)]
+        cmd: crate::targets::verity::cli::VerityCommand,
+    },
 }
 
 /// Which devices to build and which one to act on.
@@ -348,6 +353,7 @@ fn run_command(cli: Cli) -> Result<()> {
         stdout.write_all(s.as_bytes()).map_err(Error::io(&"stdout"))
     };
     match cli.command {
+        Command::Verity { cmd } => crate::targets::verity::cli::run(cmd),
         Command::Check {
             file,
             concise,

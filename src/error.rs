@@ -96,6 +96,36 @@ pub enum Error {
     /// A device reference that no file, mapping or defined device satisfies (ENODEV).
     #[error("unknown device {0:?}")]
     NoDevice(String),
+    /// Here the kernel would restart or panic the machine (dm-verity's `restart_on_*` /
+    /// `panic_on_*`). dmemu never does; the I/O fails with this error (EIO) so the caller can
+    /// tell it apart from an ordinary failure and decide.
+    #[error("{target}: the kernel would {action} here: {reason}")]
+    Halt {
+        /// Target type name.
+        target: &'static str,
+        /// What the kernel would do.
+        action: HaltAction,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The machine-wide action a kernel target would take (see [`Error::Halt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaltAction {
+    /// `kernel_restart()`.
+    Restart,
+    /// `panic()`.
+    Panic,
+}
+
+impl fmt::Display for HaltAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HaltAction::Restart => "restart",
+            HaltAction::Panic => "panic",
+        })
+    }
 }
 
 struct TableErrorDisplay<'a>(&'a Error);
@@ -143,7 +173,10 @@ impl Error {
             | Error::InvalidArgument { .. }
             | Error::Misaligned { .. }
             | Error::Corrupt { .. } => errno::EINVAL,
-            Error::OutOfRange { .. } | Error::TargetFailed { .. } | Error::Io { .. } => errno::EIO,
+            Error::OutOfRange { .. }
+            | Error::TargetFailed { .. }
+            | Error::Io { .. }
+            | Error::Halt { .. } => errno::EIO,
             Error::NoSpace { .. } => errno::ENOSPC,
             Error::ReadOnly { .. } => errno::EROFS,
             Error::Unsupported { .. } => errno::EOPNOTSUPP,

@@ -19,11 +19,13 @@ pub mod error;
 pub mod linear;
 pub mod other;
 pub mod striped;
+pub mod verity;
 pub mod zero;
 
 pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
 pub use striped::{Striped, StripedArgs};
+pub use verity::{Verity, VerityArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
 pub trait Target: Volume + Any {
@@ -98,6 +100,8 @@ pub enum TargetSpec {
     Zero,
     /// `error` (arguments accepted and dropped, as the kernel prints none)
     Error,
+    /// `verity <version> <data> <hash> <dbs> <hbs> <blocks> <hash_start> <alg> <root> <salt> [opts]`
+    Verity(VerityArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -167,6 +171,7 @@ impl TargetSpec {
                 error::parse(args)?;
                 TargetSpec::Error
             }
+            "verity" => TargetSpec::Verity(VerityArgs::parse(args, len)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => {
                 TargetSpec::Other(OtherArgs::new(t, args.all(), raw))
             }
@@ -182,6 +187,7 @@ impl TargetSpec {
             TargetSpec::Striped(_) => StripedArgs::TYPE,
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
+            TargetSpec::Verity(_) => VerityArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -193,6 +199,7 @@ impl TargetSpec {
             TargetSpec::Linear(a) => write!(out, "{a}"),
             TargetSpec::Striped(a) => write!(out, "{a}"),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
+            TargetSpec::Verity(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => write!(out, "{a}"),
         }
     }
@@ -204,6 +211,7 @@ impl TargetSpec {
             TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, registry)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),
+            TargetSpec::Verity(a) => Arc::new(Verity::new(a, len, registry)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

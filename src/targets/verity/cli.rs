@@ -1,0 +1,264 @@
+//! `dmemu verity format|verify|dump|table`: veritysetup's commands over image files, with
+//! its option names and its output layout.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args as ClapArgs, Subcommand};
+
+use super::format::{format, read_superblock, verify, FormatParams};
+use super::hash::{from_hex, to_hex, HashAlg};
+use super::superblock::{Superblock, Uuid};
+use crate::error::{Error, Result};
+use crate::volume::{MmapVolume, Volume};
+
+/// veritysetup's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VerityCommand {
+    /// Build the hash tree of DATA into HASH and print the root hash (`veritysetup format`).
+    Format {
+        /// Data image.
+        data: PathBuf,
+        /// Hash image (created if missing).
+        hash: PathBuf,
+        /// Tree options.
+        #[command(flatten)]
+        opts: TreeOpts,
+    },
+    /// Check DATA against the tree on HASH and ROOT (`veritysetup verify`).
+    Verify {
+        /// Data image.
+        data: PathBuf,
+        /// Hash image.
+        hash: PathBuf,
+        /// Root hash, hex.
+        root: String,
+        /// Tree options.
+        #[command(flatten)]
+        opts: TreeOpts,
+    },
+    /// Print the superblock of HASH (`veritysetup dump`).
+    Dump {
+        /// Hash image.
+        hash: PathBuf,
+        /// Starting offset of the superblock on HASH, bytes.
+        #[arg(long, default_value_t = 0)]
+        hash_offset: u64,
+    },
+    /// Print the dm table line that opens DATA/HASH with ROOT (`veritysetup open` loads it).
+    Table {
+        /// Data image (printed as given).
+        data: PathBuf,
+        /// Hash image (printed as given).
+        hash: PathBuf,
+        /// Root hash, hex.
+        root: String,
+        /// Tree options.
+        #[command(flatten)]
+        opts: TreeOpts,
+    },
+}
+
+/// The tree options veritysetup takes.
+#[derive(Debug, ClapArgs)]
+pub struct TreeOpts {
+    /// Hash algorithm.
+    #[arg(long = "hash", default_value = "sha256")]
+    hash_alg: String,
+    /// Data block size, bytes.
+    #[arg(long, default_value_t = 4096)]
+    data_block_size: u32,
+    /// Hash block size, bytes.
+    #[arg(long, default_value_t = 4096)]
+    hash_block_size: u32,
+    /// Number of data blocks (default: the whole data image).
+    #[arg(long)]
+    data_blocks: Option<u64>,
+    /// Salt, hex, or `-` for none (default: 32 random bytes).
+    #[arg(short = 's', long)]
+    salt: Option<String>,
+    /// Format type: 1 normal, 0 Chrome OS.
+    #[arg(long = "format", default_value_t = 1)]
+    hash_type: u32,
+    /// Starting offset on the hash device, bytes.
+    #[arg(long, default_value_t = 0)]
+    hash_offset: u64,
+    /// Do not use (or write) the superblock.
+    #[arg(long)]
+    no_superblock: bool,
+    /// UUID to store in the superblock (default: random).
+    #[arg(long)]
+    uuid: Option<String>,
+}
+
+fn open(path: &Path) -> Result<MmapVolume> {
+    MmapVolume::open(path)
+}
+
+impl TreeOpts {
+    /// Parameters from the command line alone.
+    fn params(&self, data: &dyn Volume) -> Result<FormatParams> {
+        let algorithm = HashAlg::from_name(&self.hash_alg).ok_or_else(|| {
+            Error::invalid(
+                "--hash",
+                format!(
+                    "{:?} (known: {})",
+                    self.hash_alg,
+                    HashAlg::names().join(", ")
+                ),
+            )
+        })?;
+        let salt = match self.salt.as_deref() {
+            Some("-") => Vec::new(),
+            Some(s) => from_hex(s).ok_or_else(|| Error::invalid("--salt", "not hex"))?,
+            None => {
+                let mut s = vec![0u8; 32];
+                getrandom::fill(&mut s)
+                    .map_err(|e| Error::invalid("--salt", format!("no randomness: {e}")))?;
+                s
+            }
+        };
+        let uuid = match &self.uuid {
+            Some(u) => Uuid::parse(u)?,
+            None => Uuid::random()?,
+        };
+        let data_blocks = match self.data_blocks {
+            Some(n) => n,
+            None if self.data_block_size == 0 => 0,
+            None => data.size().bytes() / u64::from(self.data_block_size),
+        };
+        let p = FormatParams {
+            hash_type: self.hash_type,
+            algorithm,
+            data_block_size: self.data_block_size,
+            hash_block_size: self.hash_block_size,
+            data_blocks,
+            salt,
+            uuid,
+            hash_offset: self.hash_offset,
+            superblock: !self.no_superblock,
+        };
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Parameters of an existing tree: from its superblock unless `--no-superblock`.
+    fn existing(&self, data: &dyn Volume, hash: &dyn Volume) -> Result<FormatParams> {
+        if self.no_superblock {
+            if self.salt.is_none() {
+                return Err(Error::invalid(
+                    "--salt",
+                    "required with --no-superblock (`-` for none)",
+                ));
+            }
+            return self.params(data);
+        }
+        let sb = read_superblock(hash, self.hash_offset)?;
+        let mut p = FormatParams::from_superblock(&sb, self.hash_offset);
+        if let Some(n) = self.data_blocks {
+            p.data_blocks = n;
+        }
+        p.check()?;
+        Ok(p)
+    }
+}
+
+fn parse_root(root: &str, alg: HashAlg) -> Result<Vec<u8>> {
+    let r = from_hex(root).ok_or_else(|| Error::invalid("root hash", "not hex"))?;
+    if r.len() != alg.digest_size() {
+        return Err(Error::invalid(
+            "root hash",
+            format!(
+                "{} bytes; {alg} digests are {} bytes",
+                r.len(),
+                alg.digest_size()
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+/// veritysetup's `VERITY header information` block.
+fn header(name: &Path, p: &FormatParams, root: Option<&[u8]>) -> Result<String> {
+    let geo = p.geometry()?;
+    let mut s = format!("VERITY header information for {}\n", name.display());
+    if p.superblock {
+        s += &format!("UUID:            \t{}\n", p.uuid);
+    }
+    s += &format!("Hash type:       \t{}\n", p.hash_type);
+    s += &format!("Data blocks:     \t{}\n", p.data_blocks);
+    s += &format!("Data block size: \t{}\n", p.data_block_size);
+    s += &format!("Hash blocks:     \t{}\n", geo.tree_blocks());
+    s += &format!("Hash block size: \t{}\n", p.hash_block_size);
+    s += &format!("Hash algorithm:  \t{}\n", p.algorithm);
+    let salt = if p.salt.is_empty() {
+        "-".to_string()
+    } else {
+        to_hex(&p.salt)
+    };
+    s += &format!("Salt:            \t{salt}\n");
+    if let Some(r) = root {
+        s += &format!("Root hash:      \t{}\n", to_hex(r));
+    }
+    s += &format!(
+        "Hash device size: \t{} [bytes]\n",
+        geo.hash_end_bytes().unwrap_or(u64::MAX)
+    );
+    Ok(s)
+}
+
+fn print(s: &str) -> Result<()> {
+    std::io::stdout()
+        .lock()
+        .write_all(s.as_bytes())
+        .map_err(Error::io(&"stdout"))
+}
+
+/// Run one `dmemu verity` subcommand.
+pub fn run(cmd: VerityCommand) -> Result<()> {
+    match cmd {
+        VerityCommand::Format { data, hash, opts } => {
+            let dv = open(&data)?;
+            let p = opts.params(&dv)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&hash)
+                .map_err(Error::io(&hash.display()))?;
+            let root = format(&p, &dv, &file)?;
+            print(&header(&hash, &p, Some(&root))?)
+        }
+        VerityCommand::Verify {
+            data,
+            hash,
+            root,
+            opts,
+        } => {
+            let (dv, hv) = (open(&data)?, open(&hash)?);
+            let p = opts.existing(&dv, &hv)?;
+            let r = parse_root(&root, p.algorithm)?;
+            verify(&p, &dv, &hv, &r)
+        }
+        VerityCommand::Dump { hash, hash_offset } => {
+            let sb: Superblock = read_superblock(&open(&hash)?, hash_offset)?;
+            let p = FormatParams::from_superblock(&sb, hash_offset);
+            print(&header(&hash, &p, None)?)
+        }
+        VerityCommand::Table {
+            data,
+            hash,
+            root,
+            opts,
+        } => {
+            let (dv, hv) = (open(&data)?, open(&hash)?);
+            let p = opts.existing(&dv, &hv)?;
+            let r = parse_root(&root, p.algorithm)?;
+            let args = p.table_args(&data.display().to_string(), &hash.display().to_string(), &r);
+            let sectors = p.data_blocks * u64::from(p.data_block_size) / 512;
+            print(&format!("0 {sectors} verity {args}\n"))
+        }
+    }
+}

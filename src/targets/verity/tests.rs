@@ -1,0 +1,218 @@
+//! Unit tests of `VerityArgs`: the kernel's checks and words, canonical output.
+
+use super::*;
+
+const ROOT: &str = "d1ff3a5d300334a12a08f6798088f0baee61ce900dbfd848f414fe8208d3d3ca";
+
+fn toks(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+fn parse(s: &str, len: u64) -> ArgResult<VerityArgs> {
+    let t = toks(s);
+    VerityArgs::parse(&mut Args::new(&t), SectorCount(len))
+}
+
+fn base(extra: &str) -> String {
+    format!("1 /d /h 4096 4096 16 1 sha256 {ROOT} 00ff {extra}")
+}
+
+fn err(s: &str) -> (Option<usize>, String) {
+    let e = parse(s, 128).unwrap_err();
+    (e.index, e.reason)
+}
+
+#[test]
+fn minimal_table_parses_and_prints_back() {
+    let a = parse(&base(""), 128).unwrap();
+    assert_eq!(a.algorithm, HashAlg::Sha256);
+    assert_eq!(a.hash_start, 1);
+    assert_eq!(a.salt, vec![0, 0xff]);
+    assert_eq!(a.to_string(), base("").trim_end());
+}
+
+#[test]
+fn dash_salt_and_uppercase_hex_print_canonically() {
+    let up = ROOT.to_uppercase();
+    let a = parse(&format!("0 /d /h 512 512 8 0 sha256 {up} -"), 8).unwrap();
+    assert!(a.salt.is_empty());
+    assert_eq!(
+        a.to_string(),
+        format!("0 /d /h 512 512 8 0 sha256 {ROOT} -")
+    );
+}
+
+#[test]
+fn options_print_in_kernel_order_with_recomputed_count() {
+    let a = parse(
+        &base("6 Check_At_Most_Once try_verify_in_tasklet ignore_zero_blocks panic_on_error IGNORE_CORRUPTION root_hash_sig_key_desc"),
+        128,
+    );
+    // root_hash_sig_key_desc needs a value: it has none here.
+    assert_eq!(
+        a.unwrap_err().reason,
+        "DM Verity Sig Verification Signature key not specified"
+    );
+    let a = parse(
+        &base("7 Check_At_Most_Once try_verify_in_tasklet ignore_zero_blocks panic_on_error IGNORE_CORRUPTION root_hash_sig_key_desc k:1"),
+        128,
+    )
+    .unwrap();
+    assert_eq!(
+        a.to_string(),
+        base("7 ignore_corruption panic_on_error ignore_zero_blocks check_at_most_once try_verify_in_tasklet root_hash_sig_key_desc k:1")
+            .trim_end()
+    );
+}
+
+#[test]
+fn fec_options_print_as_the_kernel_orders_them_and_drop_without_device() {
+    let a = parse(
+        &base("8 use_fec_from_device /f fec_start 3 fec_blocks 20 fec_roots 2"),
+        128,
+    )
+    .unwrap();
+    assert_eq!(
+        a.to_string(),
+        base("8 use_fec_from_device /f fec_blocks 20 fec_start 3 fec_roots 2").trim_end()
+    );
+    let a = parse(&base("2 fec_roots 2"), 128).unwrap();
+    assert_eq!(a.fec, None);
+    assert_eq!(a.to_string(), base("").trim_end());
+}
+
+#[test]
+fn try_verify_in_tasklet_counts_even_as_another_options_value() {
+    // The kernel's first pass looks at every word as an option name.
+    let a = parse(&base("2 root_hash_sig_key_desc try_verify_in_tasklet"), 128).unwrap();
+    assert!(a.try_verify_in_tasklet);
+    assert_eq!(
+        a.to_string(),
+        base("3 try_verify_in_tasklet root_hash_sig_key_desc try_verify_in_tasklet").trim_end()
+    );
+}
+
+#[test]
+fn positional_errors_use_kernel_words_and_token_index() {
+    assert_eq!(err("1 /d /h 4096"), (None, "Not enough arguments".into()));
+    let cases = [
+        ("2 /d /h 4096 4096 16 1 sha256 R 00", 0, "Invalid version"),
+        (
+            "1 /d /h 1000 4096 16 1 sha256 R 00",
+            3,
+            "Invalid data device block size",
+        ),
+        (
+            "1 /d /h 8192 4096 16 1 sha256 R 00",
+            3,
+            "Invalid data device block size",
+        ),
+        (
+            "1 /d /h 256 4096 16 1 sha256 R 00",
+            3,
+            "Invalid data device block size",
+        ),
+        (
+            "1 /d /h 4096 3 16 1 sha256 R 00",
+            4,
+            "Invalid hash device block size",
+        ),
+        (
+            "1 /d /h 4096 4096 x 1 sha256 R 00",
+            5,
+            "Invalid data blocks",
+        ),
+        (
+            "1 /d /h 4096 4096 9223372036854775807 1 sha256 R 00",
+            5,
+            "Invalid data blocks",
+        ),
+        (
+            "1 /d /h 4096 4096 15 1 sha256 R 00",
+            5,
+            "Data device is too small",
+        ),
+        (
+            "1 /d /h 4096 4096 16 -1 sha256 R 00",
+            6,
+            "Invalid hash start",
+        ),
+        (
+            "1 /d /h 4096 4096 16 1 md4 R 00",
+            7,
+            "Cannot initialize hash function",
+        ),
+        (
+            "1 /d /h 4096 4096 16 1 sha256 abcd 00",
+            8,
+            "Invalid root digest",
+        ),
+        ("1 /d /h 4096 4096 16 1 sha256 R 0", 9, "Invalid salt"),
+        ("1 /d /h 4096 4096 16 1 sha256 R 0g", 9, "Invalid salt"),
+    ];
+    for (s, idx, reason) in cases {
+        let s = s.replace(" R ", &format!(" {ROOT} "));
+        assert_eq!(err(&s), (Some(idx), reason.to_string()), "{s}");
+    }
+    let bad_hex = ROOT.replace('d', "x");
+    assert_eq!(
+        err(&format!("1 /d /h 4096 4096 16 1 sha256 {bad_hex} 00")),
+        (Some(8), "Invalid root digest".into())
+    );
+}
+
+#[test]
+fn option_errors_use_kernel_words() {
+    let cases = [
+        ("16 a", Some(10), "Invalid number of feature args"),
+        (
+            "3 ignore_corruption",
+            Some(10),
+            "Invalid number of feature args",
+        ),
+        ("1 bogus", Some(11), "Unrecognized verity feature request"),
+        (
+            "2 ignore_corruption restart_on_corruption",
+            Some(12),
+            "Conflicting error handling parameters",
+        ),
+        (
+            "2 panic_on_error panic_on_error",
+            Some(12),
+            "Conflicting error handling parameters",
+        ),
+        ("1 fec_roots", None, "FEC feature arguments require a value"),
+        ("2 fec_roots 25", Some(12), "Invalid fec_roots"),
+        ("2 fec_roots 1", Some(12), "Invalid fec_roots"),
+        ("2 fec_blocks x", Some(12), "Invalid fec_blocks"),
+        (
+            "2 fec_start 99999999999999999999",
+            Some(12),
+            "Invalid fec_start",
+        ),
+        (
+            "4 use_fec_from_device a use_fec_from_device b",
+            Some(14),
+            "FEC device already specified",
+        ),
+    ];
+    for (opts, idx, reason) in cases {
+        assert_eq!(err(&base(opts)), (idx, reason.to_string()), "{opts}");
+    }
+    // The count is checked in the first pass, before the positional arguments.
+    assert_eq!(
+        err(&format!("7 /d /h 4096 4096 16 1 sha256 {ROOT} 00 99")).1,
+        "Invalid number of feature args"
+    );
+    // ignore + an error mode is no conflict.
+    assert!(parse(&base("2 ignore_corruption restart_on_error"), 128).is_ok());
+}
+
+#[test]
+fn check_at_most_once_refuses_more_than_int_max_blocks() {
+    let s = format!("1 /d /h 4096 4096 2147483648 1 sha256 {ROOT} - 1 check_at_most_once");
+    assert_eq!(
+        parse(&s, 8).unwrap_err().reason,
+        "device too large to use check_at_most_once"
+    );
+}

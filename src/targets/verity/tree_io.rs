@@ -1,0 +1,140 @@
+//! The tree-building engine shared by format and verify: a level is hashed in chunks of
+//! hash blocks spread over all cores (`std::thread::scope`), reading source blocks (data or
+//! the level below) in batches, so memory stays bounded by the chunk size.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use super::hash::BlockHasher;
+use super::hash_tree::Geometry;
+use crate::error::{Error, Result};
+use crate::units::{Sector, SECTOR_SIZE};
+use crate::volume::Volume;
+
+/// Hash blocks computed per thread per parallel round.
+const CHUNK_HASH_BLOCKS: usize = 64;
+/// Source bytes read per call.
+const READ_BYTES: usize = 1 << 20;
+
+/// Where source blocks come from: a volume or the hash file being written.
+pub(super) trait Source: Sync {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()>;
+}
+
+pub(super) struct VolumeSource<'a>(pub(super) &'a dyn Volume);
+impl Source for VolumeSource<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.0.read(Sector(offset / SECTOR_SIZE as u64), buf)
+    }
+}
+
+pub(super) struct FileSource<'a>(pub(super) &'a File);
+impl Source for FileSource<'_> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.0
+            .read_exact_at(buf, offset)
+            .map_err(Error::io(&"hash device"))
+    }
+}
+
+/// One level's job: hash `count` source blocks of `src_bs` bytes from `src_off` into hash
+/// blocks, passing each finished run of hash blocks to `sink(first_block_index_in_level, bytes)`.
+pub(super) struct Level<'a> {
+    pub(super) geo: &'a Geometry,
+    pub(super) hasher: &'a BlockHasher,
+    pub(super) src: &'a dyn Source,
+    pub(super) src_off: u64,
+    pub(super) src_bs: usize,
+    pub(super) count: u64,
+}
+
+impl Level<'_> {
+    fn hash_blocks(&self, first: u64, out: &mut [u8]) -> Result<()> {
+        let hbs = self.geo.hash_block_size as usize;
+        let per = self.geo.per_block() as u64;
+        let ds = self.geo.digest_size;
+        let slot = self.geo.slot_size();
+        let batch = (READ_BYTES / self.src_bs).max(1);
+        let mut buf = vec![0u8; batch.min(per as usize) * self.src_bs];
+        for (i, block) in out.chunks_exact_mut(hbs).enumerate() {
+            let h = first + i as u64;
+            let s0 = h * per;
+            let s1 = (s0 + per).min(self.count);
+            let mut s = s0;
+            while s < s1 {
+                let n = usize::try_from((s1 - s).min(batch as u64)).unwrap_or(1);
+                let bytes = &mut buf[..n * self.src_bs];
+                self.src
+                    .read_at(self.src_off + s * self.src_bs as u64, bytes)?;
+                for (j, data) in bytes.chunks_exact(self.src_bs).enumerate() {
+                    let at = usize::try_from(s - s0).unwrap_or(0) + j;
+                    self.hasher
+                        .hash(data, &mut block[at * slot..at * slot + ds]);
+                }
+                s += n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run over the whole level on all cores, chunk by chunk.
+    pub(super) fn run(&self, sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        let hbs = self.geo.hash_block_size as usize;
+        let per = self.geo.per_block() as u64;
+        let total = self.count.div_ceil(per);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut chunk = vec![0u8; CHUNK_HASH_BLOCKS * threads * hbs];
+        let mut h = 0u64;
+        while h < total {
+            let n =
+                usize::try_from((total - h).min((CHUNK_HASH_BLOCKS * threads) as u64)).unwrap_or(1);
+            let buf = &mut chunk[..n * hbs];
+            buf.fill(0);
+            let per_thread = n.div_ceil(threads);
+            std::thread::scope(|scope| {
+                let jobs: Vec<_> = buf
+                    .chunks_mut(per_thread * hbs)
+                    .enumerate()
+                    .map(|(t, part)| {
+                        let first = h + (t * per_thread) as u64;
+                        scope.spawn(move || self.hash_blocks(first, part))
+                    })
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| {
+                        j.join().unwrap_or_else(|_| {
+                            Err(Error::invalid("verity", "hash thread panicked"))
+                        })
+                    })
+                    .collect::<Result<Vec<()>>>()
+            })?;
+            sink(h, buf)?;
+            h += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Digest of the top block (or of data block 0 when there is no tree), as cryptsetup
+/// computes the root; zeros for an empty data area.
+pub(super) fn root_digest(
+    geo: &Geometry,
+    hasher: &BlockHasher,
+    data: &dyn Source,
+    hash: &dyn Source,
+) -> Result<Vec<u8>> {
+    let mut root = vec![0u8; geo.digest_size];
+    let (src, off, bs) = match geo.levels() {
+        0 if geo.data_blocks == 0 => return Ok(root),
+        0 => (data, 0, geo.data_block_size),
+        l => (
+            hash,
+            geo.level_block[l - 1] * u64::from(geo.hash_block_size),
+            geo.hash_block_size,
+        ),
+    };
+    let mut b = vec![0u8; bs as usize];
+    src.read_at(off, &mut b)?;
+    hasher.hash(&b, &mut root);
+    Ok(root)
+}

@@ -1,0 +1,227 @@
+//! Verity corruption and error modes, ignore_zero_blocks, check_at_most_once, partial
+//! reads and bad geometry, on veritysetup-made fixtures (tests/fixtures/verity).
+
+mod verity_support;
+
+use std::sync::Arc;
+
+use dmemu::error::HaltAction;
+use dmemu::targets::verity::Verity;
+use dmemu::{Error, MemVolume, Result, Sector, SectorCount, SharedVolume, Target, Volume};
+use verity_support::{case, load, Case};
+
+fn mem(bytes: Vec<u8>) -> Arc<MemVolume> {
+    Arc::new(MemVolume::from_bytes(bytes).unwrap())
+}
+
+/// v1-sha256-4k with data block `corrupt` damaged, and the given option words.
+fn target(opts: &str, corrupt: Option<u64>) -> (Case, Verity, Arc<MemVolume>) {
+    let c = case("v1-sha256-4k");
+    let mut data = load(&c.data);
+    if let Some(b) = corrupt {
+        data[usize::try_from(b).unwrap() * 4096 + 100] ^= 0x40;
+    }
+    let data = mem(data);
+    let hash = mem(load(&c.hash));
+    let v = Verity::over(
+        &c.args("d", "h", opts),
+        SectorCount(c.sectors()),
+        Arc::clone(&data) as SharedVolume,
+        hash,
+    )
+    .unwrap();
+    (c, v, data)
+}
+
+fn read_block(v: &Verity, b: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    v.read(Sector(b * 8), &mut buf).map(|()| buf)
+}
+
+#[test]
+fn default_mode_fails_the_corrupt_block_with_eio_and_status_turns_c() {
+    let (_, v, _) = target("", Some(7));
+    assert_eq!(v.status(), "V");
+    assert!(read_block(&v, 6).is_ok());
+    let e = read_block(&v, 7).unwrap_err();
+    assert!(matches!(e, Error::TargetFailed { .. }), "{e}");
+    assert_eq!(e.errno(), 5);
+    assert!(e.to_string().contains("data block 7 is corrupted"), "{e}");
+    assert_eq!(v.status(), "C");
+    assert!(read_block(&v, 8).is_ok());
+}
+
+#[test]
+fn ignore_corruption_returns_the_damaged_data_and_counts_it() {
+    let (c, v, _) = target("1 ignore_corruption", Some(7));
+    let got = read_block(&v, 7).unwrap();
+    let mut want = load(&c.data)[7 * 4096..8 * 4096].to_vec();
+    want[100] ^= 0x40;
+    assert_eq!(got, want);
+    read_block(&v, 7).unwrap();
+    assert_eq!(v.corruption_count(), 2);
+    assert_eq!(v.status(), "C");
+}
+
+#[test]
+fn restart_and_panic_on_corruption_give_a_halt_error_callers_can_match() {
+    for (opt, action) in [
+        ("restart_on_corruption", HaltAction::Restart),
+        ("panic_on_corruption", HaltAction::Panic),
+    ] {
+        let (_, v, _) = target(&format!("1 {opt}"), Some(3));
+        match read_block(&v, 3) {
+            Err(Error::Halt { action: a, .. }) => assert_eq!(a, action),
+            other => panic!("{opt}: {other:?}"),
+        }
+        assert!(read_block(&v, 4).is_ok());
+    }
+}
+
+/// A volume whose reads all fail.
+#[derive(Debug)]
+struct Broken(SectorCount);
+impl Volume for Broken {
+    fn size(&self) -> SectorCount {
+        self.0
+    }
+    fn read(&self, _: Sector, _: &mut [u8]) -> Result<()> {
+        Err(Error::Io {
+            device: "broken".into(),
+            source: std::io::Error::other("medium error"),
+        })
+    }
+    fn write(&self, _: Sector, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn discard(&self, _: Sector, _: SectorCount) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn io_errors_pass_up_or_halt_under_restart_and_panic_on_error() {
+    let c = case("v1-sha256-4k");
+    let hash = mem(load(&c.hash));
+    for (opts, halt) in [
+        ("", None),
+        ("1 restart_on_error", Some(HaltAction::Restart)),
+        (
+            "2 ignore_corruption panic_on_error",
+            Some(HaltAction::Panic),
+        ),
+    ] {
+        let data: SharedVolume = Arc::new(Broken(SectorCount(c.sectors())));
+        let v = Verity::over(
+            &c.args("d", "h", opts),
+            SectorCount(c.sectors()),
+            data,
+            hash.clone(),
+        )
+        .unwrap();
+        let e = read_block(&v, 0).unwrap_err();
+        match halt {
+            None => assert!(matches!(e, Error::Io { .. }), "{e}"),
+            Some(a) => assert!(
+                matches!(e, Error::Halt { action, .. } if action == a),
+                "{e}"
+            ),
+        }
+        // An I/O error is not corruption.
+        assert_eq!(v.status(), "V");
+    }
+}
+
+#[test]
+fn ignore_zero_blocks_reads_zero_blocks_as_zeros_without_reading_data() {
+    // Block 5 of data-a is all zeros; its digest is the zero-block digest.
+    let (_, v, _) = target("1 ignore_zero_blocks", Some(5));
+    assert_eq!(read_block(&v, 5).unwrap(), vec![0u8; 4096]);
+    assert_eq!(v.status(), "V");
+    let (_, v, _) = target("", Some(5));
+    assert!(read_block(&v, 5).is_err());
+}
+
+#[test]
+fn check_at_most_once_skips_blocks_already_verified() {
+    let (c, v, data) = target("1 check_at_most_once", None);
+    let good = read_block(&v, 9).unwrap();
+    assert_eq!(good, load(&c.data)[9 * 4096..10 * 4096]);
+    // Damage the block under the target: the kernel does not look again, nor do we.
+    let mut bad = good.clone();
+    bad[0] ^= 1;
+    data.write(Sector(9 * 8), &bad).unwrap();
+    assert_eq!(read_block(&v, 9).unwrap(), bad);
+    // A block never read is still checked.
+    data.write(Sector(10 * 8), &bad).unwrap();
+    assert!(read_block(&v, 10).is_err());
+    // Without the option the damaged block 9 fails.
+    let (_, plain, d2) = target("", None);
+    d2.write(Sector(9 * 8), &bad).unwrap();
+    assert!(read_block(&plain, 9).is_err());
+}
+
+#[test]
+fn unaligned_reads_verify_whole_blocks_and_return_the_asked_part() {
+    let (c, v, _) = target("", None);
+    let data = load(&c.data);
+    let mut buf = vec![0u8; 3 * 512];
+    v.read(Sector(7), &mut buf).unwrap();
+    assert_eq!(buf, data[7 * 512..10 * 512]);
+    let (_, v, _) = target("", Some(1));
+    // Sector 7 is in block 0, sectors 8-9 in corrupt block 1.
+    assert!(v.read(Sector(7), &mut buf).is_err());
+    assert!(v.read(Sector(0), &mut buf[..512]).is_ok());
+}
+
+#[test]
+fn writes_and_discards_are_refused() {
+    let (_, v, _) = target("", None);
+    assert!(matches!(
+        v.write(Sector(0), &[0; 512]),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(v.discard(Sector(0), SectorCount(8)).is_err());
+}
+
+#[test]
+fn hash_device_too_small_is_refused_at_construction() {
+    let c = case("v1-sha256-4k");
+    let mut hash = load(&c.hash);
+    hash.truncate(hash.len() - 4096);
+    let e = Verity::over(
+        &c.args("d", "h", ""),
+        SectorCount(c.sectors()),
+        mem(load(&c.data)),
+        mem(hash),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("Hash device is too small"), "{e}");
+}
+
+#[test]
+fn corrupt_hash_block_is_reported_as_metadata_and_not_cached() {
+    let c = case("v1-sha256-4k");
+    let mut hash = load(&c.hash);
+    let geo = c.geometry();
+    // Damage the second leaf hash block: data blocks 128..256 depend on it.
+    let hb = usize::try_from(geo.level_block[0] + 1).unwrap();
+    hash[hb * 4096 + 4000] ^= 1;
+    let v = Verity::over(
+        &c.args("d", "h", "1 ignore_corruption"),
+        SectorCount(c.sectors()),
+        mem(load(&c.data)),
+        mem(hash),
+    )
+    .unwrap();
+    // Padding damage: the digests are still right, so ignore mode returns good data.
+    let data = load(&c.data);
+    assert_eq!(read_block(&v, 130).unwrap(), data[130 * 4096..131 * 4096]);
+    read_block(&v, 131).unwrap();
+    assert_eq!(v.corruption_count(), 2);
+    assert!(read_block(&v, 0).is_ok());
+    assert_eq!(v.corruption_count(), 2);
+}
