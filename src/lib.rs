@@ -25,6 +25,7 @@
 //! ```
 
 pub mod cli;
+pub mod clock;
 pub mod error;
 pub mod mapped_device;
 pub mod registry;

@@ -15,12 +15,18 @@ use crate::table::lexer::escape;
 use crate::units::SectorCount;
 use crate::volume::Volume;
 
+pub mod delay;
+pub mod dust;
 pub mod error;
+pub mod flakey;
 pub mod linear;
 pub mod other;
 pub mod striped;
 pub mod zero;
 
+pub use delay::{Delay, DelayArgs};
+pub use dust::{Dust, DustArgs};
+pub use flakey::{Flakey, FlakeyArgs};
 pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
 pub use striped::{Striped, StripedArgs};
@@ -98,6 +104,12 @@ pub enum TargetSpec {
     Zero,
     /// `error` (arguments accepted and dropped, as the kernel prints none)
     Error,
+    /// `delay <dev> <offset> <ms> [<wdev> <woffset> <wms> [<fdev> <foffset> <fms>]]`
+    Delay(DelayArgs),
+    /// `flakey <dev> <offset> <up> <down> [<#features> <features>...]`
+    Flakey(FlakeyArgs),
+    /// `dust <dev> <offset> <blksz>`
+    Dust(DustArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -167,6 +179,9 @@ impl TargetSpec {
                 error::parse(args)?;
                 TargetSpec::Error
             }
+            "delay" => TargetSpec::Delay(DelayArgs::parse(args)?),
+            "flakey" => TargetSpec::Flakey(FlakeyArgs::parse(args)?),
+            "dust" => TargetSpec::Dust(DustArgs::parse(args, len)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => {
                 TargetSpec::Other(OtherArgs::new(t, args.all(), raw))
             }
@@ -182,6 +197,9 @@ impl TargetSpec {
             TargetSpec::Striped(_) => StripedArgs::TYPE,
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
+            TargetSpec::Delay(_) => DelayArgs::TYPE,
+            TargetSpec::Flakey(_) => FlakeyArgs::TYPE,
+            TargetSpec::Dust(_) => DustArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -193,6 +211,9 @@ impl TargetSpec {
             TargetSpec::Linear(a) => write!(out, "{a}"),
             TargetSpec::Striped(a) => write!(out, "{a}"),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
+            TargetSpec::Delay(a) => write!(out, "{a}"),
+            TargetSpec::Flakey(a) => write!(out, "{a}"),
+            TargetSpec::Dust(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => write!(out, "{a}"),
         }
     }
@@ -204,6 +225,9 @@ impl TargetSpec {
             TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, registry)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),
+            TargetSpec::Delay(a) => Arc::new(Delay::new(a, len, registry)?),
+            TargetSpec::Flakey(a) => Arc::new(Flakey::new(a, len, registry)?),
+            TargetSpec::Dust(a) => Arc::new(Dust::new(a, len, registry)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
