@@ -98,6 +98,12 @@ enum Command {
         #[arg(required = true, num_args = 1..)]
         words: Vec<String>,
     },
+    /// Run `message`, `read`, `write`, `status`, `sleep`... lines from stdin against one
+    /// live device, printing each reply (see `dmemu::shell`).
+    Shell {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
 }
 
 /// Which devices to build and which one to act on.
@@ -416,6 +422,10 @@ fn run_command(cli: Cli) -> Result<()> {
             } else {
                 out(&format!("{reply}\n"), &mut stdout)
             }
+        }
+        Command::Shell { spec } => {
+            drop(stdout);
+            crate::shell::run(&*spec.open()?, io::stdin().lock(), io::stdout().lock())
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod clock;
 pub mod error;
 pub mod mapped_device;
 pub mod registry;
+pub mod shell;
 pub mod table;
 pub mod targets;
 #[cfg(any(test, feature = "testing"))]
