@@ -100,6 +100,43 @@ struct DustState {
 }
 
 /// A constructed dust target.
+///
+/// Testing how an application handles unreadable sectors: wrap its image in dust, list the
+/// bad blocks, enable failures.
+///
+/// ```
+/// use dmemu::table::DeviceSpec;
+/// use dmemu::{Registry, Sector, Table, TableMode, Volume};
+///
+/// let dir = tempfile::tempdir()?;
+/// let image = dir.path().join("app.img");
+/// std::fs::write(&image, vec![0x11; 1 << 20])?;
+///
+/// let registry = Registry::new();
+/// let table = Table::parse(&format!("0 2048 dust {} 0 4096", image.display()))?;
+/// let disk = registry.create(&DeviceSpec {
+///     name: "dusty".into(),
+///     uuid: String::new(),
+///     minor: None,
+///     mode: TableMode::ReadWrite,
+///     table,
+/// })?;
+/// for words in [&["addbadblock", "3"][..], &["addbadblock", "9"], &["enable"]] {
+///     disk.message(Sector(0), words)?;
+/// }
+/// assert_eq!(disk.message(Sector(0), &["countbadblocks"])?, "countbadblocks: 2 badblock(s) found");
+///
+/// let mut block = [0u8; 4096];
+/// disk.read(Sector(2 * 8), &mut block)?; // block 2 reads
+/// let err = disk.read(Sector(3 * 8), &mut block).unwrap_err(); // block 3 is bad
+/// assert_eq!(err.errno(), 5);
+/// // Writing a bad block takes it off the list (the drive "remapped" it).
+/// disk.write(Sector(3 * 8), &[0x22; 4096])?;
+/// disk.read(Sector(3 * 8), &mut block)?;
+/// assert_eq!(block[0], 0x22);
+/// assert_eq!(disk.message(Sector(0), &["listbadblocks"])?, "9\n");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Dust {
     args: DustArgs,

@@ -40,6 +40,49 @@ const MAX_CLONE_BYTES: usize = 1024 * 4096;
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A constructed flakey target.
+///
+/// Testing how an application survives a disk that drops out, with no root and no sleeping:
+/// wrap its image file in flakey on a manual clock and move the clock.
+///
+/// ```
+/// use std::time::Duration;
+/// use dmemu::clock::ManualClock;
+/// use dmemu::table::DeviceSpec;
+/// use dmemu::{MappedDevice, Registry, Sector, Table, TableMode, Volume};
+///
+/// // The application under test: reads its header block.
+/// fn read_header(disk: &MappedDevice) -> dmemu::Result<u8> {
+///     let mut block = [0u8; 4096];
+///     disk.read(Sector(0), &mut block)?;
+///     Ok(block[0])
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let image = dir.path().join("app.img");
+/// std::fs::write(&image, vec![0x5a; 1 << 20])?;
+///
+/// let clock = ManualClock::shared();
+/// let registry = Registry::new().with_clock(clock.clone());
+/// // Up for 5 s, then down for 2 s, repeating; no features = error_reads + error_writes.
+/// let table = Table::parse(&format!("0 2048 flakey {} 0 5 2", image.display()))?;
+/// let disk = registry.create(&DeviceSpec {
+///     name: "flaky".into(),
+///     uuid: String::new(),
+///     minor: None,
+///     mode: TableMode::ReadWrite,
+///     table,
+/// })?;
+///
+/// assert_eq!(read_header(&disk)?, 0x5a); // t = 0 s: up
+/// clock.advance(Duration::from_millis(4999));
+/// assert_eq!(read_header(&disk)?, 0x5a); // t = 4.999 s: still up
+/// clock.advance(Duration::from_millis(1));
+/// let err = read_header(&disk).unwrap_err(); // t = 5 s: down
+/// assert_eq!(err.errno(), 5); // EIO, as from the kernel's flakey
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(read_header(&disk)?, 0x5a); // t = 7 s: up again
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Flakey {
     args: FlakeyArgs,
