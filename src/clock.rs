@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,19 +24,35 @@ pub trait Clock: Send + Sync + fmt::Debug {
 /// A clock shared between a registry, its targets and a test.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// Real time: `Instant` since the clock was made; sleeps with `thread::sleep`.
+/// Real time since the clock was made; sleeps with `thread::sleep`.
+///
+/// On Linux it reads `CLOCK_MONOTONIC_COARSE`, which advances once per kernel tick like the
+/// `jiffies` dm-flakey and dm-delay count in, and costs a few nanoseconds from the vDSO
+/// (flakey reads the clock on every request). Elsewhere it reads `Instant`.
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
-    epoch: Instant,
+    epoch: Duration,
+}
+
+#[cfg(target_os = "linux")]
+fn monotonic() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(t.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn monotonic() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
 }
 
 impl SystemClock {
     /// A clock whose epoch is now.
     #[must_use]
     pub fn new() -> SystemClock {
-        SystemClock {
-            epoch: Instant::now(),
-        }
+        SystemClock { epoch: monotonic() }
     }
 }
 
@@ -47,7 +64,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        monotonic().saturating_sub(self.epoch)
     }
 
     fn sleep_until(&self, deadline: Duration) {
@@ -98,6 +115,9 @@ impl ManualState {
 pub struct ManualClock {
     state: Mutex<ManualState>,
     changed: Condvar,
+    /// `state.now` in nanoseconds, written under the lock and read without it, so `now()`
+    /// on the I/O path takes no lock.
+    now_ns: AtomicU64,
 }
 
 impl ManualClock {
@@ -117,10 +137,16 @@ impl ManualClock {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn publish(&self, s: &ManualState) {
+        let ns = u64::try_from(s.now.as_nanos()).unwrap_or(u64::MAX);
+        self.now_ns.store(ns, Ordering::Release);
+    }
+
     /// Move the clock forward by `by` and wake every thread whose deadline has come.
     pub fn advance(&self, by: Duration) {
         let mut s = self.lock();
         s.now = s.now.saturating_add(by);
+        self.publish(&s);
         drop(s);
         self.changed.notify_all();
     }
@@ -130,6 +156,7 @@ impl ManualClock {
     pub fn set(&self, to: Duration) {
         let mut s = self.lock();
         s.now = s.now.max(to);
+        self.publish(&s);
         drop(s);
         self.changed.notify_all();
     }
@@ -165,7 +192,7 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
-        self.lock().now
+        Duration::from_nanos(self.now_ns.load(Ordering::Acquire))
     }
 
     fn sleep_until(&self, deadline: Duration) {
