@@ -1,6 +1,9 @@
 //! Criterion bench: the cost of delay (0 ms) and flakey (in its up window) over linear for
 //! 4 KiB reads from a `MemVolume` (target: at most 5% over linear).
 
+// criterion_group! generates an undocumented pub fn.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
