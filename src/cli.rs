@@ -103,6 +103,12 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::verity::cli::VerityCommand,
     },
+    /// Run `message`, `read`, `write`, `status`, `sleep`... lines from stdin against one
+    /// live device, printing each reply (see `dmemu::shell`).
+    Shell {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
 }
 
 /// Which devices to build and which one to act on.
@@ -422,6 +428,10 @@ fn run_command(cli: Cli) -> Result<()> {
             } else {
                 out(&format!("{reply}\n"), &mut stdout)
             }
+        }
+        Command::Shell { spec } => {
+            drop(stdout);
+            crate::shell::run(&*spec.open()?, io::stdin().lock(), io::stdout().lock())
         }
     }
 }

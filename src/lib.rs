@@ -25,9 +25,11 @@
 //! ```
 
 pub mod cli;
+pub mod clock;
 pub mod error;
 pub mod mapped_device;
 pub mod registry;
+pub mod shell;
 pub mod table;
 pub mod targets;
 #[cfg(any(test, feature = "testing"))]

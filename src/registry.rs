@@ -9,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::mapped_device::MappedDevice;
 use crate::table::{DeviceSpec, TableMode};
@@ -35,6 +36,17 @@ pub struct Registry {
     named: Mutex<BTreeMap<String, SharedVolume>>,
     devices: Mutex<BTreeMap<String, Arc<MappedDevice>>>,
     files: Mutex<BTreeMap<PathBuf, SharedVolume>>,
+    clock: RegistryClock,
+}
+
+/// The clock targets built through a registry read time from (system clock by default).
+#[derive(Debug, Clone)]
+struct RegistryClock(SharedClock);
+
+impl Default for RegistryClock {
+    fn default() -> RegistryClock {
+        RegistryClock(Arc::new(SystemClock::new()))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,6 +85,19 @@ impl Registry {
     pub fn with_backing(mut self, backing: Backing) -> Registry {
         self.backing = backing;
         self
+    }
+
+    /// Build time-dependent targets (delay, flakey) on `clock` instead of the system clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: SharedClock) -> Registry {
+        self.clock = RegistryClock(clock);
+        self
+    }
+
+    /// The clock targets built through this registry read time from.
+    #[must_use]
+    pub fn clock(&self) -> SharedClock {
+        Arc::clone(&self.clock.0)
     }
 
     /// Bind `major:minor` to an image file.

@@ -139,6 +139,24 @@ impl<'a> Args<'a> {
         self.read_with(reason, |t| parse_llu(t).and_then(|v| u32::try_from(v).ok()))
     }
 
+    /// The kernel's `sscanf(s, "%llu%c")` exactly: digits only, but a value beyond `u64`
+    /// wraps silently (lib/kstrtox.c `_parse_integer_limit` ignores its overflow flag for
+    /// `simple_strntoull`), so `18446744073709551617` reads as 1.
+    pub fn scan_llu(&mut self, reason: &str) -> ArgResult<u64> {
+        self.read_with(reason, scan_llu)
+    }
+
+    /// The kernel's `sscanf(s, "%u%c")` exactly: [`scan_llu`] truncated to 32 bits, so
+    /// `4294967297` reads as 1.
+    pub fn scan_u32(&mut self, reason: &str) -> ArgResult<u32> {
+        self.read_with(reason, scan_u32)
+    }
+
+    /// The kernel's `dm_read_arg` exactly: [`scan_u32`] (wrapping), then the range check.
+    pub fn scan_arg_in(&mut self, range: RangeInclusive<u32>, reason: &str) -> ArgResult<u32> {
+        self.read_with(reason, |t| scan_u32(t).filter(|v| range.contains(v)))
+    }
+
     /// A `kstrtoull(s, 10)` number: optional leading `+`, decimal, optional trailing newline.
     pub fn kstrtoull(&mut self, reason: &str) -> ArgResult<u64> {
         self.read_with(reason, parse_kstrtoull)
@@ -197,6 +215,24 @@ pub fn parse_llu(t: &str) -> Option<u64> {
     t.parse().ok()
 }
 
+/// The kernel's `sscanf("%llu%c")`: one or more ASCII digits and nothing else; the value is
+/// taken modulo 2^64, as the kernel's `simple_strntoull` does.
+#[must_use]
+pub fn scan_llu(t: &str) -> Option<u64> {
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(t.bytes().fold(0u64, |acc, b| {
+        acc.wrapping_mul(10).wrapping_add(u64::from(b - b'0'))
+    }))
+}
+
+/// The kernel's `sscanf("%u%c")`: [`scan_llu`] keeping the low 32 bits.
+#[must_use]
+pub fn scan_u32(t: &str) -> Option<u32> {
+    scan_llu(t).map(|v| u32::try_from(v & u64::from(u32::MAX)).unwrap_or(u32::MAX))
+}
+
 /// `kstrtoull(s, 10)`: optional `+`, digits, optional single trailing `\n`.
 #[must_use]
 pub fn parse_kstrtoull(t: &str) -> Option<u64> {
@@ -222,6 +258,16 @@ mod tests {
         assert_eq!(parse_llu("12a"), None);
         assert_eq!(parse_llu("18446744073709551616"), None);
         assert_eq!(parse_kstrtoull("+7"), Some(7));
+    }
+
+    #[test]
+    fn scan_wraps_like_the_kernel_sscanf() {
+        assert_eq!(scan_llu("18446744073709551617"), Some(1));
+        assert_eq!(scan_u32("4294967297"), Some(1));
+        assert_eq!(scan_u32("4294967295"), Some(u32::MAX));
+        assert_eq!(scan_u32("+1"), None);
+        assert_eq!(scan_u32(""), None);
+        assert_eq!(scan_u32("1x"), None);
     }
 
     #[test]

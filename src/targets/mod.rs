@@ -15,13 +15,19 @@ use crate::table::lexer::escape;
 use crate::units::SectorCount;
 use crate::volume::Volume;
 
+pub mod delay;
+pub mod dust;
 pub mod error;
+pub mod flakey;
 pub mod linear;
 pub mod other;
 pub mod striped;
 pub mod verity;
 pub mod zero;
 
+pub use delay::{Delay, DelayArgs};
+pub use dust::{Dust, DustArgs};
+pub use flakey::{Flakey, FlakeyArgs};
 pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
 pub use striped::{Striped, StripedArgs};
@@ -102,6 +108,12 @@ pub enum TargetSpec {
     Error,
     /// `verity <version> <data> <hash> <dbs> <hbs> <blocks> <hash_start> <alg> <root> <salt> [opts]`
     Verity(VerityArgs),
+    /// `delay <dev> <offset> <ms> [<wdev> <woffset> <wms> [<fdev> <foffset> <fms>]]`
+    Delay(DelayArgs),
+    /// `flakey <dev> <offset> <up> <down> [<#features> <features>...]`
+    Flakey(FlakeyArgs),
+    /// `dust <dev> <offset> <blksz>`
+    Dust(DustArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -172,6 +184,9 @@ impl TargetSpec {
                 TargetSpec::Error
             }
             "verity" => TargetSpec::Verity(VerityArgs::parse(args, len)?),
+            "delay" => TargetSpec::Delay(DelayArgs::parse(args)?),
+            "flakey" => TargetSpec::Flakey(FlakeyArgs::parse(args)?),
+            "dust" => TargetSpec::Dust(DustArgs::parse(args, len)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => {
                 TargetSpec::Other(OtherArgs::new(t, args.all(), raw))
             }
@@ -188,6 +203,9 @@ impl TargetSpec {
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
             TargetSpec::Verity(_) => VerityArgs::TYPE,
+            TargetSpec::Delay(_) => DelayArgs::TYPE,
+            TargetSpec::Flakey(_) => FlakeyArgs::TYPE,
+            TargetSpec::Dust(_) => DustArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -200,6 +218,9 @@ impl TargetSpec {
             TargetSpec::Striped(a) => write!(out, "{a}"),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
             TargetSpec::Verity(a) => write!(out, "{a}"),
+            TargetSpec::Delay(a) => write!(out, "{a}"),
+            TargetSpec::Flakey(a) => write!(out, "{a}"),
+            TargetSpec::Dust(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => write!(out, "{a}"),
         }
     }
@@ -212,6 +233,9 @@ impl TargetSpec {
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),
             TargetSpec::Verity(a) => Arc::new(Verity::new(a, len, registry)?),
+            TargetSpec::Delay(a) => Arc::new(Delay::new(a, len, registry)?),
+            TargetSpec::Flakey(a) => Arc::new(Flakey::new(a, len, registry)?),
+            TargetSpec::Dust(a) => Arc::new(Dust::new(a, len, registry)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

@@ -1,0 +1,254 @@
+//! Injected time: the `Clock` trait that delay and flakey read time through, the system clock
+//! (default) and a manual clock that tests advance by hand so fault schedules are exact.
+//!
+//! The kernel's dm-flakey measures whole seconds of `jiffies` since the table was loaded and
+//! dm-delay holds each bio until `jiffies` passes its deadline. Here both read a `Clock`
+//! instead, so a test can say "now it is 4.999 s after load" and see the down window start one
+//! millisecond later, without sleeping.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// A monotonic clock measured from its own epoch.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Time since the clock's epoch. Never goes backwards.
+    fn now(&self) -> Duration;
+
+    /// Block the calling thread until `now() >= deadline`. Returns at once if it already is.
+    fn sleep_until(&self, deadline: Duration);
+}
+
+/// A clock shared between a registry, its targets and a test.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// Real time since the clock was made; sleeps with `thread::sleep`.
+///
+/// On Linux it reads `CLOCK_MONOTONIC_COARSE`, which advances once per kernel tick like the
+/// `jiffies` dm-flakey and dm-delay count in, and costs a few nanoseconds from the vDSO
+/// (flakey reads the clock on every request). Elsewhere it reads `Instant`.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    epoch: Duration,
+}
+
+#[cfg(target_os = "linux")]
+fn monotonic() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let secs = u64::try_from(t.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(t.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn monotonic() -> Duration {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
+}
+
+impl SystemClock {
+    /// A clock whose epoch is now.
+    #[must_use]
+    pub fn new() -> SystemClock {
+        SystemClock { epoch: monotonic() }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> SystemClock {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        monotonic().saturating_sub(self.epoch)
+    }
+
+    fn sleep_until(&self, deadline: Duration) {
+        // thread::sleep may wake early on some platforms; loop until the deadline holds.
+        loop {
+            let now = self.now();
+            if now >= deadline {
+                return;
+            }
+            std::thread::sleep(deadline - now);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ManualState {
+    now: Duration,
+    /// Deadlines of threads blocked in `sleep_until`, with how many threads wait on each.
+    sleepers: BTreeMap<Duration, usize>,
+}
+
+impl ManualState {
+    /// Threads whose deadline lies in the future (they cannot have woken yet).
+    fn pending(&self) -> usize {
+        self.sleepers
+            .range((
+                std::ops::Bound::Excluded(self.now),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// A clock that stands still until a test moves it. Threads blocked in `sleep_until` wake
+/// when `advance`/`set` moves the time to or past their deadline.
+///
+/// ```
+/// use std::time::Duration;
+/// use dmemu::clock::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new();
+/// assert_eq!(clock.now(), Duration::ZERO);
+/// clock.advance(Duration::from_millis(1500));
+/// assert_eq!(clock.now().as_millis(), 1500);
+/// ```
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    state: Mutex<ManualState>,
+    changed: Condvar,
+    /// `state.now` in nanoseconds, written under the lock and read without it, so `now()`
+    /// on the I/O path takes no lock.
+    now_ns: AtomicU64,
+}
+
+impl ManualClock {
+    /// A manual clock at time zero.
+    #[must_use]
+    pub fn new() -> ManualClock {
+        ManualClock::default()
+    }
+
+    /// A manual clock at time zero, shared.
+    #[must_use]
+    pub fn shared() -> Arc<ManualClock> {
+        Arc::new(ManualClock::new())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ManualState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, s: &ManualState) {
+        let ns = u64::try_from(s.now.as_nanos()).unwrap_or(u64::MAX);
+        self.now_ns.store(ns, Ordering::Release);
+    }
+
+    /// Move the clock forward by `by` and wake every thread whose deadline has come.
+    pub fn advance(&self, by: Duration) {
+        let mut s = self.lock();
+        s.now = s.now.saturating_add(by);
+        self.publish(&s);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Set the clock to `to`; a time before the current one is ignored (the clock is
+    /// monotonic).
+    pub fn set(&self, to: Duration) {
+        let mut s = self.lock();
+        s.now = s.now.max(to);
+        self.publish(&s);
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Threads blocked in `sleep_until` whose deadline has not come yet. After `advance`
+    /// returns this is exact: a thread whose deadline passed is no longer counted even if it
+    /// has not been scheduled yet.
+    #[must_use]
+    pub fn sleepers(&self) -> usize {
+        self.lock().pending()
+    }
+
+    /// Wait (in real time, at most `timeout`) until at least `n` threads are blocked on a
+    /// future deadline. Returns whether they are. Tests use this to know that requests are
+    /// held before moving the clock.
+    pub fn wait_for_sleepers(&self, n: usize, timeout: Duration) -> bool {
+        let give_up = Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.pending() < n {
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.now_ns.load(Ordering::Acquire))
+    }
+
+    fn sleep_until(&self, deadline: Duration) {
+        let mut s = self.lock();
+        if s.now >= deadline {
+            return;
+        }
+        *s.sleepers.entry(deadline).or_insert(0) += 1;
+        // Tell `wait_for_sleepers` a thread is now held.
+        self.changed.notify_all();
+        while s.now < deadline {
+            s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+        if let Some(n) = s.sleepers.get_mut(&deadline) {
+            *n -= 1;
+            if *n == 0 {
+                s.sleepers.remove(&deadline);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_wakes_sleeper_exactly_at_deadline() {
+        let clock = ManualClock::shared();
+        let c = Arc::clone(&clock);
+        let t = std::thread::spawn(move || {
+            c.sleep_until(Duration::from_millis(100));
+            c.now()
+        });
+        assert!(clock.wait_for_sleepers(1, Duration::from_secs(10)));
+        clock.advance(Duration::from_millis(99));
+        assert_eq!(clock.sleepers(), 1, "deadline not reached: still held");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(clock.sleepers(), 0);
+        assert_eq!(t.join().unwrap(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn manual_clock_past_deadline_returns_at_once_and_set_is_monotonic() {
+        let clock = ManualClock::new();
+        clock.set(Duration::from_secs(5));
+        clock.sleep_until(Duration::from_secs(1));
+        clock.set(Duration::from_secs(2));
+        assert_eq!(clock.now(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn system_clock_sleep_until_reaches_deadline() {
+        let clock = SystemClock::new();
+        let d = clock.now() + Duration::from_millis(2);
+        clock.sleep_until(d);
+        assert!(clock.now() >= d);
+    }
+}
