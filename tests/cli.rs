@@ -45,7 +45,10 @@ fn check_reports_line_and_token_and_fails_with_einval() {
 
 #[test]
 fn check_verity_needs_read_only() {
-    let t = format!("0 8 verity 1 a b 4096 4096 1 0 sha256 {} -\n", "0".repeat(64));
+    let t = format!(
+        "0 8 verity 1 a b 4096 4096 1 0 sha256 {} -\n",
+        "0".repeat(64)
+    );
     let out = dmemu(&["check", "-"], t.as_bytes());
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("Device must be readonly"));

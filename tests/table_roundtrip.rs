@@ -10,7 +10,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn generated_table_survives_format_and_parse(t in strategies::table()) {
+    fn generated_table_survives_format_and_parse(t in strategies::any_table()) {
         let text = t.to_text(Keys::Shown);
         let back = parse_table(text.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         prop_assert_eq!(&back, &t);

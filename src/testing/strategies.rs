@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use crate::table::{Table, TableLine};
+use crate::table::{parse_line_params, Table, TableLine};
 use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, TargetSpec};
 use crate::units::{Sector, SectorCount};
 
@@ -76,9 +76,152 @@ pub fn target_with_len() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     ]
 }
 
+/// Parse generated parameter text for `target_type`; generators only produce valid text,
+/// so a failure here is a bug in the generator or the parser and panics loudly.
+fn typed(target_type: &'static str, len: u64, params: String) -> (SectorCount, TargetSpec) {
+    let spec = parse_line_params(target_type, SectorCount(len), &params)
+        .unwrap_or_else(|e| panic!("generated {target_type} line does not parse: {e}: {params}"));
+    (SectorCount(len), spec)
+}
+
+fn dev_off() -> impl Strategy<Value = String> {
+    device_at().prop_map(|d| d.to_string())
+}
+
+/// `delay` in its 3, 6 and 9 argument forms.
+pub fn delay() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 32,
+        prop::collection::vec((dev_off(), any::<u32>()), 1..=3),
+    )
+        .prop_map(|(len, classes)| {
+            let params: Vec<String> = classes.iter().map(|(d, ms)| format!("{d} {ms}")).collect();
+            typed("delay", len, params.join(" "))
+        })
+}
+
+/// `flakey` with any valid combination of 6.12 features (or none).
+pub fn flakey() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    let corrupt = (1u32..=u32::MAX, prop::bool::ANY, any::<u8>(), any::<u32>());
+    (
+        1u64..1 << 32,
+        dev_off(),
+        (0u32..1000, 1u32..1000),
+        prop::option::of((
+            prop::bool::ANY,
+            0u8..3,
+            prop::option::of(corrupt),
+            prop::option::of(0u32..=1_000_000_000),
+            prop::option::of(0u32..=1_000_000_000),
+        )),
+    )
+        .prop_map(|(len, dest, (up, down), features)| {
+            let mut words: Vec<String> = Vec::new();
+            if let Some((error_reads, writes, corrupt, rr, rw)) = features {
+                if error_reads {
+                    words.push("error_reads".into());
+                }
+                match writes {
+                    1 => words.push("drop_writes".into()),
+                    2 => words.push("error_writes".into()),
+                    _ => {}
+                }
+                if let Some((nth, read, value, flags)) = corrupt {
+                    // `corrupt_bio_byte ... w` cannot be combined with drop/error_writes.
+                    let dir = if read || writes != 0 { 'r' } else { 'w' };
+                    words.push(format!("corrupt_bio_byte {nth} {dir} {value} {flags}"));
+                }
+                if let Some(p) = rr {
+                    words.push(format!("random_read_corrupt {p}"));
+                }
+                if let Some(p) = rw {
+                    words.push(format!("random_write_corrupt {p}"));
+                }
+            }
+            let count: usize = words.iter().map(|w| w.split(' ').count()).sum();
+            let features = if words.is_empty() {
+                String::new()
+            } else {
+                format!(" {count} {}", words.join(" "))
+            };
+            typed("flakey", len, format!("{dest} {up} {down}{features}"))
+        })
+}
+
+/// `dust` with any power-of-two block size up to the line length.
+pub fn dust() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (1u64..1 << 32, dev_off(), 9u32..20).prop_map(|(len, dest, shift)| {
+        let len = len.max(1 << (shift - 9));
+        typed("dust", len, format!("{dest} {}", 1u32 << shift))
+    })
+}
+
+/// `verity` (a singleton: only valid alone in a read-only table).
+pub fn verity() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    let algs = prop::sample::select(vec![("sha256", 32usize), ("sha1", 20), ("sha512", 64)]);
+    (
+        0u32..=1,
+        device_ref(),
+        device_ref(),
+        (9u32..=12, 9u32..=12),
+        1u64..1 << 30,
+        0u64..1 << 20,
+        algs,
+        prop::collection::vec(any::<u8>(), 64),
+        prop::option::of(prop::collection::vec(any::<u8>(), 1..=32)),
+        prop::sample::subsequence(
+            vec![
+                "ignore_corruption",
+                "restart_on_error",
+                "ignore_zero_blocks",
+                "check_at_most_once",
+                "try_verify_in_tasklet",
+            ],
+            0..=5,
+        ),
+    )
+        .prop_map(
+            |(version, data, hash, (dbs, hbs), blocks, start, (alg, dlen), root, salt, opts)| {
+                let (dbs, hbs) = (1u64 << dbs, 1u64 << hbs.max(if dlen == 64 { 8 } else { 7 }));
+                let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+                let salt = salt.map_or_else(|| "-".to_string(), |s| hex(&s));
+                let mut params = format!(
+                    "{version} {data} {hash} {dbs} {hbs} {blocks} {start} {alg} {} {salt}",
+                    hex(&root[..dlen])
+                );
+                if !opts.is_empty() {
+                    params.push_str(&format!(" {} {}", opts.len(), opts.join(" ")));
+                }
+                let len = blocks * (dbs / 512);
+                typed("verity", len, params)
+            },
+        )
+}
+
+/// Any target that may share a table with others, with a length it is valid for.
+pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    prop_oneof![target_with_len(), delay(), flakey(), dust()]
+}
+
+/// A one-line table of a singleton target (verity), valid in a read-only table.
+pub fn singleton_table() -> impl Strategy<Value = Table> {
+    verity().prop_map(|(len, spec)| Table {
+        lines: vec![TableLine {
+            start: Sector(0),
+            len,
+            spec,
+        }],
+    })
+}
+
+/// Any valid table: many shareable lines, or one singleton line.
+pub fn any_table() -> impl Strategy<Value = Table> {
+    prop_oneof![4 => table(), 1 => singleton_table()]
+}
+
 /// A valid multi-line table: contiguous from sector 0, 1 to 12 lines.
 pub fn table() -> impl Strategy<Value = Table> {
-    prop::collection::vec(target_with_len(), 1..12).prop_map(|specs| {
+    prop::collection::vec(shareable_target(), 1..12).prop_map(|specs| {
         let mut start = 0u64;
         let lines = specs
             .into_iter()
