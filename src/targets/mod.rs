@@ -18,12 +18,16 @@ use crate::volume::Volume;
 pub mod error;
 pub mod linear;
 pub mod other;
+pub mod snapshot;
 pub mod striped;
+pub mod thin;
 pub mod zero;
 
 pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
+pub use snapshot::{OriginArgs, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
+pub use thin::{ThinArgs, ThinPoolArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
 pub trait Target: Volume + Any {
@@ -98,6 +102,16 @@ pub enum TargetSpec {
     Zero,
     /// `error` (arguments accepted and dropped, as the kernel prints none)
     Error,
+    /// `snapshot <origin> <cow> <P|PO|N> <chunk> [<#features> <feature>...]`
+    Snapshot(SnapshotArgs),
+    /// `snapshot-merge`, same arguments as `snapshot`
+    SnapshotMerge(SnapshotArgs),
+    /// `snapshot-origin <origin>`
+    SnapshotOrigin(OriginArgs),
+    /// `thin-pool <meta> <data> <block> <low_water> [<#features> <feature>...]`
+    ThinPool(ThinPoolArgs),
+    /// `thin <pool> <dev_id> [<external_origin>]`
+    Thin(ThinArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -167,6 +181,13 @@ impl TargetSpec {
                 error::parse(args)?;
                 TargetSpec::Error
             }
+            "snapshot" => TargetSpec::Snapshot(SnapshotArgs::parse(args, SnapshotKind::Snapshot)?),
+            "snapshot-merge" => {
+                TargetSpec::SnapshotMerge(SnapshotArgs::parse(args, SnapshotKind::Merge)?)
+            }
+            "snapshot-origin" => TargetSpec::SnapshotOrigin(OriginArgs::parse(args)?),
+            "thin-pool" => TargetSpec::ThinPool(ThinPoolArgs::parse(args)?),
+            "thin" => TargetSpec::Thin(ThinArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => {
                 TargetSpec::Other(OtherArgs::new(t, args.all(), raw))
             }
@@ -182,6 +203,11 @@ impl TargetSpec {
             TargetSpec::Striped(_) => StripedArgs::TYPE,
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
+            TargetSpec::Snapshot(_) => SnapshotArgs::TYPE,
+            TargetSpec::SnapshotMerge(_) => SnapshotArgs::MERGE_TYPE,
+            TargetSpec::SnapshotOrigin(_) => OriginArgs::TYPE,
+            TargetSpec::ThinPool(_) => ThinPoolArgs::TYPE,
+            TargetSpec::Thin(_) => ThinArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -193,6 +219,10 @@ impl TargetSpec {
             TargetSpec::Linear(a) => write!(out, "{a}"),
             TargetSpec::Striped(a) => write!(out, "{a}"),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
+            TargetSpec::Snapshot(a) | TargetSpec::SnapshotMerge(a) => write!(out, "{a}"),
+            TargetSpec::SnapshotOrigin(a) => write!(out, "{a}"),
+            TargetSpec::ThinPool(a) => write!(out, "{a}"),
+            TargetSpec::Thin(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => write!(out, "{a}"),
         }
     }
@@ -204,6 +234,16 @@ impl TargetSpec {
             TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, registry)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),
+            TargetSpec::Snapshot(_)
+            | TargetSpec::SnapshotMerge(_)
+            | TargetSpec::SnapshotOrigin(_)
+            | TargetSpec::ThinPool(_)
+            | TargetSpec::Thin(_) => {
+                return Err(Error::Unsupported {
+                    target: "dmemu",
+                    op: "I/O for snapshot and thin targets (parsed and printed, not executed yet)",
+                })
+            }
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
