@@ -31,8 +31,18 @@ impl OtherArgs {
     }
 }
 
+/// Untyped targets whose STATUSTYPE_TABLE output always ends in a space, which dmsetup's
+/// line reader strips on input: `multipath_status` emits `"%s "` after every word (seen in
+/// the kernel table corpus, tests/fixtures/kernel-tables).
+const TRAILING_SPACE_TYPES: &[&str] = &["multipath"];
+
 impl fmt::Display for OtherArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.params)
+        f.write_str(&self.params)?;
+        if TRAILING_SPACE_TYPES.contains(&self.target_type.as_str()) && !self.params.ends_with(' ')
+        {
+            f.write_str(" ")?;
+        }
+        Ok(())
     }
 }
