@@ -139,6 +139,18 @@ fn kernel_printed_tables_with_showkeys_print_back_unchanged_with_keys_shown() {
     }
 }
 
+#[test]
+fn keys_shown_by_the_kernel_are_hidden_exactly_as_dmsetup_hides_them() {
+    let mut hidden = 0;
+    for k in loaded(&corpus()) {
+        let t = parse(&k.showkeys, &k.name);
+        assert_eq!(t.to_text(Keys::Hidden), text(&k.table), "{}", k.name);
+        hidden += usize::from(k.showkeys != k.table);
+    }
+    // Every crypt case with a hex key and the integrity HMAC key.
+    assert!(hidden >= 25, "{hidden} cases with keys");
+}
+
 /// Cases whose kernel output depends on the devices, not the table: a snapshot with chunk 0
 /// prints the chunk size the kernel settled on (COW header or default).
 fn device_dependent(k: &Case) -> bool {

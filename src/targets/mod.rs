@@ -223,7 +223,7 @@ impl TargetSpec {
             TargetSpec::SnapshotOrigin(a) => write!(out, "{a}"),
             TargetSpec::ThinPool(a) => write!(out, "{a}"),
             TargetSpec::Thin(a) => write!(out, "{a}"),
-            TargetSpec::Other(a) => write!(out, "{a}"),
+            TargetSpec::Other(a) => a.write(out, keys),
         }
     }
 
