@@ -198,3 +198,70 @@ fn snapshot_origin_takes_exactly_one_device() {
         );
     }
 }
+
+mod roundtrip {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn device() -> impl Strategy<Value = DeviceRef> {
+        prop_oneof![
+            (0u32..4096, 0u32..1_048_576).prop_map(|(a, b)| DeviceRef(format!("{a}:{b}"))),
+            "/dev/[a-z]{1,8}".prop_map(DeviceRef),
+            "[a-z]{1,4} [a-z]{1,4}".prop_map(DeviceRef),
+        ]
+    }
+
+    fn args() -> impl Strategy<Value = SnapshotArgs> {
+        let store = prop_oneof![
+            Just(StoreType::Persistent),
+            Just(StoreType::PersistentOverflow),
+            Just(StoreType::Transient),
+        ];
+        let discard = prop_oneof![
+            Just(SnapshotDiscard::Off),
+            Just(SnapshotDiscard::ZeroesCow),
+            Just(SnapshotDiscard::ZeroesCowPassdownOrigin),
+        ];
+        (device(), device(), store, 0u32..=21, any::<bool>(), discard)
+            .prop_filter("origin and COW differ", |(o, c, ..)| o != c)
+            .prop_map(|(origin, cow, store, shift, zero, discard)| SnapshotArgs {
+                origin,
+                cow,
+                store,
+                chunk_size: if zero && store != StoreType::Transient {
+                    0
+                } else {
+                    1 << shift
+                },
+                discard,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_args_parse_back_from_their_canonical_text(a in args()) {
+            let t = tokens(&a.to_string());
+            for kind in [SnapshotKind::Snapshot, SnapshotKind::Merge] {
+                if kind == SnapshotKind::Merge && a.store == StoreType::Transient {
+                    continue;
+                }
+                prop_assert_eq!(&SnapshotArgs::parse(&mut Args::new(&t), kind).unwrap(), &a);
+            }
+        }
+
+        #[test]
+        fn snapshot_origin_args_parse_back_from_their_canonical_text(d in device()) {
+            let a = OriginArgs { origin: d };
+            let t = tokens(&a.to_string());
+            prop_assert_eq!(OriginArgs::parse(&mut Args::new(&t)).unwrap(), a);
+        }
+
+        #[test]
+        fn snapshot_parse_never_panics_on_arbitrary_tokens(
+            t in proptest::collection::vec("[a-zA-Z0-9_:+-]{0,12}", 0..10),
+        ) {
+            let _ = SnapshotArgs::parse(&mut Args::new(&t), SnapshotKind::Snapshot);
+            let _ = OriginArgs::parse(&mut Args::new(&t));
+        }
+    }
+}

@@ -189,3 +189,75 @@ fn thin_device_id_over_24_bits_or_not_a_number_is_refused() {
         );
     }
 }
+
+mod roundtrip {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn device() -> impl Strategy<Value = DeviceRef> {
+        prop_oneof![
+            (0u32..4096, 0u32..1_048_576).prop_map(|(a, b)| DeviceRef(format!("{a}:{b}"))),
+            "/dev/mapper/[a-z]{1,8}".prop_map(DeviceRef),
+            "[a-z]{1,4}\\\\[a-z]{1,4}".prop_map(DeviceRef),
+        ]
+    }
+
+    fn pool_args() -> impl Strategy<Value = ThinPoolArgs> {
+        let features = proptest::array::uniform5(any::<bool>()).prop_map(|f| PoolFeatures {
+            skip_block_zeroing: f[0],
+            ignore_discard: f[1],
+            no_discard_passdown: f[2],
+            read_only: f[3],
+            error_if_no_space: f[4],
+        });
+        (device(), device(), 1u64..=16384, any::<u64>(), features)
+            .prop_filter("metadata and data differ", |(m, d, ..)| m != d)
+            .prop_map(
+                |(metadata, data, blocks, low_water_blocks, features)| ThinPoolArgs {
+                    metadata,
+                    data,
+                    block_size: blocks * MIN_BLOCK_SECTORS,
+                    low_water_blocks,
+                    features,
+                },
+            )
+            // The kernel's group takes at most 4 feature words.
+            .prop_filter("at most 4 features", |a| a.features.words().count() <= 4)
+    }
+
+    fn thin_args() -> impl Strategy<Value = ThinArgs> {
+        (
+            device(),
+            0u32..=(1 << 24) - 1,
+            proptest::option::of(device()),
+        )
+            .prop_filter("origin is not the pool", |(p, _, o)| o.as_ref() != Some(p))
+            .prop_map(|(pool, dev_id, external_origin)| ThinArgs {
+                pool,
+                dev_id,
+                external_origin,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn thin_pool_args_parse_back_from_their_canonical_text(a in pool_args()) {
+            let t = tokens(&a.to_string());
+            prop_assert_eq!(ThinPoolArgs::parse(&mut Args::new(&t)).unwrap(), a);
+        }
+
+        #[test]
+        fn thin_args_parse_back_from_their_canonical_text(a in thin_args()) {
+            let t = tokens(&a.to_string());
+            prop_assert_eq!(ThinArgs::parse(&mut Args::new(&t)).unwrap(), a);
+        }
+
+        #[test]
+        fn thin_parse_never_panics_on_arbitrary_tokens(
+            t in proptest::collection::vec("[a-zA-Z0-9_:+-]{0,12}", 0..10),
+        ) {
+            let _ = ThinPoolArgs::parse(&mut Args::new(&t));
+            let _ = ThinArgs::parse(&mut Args::new(&t));
+        }
+    }
+}
