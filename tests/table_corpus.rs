@@ -30,6 +30,7 @@ struct Case {
     table: Vec<String>,
     showkeys: Vec<String>,
     status: Vec<String>,
+    read_only: bool,
     fail: Option<String>,
 }
 
@@ -73,7 +74,8 @@ fn corpus() -> Corpus {
                 });
             }
             "@@input" if in_refusal => c.refusals.last_mut().unwrap().input.push(rest.to_string()),
-            "@@readonly" => c.refusals.last_mut().unwrap().read_only = true,
+            "@@readonly" if in_refusal => c.refusals.last_mut().unwrap().read_only = true,
+            "@@readonly" => c.cases.last_mut().unwrap().read_only = true,
             "@@input" => c.cases.last_mut().unwrap().input.push(rest.to_string()),
             "@@table" => c.cases.last_mut().unwrap().table.push(rest.to_string()),
             "@@showkeys" => c.cases.last_mut().unwrap().showkeys.push(rest.to_string()),
@@ -120,6 +122,26 @@ fn corpus_comes_from_a_6_12_kernel_and_holds_both_loads_and_refusals() {
         );
         assert_eq!(k.showkeys.len(), k.table.len(), "{}", k.name);
         assert_eq!(k.status.len(), k.table.len(), "{}", k.name);
+    }
+}
+
+fn mode(read_only: bool) -> TableMode {
+    if read_only {
+        TableMode::ReadOnly
+    } else {
+        TableMode::ReadWrite
+    }
+}
+
+#[test]
+fn tables_the_kernel_loaded_are_accepted_in_the_same_mode() {
+    for k in loaded(&corpus()) {
+        for lines in [&k.input, &k.table, &k.showkeys] {
+            let t = parse(lines, &k.name);
+            if let Err(e) = t.check_mode(mode(k.read_only)) {
+                panic!("{}: {e}", k.name);
+            }
+        }
     }
 }
 
@@ -274,12 +296,8 @@ fn tables_the_kernel_refuses_are_refused_with_the_kernel_words() {
             .chain(&r.dmesg)
             .find_map(|l| kernel_message(l))
             .unwrap_or_else(|| panic!("{}: no kernel message in {:?}", r.name, r.dmesg));
-        let mode = if r.read_only {
-            TableMode::ReadOnly
-        } else {
-            TableMode::ReadWrite
-        };
-        let parsed = Table::parse(&text(&r.input)).and_then(|t| t.check_mode(mode).map(|()| t));
+        let parsed =
+            Table::parse(&text(&r.input)).and_then(|t| t.check_mode(mode(r.read_only)).map(|()| t));
         match parsed {
             Ok(t)
                 if t.lines
