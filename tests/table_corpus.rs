@@ -279,7 +279,7 @@ fn kernel_message(line: &str) -> Option<&str> {
 }
 
 /// Families whose refusals dmemu must already match (the others are checked once typed).
-const TYPED_FAMILIES: &[&str] = &["snapshot", "thin", "linear", "striped", "zero"];
+const TYPED_FAMILIES: &[&str] = &["snapshot", "thin", "linear", "striped", "zero", "error"];
 
 #[test]
 fn tables_the_kernel_refuses_are_refused_with_the_kernel_words() {
