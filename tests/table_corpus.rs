@@ -50,6 +50,7 @@ struct Corpus {
     cases: Vec<Case>,
     refusals: Vec<Refusal>,
     skipped: Vec<String>,
+    registered: Vec<String>,
 }
 
 fn corpus() -> Corpus {
@@ -83,6 +84,9 @@ fn corpus() -> Corpus {
             "@@fail" => c.cases.last_mut().unwrap().fail = Some(rest.to_string()),
             "@@dmesg" => c.refusals.last_mut().unwrap().dmesg.push(rest.to_string()),
             "@@accepted" => c.refusals.last_mut().unwrap().accepted = true,
+            "@@target" => c
+                .registered
+                .push(rest.split(' ').next().unwrap().to_string()),
             "@@skip" => c.skipped.push(rest.split(' ').next().unwrap().to_string()),
             _ => {}
         }
@@ -250,6 +254,21 @@ fn corpus_covers_every_kernel_target_type() {
         assert!(
             KERNEL_TARGET_TYPES.contains(&t.as_str()),
             "{t} not known to dmemu"
+        );
+    }
+    // `dmsetup targets` with every module loaded: dmemu knows each, and every type dmemu
+    // knows is either registered or was skipped because this kernel does not build it.
+    assert!(c.registered.len() >= 25, "{:?}", c.registered);
+    for t in &c.registered {
+        assert!(
+            KERNEL_TARGET_TYPES.contains(&t.as_str()),
+            "{t} not known to dmemu"
+        );
+    }
+    for t in KERNEL_TARGET_TYPES {
+        assert!(
+            c.registered.iter().chain(&c.skipped).any(|r| r == t),
+            "{t} neither registered nor skipped"
         );
     }
 }
