@@ -199,6 +199,26 @@ fn snapshot_origin_takes_exactly_one_device() {
     }
 }
 
+#[test]
+fn snapshot_table_errors_name_line_token_type_and_kernel_words() {
+    let e = crate::table::Table::parse("0 8 zero\n8 8 snapshot a b P 12\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "line 2: token 7 \"12\": snapshot: Couldn't create exception store: \
+         Chunk size is not a power of 2"
+    );
+    let e = crate::table::Table::parse("0 8 snapshot-merge a b N 8")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "line 1: token 6 \"N\": snapshot-merge: \
+         Snapshot exception store does not support snapshot-merge."
+    );
+}
+
 mod roundtrip {
     use super::*;
     use proptest::prelude::*;
