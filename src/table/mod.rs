@@ -80,34 +80,47 @@ impl Table {
                 reason: "no targets specified".into(),
             });
         }
+        // In `dm_table_add_target`'s order, line by line.
         let mut next = 0u64;
+        let mut singleton: Option<&str> = None;
+        let mut immutable: Option<&str> = None;
         for (i, l) in self.lines.iter().enumerate() {
+            let t = l.spec.target_type();
+            if let Some(first) = singleton {
+                let reason = format!("target type {first} must appear alone in table");
+                return Err(err(i, Some((3, t.to_string())), &reason));
+            }
             if l.len.0 == 0 {
                 return Err(err(i, Some((2, "0".into())), "zero-length target"));
             }
-            if l.start.0 != next {
-                return Err(err(i, Some((1, l.start.0.to_string())), "Gap in table"));
-            }
-            next = match l.start.0.checked_add(l.len.0) {
+            let end = match l.start.0.checked_add(l.len.0) {
                 Some(end) if end <= MAX_DEVICE_SECTORS => end,
                 _ => return Err(err(i, Some((2, l.len.0.to_string())), "too large device")),
             };
-            let t = l.spec.target_type();
-            if SINGLETON_TYPES.contains(&t) && self.lines.len() > 1 {
-                return Err(err(
-                    i,
-                    Some((3, t.to_string())),
-                    "target type may not be included in a table with other targets",
-                ));
+            if SINGLETON_TYPES.contains(&t) {
+                if i > 0 {
+                    let reason = format!("{t}: singleton target type must appear alone in table");
+                    return Err(err(i, Some((3, t.to_string())), &reason));
+                }
+                singleton = Some(t);
             }
-            if IMMUTABLE_TYPES.contains(&t) && self.lines.iter().any(|o| o.spec.target_type() != t)
-            {
-                return Err(err(
-                    i,
-                    Some((3, t.to_string())),
-                    "immutable target type cannot be mixed with other target types",
-                ));
+            let mixed = match immutable {
+                Some(first) => first != t,
+                None => IMMUTABLE_TYPES.contains(&t) && i > 0,
+            };
+            if mixed {
+                let reason =
+                    format!("{t}: immutable target type cannot be mixed with other target types");
+                return Err(err(i, Some((3, t.to_string())), &reason));
             }
+            if immutable.is_none() && IMMUTABLE_TYPES.contains(&t) {
+                immutable = Some(t);
+            }
+            if l.start.0 != next {
+                let reason = format!("{t}: Gap in table");
+                return Err(err(i, Some((1, l.start.0.to_string())), &reason));
+            }
+            next = end;
         }
         Ok(())
     }
@@ -130,7 +143,7 @@ impl Table {
                 return Err(Error::Table {
                     line: i + 1,
                     token: Some((3, t.to_string())),
-                    reason: reason.into(),
+                    reason: format!("{t}: {reason}"),
                 });
             }
         }

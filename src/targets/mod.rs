@@ -21,7 +21,9 @@ pub mod error;
 pub mod flakey;
 pub mod linear;
 pub mod other;
+pub mod snapshot;
 pub mod striped;
+pub mod thin;
 pub mod verity;
 pub mod zero;
 
@@ -30,7 +32,9 @@ pub use dust::{Dust, DustArgs};
 pub use flakey::{Flakey, FlakeyArgs};
 pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
+pub use snapshot::{OriginArgs, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
+pub use thin::{ThinArgs, ThinPoolArgs};
 pub use verity::{Verity, VerityArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
@@ -114,6 +118,16 @@ pub enum TargetSpec {
     Flakey(FlakeyArgs),
     /// `dust <dev> <offset> <blksz>`
     Dust(DustArgs),
+    /// `snapshot <origin> <cow> <P|PO|N> <chunk> [<#features> <feature>...]`
+    Snapshot(SnapshotArgs),
+    /// `snapshot-merge`, same arguments as `snapshot`
+    SnapshotMerge(SnapshotArgs),
+    /// `snapshot-origin <origin>`
+    SnapshotOrigin(OriginArgs),
+    /// `thin-pool <meta> <data> <block> <low_water> [<#features> <feature>...]`
+    ThinPool(ThinPoolArgs),
+    /// `thin <pool> <dev_id> [<external_origin>]`
+    Thin(ThinArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -187,6 +201,13 @@ impl TargetSpec {
             "delay" => TargetSpec::Delay(DelayArgs::parse(args)?),
             "flakey" => TargetSpec::Flakey(FlakeyArgs::parse(args)?),
             "dust" => TargetSpec::Dust(DustArgs::parse(args, len)?),
+            "snapshot" => TargetSpec::Snapshot(SnapshotArgs::parse(args, SnapshotKind::Snapshot)?),
+            "snapshot-merge" => {
+                TargetSpec::SnapshotMerge(SnapshotArgs::parse(args, SnapshotKind::Merge)?)
+            }
+            "snapshot-origin" => TargetSpec::SnapshotOrigin(OriginArgs::parse(args)?),
+            "thin-pool" => TargetSpec::ThinPool(ThinPoolArgs::parse(args)?),
+            "thin" => TargetSpec::Thin(ThinArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => {
                 TargetSpec::Other(OtherArgs::new(t, args.all(), raw))
             }
@@ -206,6 +227,11 @@ impl TargetSpec {
             TargetSpec::Delay(_) => DelayArgs::TYPE,
             TargetSpec::Flakey(_) => FlakeyArgs::TYPE,
             TargetSpec::Dust(_) => DustArgs::TYPE,
+            TargetSpec::Snapshot(_) => SnapshotArgs::TYPE,
+            TargetSpec::SnapshotMerge(_) => SnapshotArgs::MERGE_TYPE,
+            TargetSpec::SnapshotOrigin(_) => OriginArgs::TYPE,
+            TargetSpec::ThinPool(_) => ThinPoolArgs::TYPE,
+            TargetSpec::Thin(_) => ThinArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -221,7 +247,11 @@ impl TargetSpec {
             TargetSpec::Delay(a) => write!(out, "{a}"),
             TargetSpec::Flakey(a) => write!(out, "{a}"),
             TargetSpec::Dust(a) => write!(out, "{a}"),
-            TargetSpec::Other(a) => write!(out, "{a}"),
+            TargetSpec::Snapshot(a) | TargetSpec::SnapshotMerge(a) => write!(out, "{a}"),
+            TargetSpec::SnapshotOrigin(a) => write!(out, "{a}"),
+            TargetSpec::ThinPool(a) => write!(out, "{a}"),
+            TargetSpec::Thin(a) => write!(out, "{a}"),
+            TargetSpec::Other(a) => a.write(out, keys),
         }
     }
 
@@ -236,6 +266,16 @@ impl TargetSpec {
             TargetSpec::Delay(a) => Arc::new(Delay::new(a, len, registry)?),
             TargetSpec::Flakey(a) => Arc::new(Flakey::new(a, len, registry)?),
             TargetSpec::Dust(a) => Arc::new(Dust::new(a, len, registry)?),
+            TargetSpec::Snapshot(_)
+            | TargetSpec::SnapshotMerge(_)
+            | TargetSpec::SnapshotOrigin(_)
+            | TargetSpec::ThinPool(_)
+            | TargetSpec::Thin(_) => {
+                return Err(Error::Unsupported {
+                    target: "dmemu",
+                    op: "I/O for snapshot and thin targets (parsed and printed, not executed yet)",
+                })
+            }
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
