@@ -116,7 +116,9 @@ impl FlakeyArgs {
         let device = DeviceRef::parse(args, "Invalid argument count")?;
         let offset = SectorCount(args.scan_llu("Invalid device sector")?);
         let up_secs = args.scan_arg_in(0..=u32::MAX, "Invalid up interval")?;
-        let down_secs = args.scan_arg_in(0..=u32::MAX, "Invalid down interval")?;
+        // 6.12 reads the down interval with the up interval's dm_arg, so a bad down
+        // interval is reported as "Invalid up interval" (checked against the kernel).
+        let down_secs = args.scan_arg_in(0..=u32::MAX, "Invalid up interval")?;
         // `up + down` is an unsigned int sum in the kernel: test the wrapped sum first.
         if up_secs.wrapping_add(down_secs) == 0 {
             return Err(Args::error("Total (up + down) interval is zero"));

@@ -65,7 +65,7 @@ fn flakey_bad_arguments_fail_with_kernel_words() {
         ("d 0 1", "Invalid argument count"),
         ("d x 1 1", "Invalid device sector"),
         ("d 0 -1 1", "Invalid up interval"),
-        ("d 0 1 y", "Invalid down interval"),
+        ("d 0 1 y", "Invalid up interval"),
         ("d 0 0 0", "Total (up + down) interval is zero"),
         ("d 0 1 4294967295", "Total (up + down) interval is zero"),
         ("d 0 2 4294967295", "Interval overflow"),
