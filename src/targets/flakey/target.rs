@@ -205,9 +205,13 @@ impl Flakey {
     }
 }
 
-/// `corrupt_bio_data`: set the 1-based `nth` byte if the request is that long.
+/// `corrupt_bio_data`: set the 1-based `nth` byte if the request is that long (byte 0, which
+/// the parser refuses, means off, as `fc->corrupt_bio_byte == 0` does in the kernel).
 fn corrupt_nth(data: &mut [u8], c: CorruptBioByte) {
-    let index = usize::try_from(c.nth_byte - 1).unwrap_or(usize::MAX);
+    let Some(index) = c.nth_byte.checked_sub(1) else {
+        return;
+    };
+    let index = usize::try_from(index).unwrap_or(usize::MAX);
     if let Some(b) = data.get_mut(index) {
         *b = c.value;
     }
