@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dmemu::clock::{ManualClock, SharedClock, SystemClock};
+use dmemu::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use dmemu::targets::flakey::FlakeyArgs;
 use dmemu::targets::linear::Linear;
 use dmemu::targets::{Delay, DeviceAt, DeviceRef, Flakey};
@@ -64,5 +64,15 @@ fn bench(c: &mut Criterion) {
     reads(c, "delay_0ms", &delay);
 }
 
-criterion_group!(benches, bench);
+/// What flakey pays per request to learn the time.
+fn clocks(c: &mut Criterion) {
+    let system: SharedClock = Arc::new(SystemClock::new());
+    let manual: SharedClock = Arc::new(ManualClock::new());
+    let mut g = c.benchmark_group("clock_now");
+    g.bench_function("system", |b| b.iter(|| black_box(system.now())));
+    g.bench_function("manual", |b| b.iter(|| black_box(manual.now())));
+    g.finish();
+}
+
+criterion_group!(benches, bench, clocks);
 criterion_main!(benches);

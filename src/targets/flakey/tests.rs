@@ -270,3 +270,20 @@ fn flakey_random_write_corrupt_at_full_probability_changes_at_most_one_byte() {
         "one random byte set to a random value (may be 0)"
     );
 }
+
+#[test]
+fn flakey_corrupted_write_over_4_mib_is_split_into_clones_each_corrupted() {
+    // The kernel clones at most UIO_MAXIOV pages (4 MiB) and maps the rest again, so byte
+    // 1 of every 4 MiB piece is corrupted.
+    let clock: SharedClock = ManualClock::shared();
+    let sectors = SectorCount(2 * 8192 + 8);
+    let mem = Arc::new(MemVolume::new(sectors).unwrap());
+    let args = parse("m 0 0 1 5 corrupt_bio_byte 1 w 7 0").unwrap();
+    let dev: SharedVolume = mem.clone();
+    let f = Flakey::over(dev, &args, sectors, clock).unwrap();
+    f.write(Sector(0), &vec![1u8; (2 * 8192 + 8) * 512])
+        .unwrap();
+    let disk = mem.to_vec();
+    let corrupted: Vec<usize> = (0..disk.len()).filter(|&i| disk[i] == 7).collect();
+    assert_eq!(corrupted, vec![0, 4 << 20, 8 << 20]);
+}
