@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dmemu::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use dmemu::clock::{ManualClock, SharedClock, SystemClock};
 use dmemu::targets::flakey::FlakeyArgs;
 use dmemu::targets::linear::Linear;
 use dmemu::targets::{Delay, DeviceAt, DeviceRef, Flakey};
