@@ -3,9 +3,12 @@
 //! refused with the kernel's `ti->error` words, and the behaviour probes (held requests,
 //! corrupted bytes, dropped and failed I/O) come out the same.
 //!
-//! Fixture: tests/fixtures/fault/kernel-6.12.txt, made by tests/fixtures/fault/make.sh
+//! Fixtures: tests/fixtures/fault/kernel-6.12.txt, made by tests/fixtures/fault/make.sh
 //! (guest.sh run by shared/oracle/run.sh; cases.txt holds the table lines, with /dev/vda =
-//! 254:0 filled with 0x11 and /dev/vdb = 254:16).
+//! 254:0 filled with 0x11 and /dev/vdb = 254:16), and kernel-6.12-dust.txt, made by
+//! make-dust.sh (Debian does not build dm-dust: it builds dm-dust.ko from the 6.12.117 source
+//! against the matching headers and runs dust.guest.sh: dust-cases.txt, then a script of
+//! messages and I/O whose every step and result is recorded).
 
 use std::sync::Arc;
 use std::thread;
@@ -17,6 +20,7 @@ use dmemu::targets::Flakey;
 use dmemu::{MappedDevice, MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
 
 const FIXTURE: &str = include_str!("fixtures/fault/kernel-6.12.txt");
+const DUST_FIXTURE: &str = include_str!("fixtures/fault/kernel-6.12-dust.txt");
 
 /// The registry the guest had: vda (8192 sectors of 0x11) as 254:0, vdb (zeros) as 254:16.
 fn registry(clock: &Arc<ManualClock>) -> (Registry, Arc<MemVolume>) {
@@ -44,10 +48,10 @@ fn create(reg: &Registry, name: &str, table: &str) -> Arc<MappedDevice> {
 /// What the kernel did with a table: `Ok((table, status))` or `Err(its error words)`.
 type Outcome = Result<(String, String), String>;
 
-/// `(input, outcome)` for every case in the fixture.
+/// `(input, outcome)` for every table case in both fixtures.
 fn cases() -> Vec<(String, Outcome)> {
     let mut out = Vec::new();
-    let mut lines = FIXTURE.lines().peekable();
+    let mut lines = FIXTURE.lines().chain(DUST_FIXTURE.lines());
     while let Some(line) = lines.next() {
         let Some(input) = line.strip_prefix("in: ") else {
             continue;
@@ -91,7 +95,7 @@ fn kernel_accepted_tables_print_back_and_report_status_like_dmsetup() {
         assert_eq!(dev.status_text(), format!("{status}\n"), "{input}");
         n += 1;
     }
-    assert!(n >= 38, "fixture holds the accepted cases ({n})");
+    assert!(n >= 43, "fixtures hold the accepted cases ({n})");
 }
 
 #[test]
@@ -106,7 +110,7 @@ fn kernel_refused_tables_are_refused_with_the_kernel_words() {
         );
         n += 1;
     }
-    assert!(n >= 42, "fixture holds the refused cases ({n})");
+    assert!(n >= 52, "fixtures hold the refused cases ({n})");
 }
 
 #[test]
@@ -207,4 +211,56 @@ fn flakey_random_read_corrupt_changes_at_most_one_byte_like_kernel() {
     }
     assert_eq!(format!("{ok}/8"), probe("random-read-at-most-one-byte"));
     assert!(changed_any, "at 10^9 ppb every read draws a byte to change");
+}
+
+/// Replays the dust script of the fixture step by step on dmemu and compares every reply,
+/// failure and status line with the kernel's.
+#[test]
+fn dust_messages_and_io_replay_the_kernel_script_exactly() {
+    let clock = ManualClock::shared();
+    let (reg, _) = registry(&clock);
+    let tables = [
+        ("d1", "0 2048 dust 254:0 0 4096"),
+        ("d2", "0 2048 dust 254:0 8 4096"),
+        ("d3", "0 2048 dust 254:0 4 4096"),
+    ];
+    let devs: Vec<_> = tables
+        .iter()
+        .map(|(name, t)| (*name, create(&reg, name, t)))
+        .collect();
+    let mut steps = 0;
+    for line in DUST_FIXTURE.lines() {
+        let Some(step) = line.strip_prefix("step: ") else {
+            continue;
+        };
+        let (cmd, kernel) = step.split_once(" => ").expect("step => result");
+        let words: Vec<&str> = cmd.split(' ').collect();
+        let dev = &devs.iter().find(|(n, _)| *n == words[0]).expect("device").1;
+        let ours = match words[1] {
+            "status" => dev.status_text().trim_end().to_string(),
+            "message" => match dev.message(Sector(0), &words[2..]) {
+                Ok(reply) => format!("ok {}", reply.trim_end_matches('\n').replace('\n', "|")),
+                Err(e) => {
+                    assert_eq!(e.errno(), 22, "{cmd}: message errors are EINVAL");
+                    let why = kernel.strip_prefix("fail ").expect("kernel failed too");
+                    assert!(e.to_string().ends_with(why), "{cmd}: {e}");
+                    kernel.to_string()
+                }
+            },
+            io => {
+                let block: u64 = words[2].parse().unwrap();
+                let count: usize = words[3].parse().unwrap();
+                let at = Sector(block * 8);
+                let r = if io == "read" {
+                    dev.read(at, &mut vec![0u8; 4096 * count])
+                } else {
+                    dev.write(at, &vec![0x22u8; 4096 * count])
+                };
+                format!("rc={}", i32::from(r.is_err()))
+            }
+        };
+        assert_eq!(ours, kernel, "{cmd}");
+        steps += 1;
+    }
+    assert!(steps >= 55, "fixture holds the dust script ({steps} steps)");
 }
