@@ -264,3 +264,34 @@ fn dust_messages_and_io_replay_the_kernel_script_exactly() {
     }
     assert!(steps >= 55, "fixture holds the dust script ({steps} steps)");
 }
+
+/// The kernel's flakey (up 2 s, down 1 s) read in real guest time: each sample is bracketed by
+/// /proc/uptime (10 ms resolution) as is the table load, so it is known to have happened
+/// between `lo` and `hi` seconds after load. Every sample whose window lies inside one whole
+/// second is replayed on a manual clock at the window's middle and must pass or fail as it
+/// did in the kernel.
+#[test]
+fn flakey_up_down_schedule_matches_the_kernel_in_real_time() {
+    let times = |l: &str| -> Vec<f64> { l.split(' ').map(|t| t.parse().unwrap()).collect() };
+    let created = times(probe("flakey-created"));
+    let clock = ManualClock::shared();
+    let (reg, _) = registry(&clock);
+    let dev = create(&reg, "fs", "0 1024 flakey 254:0 32 2 1");
+    let mut decisive = 0;
+    for l in FIXTURE.lines().filter_map(|l| l.strip_prefix("sample: ")) {
+        let v = times(l);
+        let (lo, hi, kernel_rc) = (v[0] - created[1] - 0.01, v[1] - created[0] + 0.01, v[2]);
+        if lo.floor() != hi.floor() {
+            continue;
+        }
+        let mid = Duration::from_secs_f64((lo + hi) / 2.0);
+        clock.set(mid);
+        let rc = i32::from(dev.read(Sector(0), &mut [0u8; 4096]).is_err());
+        assert_eq!(f64::from(rc), kernel_rc, "sample {l} ({mid:?} after load)");
+        decisive += 1;
+    }
+    assert!(
+        decisive >= 15,
+        "enough samples away from second boundaries ({decisive})"
+    );
+}
