@@ -12,9 +12,9 @@
 //! - a repeated `corrupt_bio_byte`, `random_read_corrupt` or `random_write_corrupt`
 //!   overwrites the earlier one; a repeated `error_reads`/`drop_writes`/`error_writes` is an
 //!   error;
-//! - the parameters of `corrupt_bio_byte` and `random_*` are read past the end of the
-//!   counted group when the count is too small (the count then wraps and the next feature
-//!   read finds no token: "Insufficient feature arguments");
+//! - the four parameters of `corrupt_bio_byte` are read past the end of the counted group
+//!   when the count leaves fewer than four (the count then wraps, and whatever tokens follow
+//!   are read as features until none is left, so such a table is always refused);
 //! - tokens after the feature group are ignored and do not print back.
 //!
 //! Behaviour (see [`Flakey`]) is in `target.rs`.

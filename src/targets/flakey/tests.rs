@@ -287,3 +287,21 @@ fn flakey_corrupted_write_over_4_mib_is_split_into_clones_each_corrupted() {
     let corrupted: Vec<usize> = (0..disk.len()).filter(|&i| disk[i] == 7).collect();
     assert_eq!(corrupted, vec![0, 4 << 20, 8 << 20]);
 }
+
+#[test]
+fn flakey_short_corrupt_group_reads_past_the_count_and_is_always_refused() {
+    // Count 2 covers "corrupt_bio_byte 1"; the kernel still reads "r 9 0", its counter
+    // wraps, and the following tokens are taken as features until none is left.
+    assert_eq!(
+        parse("d 0 1 1 2 corrupt_bio_byte 1 r 9 0 error_reads")
+            .unwrap_err()
+            .reason,
+        "Insufficient feature arguments"
+    );
+    assert_eq!(
+        parse("d 0 1 1 2 corrupt_bio_byte 1 r 9 0 bogus")
+            .unwrap_err()
+            .reason,
+        "Unrecognised flakey feature requested"
+    );
+}
