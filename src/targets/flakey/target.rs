@@ -153,8 +153,12 @@ impl Flakey {
     pub fn is_down(&self) -> bool {
         let secs = self.clock.now().saturating_sub(self.start).as_secs();
         let elapsed = secs & u64::from(u32::MAX);
-        let period = u64::from(self.args.up_secs) + u64::from(self.args.down_secs);
-        elapsed % period >= u64::from(self.args.up_secs)
+        let up = u64::from(self.args.up_secs);
+        // First up window: no division on the hot path.
+        if elapsed < up {
+            return false;
+        }
+        elapsed % (up + u64::from(self.args.down_secs)) >= up
     }
 
     fn next_u64(&self) -> u64 {
