@@ -330,3 +330,63 @@ fn flushes_are_held_failed_or_dropped_like_the_kernel() {
         );
     }
 }
+
+/// Corruption edge cases: byte N past the end of the bio, byte N in the second page of an
+/// 8 KiB bio, error_reads beside read corruption, drop_writes beside random write corruption,
+/// and random write corruption changing exactly one byte of what reaches the device.
+#[test]
+fn flakey_corruption_edge_cases_match_kernel() {
+    let clock = ManualClock::shared();
+    let (reg, vda) = registry(&clock);
+    // Earlier probes in guest.sh left 0x22 in vda sectors 8..16.
+    vda.write(Sector(8), &[0x22; 4096]).unwrap();
+    let dev = create(
+        &reg,
+        "c",
+        "0 1024 flakey 254:0 0 0 1 5 corrupt_bio_byte 5000 r 119 0",
+    );
+    let mut b = vec![0u8; 8192];
+    dev.read(Sector(0), &mut b[..4096]).unwrap();
+    assert_eq!(hex16(&b), probe("read-corrupt-beyond-bio"));
+    dev.read(Sector(0), &mut b).unwrap();
+    assert_eq!(hex16(&b[4992..]), probe("read-corrupt-second-page"));
+
+    let dev = create(
+        &reg,
+        "e",
+        "0 1024 flakey 254:0 0 0 1 6 error_reads corrupt_bio_byte 1 r 0 0",
+    );
+    let rc = i32::from(dev.read(Sector(0), &mut b).is_err());
+    assert_eq!(format!("rc={rc}"), probe("error-reads-with-corrupt-r"));
+
+    let dev = create(
+        &reg,
+        "d",
+        "0 1024 flakey 254:0 40 0 1 3 drop_writes random_write_corrupt 1000000000",
+    );
+    let rc = i32::from(dev.write(Sector(0), &[0x33; 4096]).is_err());
+    let disk = vda.to_vec();
+    assert_eq!(
+        format!("rc={rc} dev={}", hex16(&disk[40 * 512..])),
+        probe("drop-writes-with-random")
+    );
+
+    let dev = create(
+        &reg,
+        "r",
+        "0 1024 flakey 254:0 48 0 1 2 random_write_corrupt 1000000000",
+    );
+    reg.target::<Flakey>(&dmemu::targets::DeviceRef("r".into()))
+        .unwrap()
+        .reseed(3);
+    let rc = i32::from(dev.write(Sector(0), &[0x22; 4096]).is_err());
+    let disk = vda.to_vec();
+    let changed = disk[48 * 512..56 * 512]
+        .iter()
+        .filter(|&&x| x != 0x22)
+        .count();
+    assert_eq!(
+        format!("rc={rc} {changed}"),
+        probe("random-write-changed-bytes")
+    );
+}
