@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::targets::Target;
 use crate::volume::MemVolume;
 
 fn parse(s: &str, len: u64) -> ArgResult<DustArgs> {

@@ -12,9 +12,9 @@
 //! - a repeated `corrupt_bio_byte`, `random_read_corrupt` or `random_write_corrupt`
 //!   overwrites the earlier one; a repeated `error_reads`/`drop_writes`/`error_writes` is an
 //!   error;
-//! - the parameters of `corrupt_bio_byte` and `random_*` are read past the end of the
-//!   counted group when the count is too small (the count then wraps and the next feature
-//!   read finds no token: "Insufficient feature arguments");
+//! - the four parameters of `corrupt_bio_byte` are read past the end of the counted group
+//!   when the count leaves fewer than four (the count then wraps, and whatever tokens follow
+//!   are read as features until none is left, so such a table is always refused);
 //! - tokens after the feature group are ignored and do not print back.
 //!
 //! Behaviour (see [`Flakey`]) is in `target.rs`.
@@ -116,7 +116,9 @@ impl FlakeyArgs {
         let device = DeviceRef::parse(args, "Invalid argument count")?;
         let offset = SectorCount(args.scan_llu("Invalid device sector")?);
         let up_secs = args.scan_arg_in(0..=u32::MAX, "Invalid up interval")?;
-        let down_secs = args.scan_arg_in(0..=u32::MAX, "Invalid down interval")?;
+        // 6.12 reads the down interval with the up interval's dm_arg, so a bad down
+        // interval is reported as "Invalid up interval" (checked against the kernel).
+        let down_secs = args.scan_arg_in(0..=u32::MAX, "Invalid up interval")?;
         // `up + down` is an unsigned int sum in the kernel: test the wrapped sum first.
         if up_secs.wrapping_add(down_secs) == 0 {
             return Err(Args::error("Total (up + down) interval is zero"));

@@ -153,8 +153,12 @@ impl Flakey {
     pub fn is_down(&self) -> bool {
         let secs = self.clock.now().saturating_sub(self.start).as_secs();
         let elapsed = secs & u64::from(u32::MAX);
-        let period = u64::from(self.args.up_secs) + u64::from(self.args.down_secs);
-        elapsed % period >= u64::from(self.args.up_secs)
+        let up = u64::from(self.args.up_secs);
+        // First up window: no division on the hot path.
+        if elapsed < up {
+            return false;
+        }
+        elapsed % (up + u64::from(self.args.down_secs)) >= up
     }
 
     fn next_u64(&self) -> u64 {
@@ -205,9 +209,13 @@ impl Flakey {
     }
 }
 
-/// `corrupt_bio_data`: set the 1-based `nth` byte if the request is that long.
+/// `corrupt_bio_data`: set the 1-based `nth` byte if the request is that long (byte 0, which
+/// the parser refuses, means off, as `fc->corrupt_bio_byte == 0` does in the kernel).
 fn corrupt_nth(data: &mut [u8], c: CorruptBioByte) {
-    let index = usize::try_from(c.nth_byte - 1).unwrap_or(usize::MAX);
+    let Some(index) = c.nth_byte.checked_sub(1) else {
+        return;
+    };
+    let index = usize::try_from(index).unwrap_or(usize::MAX);
     if let Some(b) = data.get_mut(index) {
         *b = c.value;
     }

@@ -65,7 +65,7 @@ fn flakey_bad_arguments_fail_with_kernel_words() {
         ("d 0 1", "Invalid argument count"),
         ("d x 1 1", "Invalid device sector"),
         ("d 0 -1 1", "Invalid up interval"),
-        ("d 0 1 y", "Invalid down interval"),
+        ("d 0 1 y", "Invalid up interval"),
         ("d 0 0 0", "Total (up + down) interval is zero"),
         ("d 0 1 4294967295", "Total (up + down) interval is zero"),
         ("d 0 2 4294967295", "Interval overflow"),
@@ -268,5 +268,40 @@ fn flakey_random_write_corrupt_at_full_probability_changes_at_most_one_byte() {
     assert!(
         changed <= 1,
         "one random byte set to a random value (may be 0)"
+    );
+}
+
+#[test]
+fn flakey_corrupted_write_over_4_mib_is_split_into_clones_each_corrupted() {
+    // The kernel clones at most UIO_MAXIOV pages (4 MiB) and maps the rest again, so byte
+    // 1 of every 4 MiB piece is corrupted.
+    let clock: SharedClock = ManualClock::shared();
+    let sectors = SectorCount(2 * 8192 + 8);
+    let mem = Arc::new(MemVolume::new(sectors).unwrap());
+    let args = parse("m 0 0 1 5 corrupt_bio_byte 1 w 7 0").unwrap();
+    let dev: SharedVolume = mem.clone();
+    let f = Flakey::over(dev, &args, sectors, clock).unwrap();
+    f.write(Sector(0), &vec![1u8; (2 * 8192 + 8) * 512])
+        .unwrap();
+    let disk = mem.to_vec();
+    let corrupted: Vec<usize> = (0..disk.len()).filter(|&i| disk[i] == 7).collect();
+    assert_eq!(corrupted, vec![0, 4 << 20, 8 << 20]);
+}
+
+#[test]
+fn flakey_short_corrupt_group_reads_past_the_count_and_is_always_refused() {
+    // Count 2 covers "corrupt_bio_byte 1"; the kernel still reads "r 9 0", its counter
+    // wraps, and the following tokens are taken as features until none is left.
+    assert_eq!(
+        parse("d 0 1 1 2 corrupt_bio_byte 1 r 9 0 error_reads")
+            .unwrap_err()
+            .reason,
+        "Insufficient feature arguments"
+    );
+    assert_eq!(
+        parse("d 0 1 1 2 corrupt_bio_byte 1 r 9 0 bogus")
+            .unwrap_err()
+            .reason,
+        "Unrecognised flakey feature requested"
     );
 }
