@@ -30,7 +30,12 @@ pub fn device_ref() -> impl Strategy<Value = DeviceRef> {
         "(/[a-zA-Z0-9 _.\\\\-]{1,8}){1,3}",
         (0u32..300, 0u32..1000).prop_map(|(a, b)| format!("{a}:{b}")),
     ]
-    .prop_map(DeviceRef)
+    // dmsetup trims the end of every line, so a device named last on a line cannot end in
+    // whitespace; no real device path does.
+    .prop_map(|s: String| {
+        let t = s.trim_end();
+        DeviceRef(if t.is_empty() { "d".into() } else { t.into() })
+    })
 }
 
 /// A device and an offset.
@@ -198,14 +203,111 @@ pub fn verity() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         )
 }
 
-/// Any target that may share a table with others, with a length it is valid for.
-pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
-    prop_oneof![target_with_len(), delay(), flakey(), dust()]
+/// Two device references that differ as strings (origin/COW, metadata/data, pool/origin).
+fn two_devices() -> impl Strategy<Value = (DeviceRef, DeviceRef)> {
+    (device_ref(), device_ref()).prop_map(|(a, b)| {
+        if a == b {
+            let other = DeviceRef(format!("{}x", b.0));
+            (a, other)
+        } else {
+            (a, b)
+        }
+    })
 }
 
-/// A one-line table of a singleton target (verity), valid in a read-only table.
+/// `snapshot` and `snapshot-merge` with every store type and feature combination.
+pub fn snapshot() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 32,
+        prop::bool::ANY,
+        two_devices(),
+        prop::sample::select(vec!["P", "PO", "N", "p", "po", "n"]),
+        0u32..=20,
+        0u8..3,
+    )
+        .prop_map(
+            |(len, merge, (origin, cow), store, chunk_shift, features)| {
+                let store = if merge { "P" } else { store };
+                // 0 means "from the COW header", which only a persistent store has.
+                let chunk = if chunk_shift == 0 && store.starts_with(['P', 'p']) {
+                    0
+                } else {
+                    1u32 << chunk_shift.max(1)
+                };
+                let features = match features {
+                    1 => " 1 discard_zeroes_cow",
+                    2 => " 2 discard_zeroes_cow discard_passdown_origin",
+                    _ => "",
+                };
+                let t = if merge { "snapshot-merge" } else { "snapshot" };
+                typed(t, len, format!("{origin} {cow} {store} {chunk}{features}"))
+            },
+        )
+}
+
+/// `snapshot-origin`.
+pub fn snapshot_origin() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (1u64..1 << 32, device_ref())
+        .prop_map(|(len, dev)| typed("snapshot-origin", len, dev.to_string()))
+}
+
+/// `thin` with and without an external origin.
+pub fn thin() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (1u64..1 << 32, two_devices(), 0u32..1 << 24, prop::bool::ANY).prop_map(
+        |(len, (pool, origin), id, with_origin)| {
+            let origin = if with_origin {
+                format!(" {origin}")
+            } else {
+                String::new()
+            };
+            typed("thin", len, format!("{pool} {id}{origin}"))
+        },
+    )
+}
+
+/// `thin-pool` (a singleton) with up to four of its feature words.
+pub fn thin_pool() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 32,
+        two_devices(),
+        1u64..=16384,
+        any::<u32>(),
+        prop::sample::subsequence(
+            vec![
+                "skip_block_zeroing",
+                "ignore_discard",
+                "no_discard_passdown",
+                "read_only",
+                "error_if_no_space",
+            ],
+            0..=4,
+        ),
+    )
+        .prop_map(|(len, (meta, data), block, low, features)| {
+            let mut params = format!("{meta} {data} {} {low}", block * 128);
+            if !features.is_empty() {
+                params.push_str(&format!(" {} {}", features.len(), features.join(" ")));
+            }
+            typed("thin-pool", len, params)
+        })
+}
+
+/// Any target that may share a table with others, with a length it is valid for.
+pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    prop_oneof![
+        target_with_len(),
+        delay(),
+        flakey(),
+        dust(),
+        snapshot(),
+        snapshot_origin(),
+        thin()
+    ]
+}
+
+/// A one-line table of a singleton target (verity or thin-pool).
 pub fn singleton_table() -> impl Strategy<Value = Table> {
-    verity().prop_map(|(len, spec)| Table {
+    prop_oneof![verity(), thin_pool()].prop_map(|(len, spec)| Table {
         lines: vec![TableLine {
             start: Sector(0),
             len,
