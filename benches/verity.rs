@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
 use dmemu::targets::verity::format::{format, FormatParams};
 use dmemu::targets::verity::{BlockHasher, HashAlg, Uuid, Verity};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
@@ -83,5 +83,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+mod group {
+    #![allow(missing_docs)]
+    use super::{bench, Criterion};
+    criterion::criterion_group!(benches, bench);
+}
+criterion_main!(group::benches);
