@@ -16,9 +16,11 @@ use crate::units::SectorCount;
 use super::DeviceRef;
 
 pub mod cli;
+pub mod fec;
 pub mod format;
 pub mod hash;
 pub mod hash_tree;
+pub mod rs;
 pub mod superblock;
 pub mod target;
 mod tree_io;

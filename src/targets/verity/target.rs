@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use super::fec::FecReader;
 use super::hash::{BlockHasher, MAX_DIGEST};
 use super::hash_tree::Geometry;
 use super::{CorruptionMode, ErrorMode, VerityArgs};
@@ -107,7 +108,11 @@ pub struct Verity {
     cache: HashCache,
     hash_failed: AtomicBool,
     corrupted: AtomicU64,
+    fec: Option<FecReader>,
+    fec_corrected: AtomicU64,
 }
+
+mod fec_glue;
 
 impl Verity {
     /// The kernel's ctr: resolve both devices and check that they are large enough.
@@ -120,15 +125,31 @@ impl Verity {
             len,
         )?;
         let hash = registry.volume(&args.hash_dev)?;
-        Verity::over(args, len, data, hash)
+        let fec = match &args.fec {
+            Some(f) => Some(registry.volume(&f.device)?),
+            None => None,
+        };
+        Verity::over_with_fec(args, len, data, hash, fec)
     }
 
-    /// A verity target over already-open volumes (library use).
+    /// A verity target over already-open volumes (library use; no FEC device).
     pub fn over(
         args: &VerityArgs,
         len: SectorCount,
         data: SharedVolume,
         hash: SharedVolume,
+    ) -> Result<Verity> {
+        Verity::over_with_fec(args, len, data, hash, None)
+    }
+
+    /// A verity target over already-open volumes, with the FEC device when the table names
+    /// one.
+    pub fn over_with_fec(
+        args: &VerityArgs,
+        len: SectorCount,
+        data: SharedVolume,
+        hash: SharedVolume,
+        fec_dev: Option<SharedVolume>,
     ) -> Result<Verity> {
         let geo = args.geometry()?;
         let hbs = u64::from(args.hash_block_size);
@@ -146,12 +167,7 @@ impl Verity {
                 ),
             ));
         }
-        if args.fec.is_some() {
-            return Err(Error::Unsupported {
-                target: "verity",
-                op: "forward error correction (use_fec_from_device)",
-            });
-        }
+        let fec = fec_glue::fec_reader(args, &geo, &*hash, fec_dev)?;
         if args.root_hash_sig_key_desc.is_some() {
             return Err(Error::Unsupported {
                 target: "verity",
@@ -185,6 +201,8 @@ impl Verity {
             cache: HashCache::new(DEFAULT_CACHE_BYTES / hbs_usize),
             hash_failed: AtomicBool::new(false),
             corrupted: AtomicU64::new(0),
+            fec,
+            fec_corrected: AtomicU64::new(0),
         })
     }
 
@@ -205,6 +223,12 @@ impl Verity {
     #[must_use]
     pub fn corruption_count(&self) -> u64 {
         self.corrupted.load(Ordering::Relaxed)
+    }
+
+    /// Blocks recovered with FEC so far.
+    #[must_use]
+    pub fn fec_corrected(&self) -> u64 {
+        self.fec_corrected.load(Ordering::Relaxed)
     }
 
     /// The tree layout.
@@ -272,6 +296,9 @@ impl Verity {
         let block: Arc<[u8]> = Arc::from(buf);
         if real[..ds] == *want {
             self.cache.insert(hb, Arc::clone(&block));
+        } else if let Some(fixed) = self.fec_hash_block(hb, want) {
+            self.cache.insert(hb, Arc::clone(&fixed));
+            return Ok(fixed);
         } else {
             // Ignore mode goes on with the unverified block, as the kernel does.
             self.handle_err(BlockType::Metadata, hb)?;
@@ -320,6 +347,9 @@ impl Verity {
             if let Some(v) = &self.verified {
                 v.set(b);
             }
+            return Ok(());
+        }
+        if self.fec_data_block(b, &want[..ds], out) {
             return Ok(());
         }
         self.handle_err(BlockType::Data, b)
