@@ -61,10 +61,13 @@ fn corrupted_images() -> BTreeMap<String, Vec<u8>> {
     imgs
 }
 
-/// The kernel's results: name -> (failing blocks, status line, table line).
-fn kernel() -> BTreeMap<String, (Vec<u64>, String, String)> {
-    let mut out: BTreeMap<String, (Vec<u64>, String, String)> = BTreeMap::new();
-    for line in oracle_file("kernel-results.txt").lines() {
+/// What the kernel printed for one table: failing blocks, status line, table line.
+type KernelResult = (Vec<u64>, String, String);
+
+/// The kernel's results in `file`, by table name.
+fn kernel_results(file: &str) -> BTreeMap<String, KernelResult> {
+    let mut out: BTreeMap<String, KernelResult> = BTreeMap::new();
+    for line in oracle_file(file).lines() {
         let (kind, rest) = line.split_once(' ').unwrap();
         let (name, value) = rest.split_once(':').unwrap();
         let e = out.entry(name.to_string()).or_default();
@@ -83,6 +86,43 @@ fn kernel() -> BTreeMap<String, (Vec<u64>, String, String)> {
     out
 }
 
+/// Build `table` as device `name`, read each block alone, and compare with the kernel.
+fn check_against_kernel(
+    registry: &Registry,
+    name: &str,
+    table: &str,
+    dbs: u64,
+    blocks: u64,
+    kernel: &KernelResult,
+    majmin: &[(String, String)],
+) {
+    let dev = registry
+        .create(&DeviceSpec {
+            name: name.into(),
+            uuid: String::new(),
+            minor: None,
+            mode: TableMode::ReadOnly,
+            table: Table::parse(table).unwrap(),
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut buf = vec![0u8; usize::try_from(dbs).unwrap()];
+    let fails: Vec<u64> = (0..blocks)
+        .filter(|b| dev.read(Sector(b * dbs / 512), &mut buf).is_err())
+        .collect();
+    let (k_fails, k_status, k_table) = kernel;
+    assert_eq!(&fails, k_fails, "{name}: failing blocks");
+    assert_eq!(dev.status_text().trim_end(), k_status, "{name}: status");
+    let mut kt = format!("{k_table} ");
+    for (mm, dev) in majmin {
+        kt = kt.replace(&format!(" {mm} "), &format!(" {dev} "));
+    }
+    assert_eq!(
+        dev.table_text(Keys::Hidden).trim_end(),
+        kt.trim_end(),
+        "{name}: table"
+    );
+}
+
 #[test]
 fn dmemu_fails_exactly_the_blocks_the_kernel_failed_with_the_same_status_and_table() {
     let imgs = corrupted_images();
@@ -92,7 +132,7 @@ fn dmemu_fails_exactly_the_blocks_the_kernel_failed_with_the_same_status_and_tab
         ("/dev/vdc", "254:32", "data-a.img"),
         ("/dev/vdd", "254:48", "hash-v0-sha1-4k-nosb.img"),
     ];
-    let results = kernel();
+    let results = kernel_results("kernel-results.txt");
     let tables = oracle_file("tables.txt");
     assert_eq!(tables.lines().count(), results.len());
     for line in tables.lines() {
@@ -110,26 +150,77 @@ fn dmemu_fails_exactly_the_blocks_the_kernel_failed_with_the_same_status_and_tab
                 Arc::new(MemVolume::from_bytes(imgs[img].clone()).unwrap()),
             );
         }
-        let dev = registry
-            .create(&DeviceSpec {
-                name: name.into(),
-                uuid: String::new(),
-                minor: None,
-                mode: TableMode::ReadOnly,
-                table: Table::parse(table).unwrap(),
-            })
-            .unwrap();
-        let mut buf = vec![0u8; usize::try_from(dbs).unwrap()];
-        let fails: Vec<u64> = (0..blocks)
-            .filter(|b| dev.read(Sector(b * dbs / 512), &mut buf).is_err())
+        let majmin: Vec<(String, String)> = disks
+            .iter()
+            .map(|(d, m, _)| (m.to_string(), d.to_string()))
             .collect();
-        let (k_fails, k_status, k_table) = &results[name];
-        assert_eq!(&fails, k_fails, "{name}: failing blocks");
-        assert_eq!(dev.status_text().trim_end(), k_status, "{name}: status");
-        let mut kt = k_table.clone();
-        for (dev, majmin, _) in disks {
-            kt = kt.replace(&format!(" {majmin} "), &format!(" {dev} "));
+        check_against_kernel(&registry, name, table, dbs, blocks, &results[name], &majmin);
+    }
+}
+
+/// A byte flip: image kind (`data`/`hash`), offset, xor mask.
+type Flip = (String, usize, u8);
+
+/// fec-scenarios.txt: (scenario, case, flips).
+fn fec_scenarios() -> Vec<(String, String, Vec<Flip>)> {
+    let mut out: Vec<(String, String, Vec<Flip>)> = Vec::new();
+    for l in oracle_file("fec-scenarios.txt").lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.first() {
+            Some(&"scen") => out.push((f[1].into(), f[2].into(), Vec::new())),
+            Some(&"flip") => {
+                let s = out.iter_mut().find(|s| s.0 == f[1]).unwrap();
+                let mask = u8::from_str_radix(f[4].trim_start_matches("0x"), 16).unwrap();
+                s.2.push((f[2].into(), f[3].parse().unwrap(), mask));
+            }
+            _ => {}
         }
-        assert_eq!(dev.table_text(Keys::Hidden).trim_end(), kt, "{name}: table");
+    }
+    out
+}
+
+#[test]
+fn fec_recovers_exactly_the_blocks_the_kernel_recovered() {
+    let fec_cases = std::fs::read_to_string(dir().join("fec-cases.txt")).unwrap();
+    let tables = oracle_file("fec-tables.txt");
+    let results = kernel_results("kernel-fec-results.txt");
+    let scen = fec_scenarios();
+    assert_eq!(scen.len(), results.len());
+    for (i, (name, case_name, flips)) in scen.iter().enumerate() {
+        let c = verity_support::case(case_name);
+        let fec_img = fec_cases
+            .lines()
+            .find(|l| l.starts_with(&format!("{case_name} ")))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let mut imgs = [load(&c.data), load(&c.hash), load(&fec_img)];
+        for (kind, off, mask) in flips {
+            imgs[usize::from(kind == "hash")][*off] ^= mask;
+        }
+        let registry = Registry::new();
+        let mut majmin = Vec::new();
+        for (j, img) in imgs.into_iter().enumerate() {
+            let n = 3 * i + j;
+            let dev = format!("/dev/vd{}", char::from(b'a' + u8::try_from(n).unwrap()));
+            majmin.push((format!("254:{}", n * 16), dev.clone()));
+            registry.insert_volume(&dev, Arc::new(MemVolume::from_bytes(img).unwrap()));
+        }
+        let line = tables
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        let table = line.splitn(4, ' ').nth(3).unwrap();
+        check_against_kernel(
+            &registry,
+            name,
+            table,
+            c.dbs.into(),
+            c.blocks,
+            &results[name],
+            &majmin,
+        );
     }
 }

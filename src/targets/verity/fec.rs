@@ -176,15 +176,17 @@ impl FecReader {
         &self.geo
     }
 
-    /// Try to recover message block `target` into `out` (kernel `fec_decode_rsb`): read the
-    /// codeword group, classify each block with `classify(k, bytes)`, decode without
-    /// erasures, then with them; `Ok(true)` if every codeword decoded (the caller re-hashes).
+    /// Try to recover message block `target` into `out` (kernel `verity_fec_decode`): read
+    /// the codeword group, classify each data block with `classify(k, bytes)`, decode
+    /// without erasures and, if that fails or the result does not pass `check` (the block's
+    /// hash), again with the erasures (kernel `fec_decode_rsb(.., false)` then `(.., true)`).
     pub fn correct(
         &self,
         target: u64,
         data: &dyn Volume,
         hash: &dyn Volume,
         classify: &dyn Fn(u64, &[u8]) -> Row,
+        check: &dyn Fn(&[u8]) -> bool,
         out: &mut [u8],
     ) -> Result<bool> {
         let g = &self.geo;
@@ -234,7 +236,7 @@ impl FecReader {
                 }
                 out[b] = cw[res];
             }
-            if ok {
+            if ok && check(out) {
                 return Ok(true);
             }
         }

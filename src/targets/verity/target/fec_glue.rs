@@ -96,19 +96,18 @@ impl Verity {
                 Row::Erasure
             }
         };
+        let check = |block: &[u8]| {
+            let mut real = [0u8; MAX_DIGEST];
+            self.hasher.hash(block, &mut real[..ds]);
+            real[..ds] == *want
+        };
         let ok = fec
-            .correct(target, &*self.data, &*self.hash, &classify, out)
+            .correct(target, &*self.data, &*self.hash, &classify, &check, out)
             .unwrap_or(false);
-        if !ok {
-            return false;
+        if ok {
+            self.fec_corrected.fetch_add(1, Ordering::Relaxed);
         }
-        let mut real = [0u8; MAX_DIGEST];
-        self.hasher.hash(out, &mut real[..ds]);
-        if real[..ds] != *want {
-            return false;
-        }
-        self.fec_corrected.fetch_add(1, Ordering::Relaxed);
-        true
+        ok
     }
 
     /// Recover data block `b` into `out` (which holds the bad data on failure).
