@@ -225,3 +225,90 @@ fn corrupt_hash_block_is_reported_as_metadata_and_not_cached() {
     assert!(read_block(&v, 0).is_ok());
     assert_eq!(v.corruption_count(), 2);
 }
+
+fn fec_target(opts: &str, fec_len: usize) -> Result<Verity> {
+    let c = case("v1-sha256-4k");
+    let mut fec = load("fec-v1-sha256-4k-r4.img");
+    fec.resize(fec_len, 0);
+    Verity::over_with_fec(
+        &c.args("d", "h", opts),
+        SectorCount(c.sectors()),
+        mem(load(&c.data)),
+        mem(load(&c.hash)),
+        Some(mem(fec)),
+    )
+}
+
+#[test]
+fn fec_table_checks_use_the_kernel_words() {
+    let full = load("fec-v1-sha256-4k-r4.img").len();
+    let fec = |w: &str| format!("8 use_fec_from_device f {w}");
+    let cases = [
+        (
+            fec("fec_blocks 259 fec_start 0 fec_roots 4"),
+            full - 4096,
+            "FEC device is too small",
+        ),
+        (
+            fec("fec_blocks 258 fec_start 0 fec_roots 4"),
+            full,
+            "Invalid fec_blocks",
+        ),
+        (
+            fec("fec_blocks 1000 fec_start 0 fec_roots 4"),
+            full,
+            "Hash device is too small for fec_blocks",
+        ),
+        (
+            "6 use_fec_from_device f fec_blocks 259 fec_start 0".to_string(),
+            full,
+            "Missing fec_roots",
+        ),
+        (
+            "6 use_fec_from_device f fec_roots 4 fec_start 0".to_string(),
+            full,
+            "Missing fec_blocks",
+        ),
+    ];
+    for (opts, len, want) in cases {
+        let e = fec_target(&opts, len).unwrap_err().to_string();
+        assert!(e.contains(want), "{opts}: {e}");
+    }
+    let v = fec_target(&fec("fec_blocks 259 fec_start 0 fec_roots 4"), full).unwrap();
+    assert_eq!(read_block(&v, 0).unwrap(), load("data-a.img")[..4096]);
+    // Without the FEC device the library refuses the table rather than ignore FEC.
+    let c = case("v1-sha256-4k");
+    let e = Verity::over(
+        &c.args("d", "h", &fec("fec_blocks 259 fec_start 0 fec_roots 4")),
+        SectorCount(c.sectors()),
+        mem(load(&c.data)),
+        mem(load(&c.hash)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("FEC device lookup failed"), "{e}");
+}
+
+#[test]
+fn fec_corrects_a_damaged_block_keeps_status_v_and_counts_it() {
+    let c = case("v1-sha256-4k");
+    let mut data = load(&c.data);
+    let good = data[33 * 4096..34 * 4096].to_vec();
+    for b in &mut data[33 * 4096..33 * 4096 + 100] {
+        *b ^= 0xff;
+    }
+    let v = Verity::over_with_fec(
+        &c.args(
+            "d",
+            "h",
+            "8 use_fec_from_device f fec_blocks 259 fec_start 0 fec_roots 4",
+        ),
+        SectorCount(c.sectors()),
+        mem(data),
+        mem(load(&c.hash)),
+        Some(mem(load("fec-v1-sha256-4k-r4.img"))),
+    )
+    .unwrap();
+    assert_eq!(read_block(&v, 33).unwrap(), good);
+    assert_eq!(v.fec_corrected(), 1);
+    assert_eq!(v.status(), "V");
+}

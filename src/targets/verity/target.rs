@@ -5,9 +5,8 @@
 //! with a `hash_verified` flag); `check_at_most_once` keeps a bitmap of data blocks that
 //! verified, which are then read without hashing.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use super::fec::FecReader;
 use super::hash::{BlockHasher, MAX_DIGEST};
@@ -21,69 +20,6 @@ use crate::volume::{check_io, SharedVolume, Volume};
 
 /// Default bound of the verified-hash-block cache, in bytes.
 pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
-
-/// Cached blocks by hash block index, and their insertion order.
-type CacheMap = (HashMap<u64, Arc<[u8]>>, VecDeque<u64>);
-
-/// A bounded FIFO of verified hash blocks.
-#[derive(Debug)]
-struct HashCache {
-    capacity: usize,
-    inner: Mutex<CacheMap>,
-}
-
-impl HashCache {
-    fn new(capacity: usize) -> HashCache {
-        HashCache {
-            capacity: capacity.max(1),
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
-        }
-    }
-
-    fn get(&self, block: u64) -> Option<Arc<[u8]>> {
-        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        g.0.get(&block).cloned()
-    }
-
-    fn insert(&self, block: u64, data: Arc<[u8]>) {
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if g.0.insert(block, data).is_none() {
-            g.1.push_back(block);
-        }
-        while g.1.len() > self.capacity {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
-        }
-    }
-}
-
-/// A bitmap that many readers set bits in at once.
-#[derive(Debug)]
-struct AtomicBitmap(Vec<AtomicU64>);
-
-impl AtomicBitmap {
-    fn new(bits: u64) -> Result<AtomicBitmap> {
-        let words = usize::try_from(bits.div_ceil(64))
-            .map_err(|_| Error::invalid("check_at_most_once", "bitmap too large"))?;
-        Ok(AtomicBitmap(
-            (0..words).map(|_| AtomicU64::new(0)).collect(),
-        ))
-    }
-    fn word(&self, bit: u64) -> Option<(&AtomicU64, u64)> {
-        let w = usize::try_from(bit / 64).ok()?;
-        Some((self.0.get(w)?, 1u64 << (bit % 64)))
-    }
-    fn test(&self, bit: u64) -> bool {
-        self.word(bit)
-            .is_some_and(|(w, m)| w.load(Ordering::Relaxed) & m != 0)
-    }
-    fn set(&self, bit: u64) {
-        if let Some((w, m)) = self.word(bit) {
-            w.fetch_or(m, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Which kind of block failed (kernel `enum verity_block_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +48,10 @@ pub struct Verity {
     fec_corrected: AtomicU64,
 }
 
+mod cache;
 mod fec_glue;
+
+use cache::{AtomicBitmap, HashCache};
 
 impl Verity {
     /// The kernel's ctr: resolve both devices and check that they are large enough.
