@@ -14,7 +14,7 @@ use super::superblock::{Superblock, Uuid};
 use super::FecArgs;
 use crate::error::{Error, Result};
 use crate::targets::DeviceRef;
-use crate::volume::{MmapVolume, Volume};
+use crate::volume::{Access, FileVolume, Volume};
 
 /// veritysetup's subcommands.
 #[derive(Debug, Subcommand)]
@@ -144,8 +144,8 @@ impl TreeOpts {
     }
 }
 
-fn open(path: &Path) -> Result<MmapVolume> {
-    MmapVolume::open(path)
+fn open(path: &Path) -> Result<FileVolume> {
+    FileVolume::open(path, Access::ReadOnly)
 }
 
 impl TreeOpts {
