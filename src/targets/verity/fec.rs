@@ -123,25 +123,39 @@ pub fn encode(
 ) -> Result<()> {
     let rs = Rs::new(g.roots as usize);
     let bs = g.block_size as usize;
-    let rsn = rs.rsn();
     let roots = rs.roots();
     let rounds = g.rounds();
-    let mut buf = vec![0u8; rsn * bs];
-    let mut out = vec![0u8; bs * roots];
-    let mut word = vec![0u8; rsn];
-    for n in 0..rounds {
-        for (i, blk) in buf.chunks_exact_mut(bs).enumerate() {
-            g.read_msg(n + i as u64 * rounds, data, hash, blk)?;
-        }
-        for (b, par) in out.chunks_exact_mut(roots).enumerate() {
-            for (i, w) in word.iter_mut().enumerate() {
-                *w = buf[i * bs + b];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let per = rounds.div_ceil(threads);
+    // Rounds are independent: each thread encodes a contiguous run of them.
+    let work = |first: u64, last: u64| -> Result<()> {
+        let mut buf = vec![0u8; rs.rsn() * bs];
+        let mut out = vec![0u8; bs * roots];
+        for n in first..last {
+            for (i, blk) in buf.chunks_exact_mut(bs).enumerate() {
+                g.read_msg(n + i as u64 * rounds, data, hash, blk)?;
             }
-            rs.encode(&word, par);
+            rs.encode_columns(&buf, bs, &mut out);
+            fec.write_all_at(&out, fec_offset + n * (bs * roots) as u64)
+                .map_err(Error::io(&"FEC device"))?;
         }
-        fec.write_all_at(&out, fec_offset + n * (bs * roots) as u64)
-            .map_err(Error::io(&"FEC device"))?;
-    }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = (0..threads)
+            .map(|t| {
+                let (first, last) = ((t * per).min(rounds), ((t + 1) * per).min(rounds));
+                scope.spawn(move || work(first, last))
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join().unwrap_or_else(|_| {
+                    Err(Error::invalid("verity FEC", "encoder thread panicked"))
+                })
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
     Ok(())
 }
 

@@ -107,6 +107,47 @@ impl Rs {
         }
     }
 
+    /// Parity of `width` codewords at once, column-wise: `rows` holds `rsn` rows of `width`
+    /// bytes (codeword `b` is byte `b` of every row); parity `j` of codeword `b` goes to
+    /// `out[b * roots + j]`. Same result as [`Rs::encode`] per column, much faster.
+    pub fn encode_columns(&self, rows: &[u8], width: usize, out: &mut [u8]) {
+        let r = self.roots;
+        let tabs: Vec<[u8; 256]> = self.gen[1..]
+            .iter()
+            .map(|&g| {
+                let mut t = [0u8; 256];
+                for (x, e) in (0u8..=255).zip(t.iter_mut()) {
+                    *e = self.mul(x, g);
+                }
+                t
+            })
+            .collect();
+        // r state rows in a ring: logical parity row j is physical (head + j) % r.
+        let mut state = vec![0u8; r * width];
+        let mut fb = vec![0u8; width];
+        let mut head = 0usize;
+        for row in rows.chunks_exact(width).take(self.rsn()) {
+            let p0 = &mut state[head * width..(head + 1) * width];
+            for ((f, &m), p) in fb.iter_mut().zip(row).zip(p0.iter_mut()) {
+                *f = m ^ *p;
+                *p = 0;
+            }
+            head = (head + 1) % r;
+            for (j, tab) in tabs.iter().enumerate() {
+                let at = (head + j) % r * width;
+                for (p, &f) in state[at..at + width].iter_mut().zip(&fb) {
+                    *p ^= tab[usize::from(f)];
+                }
+            }
+        }
+        for j in 0..r {
+            let at = (head + j) % r * width;
+            for (b, &p) in state[at..at + width].iter().enumerate() {
+                out[b * r + j] = p;
+            }
+        }
+    }
+
     /// Evaluate a polynomial (lowest degree first) at `x`.
     fn eval_low(&self, p: &[u8], x: u8) -> u8 {
         p.iter().rev().fold(0u8, |acc, &c| self.mul(acc, x) ^ c)
@@ -223,6 +264,29 @@ mod tests {
         let mut parity = vec![0u8; rs.roots()];
         rs.encode(&msg, &mut parity);
         [msg, parity].concat()
+    }
+
+    #[test]
+    fn column_encoding_equals_one_codeword_at_a_time() {
+        for roots in [2usize, 5, 24] {
+            let rs = Rs::new(roots);
+            let width = 7;
+            let rows: Vec<u8> = (0..rs.rsn() * width)
+                .map(|i| (i * 131 % 251) as u8)
+                .collect();
+            let mut out = vec![0u8; width * roots];
+            rs.encode_columns(&rows, width, &mut out);
+            for b in 0..width {
+                let msg: Vec<u8> = (0..rs.rsn()).map(|i| rows[i * width + b]).collect();
+                let mut par = vec![0u8; roots];
+                rs.encode(&msg, &mut par);
+                assert_eq!(
+                    par,
+                    out[b * roots..(b + 1) * roots],
+                    "roots {roots} col {b}"
+                );
+            }
+        }
     }
 
     #[test]
