@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
+use dmemu::targets::verity::fec::{encode, FecGeometry};
 use dmemu::targets::verity::format::{format, FormatParams};
 use dmemu::targets::verity::{BlockHasher, HashAlg, Uuid, Verity};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
 
 const DATA_MIB: u64 = 64;
 
-fn data_volume() -> SharedVolume {
+fn data_bytes() -> Vec<u8> {
     let mut bytes = vec![0u8; usize::try_from(DATA_MIB << 20).unwrap()];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for chunk in bytes.chunks_exact_mut(8) {
@@ -20,7 +21,7 @@ fn data_volume() -> SharedVolume {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes());
     }
-    Arc::new(MemVolume::from_bytes(bytes).unwrap())
+    bytes
 }
 
 fn params() -> FormatParams {
@@ -38,7 +39,8 @@ fn params() -> FormatParams {
 }
 
 fn bench(c: &mut Criterion) {
-    let data = data_volume();
+    let raw = data_bytes();
+    let data: SharedVolume = Arc::new(MemVolume::from_bytes(raw.clone()).unwrap());
     let p = params();
     let file = tempfile::tempfile().unwrap();
     let root = format(&p, &*data, &file).unwrap();
@@ -55,8 +57,32 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let mut hash_bytes = vec![0u8; usize::try_from(file.metadata().unwrap().len()).unwrap()];
+    let hash_len = hash_bytes.len() as u64;
     std::os::unix::fs::FileExt::read_exact_at(&file, &mut hash_bytes, 0).unwrap();
     let hash: SharedVolume = Arc::new(MemVolume::from_bytes(hash_bytes).unwrap());
+
+    let geo = p.geometry().unwrap();
+    let fg = FecGeometry::new(
+        2,
+        4096,
+        p.data_blocks + hash_len / 4096 - geo.hash_start,
+        0,
+        p.data_blocks,
+        geo.hash_start,
+        geo.hash_end,
+    )
+    .unwrap();
+    let fec_file = tempfile::tempfile().unwrap();
+    let mut g = c.benchmark_group("verity_fec_encode");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(DATA_MIB << 20));
+    g.bench_function(
+        BenchmarkId::new("roots2_4k", format!("{DATA_MIB}MiB")),
+        |b| {
+            b.iter(|| encode(&fg, &*data, &*hash, &fec_file, 0).unwrap());
+        },
+    );
+    g.finish();
     let args = p.table_args("data", "hash", &root);
     let v = Verity::over(&args, SectorCount(DATA_MIB << 11), Arc::clone(&data), hash).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -80,6 +106,16 @@ fn bench(c: &mut Criterion) {
     let block = vec![7u8; 4096];
     let mut out = [0u8; 32];
     g.bench_function("sha256_4k_limit", |b| b.iter(|| h.hash(&block, &mut out)));
+    // The same random blocks hashed in place: the limit including the fetch from memory.
+    g.bench_function("sha256_random_4k_in_place", |b| {
+        b.iter(|| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let blk = usize::try_from((x >> 33) % p.data_blocks).unwrap();
+            h.hash(&raw[blk * 4096..(blk + 1) * 4096], &mut out);
+        });
+    });
     g.finish();
 }
 
