@@ -284,7 +284,7 @@ impl VerityArgs {
                     _ => {
                         // "%hhu%c" keeps the low 8 bits; roots must then be in 2..=24.
                         let r = parse_llu(val)
-                            .map(|n| (n & 0xff) as u8)
+                            .and_then(|n| u8::try_from(n & 0xff).ok())
                             .filter(|r| (2..=24).contains(r))
                             .ok_or_else(invalid)?;
                         fec_roots = r;

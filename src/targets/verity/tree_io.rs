@@ -57,7 +57,7 @@ impl Level<'_> {
         let batch = (READ_BYTES / self.src_bs).max(1);
         // Page-aligned: copies into large buffers at page offset 16 (where glibc puts big
         // allocations) run several times slower on this class of CPU (DESIGN.md).
-        let len = batch.min(per as usize) * self.src_bs;
+        let len = batch.min(usize::try_from(per).unwrap_or(batch)) * self.src_bs;
         let mut raw = vec![0u8; len + 4096];
         let at = raw.as_ptr().align_offset(4096).min(4096);
         let buf = &mut raw[at..at + len];
