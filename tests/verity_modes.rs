@@ -312,3 +312,26 @@ fn fec_corrects_a_damaged_block_keeps_status_v_and_counts_it() {
     assert_eq!(v.fec_corrected(), 1);
     assert_eq!(v.status(), "V");
 }
+
+#[test]
+fn large_reads_verify_on_all_cores_and_report_the_lowest_bad_block() {
+    let (c, v, _) = target("", None);
+    let mut all = vec![0u8; 1 << 20];
+    v.read(Sector(0), &mut all).unwrap();
+    assert!(all == load(&c.data));
+    let c = case("v1-sha256-4k");
+    let mut data = load(&c.data);
+    data[200 * 4096] ^= 1;
+    data[10 * 4096 + 9] ^= 1;
+    let v = Verity::over(
+        &c.args("d", "h", ""),
+        SectorCount(c.sectors()),
+        mem(data),
+        mem(load(&c.hash)),
+    )
+    .unwrap();
+    let e = v.read(Sector(0), &mut all).unwrap_err();
+    assert!(e.to_string().contains("data block 10 is corrupted"), "{e}");
+    // A large read past both bad blocks is fine.
+    assert!(v.read(Sector(201 * 8), &mut all[..55 * 4096]).is_ok());
+}
