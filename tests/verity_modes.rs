@@ -335,3 +335,59 @@ fn large_reads_verify_on_all_cores_and_report_the_lowest_bad_block() {
     // A large read past both bad blocks is fine.
     assert!(v.read(Sector(201 * 8), &mut all[..55 * 4096]).is_ok());
 }
+
+/// A volume whose reads of one sector range fail.
+#[derive(Debug)]
+struct BadRange(Arc<MemVolume>, std::ops::Range<u64>);
+impl Volume for BadRange {
+    fn size(&self) -> SectorCount {
+        self.0.size()
+    }
+    fn read(&self, s: Sector, buf: &mut [u8]) -> Result<()> {
+        let end = s.0 + buf.len() as u64 / 512;
+        if s.0 < self.1.end && self.1.start < end {
+            return Err(Error::Io {
+                device: "bad".into(),
+                source: std::io::Error::other("medium error"),
+            });
+        }
+        self.0.read(s, buf)
+    }
+    fn write(&self, s: Sector, buf: &[u8]) -> Result<()> {
+        self.0.write(s, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn discard(&self, _: Sector, _: SectorCount) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn fec_rebuilds_a_block_whose_read_failed_and_without_fec_the_error_passes_up() {
+    let c = case("v1-sha256-4k");
+    let data: SharedVolume = Arc::new(BadRange(mem(load(&c.data)), 12 * 8..13 * 8));
+    let fec = "8 use_fec_from_device f fec_blocks 259 fec_start 0 fec_roots 4";
+    let v = Verity::over_with_fec(
+        &c.args("d", "h", fec),
+        SectorCount(c.sectors()),
+        Arc::clone(&data),
+        mem(load(&c.hash)),
+        Some(mem(load("fec-v1-sha256-4k-r4.img"))),
+    )
+    .unwrap();
+    assert_eq!(
+        read_block(&v, 12).unwrap(),
+        load(&c.data)[12 * 4096..13 * 4096]
+    );
+    assert_eq!(v.fec_corrected(), 1);
+    let v = Verity::over(
+        &c.args("d", "h", ""),
+        SectorCount(c.sectors()),
+        data,
+        mem(load(&c.hash)),
+    )
+    .unwrap();
+    assert!(matches!(read_block(&v, 12), Err(Error::Io { .. })));
+}

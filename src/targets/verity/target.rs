@@ -281,7 +281,14 @@ impl Verity {
             out.fill(0);
             return Ok(());
         }
-        self.data.read(sector, out).map_err(|e| self.io_error(e))?;
+        if let Err(e) = self.data.read(sector, out) {
+            // With FEC the kernel verifies even a failed read (verity_end_io) and lets FEC
+            // rebuild the block, its unreadable copy counting as an erasure.
+            if self.fec_data_block(b, &want[..ds], out) {
+                return Ok(());
+            }
+            return Err(self.io_error(e));
+        }
         let mut real = [0u8; MAX_DIGEST];
         self.hasher.hash(out, &mut real[..ds]);
         if real[..ds] == want[..ds] {
