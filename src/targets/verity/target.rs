@@ -51,6 +51,7 @@ pub struct Verity {
 
 mod cache;
 mod fec_glue;
+mod parallel;
 
 use cache::{AtomicBitmap, HashCache};
 
@@ -304,48 +305,6 @@ impl Verity {
     }
 }
 
-/// Reads at least this long (and block-aligned) are split across threads.
-const PARALLEL_BYTES: usize = 256 << 10;
-
-impl Verity {
-    /// Verify whole blocks from `first` into `buf` on `self.threads` threads; the error of
-    /// the lowest failing block wins.
-    fn read_blocks_parallel(&self, first: u64, buf: &mut [u8]) -> Result<()> {
-        let blocks = buf.len() / self.dbs;
-        let per = blocks.div_ceil(self.threads) * self.dbs;
-        let (whole, tail) = buf.split_at_mut(blocks * self.dbs);
-        std::thread::scope(|scope| {
-            let jobs: Vec<_> = whole
-                .chunks_mut(per)
-                .enumerate()
-                .map(|(t, part)| {
-                    let b0 = first + (t * per / self.dbs) as u64;
-                    scope.spawn(move || {
-                        part.chunks_exact_mut(self.dbs)
-                            .zip(b0..)
-                            .try_for_each(|(blk, b)| self.read_block(b, blk))
-                    })
-                })
-                .collect();
-            jobs.into_iter()
-                .map(|j| {
-                    j.join().unwrap_or_else(|_| {
-                        Err(Error::invalid("verity", "verification thread panicked"))
-                    })
-                })
-                .collect::<Result<Vec<()>>>()
-        })?;
-        if !tail.is_empty() {
-            let b = first + blocks as u64;
-            let mut tmp = vec![0u8; self.dbs];
-            self.read_block(b, &mut tmp)?;
-            let n = tail.len();
-            tail.copy_from_slice(&tmp[..n]);
-        }
-        Ok(())
-    }
-}
-
 impl Volume for Verity {
     fn size(&self) -> SectorCount {
         self.size
@@ -359,7 +318,7 @@ impl Volume for Verity {
         let start = sector.byte_offset();
         let end = start + buf.len() as u64;
         // Large aligned reads are verified on all cores (each block is independent).
-        if start % dbs == 0 && buf.len() >= PARALLEL_BYTES && self.threads > 1 {
+        if start % dbs == 0 && buf.len() >= parallel::PARALLEL_BYTES && self.threads > 1 {
             return self.read_blocks_parallel(start / dbs, buf);
         }
         let mut tmp = Vec::new();
