@@ -276,3 +276,47 @@ mod roundtrip {
         }
     }
 }
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary superblock bytes decode or fail with an error, never panic.
+        #[test]
+        fn superblock_decode_never_panics(mut b in prop::collection::vec(any::<u8>(), 0..600), magic in any::<bool>()) {
+            if magic && b.len() >= 12 {
+                b[..8].copy_from_slice(superblock::MAGIC);
+                b[8..12].copy_from_slice(&1u32.to_le_bytes());
+            }
+            let _ = Superblock::decode(&b, 0);
+        }
+
+        /// Arbitrary geometry inputs lay out a tree or fail with the kernel's words.
+        #[test]
+        fn geometry_never_panics(
+            version in 0u32..=1,
+            dbs in any::<u32>(),
+            hbs in any::<u32>(),
+            ds in 0usize..100,
+            blocks in any::<u64>(),
+            start in any::<u64>(),
+        ) {
+            if let Ok(g) = Geometry::new(version, dbs, hbs, ds, blocks, start) {
+                prop_assert!(g.levels() <= hash_tree::MAX_LEVELS);
+                if blocks > 0 && g.levels() > 0 {
+                    let (hb, off) = g.hash_at(blocks - 1, 0);
+                    prop_assert!(hb < g.hash_end);
+                    prop_assert!(off < hbs as usize);
+                }
+            }
+        }
+
+        /// Arbitrary tokens after a valid prefix parse or fail, never panic.
+        #[test]
+        fn option_parsing_never_panics(words in prop::collection::vec("[a-z_0-9]{0,24}", 0..20)) {
+            let t = format!("{} {}", base(""), words.join(" "));
+            let _ = parse(&t, 128);
+        }
+    }
+}
