@@ -190,3 +190,50 @@ fn verity_table_built_by_the_cli_reads_the_data() {
     let st = dmemu(&["status", "--table", "v.table", "--read-only"], t.path());
     assert_eq!(text(&st.stdout), "0 2048 verity V\n");
 }
+
+#[test]
+fn format_with_fec_device_writes_veritysetup_parity() {
+    let t = setup();
+    let c = case("v1-sha256-4k");
+    let out = dmemu(
+        &[
+            "verity",
+            "format",
+            "data-a.img",
+            "new.img",
+            "--salt",
+            &c.salt,
+            "--uuid",
+            &c.uuid,
+            "--fec-device",
+            "fec.img",
+            "--fec-roots",
+            "4",
+        ],
+        t.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("FEC RS roots:   \t4\nFEC blocks:     \t8\n"));
+    assert!(std::fs::read(t.path().join("new.img")).unwrap() == load(&c.hash));
+    assert!(std::fs::read(t.path().join("fec.img")).unwrap() == load("fec-v1-sha256-4k-r4.img"));
+    let table = dmemu(
+        &[
+            "verity",
+            "table",
+            "data-a.img",
+            "new.img",
+            &c.root,
+            "--fec-device",
+            "fec.img",
+            "--fec-roots",
+            "4",
+        ],
+        t.path(),
+    );
+    assert!(
+        text(&table.stdout)
+            .ends_with(" 8 use_fec_from_device fec.img fec_blocks 259 fec_start 0 fec_roots 4\n"),
+        "{}",
+        text(&table.stdout)
+    );
+}

@@ -225,3 +225,169 @@ fn corrupt_hash_block_is_reported_as_metadata_and_not_cached() {
     assert!(read_block(&v, 0).is_ok());
     assert_eq!(v.corruption_count(), 2);
 }
+
+fn fec_target(opts: &str, fec_len: usize) -> Result<Verity> {
+    let c = case("v1-sha256-4k");
+    let mut fec = load("fec-v1-sha256-4k-r4.img");
+    fec.resize(fec_len, 0);
+    Verity::over_with_fec(
+        &c.args("d", "h", opts),
+        SectorCount(c.sectors()),
+        mem(load(&c.data)),
+        mem(load(&c.hash)),
+        Some(mem(fec)),
+    )
+}
+
+#[test]
+fn fec_table_checks_use_the_kernel_words() {
+    let full = load("fec-v1-sha256-4k-r4.img").len();
+    let fec = |w: &str| format!("8 use_fec_from_device f {w}");
+    let cases = [
+        (
+            fec("fec_blocks 259 fec_start 0 fec_roots 4"),
+            full - 4096,
+            "FEC device is too small",
+        ),
+        (
+            fec("fec_blocks 258 fec_start 0 fec_roots 4"),
+            full,
+            "Invalid fec_blocks",
+        ),
+        (
+            fec("fec_blocks 1000 fec_start 0 fec_roots 4"),
+            full,
+            "Hash device is too small for fec_blocks",
+        ),
+        (
+            "6 use_fec_from_device f fec_blocks 259 fec_start 0".to_string(),
+            full,
+            "Missing fec_roots",
+        ),
+        (
+            "6 use_fec_from_device f fec_roots 4 fec_start 0".to_string(),
+            full,
+            "Missing fec_blocks",
+        ),
+    ];
+    for (opts, len, want) in cases {
+        let e = fec_target(&opts, len).unwrap_err().to_string();
+        assert!(e.contains(want), "{opts}: {e}");
+    }
+    let v = fec_target(&fec("fec_blocks 259 fec_start 0 fec_roots 4"), full).unwrap();
+    assert_eq!(read_block(&v, 0).unwrap(), load("data-a.img")[..4096]);
+    // Without the FEC device the library refuses the table rather than ignore FEC.
+    let c = case("v1-sha256-4k");
+    let e = Verity::over(
+        &c.args("d", "h", &fec("fec_blocks 259 fec_start 0 fec_roots 4")),
+        SectorCount(c.sectors()),
+        mem(load(&c.data)),
+        mem(load(&c.hash)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("FEC device lookup failed"), "{e}");
+}
+
+#[test]
+fn fec_corrects_a_damaged_block_keeps_status_v_and_counts_it() {
+    let c = case("v1-sha256-4k");
+    let mut data = load(&c.data);
+    let good = data[33 * 4096..34 * 4096].to_vec();
+    for b in &mut data[33 * 4096..33 * 4096 + 100] {
+        *b ^= 0xff;
+    }
+    let v = Verity::over_with_fec(
+        &c.args(
+            "d",
+            "h",
+            "8 use_fec_from_device f fec_blocks 259 fec_start 0 fec_roots 4",
+        ),
+        SectorCount(c.sectors()),
+        mem(data),
+        mem(load(&c.hash)),
+        Some(mem(load("fec-v1-sha256-4k-r4.img"))),
+    )
+    .unwrap();
+    assert_eq!(read_block(&v, 33).unwrap(), good);
+    assert_eq!(v.fec_corrected(), 1);
+    assert_eq!(v.status(), "V");
+}
+
+#[test]
+fn large_reads_verify_on_all_cores_and_report_the_lowest_bad_block() {
+    let (c, v, _) = target("", None);
+    let mut all = vec![0u8; 1 << 20];
+    v.read(Sector(0), &mut all).unwrap();
+    assert!(all == load(&c.data));
+    let c = case("v1-sha256-4k");
+    let mut data = load(&c.data);
+    data[200 * 4096] ^= 1;
+    data[10 * 4096 + 9] ^= 1;
+    let v = Verity::over(
+        &c.args("d", "h", ""),
+        SectorCount(c.sectors()),
+        mem(data),
+        mem(load(&c.hash)),
+    )
+    .unwrap();
+    let e = v.read(Sector(0), &mut all).unwrap_err();
+    assert!(e.to_string().contains("data block 10 is corrupted"), "{e}");
+    // A large read past both bad blocks is fine.
+    assert!(v.read(Sector(201 * 8), &mut all[..55 * 4096]).is_ok());
+}
+
+/// A volume whose reads of one sector range fail.
+#[derive(Debug)]
+struct BadRange(Arc<MemVolume>, std::ops::Range<u64>);
+impl Volume for BadRange {
+    fn size(&self) -> SectorCount {
+        self.0.size()
+    }
+    fn read(&self, s: Sector, buf: &mut [u8]) -> Result<()> {
+        let end = s.0 + buf.len() as u64 / 512;
+        if s.0 < self.1.end && self.1.start < end {
+            return Err(Error::Io {
+                device: "bad".into(),
+                source: std::io::Error::other("medium error"),
+            });
+        }
+        self.0.read(s, buf)
+    }
+    fn write(&self, s: Sector, buf: &[u8]) -> Result<()> {
+        self.0.write(s, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn discard(&self, _: Sector, _: SectorCount) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn fec_rebuilds_a_block_whose_read_failed_and_without_fec_the_error_passes_up() {
+    let c = case("v1-sha256-4k");
+    let data: SharedVolume = Arc::new(BadRange(mem(load(&c.data)), 12 * 8..13 * 8));
+    let fec = "8 use_fec_from_device f fec_blocks 259 fec_start 0 fec_roots 4";
+    let v = Verity::over_with_fec(
+        &c.args("d", "h", fec),
+        SectorCount(c.sectors()),
+        Arc::clone(&data),
+        mem(load(&c.hash)),
+        Some(mem(load("fec-v1-sha256-4k-r4.img"))),
+    )
+    .unwrap();
+    assert_eq!(
+        read_block(&v, 12).unwrap(),
+        load(&c.data)[12 * 4096..13 * 4096]
+    );
+    assert_eq!(v.fec_corrected(), 1);
+    let v = Verity::over(
+        &c.args("d", "h", ""),
+        SectorCount(c.sectors()),
+        data,
+        mem(load(&c.hash)),
+    )
+    .unwrap();
+    assert!(matches!(read_block(&v, 12), Err(Error::Io { .. })));
+}

@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args as ClapArgs, Subcommand};
 
+use super::fec::{encode, FecGeometry};
 use super::format::{format, read_superblock, verify, FormatParams};
 use super::hash::{from_hex, to_hex, HashAlg};
 use super::superblock::{Superblock, Uuid};
+use super::FecArgs;
 use crate::error::{Error, Result};
-use crate::volume::{MmapVolume, Volume};
+use crate::targets::DeviceRef;
+use crate::volume::{Access, FileVolume, Volume};
 
 /// veritysetup's subcommands.
 #[derive(Debug, Subcommand)]
@@ -90,10 +93,59 @@ pub struct TreeOpts {
     /// UUID to store in the superblock (default: random).
     #[arg(long)]
     uuid: Option<String>,
+    /// FEC device: `format` writes Reed-Solomon parity there, `table` names it.
+    #[arg(long)]
+    fec_device: Option<PathBuf>,
+    /// Parity bytes per codeword (2..=24).
+    #[arg(long, default_value_t = 2)]
+    fec_roots: u32,
+    /// Starting offset on the FEC device, bytes.
+    #[arg(long, default_value_t = 0)]
+    fec_offset: u64,
 }
 
-fn open(path: &Path) -> Result<MmapVolume> {
-    MmapVolume::open(path)
+impl TreeOpts {
+    /// FEC layout over `hash` (the whole hash device from `hash_start`, as veritysetup).
+    fn fec(&self, p: &FormatParams, hash: &dyn Volume) -> Result<Option<FecGeometry>> {
+        if self.fec_device.is_none() {
+            return Ok(None);
+        }
+        if p.data_block_size != p.hash_block_size {
+            return Err(Error::invalid(
+                "--fec-device",
+                "Block sizes must match for FEC",
+            ));
+        }
+        if !(2..=24).contains(&self.fec_roots) {
+            return Err(Error::invalid(
+                "--fec-roots",
+                "Invalid number of parity bytes",
+            ));
+        }
+        let bs = u64::from(p.data_block_size);
+        if self.fec_offset % bs != 0 {
+            return Err(Error::invalid(
+                "--fec-offset",
+                "must be a multiple of the block size",
+            ));
+        }
+        let geo = p.geometry()?;
+        let hash_blocks = (hash.size().bytes() / bs).saturating_sub(geo.hash_start);
+        FecGeometry::new(
+            self.fec_roots,
+            p.data_block_size,
+            p.data_blocks + hash_blocks,
+            self.fec_offset / bs,
+            p.data_blocks,
+            geo.hash_start,
+            geo.hash_end,
+        )
+        .map(Some)
+    }
+}
+
+fn open(path: &Path) -> Result<FileVolume> {
+    FileVolume::open(path, Access::ReadOnly)
 }
 
 impl TreeOpts {
@@ -180,7 +232,12 @@ fn parse_root(root: &str, alg: HashAlg) -> Result<Vec<u8>> {
 }
 
 /// veritysetup's `VERITY header information` block.
-fn header(name: &Path, p: &FormatParams, root: Option<&[u8]>) -> Result<String> {
+fn header(
+    name: &Path,
+    p: &FormatParams,
+    root: Option<&[u8]>,
+    fec: Option<&FecGeometry>,
+) -> Result<String> {
     let geo = p.geometry()?;
     let mut s = format!("VERITY header information for {}\n", name.display());
     if p.superblock {
@@ -192,6 +249,13 @@ fn header(name: &Path, p: &FormatParams, root: Option<&[u8]>) -> Result<String> 
     s += &format!("Hash blocks:     \t{}\n", geo.tree_blocks());
     s += &format!("Hash block size: \t{}\n", p.hash_block_size);
     s += &format!("Hash algorithm:  \t{}\n", p.algorithm);
+    if let Some(f) = fec {
+        s += &format!("FEC RS roots:   \t{}\n", f.roots);
+        s += &format!(
+            "FEC blocks:     \t{}\n",
+            f.area_bytes() / u64::from(f.block_size)
+        );
+    }
     let salt = if p.salt.is_empty() {
         "-".to_string()
     } else {
@@ -205,6 +269,10 @@ fn header(name: &Path, p: &FormatParams, root: Option<&[u8]>) -> Result<String> 
         "Hash device size: \t{} [bytes]\n",
         geo.hash_end_bytes().unwrap_or(u64::MAX)
     );
+    // veritysetup prints the FEC device size only for an area at offset 0.
+    if let Some(f) = fec.filter(|f| f.start == 0) {
+        s += &format!("FEC device size: \t{} [bytes]\n", f.area_bytes());
+    }
     Ok(s)
 }
 
@@ -229,7 +297,26 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
                 .open(&hash)
                 .map_err(Error::io(&hash.display()))?;
             let root = format(&p, &dv, &file)?;
-            print(&header(&hash, &p, Some(&root))?)
+            drop(file);
+            let fec = match &opts.fec_device {
+                None => None,
+                Some(path) => {
+                    let hv = open(&hash)?;
+                    let g = opts.fec(&p, &hv)?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(path)
+                        .map_err(Error::io(&path.display()))?;
+                    if let Some(g) = &g {
+                        encode(g, &dv, &hv, &f, opts.fec_offset)?;
+                        f.sync_data().map_err(Error::io(&path.display()))?;
+                    }
+                    g
+                }
+            };
+            print(&header(&hash, &p, Some(&root), fec.as_ref())?)
         }
         VerityCommand::Verify {
             data,
@@ -245,7 +332,7 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
         VerityCommand::Dump { hash, hash_offset } => {
             let sb: Superblock = read_superblock(&open(&hash)?, hash_offset)?;
             let p = FormatParams::from_superblock(&sb, hash_offset);
-            print(&header(&hash, &p, None)?)
+            print(&header(&hash, &p, None, None)?)
         }
         VerityCommand::Table {
             data,
@@ -256,7 +343,16 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
             let (dv, hv) = (open(&data)?, open(&hash)?);
             let p = opts.existing(&dv, &hv)?;
             let r = parse_root(&root, p.algorithm)?;
-            let args = p.table_args(&data.display().to_string(), &hash.display().to_string(), &r);
+            let mut args =
+                p.table_args(&data.display().to_string(), &hash.display().to_string(), &r);
+            if let (Some(g), Some(dev)) = (opts.fec(&p, &hv)?, &opts.fec_device) {
+                args.fec = Some(FecArgs {
+                    device: DeviceRef(dev.display().to_string()),
+                    blocks: g.blocks,
+                    start: g.start,
+                    roots: u8::try_from(g.roots).unwrap_or(0),
+                });
+            }
             let sectors = p.data_blocks * u64::from(p.data_block_size) / 512;
             print(&format!("0 {sectors} verity {args}\n"))
         }

@@ -47,7 +47,8 @@ impl Geometry {
         data_blocks: u64,
         hash_start: u64,
     ) -> Result<Geometry, &'static str> {
-        let per_block = u64::from(hash_block_size) / u64::try_from(digest_size).unwrap_or(u64::MAX);
+        let ds = u64::try_from(digest_size).unwrap_or(u64::MAX).max(1);
+        let per_block = u64::from(hash_block_size) / ds;
         if digest_size == 0 || per_block < 2 {
             return Err("Digest size too big");
         }

@@ -16,9 +16,11 @@ use crate::units::SectorCount;
 use super::DeviceRef;
 
 pub mod cli;
+pub mod fec;
 pub mod format;
 pub mod hash;
 pub mod hash_tree;
+pub mod rs;
 pub mod superblock;
 pub mod target;
 mod tree_io;
@@ -282,7 +284,7 @@ impl VerityArgs {
                     _ => {
                         // "%hhu%c" keeps the low 8 bits; roots must then be in 2..=24.
                         let r = parse_llu(val)
-                            .map(|n| (n & 0xff) as u8)
+                            .and_then(|n| u8::try_from(n & 0xff).ok())
                             .filter(|r| (2..=24).contains(r))
                             .ok_or_else(invalid)?;
                         fec_roots = r;

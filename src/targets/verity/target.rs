@@ -5,10 +5,10 @@
 //! with a `hash_verified` flag); `check_at_most_once` keeps a bitmap of data blocks that
 //! verified, which are then read without hashing.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
+use super::fec::FecReader;
 use super::hash::{BlockHasher, MAX_DIGEST};
 use super::hash_tree::Geometry;
 use super::{CorruptionMode, ErrorMode, VerityArgs};
@@ -20,69 +20,6 @@ use crate::volume::{check_io, SharedVolume, Volume};
 
 /// Default bound of the verified-hash-block cache, in bytes.
 pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
-
-/// Cached blocks by hash block index, and their insertion order.
-type CacheMap = (HashMap<u64, Arc<[u8]>>, VecDeque<u64>);
-
-/// A bounded FIFO of verified hash blocks.
-#[derive(Debug)]
-struct HashCache {
-    capacity: usize,
-    inner: Mutex<CacheMap>,
-}
-
-impl HashCache {
-    fn new(capacity: usize) -> HashCache {
-        HashCache {
-            capacity: capacity.max(1),
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
-        }
-    }
-
-    fn get(&self, block: u64) -> Option<Arc<[u8]>> {
-        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        g.0.get(&block).cloned()
-    }
-
-    fn insert(&self, block: u64, data: Arc<[u8]>) {
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if g.0.insert(block, data).is_none() {
-            g.1.push_back(block);
-        }
-        while g.1.len() > self.capacity {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
-            }
-        }
-    }
-}
-
-/// A bitmap that many readers set bits in at once.
-#[derive(Debug)]
-struct AtomicBitmap(Vec<AtomicU64>);
-
-impl AtomicBitmap {
-    fn new(bits: u64) -> Result<AtomicBitmap> {
-        let words = usize::try_from(bits.div_ceil(64))
-            .map_err(|_| Error::invalid("check_at_most_once", "bitmap too large"))?;
-        Ok(AtomicBitmap(
-            (0..words).map(|_| AtomicU64::new(0)).collect(),
-        ))
-    }
-    fn word(&self, bit: u64) -> Option<(&AtomicU64, u64)> {
-        let w = usize::try_from(bit / 64).ok()?;
-        Some((self.0.get(w)?, 1u64 << (bit % 64)))
-    }
-    fn test(&self, bit: u64) -> bool {
-        self.word(bit)
-            .is_some_and(|(w, m)| w.load(Ordering::Relaxed) & m != 0)
-    }
-    fn set(&self, bit: u64) {
-        if let Some((w, m)) = self.word(bit) {
-            w.fetch_or(m, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Which kind of block failed (kernel `enum verity_block_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +44,16 @@ pub struct Verity {
     cache: HashCache,
     hash_failed: AtomicBool,
     corrupted: AtomicU64,
+    fec: Option<FecReader>,
+    fec_corrected: AtomicU64,
+    threads: usize,
 }
+
+mod cache;
+mod fec_glue;
+mod parallel;
+
+use cache::{AtomicBitmap, HashCache};
 
 impl Verity {
     /// The kernel's ctr: resolve both devices and check that they are large enough.
@@ -120,15 +66,31 @@ impl Verity {
             len,
         )?;
         let hash = registry.volume(&args.hash_dev)?;
-        Verity::over(args, len, data, hash)
+        let fec = match &args.fec {
+            Some(f) => Some(registry.volume(&f.device)?),
+            None => None,
+        };
+        Verity::over_with_fec(args, len, data, hash, fec)
     }
 
-    /// A verity target over already-open volumes (library use).
+    /// A verity target over already-open volumes (library use; no FEC device).
     pub fn over(
         args: &VerityArgs,
         len: SectorCount,
         data: SharedVolume,
         hash: SharedVolume,
+    ) -> Result<Verity> {
+        Verity::over_with_fec(args, len, data, hash, None)
+    }
+
+    /// A verity target over already-open volumes, with the FEC device when the table names
+    /// one.
+    pub fn over_with_fec(
+        args: &VerityArgs,
+        len: SectorCount,
+        data: SharedVolume,
+        hash: SharedVolume,
+        fec_dev: Option<SharedVolume>,
     ) -> Result<Verity> {
         let geo = args.geometry()?;
         let hbs = u64::from(args.hash_block_size);
@@ -146,12 +108,7 @@ impl Verity {
                 ),
             ));
         }
-        if args.fec.is_some() {
-            return Err(Error::Unsupported {
-                target: "verity",
-                op: "forward error correction (use_fec_from_device)",
-            });
-        }
+        let fec = fec_glue::fec_reader(args, &geo, &*hash, fec_dev)?;
         if args.root_hash_sig_key_desc.is_some() {
             return Err(Error::Unsupported {
                 target: "verity",
@@ -185,6 +142,9 @@ impl Verity {
             cache: HashCache::new(DEFAULT_CACHE_BYTES / hbs_usize),
             hash_failed: AtomicBool::new(false),
             corrupted: AtomicU64::new(0),
+            fec,
+            fec_corrected: AtomicU64::new(0),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
     }
 
@@ -205,6 +165,12 @@ impl Verity {
     #[must_use]
     pub fn corruption_count(&self) -> u64 {
         self.corrupted.load(Ordering::Relaxed)
+    }
+
+    /// Blocks recovered with FEC so far.
+    #[must_use]
+    pub fn fec_corrected(&self) -> u64 {
+        self.fec_corrected.load(Ordering::Relaxed)
     }
 
     /// The tree layout.
@@ -272,6 +238,9 @@ impl Verity {
         let block: Arc<[u8]> = Arc::from(buf);
         if real[..ds] == *want {
             self.cache.insert(hb, Arc::clone(&block));
+        } else if let Some(fixed) = self.fec_hash_block(hb, want) {
+            self.cache.insert(hb, Arc::clone(&fixed));
+            return Ok(fixed);
         } else {
             // Ignore mode goes on with the unverified block, as the kernel does.
             self.handle_err(BlockType::Metadata, hb)?;
@@ -313,13 +282,23 @@ impl Verity {
             out.fill(0);
             return Ok(());
         }
-        self.data.read(sector, out).map_err(|e| self.io_error(e))?;
+        if let Err(e) = self.data.read(sector, out) {
+            // With FEC the kernel verifies even a failed read (verity_end_io) and lets FEC
+            // rebuild the block, its unreadable copy counting as an erasure.
+            if self.fec_data_block(b, &want[..ds], out) {
+                return Ok(());
+            }
+            return Err(self.io_error(e));
+        }
         let mut real = [0u8; MAX_DIGEST];
         self.hasher.hash(out, &mut real[..ds]);
         if real[..ds] == want[..ds] {
             if let Some(v) = &self.verified {
                 v.set(b);
             }
+            return Ok(());
+        }
+        if self.fec_data_block(b, &want[..ds], out) {
             return Ok(());
         }
         self.handle_err(BlockType::Data, b)
@@ -338,6 +317,10 @@ impl Volume for Verity {
         let dbs = self.dbs as u64;
         let start = sector.byte_offset();
         let end = start + buf.len() as u64;
+        // Large aligned reads are verified on all cores (each block is independent).
+        if start % dbs == 0 && buf.len() >= parallel::PARALLEL_BYTES && self.threads > 1 {
+            return self.read_blocks_parallel(start / dbs, buf);
+        }
         let mut tmp = Vec::new();
         let mut at = start;
         while at < end {

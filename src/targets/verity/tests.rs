@@ -216,3 +216,107 @@ fn check_at_most_once_refuses_more_than_int_max_blocks() {
         "device too large to use check_at_most_once"
     );
 }
+
+mod roundtrip {
+    use super::*;
+    use proptest::prelude::*;
+
+    const WORDS: &[&str] = &[
+        "ignore_corruption",
+        "restart_on_corruption",
+        "panic_on_corruption",
+        "restart_on_error",
+        "panic_on_error",
+        "ignore_zero_blocks",
+        "check_at_most_once",
+        "try_verify_in_tasklet",
+    ];
+
+    proptest! {
+        /// Any accepted option list prints canonically, and the canonical text parses to
+        /// the same arguments and prints identically (a fixed point).
+        #[test]
+        fn canonical_output_is_a_fixed_point(
+            version in 0u32..=1,
+            alg in prop::sample::select(HashAlg::names()),
+            dbs_bits in 9u32..=12,
+            hbs_bits in 9u32..=14,
+            blocks in 1u64..100_000,
+            salt in prop::collection::vec(any::<u8>(), 0..40),
+            words in prop::collection::vec(prop::sample::select(WORDS), 0..6),
+            fec in prop::option::of((1u64..1000, 0u64..1000, 2u8..=24)),
+            sig in prop::option::of("[a-z:0-9]{1,12}"),
+        ) {
+            let alg = HashAlg::from_name(alg).unwrap();
+            let root = hash::to_hex(&vec![0x5a; alg.digest_size()]);
+            let salt = if salt.is_empty() { "-".to_string() } else { hash::to_hex(&salt) };
+            let mut opts: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+            if let Some((b, s, r)) = fec {
+                opts.extend(["use_fec_from_device".into(), "/f".into(), "fec_blocks".into(),
+                    b.to_string(), "fec_start".into(), s.to_string(), "fec_roots".into(), r.to_string()]);
+            }
+            if let Some(k) = sig {
+                opts.extend(["root_hash_sig_key_desc".into(), k]);
+            }
+            let text = format!(
+                "{version} /d /h {} {} {blocks} 3 {alg} {root} {salt} {} {}",
+                1u32 << dbs_bits, 1u32 << hbs_bits, opts.len(), opts.join(" ")
+            );
+            let len = blocks << (dbs_bits - 9);
+            let Ok(a) = parse(&text, len) else {
+                // Conflicting modes are refused; nothing else in this space may be.
+                let e = parse(&text, len).unwrap_err().reason;
+                prop_assert!(e == "Conflicting error handling parameters" || e == "Digest size too big", "{}", e);
+                return Ok(());
+            };
+            let canon = a.to_string();
+            let b = parse(&canon, len).unwrap();
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(canon, b.to_string());
+        }
+    }
+}
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary superblock bytes decode or fail with an error, never panic.
+        #[test]
+        fn superblock_decode_never_panics(mut b in prop::collection::vec(any::<u8>(), 0..600), magic in any::<bool>()) {
+            if magic && b.len() >= 12 {
+                b[..8].copy_from_slice(superblock::MAGIC);
+                b[8..12].copy_from_slice(&1u32.to_le_bytes());
+            }
+            let _ = Superblock::decode(&b, 0);
+        }
+
+        /// Arbitrary geometry inputs lay out a tree or fail with the kernel's words.
+        #[test]
+        fn geometry_never_panics(
+            version in 0u32..=1,
+            dbs in any::<u32>(),
+            hbs in any::<u32>(),
+            ds in 0usize..100,
+            blocks in any::<u64>(),
+            start in any::<u64>(),
+        ) {
+            if let Ok(g) = Geometry::new(version, dbs, hbs, ds, blocks, start) {
+                prop_assert!(g.levels() <= hash_tree::MAX_LEVELS);
+                if blocks > 0 && g.levels() > 0 {
+                    let (hb, off) = g.hash_at(blocks - 1, 0);
+                    prop_assert!(hb < g.hash_end);
+                    prop_assert!(off < hbs as usize);
+                }
+            }
+        }
+
+        /// Arbitrary tokens after a valid prefix parse or fail, never panic.
+        #[test]
+        fn option_parsing_never_panics(words in prop::collection::vec("[a-z_0-9]{0,24}", 0..20)) {
+            let t = format!("{} {}", base(""), words.join(" "));
+            let _ = parse(&t, 128);
+        }
+    }
+}

@@ -55,7 +55,12 @@ impl Level<'_> {
         let ds = self.geo.digest_size;
         let slot = self.geo.slot_size();
         let batch = (READ_BYTES / self.src_bs).max(1);
-        let mut buf = vec![0u8; batch.min(per as usize) * self.src_bs];
+        // Page-aligned: copies into large buffers at page offset 16 (where glibc puts big
+        // allocations) run several times slower on this class of CPU (DESIGN.md).
+        let len = batch.min(usize::try_from(per).unwrap_or(batch)) * self.src_bs;
+        let mut raw = vec![0u8; len + 4096];
+        let at = raw.as_ptr().align_offset(4096).min(4096);
+        let buf = &mut raw[at..at + len];
         for (i, block) in out.chunks_exact_mut(hbs).enumerate() {
             let h = first + i as u64;
             let s0 = h * per;
