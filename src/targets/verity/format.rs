@@ -220,7 +220,7 @@ pub fn format(p: &FormatParams, data: &dyn Volume, hash: &File) -> Result<Vec<u8
             }
         };
         let base = geo.level_block[i];
-        level.run(&mut |h, bytes| {
+        level.run(&|h, bytes| {
             hash.write_all_at(bytes, (base + h) * hbs)
                 .map_err(Error::io(&"hash device"))
         })?;
@@ -264,7 +264,6 @@ pub fn verify(p: &FormatParams, data: &dyn Volume, hash: &dyn Volume, root: &[u8
     let hasher = BlockHasher::new(p.algorithm, p.hash_type, &p.salt);
     let hash_src = VolumeSource(hash);
     let data_src = VolumeSource(data);
-    let mut stored = Vec::new();
     for i in 0..geo.levels() {
         let (src, src_off, src_bs, count): (&dyn Source, u64, u64, u64) = if i == 0 {
             (&data_src, 0, u64::from(p.data_block_size), p.data_blocks)
@@ -285,8 +284,8 @@ pub fn verify(p: &FormatParams, data: &dyn Volume, hash: &dyn Volume, root: &[u8
             count,
         };
         let base = geo.level_block[i];
-        level.run(&mut |h, bytes| {
-            stored.resize(bytes.len(), 0);
+        level.run(&|h, bytes| {
+            let mut stored = vec![0u8; bytes.len()];
             hash_src.read_at((base + h) * hbs, &mut stored)?;
             if stored == bytes {
                 return Ok(());

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::hash::BlockHasher;
 use super::hash_tree::Geometry;
@@ -11,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::units::{Sector, SECTOR_SIZE};
 use crate::volume::Volume;
 
-/// Hash blocks computed per thread per parallel round.
-const CHUNK_HASH_BLOCKS: usize = 64;
+/// Hash blocks a thread takes at a time (16 x 128 data blocks of 4 KiB = 8 MiB of data).
+const CHUNK_HASH_BLOCKS: usize = 16;
 /// Source bytes read per call.
 const READ_BYTES: usize = 1 << 20;
 
@@ -82,41 +83,49 @@ impl Level<'_> {
         Ok(())
     }
 
-    /// Run over the whole level on all cores, chunk by chunk.
-    pub(super) fn run(&self, sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+    /// Run over the whole level on all cores. Threads take runs of hash blocks from a shared
+    /// counter (no barrier per round, so a descheduled thread stalls nobody) and hand each
+    /// finished run to `sink(first_block_in_level, bytes)`, which must be position-addressed.
+    /// On failure the error of the lowest run wins.
+    pub(super) fn run(&self, sink: &(dyn Fn(u64, &[u8]) -> Result<()> + Sync)) -> Result<()> {
         let hbs = self.geo.hash_block_size as usize;
         let per = self.geo.per_block() as u64;
         let total = self.count.div_ceil(per);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut chunk = vec![0u8; CHUNK_HASH_BLOCKS * threads * hbs];
-        let mut h = 0u64;
-        while h < total {
-            let n =
-                usize::try_from((total - h).min((CHUNK_HASH_BLOCKS * threads) as u64)).unwrap_or(1);
-            let buf = &mut chunk[..n * hbs];
-            buf.fill(0);
-            let per_thread = n.div_ceil(threads);
-            std::thread::scope(|scope| {
-                let jobs: Vec<_> = buf
-                    .chunks_mut(per_thread * hbs)
-                    .enumerate()
-                    .map(|(t, part)| {
-                        let first = h + (t * per_thread) as u64;
-                        scope.spawn(move || self.hash_blocks(first, part))
+        let next = AtomicU64::new(0);
+        let failed = AtomicBool::new(false);
+        let step = CHUNK_HASH_BLOCKS as u64;
+        let worker = || -> Option<(u64, Error)> {
+            let mut buf = vec![0u8; CHUNK_HASH_BLOCKS * hbs];
+            loop {
+                let h = next.fetch_add(step, Ordering::Relaxed);
+                if h >= total || failed.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let n = usize::try_from((total - h).min(step)).unwrap_or(1);
+                let part = &mut buf[..n * hbs];
+                part.fill(0);
+                if let Err(e) = self.hash_blocks(h, part).and_then(|()| sink(h, part)) {
+                    failed.store(true, Ordering::Relaxed);
+                    return Some((h, e));
+                }
+            }
+        };
+        let mut errors: Vec<(u64, Error)> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = (0..threads).map(|_| scope.spawn(worker)).collect();
+            jobs.into_iter()
+                .filter_map(|j| {
+                    j.join().unwrap_or_else(|_| {
+                        Some((0, Error::invalid("verity", "hash thread panicked")))
                     })
-                    .collect();
-                jobs.into_iter()
-                    .map(|j| {
-                        j.join().unwrap_or_else(|_| {
-                            Err(Error::invalid("verity", "hash thread panicked"))
-                        })
-                    })
-                    .collect::<Result<Vec<()>>>()
-            })?;
-            sink(h, buf)?;
-            h += n as u64;
+                })
+                .collect()
+        });
+        errors.sort_by_key(|(h, _)| *h);
+        match errors.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
