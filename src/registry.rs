@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::error::{Error, Result};
 use crate::mapped_device::MappedDevice;
 use crate::table::{DeviceSpec, TableMode};
+use crate::targets::crypt::Keyring;
 use crate::targets::{DeviceAt, DeviceRef, Target};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_range, Access, FileVolume, MmapVolume, SharedVolume};
@@ -35,6 +36,7 @@ pub struct Registry {
     named: Mutex<BTreeMap<String, SharedVolume>>,
     devices: Mutex<BTreeMap<String, Arc<MappedDevice>>>,
     files: Mutex<BTreeMap<PathBuf, SharedVolume>>,
+    keyring: Keyring,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +87,12 @@ impl Registry {
         }
         self.bindings.insert(major_minor.to_string(), path.into());
         Ok(())
+    }
+
+    /// The keys that crypt tables name by keyring reference (`:<size>:<type>:<desc>`).
+    #[must_use]
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// Make `volume` available to tables under `name`.

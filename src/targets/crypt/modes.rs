@@ -1,0 +1,291 @@
+//! The data transforms dm-crypt instantiates (`mode(cipher)`, optionally inside
+//! `essiv(…,hash)`): AES-128/192/256 and `cipher_null` under ecb, cbc, ctr, xts and lrw.
+//!
+//! A [`Tfm`] is one of the kernel's `cc->cipher_tfm.tfms[i]`: keyed with one subkey, it
+//! encrypts or decrypts one crypt sector given its IV, exactly as crypto/{cbc,ctr,xts,lrw,
+//! essiv}.c do.
+
+use aes::cipher::consts::U16;
+use aes::cipher::{Array, Block, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+use md5::Digest as _;
+use zeroize::Zeroizing;
+
+use super::cipher::{ChainMode, Transform};
+use super::lrw::Lrw;
+use super::xts;
+
+/// A keyed AES of any key size.
+#[derive(Clone)]
+pub(crate) enum Aes {
+    A128(aes::Aes128),
+    A192(aes::Aes192),
+    A256(aes::Aes256),
+}
+
+/// Run `$body` with `$c` bound to the concrete AES inside `$aes`.
+macro_rules! with_aes {
+    ($aes:expr, $c:ident => $body:expr) => {
+        match $aes {
+            $crate::targets::crypt::modes::Aes::A128($c) => $body,
+            $crate::targets::crypt::modes::Aes::A192($c) => $body,
+            $crate::targets::crypt::modes::Aes::A256($c) => $body,
+        }
+    };
+}
+pub(crate) use with_aes;
+
+impl Aes {
+    /// AES keyed with `key` (16, 24 or 32 bytes; anything else is `None`, as
+    /// `aes_check_keylen` refuses it).
+    pub(crate) fn new(key: &[u8]) -> Option<Aes> {
+        Some(match key.len() {
+            16 => Aes::A128(aes::Aes128::new_from_slice(key).ok()?),
+            24 => Aes::A192(aes::Aes192::new_from_slice(key).ok()?),
+            32 => Aes::A256(aes::Aes256::new_from_slice(key).ok()?),
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn encrypt(&self, data: &mut [u8]) {
+        with_aes!(self, c => c.encrypt_blocks(blocks(data)));
+    }
+
+    pub(crate) fn decrypt(&self, data: &mut [u8]) {
+        with_aes!(self, c => c.decrypt_blocks(blocks(data)));
+    }
+}
+
+/// `data` (a whole number of 16-byte blocks) as AES blocks.
+pub(crate) fn blocks(data: &mut [u8]) -> &mut [Block<aes::Aes128>] {
+    let (blocks, rest) = Array::<u8, U16>::slice_as_chunks_mut(data);
+    debug_assert!(rest.is_empty());
+    blocks
+}
+
+/// Why a transform could not be keyed (the kernel's setkey failing: "Error decoding and
+/// setting key"), or is not implemented here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TfmError {
+    /// The key length does not suit the cipher and mode.
+    KeyLength(String),
+    /// dmemu does not implement this transform.
+    Unsupported(String),
+}
+
+/// The chaining mode with its keyed cipher(s). Built once per key; the size of the
+/// expanded AES keys (hundreds of bytes) is not worth a box on the data path.
+#[allow(clippy::large_enum_variant)]
+enum Mode {
+    /// ecb(cipher_null) / cbc(cipher_null): the identity.
+    Null,
+    Ecb(Aes),
+    Cbc(Aes),
+    Ctr(Aes),
+    Xts {
+        data: Aes,
+        tweak: Aes,
+    },
+    Lrw(Box<Lrw>),
+}
+
+/// One keyed transform (one of the kernel's `tfms[i]`).
+pub(crate) struct Tfm {
+    mode: Mode,
+    /// ESSIV: the IV is first encrypted with this cipher, keyed with hash(subkey).
+    essiv: Option<Aes>,
+}
+
+impl std::fmt::Debug for Tfm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tfm(<keyed>)")
+    }
+}
+
+impl Tfm {
+    /// Key `transform` with `key` (`crypto_skcipher_setkey`).
+    pub(crate) fn new(transform: &Transform, key: &[u8]) -> Result<Tfm, TfmError> {
+        let Transform::Block {
+            mode,
+            cipher,
+            essiv,
+        } = transform
+        else {
+            let Transform::Opaque(name) = transform else {
+                unreachable!()
+            };
+            return Err(TfmError::Unsupported(format!("crypto API {name:?}")));
+        };
+        let bad_len = |what: &str| {
+            TfmError::KeyLength(format!("a {}-byte key does not fit {what}", key.len()))
+        };
+        let aes = |k: &[u8], what: &str| Aes::new(k).ok_or_else(|| bad_len(what));
+        let mode = match (cipher.as_str(), mode) {
+            ("cipher_null", ChainMode::Ecb | ChainMode::Cbc) => Mode::Null,
+            ("aes", ChainMode::Ecb) => Mode::Ecb(aes(key, "ecb(aes)")?),
+            ("aes", ChainMode::Cbc) => Mode::Cbc(aes(key, "cbc(aes)")?),
+            ("aes", ChainMode::Ctr) => Mode::Ctr(aes(key, "ctr(aes)")?),
+            ("aes", ChainMode::Xts) => {
+                // xts_verify_key: an even length whose halves are AES keys. Equal halves
+                // are accepted outside FIPS mode, as the kernel does.
+                if key.len() % 2 != 0 {
+                    return Err(bad_len("xts(aes)"));
+                }
+                let (k1, k2) = key.split_at(key.len() / 2);
+                Mode::Xts {
+                    data: aes(k1, "xts(aes)")?,
+                    tweak: aes(k2, "xts(aes)")?,
+                }
+            }
+            ("aes", ChainMode::Lrw) => {
+                let split = key
+                    .len()
+                    .checked_sub(16)
+                    .ok_or_else(|| bad_len("lrw(aes)"))?;
+                let (k, t) = key.split_at(split);
+                let mut tk = [0u8; 16];
+                tk.copy_from_slice(t);
+                let lrw = Lrw::new(aes(k, "lrw(aes)")?, &tk);
+                tk.fill(0);
+                Mode::Lrw(Box::new(lrw))
+            }
+            (c, m) => return Err(TfmError::Unsupported(format!("cipher {c} in mode {m:?}"))),
+        };
+        let essiv = match essiv {
+            None => None,
+            Some(hash) => Some(essiv_cipher(cipher, hash, key)?),
+        };
+        Ok(Tfm { mode, essiv })
+    }
+
+    /// The cipher's block size.
+    pub(crate) fn block_size(&self) -> usize {
+        match self.mode {
+            Mode::Null => 1,
+            _ => 16,
+        }
+    }
+
+    /// Whether this is XTS without ESSIV (the batched fast path applies).
+    pub(crate) fn xts_parts(&self) -> Option<(&Aes, &Aes)> {
+        match (&self.mode, &self.essiv) {
+            (Mode::Xts { data, tweak }, None) => Some((data, tweak)),
+            _ => None,
+        }
+    }
+
+    /// Encrypt one sector in place with `iv`.
+    pub(crate) fn encrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+        let iv = self.essiv_iv(iv);
+        match &self.mode {
+            Mode::Null => {}
+            Mode::Ecb(c) => c.encrypt(data),
+            Mode::Cbc(c) => {
+                let mut prev = iv;
+                for block in data.chunks_exact_mut(16) {
+                    xor16(block, &prev);
+                    c.encrypt(block);
+                    prev.copy_from_slice(block);
+                }
+            }
+            Mode::Ctr(c) => ctr(c, &iv, data),
+            Mode::Xts {
+                data: k1,
+                tweak: k2,
+            } => {
+                let mut t0 = iv;
+                k2.encrypt(&mut t0);
+                with_aes!(k1, c => xts::encrypt_unit(c, &t0, data));
+            }
+            Mode::Lrw(l) => l.encrypt(&iv, data),
+        }
+    }
+
+    /// Decrypt one sector in place with `iv`.
+    pub(crate) fn decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
+        let iv = self.essiv_iv(iv);
+        match &self.mode {
+            Mode::Null => {}
+            Mode::Ecb(c) => c.decrypt(data),
+            Mode::Cbc(c) => {
+                // Decrypt all blocks in one batch, then XOR each with the previous
+                // ciphertext block (saved first, since decryption is in place).
+                let mut prev_ct = Zeroizing::new(data.to_vec());
+                c.decrypt(data);
+                xor16(data, &iv);
+                for (block, prev) in data
+                    .chunks_exact_mut(16)
+                    .skip(1)
+                    .zip(prev_ct.chunks_exact(16))
+                {
+                    xor16(block, prev);
+                }
+                prev_ct.fill(0);
+            }
+            Mode::Ctr(c) => ctr(c, &iv, data),
+            Mode::Xts {
+                data: k1,
+                tweak: k2,
+            } => {
+                let mut t0 = iv;
+                k2.encrypt(&mut t0);
+                with_aes!(k1, c => xts::decrypt_unit(c, &t0, data));
+            }
+            Mode::Lrw(l) => l.decrypt(&iv, data),
+        }
+    }
+
+    fn essiv_iv(&self, iv: &[u8; 16]) -> [u8; 16] {
+        let mut out = *iv;
+        if let Some(e) = &self.essiv {
+            e.encrypt(&mut out);
+        }
+        out
+    }
+}
+
+/// The essiv template's IV cipher: the same block cipher keyed with hash(key)
+/// (crypto/essiv.c `essiv_skcipher_setkey`; the template refuses a digest that is not a
+/// valid key length for the cipher, e.g. sha1 with AES).
+fn essiv_cipher(cipher: &str, hash: &str, key: &[u8]) -> Result<Aes, TfmError> {
+    if let Some(n) = super::cipher::digest_size(hash).filter(|n| ![16, 24, 32].contains(n)) {
+        return Err(TfmError::KeyLength(format!(
+            "the {n}-byte {hash} digest is not an AES key length"
+        )));
+    }
+    let salt: Zeroizing<Vec<u8>> = Zeroizing::new(match hash {
+        "sha256" => sha2::Sha256::digest(key).to_vec(),
+        "md5" => md5::Md5::digest(key).to_vec(),
+        other => {
+            return Err(TfmError::Unsupported(format!("essiv hash {other}")));
+        }
+    });
+    if cipher != "aes" {
+        return Err(TfmError::Unsupported(format!("essiv over {cipher}")));
+    }
+    Aes::new(&salt)
+        .ok_or_else(|| TfmError::KeyLength(format!("{hash} digest is not an AES key length")))
+}
+
+fn xor16(block: &mut [u8], other: &[u8]) {
+    for (a, b) in block.iter_mut().zip(other) {
+        *a ^= b;
+    }
+}
+
+/// crypto/ctr.c: the IV is a 128-bit big-endian counter, incremented per block.
+fn ctr(c: &Aes, iv: &[u8; 16], data: &mut [u8]) {
+    let mut counter = u128::from_be_bytes(*iv);
+    let mut ks = Zeroizing::new(vec![0u8; data.len()]);
+    for chunk in ks.chunks_exact_mut(16) {
+        chunk.copy_from_slice(&counter.to_be_bytes());
+        counter = counter.wrapping_add(1);
+    }
+    c.encrypt(&mut ks);
+    xor16_all(data, &ks);
+}
+
+fn xor16_all(data: &mut [u8], ks: &[u8]) {
+    for (a, b) in data.iter_mut().zip(ks) {
+        *a ^= b;
+    }
+}
