@@ -194,7 +194,7 @@ impl Tfm {
             } => {
                 let mut t0 = iv;
                 k2.encrypt(&mut t0);
-                with_aes!(k1, c => xts::encrypt_unit(c, &t0, data));
+                with_aes!(k1, c => xts::encrypt_unit(c, &t0, None, data));
             }
             Mode::Lrw(l) => l.encrypt(&iv, data),
         }

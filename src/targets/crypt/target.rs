@@ -2,6 +2,7 @@
 //! into transforms, IVs per crypt sector, read = read + decrypt in place, write = encrypt a
 //! copy + write.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use zeroize::Zeroizing;
@@ -228,20 +229,27 @@ impl Crypt {
         Ok(())
     }
 
-    /// Encrypt or decrypt `data`, which starts at target sector `sector`, in place; large
-    /// requests are split over two threads.
-    fn convert(&self, sector: Sector, data: &mut [u8], dir: Direction) {
+    /// Encrypt or decrypt the request at target sector `sector`: from `src` into `dst`, or
+    /// in place when `src` is `None`. Large requests are split over two threads.
+    fn convert(&self, sector: Sector, src: Option<&[u8]>, dst: &mut [u8], dir: Direction) {
         let cc_sector = sector.0.wrapping_add(self.iv_offset);
-        if data.len() >= PARALLEL_MIN_BYTES {
-            let units = data.len() / self.sector_size;
-            let (a, b) = data.split_at_mut(units / 2 * self.sector_size);
-            let b_sector = cc_sector.wrapping_add(((units / 2) as u64) << self.shift);
+        if dst.len() >= PARALLEL_MIN_BYTES {
+            let half = dst.len() / self.sector_size / 2;
+            let (a, b) = dst.split_at_mut(half * self.sector_size);
+            let (sa, sb) = match src {
+                Some(s) => {
+                    let (x, y) = s.split_at(half * self.sector_size);
+                    (Some(x), Some(y))
+                }
+                None => (None, None),
+            };
+            let b_sector = cc_sector.wrapping_add(u64::try_from(half).unwrap_or(0) << self.shift);
             std::thread::scope(|s| {
-                s.spawn(|| self.convert_serial(cc_sector, a, dir));
-                self.convert_serial(b_sector, b, dir);
+                s.spawn(|| self.convert_serial(cc_sector, sa, a, dir));
+                self.convert_serial(b_sector, sb, b, dir);
             });
         } else {
-            self.convert_serial(cc_sector, data, dir);
+            self.convert_serial(cc_sector, src, dst, dir);
         }
     }
 
@@ -255,7 +263,7 @@ impl Crypt {
 
     /// `crypt_convert`: one crypt sector at a time, `cc_sector` counting 512-byte sectors
     /// from the target start plus iv_offset.
-    fn convert_serial(&self, cc_sector: u64, data: &mut [u8], dir: Direction) {
+    fn convert_serial(&self, cc_sector: u64, src: Option<&[u8]>, data: &mut [u8], dir: Direction) {
         if let (1, false, Some((k1, k2))) = (
             self.tfms.len(),
             self.iv.reads_data(),
@@ -264,18 +272,20 @@ impl Crypt {
             // Fast path: XTS with one key and an IV that depends only on the sector.
             let unit = self.sector_size;
             let mut s = cc_sector;
-            for batch in data.chunks_mut(unit * BATCH_UNITS) {
+            for (b, batch) in data.chunks_mut(unit * BATCH_UNITS).enumerate() {
                 let mut ivs = [[0u8; IV_SIZE]; BATCH_UNITS];
                 let n = batch.len() / unit;
+                let base = b * unit * BATCH_UNITS;
                 for iv in &mut ivs[..n] {
                     *iv = self.iv.sector_iv(self.iv_sector(s), &self.tfms[0]);
                     s = s.wrapping_add(1 << self.shift);
                 }
                 with_aes!(k2, c => xts::encrypt_ivs(c, &mut ivs[..n]));
                 with_aes!(k1, c => {
-                    for (t0, u) in ivs[..n].iter().zip(batch.chunks_exact_mut(unit)) {
+                    for (i, (t0, u)) in ivs[..n].iter().zip(batch.chunks_exact_mut(unit)).enumerate() {
+                        let from = src.map(|s| &s[base + i * unit..base + (i + 1) * unit]);
                         match dir {
-                            Direction::Encrypt => xts::encrypt_unit(c, t0, u),
+                            Direction::Encrypt => xts::encrypt_unit(c, t0, from, u),
                             Direction::Decrypt => xts::decrypt_unit(c, t0, u),
                         }
                     }
@@ -283,7 +293,10 @@ impl Crypt {
             }
             return;
         }
-        let mask = (self.tfms.len() as u64) - 1;
+        if let Some(s) = src {
+            data.copy_from_slice(s);
+        }
+        let mask = u64::try_from(self.tfms.len()).unwrap_or(1) - 1;
         let mut s = cc_sector;
         for unit in data.chunks_exact_mut(self.sector_size) {
             let tfm = &self.tfms[usize::try_from(s & mask).unwrap_or(0)];
@@ -307,12 +320,11 @@ fn unsupported_transform(cipher: &CipherSpec) -> Error {
     }
 }
 
-/// A zeroed buffer of `len` bytes starting on a 4096-byte boundary (copies between
-/// buffers whose addresses differ by 16 mod 4096 run at a fifth of the speed here).
-fn aligned_buffer(len: usize) -> (Zeroizing<Vec<u8>>, usize) {
-    let v = Zeroizing::new(vec![0u8; len + 4096]);
-    let off = v.as_ptr().align_offset(4096).min(4096);
-    (v, off)
+thread_local! {
+    /// Per-thread bounce buffer for writes, used from a 4096-byte boundary (copies between
+    /// buffers whose addresses differ by 16 mod 4096 run at a fifth of the speed here). It
+    /// only ever holds ciphertext once a write returns: encryption writes into it directly.
+    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Volume for Crypt {
@@ -324,24 +336,29 @@ impl Volume for Crypt {
         check_io(self.size, sector, buf.len())?;
         self.check_aligned(sector, buf.len())?;
         self.device.read(sector + self.offset, buf)?;
-        self.convert(sector, buf, Direction::Decrypt);
+        self.convert(sector, None, buf, Direction::Decrypt);
         Ok(())
     }
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         check_io(self.size, sector, buf.len())?;
         self.check_aligned(sector, buf.len())?;
-        let chunk = buf.len().min(WRITE_CHUNK_BYTES);
-        let (mut bounce, off) = aligned_buffer(chunk);
-        let mut at = sector;
-        for piece in buf.chunks(WRITE_CHUNK_BYTES) {
-            let out = &mut bounce[off..off + piece.len()];
-            out.copy_from_slice(piece);
-            self.convert(at, out, Direction::Encrypt);
-            self.device.write(at + self.offset, out)?;
-            at += SectorCount::from_bytes(piece.len())?;
-        }
-        Ok(())
+        BOUNCE.with(|cell| {
+            let mut bounce = cell.borrow_mut();
+            let chunk = buf.len().min(WRITE_CHUNK_BYTES);
+            if bounce.len() < chunk + 4096 {
+                *bounce = vec![0u8; chunk + 4096];
+            }
+            let off = bounce.as_ptr().align_offset(4096).min(4096);
+            let mut at = sector;
+            for piece in buf.chunks(WRITE_CHUNK_BYTES) {
+                let out = &mut bounce[off..off + piece.len()];
+                self.convert(at, Some(piece), out, Direction::Encrypt);
+                self.device.write(at + self.offset, out)?;
+                at += SectorCount::from_bytes(piece.len())?;
+            }
+            Ok(())
+        })
     }
 
     fn flush(&self) -> Result<()> {
