@@ -129,3 +129,36 @@ fn crypt_canonical_output_equals_what_the_kernel_printed() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// tests/fixtures/crypt/errors: crypt tables the real kernel refused (with the message it
+/// logged) or accepted (with what it printed back).
+#[test]
+fn crypt_tables_are_refused_and_accepted_with_the_kernels_words() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crypt/errors/cases.txt");
+    let text = std::fs::read_to_string(path).unwrap();
+    let registry = Registry::new();
+    registry.insert_volume("disk", Arc::new(MemVolume::new(SectorCount(2048)).unwrap()));
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut f = line.splitn(3, '|');
+        let (len, params, kernel) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        let len = SectorCount(len.parse().unwrap());
+        let ours = parse_line_params("crypt", len, params)
+            .and_then(|spec| spec.build(len, &registry).map(|_| spec));
+        match (kernel.split_once(' ').unwrap(), ours) {
+            (("ERR", msg), Err(e)) if e.to_string().contains(msg) => {}
+            (("OK", printed), Ok(spec)) => {
+                let mut s = String::new();
+                spec.write_params(&mut s, Keys::Shown).unwrap();
+                if s != printed {
+                    failures.push(format!("{params}: printed {s:?}, kernel {printed:?}"));
+                }
+            }
+            (k, ours) => failures.push(format!("{params}: kernel {k:?}, dmemu {ours:?}")),
+        }
+        n += 1;
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(n, 48);
+}
