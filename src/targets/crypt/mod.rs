@@ -14,13 +14,15 @@ use crate::units::SectorCount;
 
 use super::{DeviceAt, DeviceRef, Keys};
 
+mod aes_keys;
 mod cipher;
 mod iv;
 mod key;
 mod lrw;
 mod modes;
 mod target;
-pub(crate) mod xts;
+mod vaes;
+mod xts;
 
 pub use cipher::{ChainMode, CipherSpec, IvMode, Transform};
 pub use key::{CryptKey, KeyBytes, Keyring, KeyringRef};

@@ -11,6 +11,7 @@ use md5::Digest as _;
 use zeroize::Zeroizing;
 
 use super::cipher::{ChainMode, Transform};
+use super::iv::Direction;
 use super::lrw::Lrw;
 use super::xts;
 
@@ -81,10 +82,7 @@ enum Mode {
     Ecb(Aes),
     Cbc(Aes),
     Ctr(Aes),
-    Xts {
-        data: Aes,
-        tweak: Aes,
-    },
+    Xts(Box<xts::XtsKeys>),
     Lrw(Box<Lrw>),
 }
 
@@ -131,10 +129,8 @@ impl Tfm {
                     return Err(bad_len("xts(aes)"));
                 }
                 let (k1, k2) = key.split_at(key.len() / 2);
-                Mode::Xts {
-                    data: aes(k1, "xts(aes)")?,
-                    tweak: aes(k2, "xts(aes)")?,
-                }
+                let (data, tweak) = (aes(k1, "xts(aes)")?, aes(k2, "xts(aes)")?);
+                Mode::Xts(Box::new(xts::XtsKeys::new(data, tweak, k1)))
             }
             ("aes", ChainMode::Lrw) => {
                 let split = key
@@ -165,10 +161,10 @@ impl Tfm {
         }
     }
 
-    /// Whether this is XTS without ESSIV (the batched fast path applies).
-    pub(crate) fn xts_parts(&self) -> Option<(&Aes, &Aes)> {
+    /// The XTS keys when this is XTS without ESSIV (the batched fast path applies).
+    pub(crate) fn xts_keys(&self) -> Option<&xts::XtsKeys> {
         match (&self.mode, &self.essiv) {
-            (Mode::Xts { data, tweak }, None) => Some((data, tweak)),
+            (Mode::Xts(k), None) => Some(k),
             _ => None,
         }
     }
@@ -188,13 +184,10 @@ impl Tfm {
                 }
             }
             Mode::Ctr(c) => ctr(c, &iv, data),
-            Mode::Xts {
-                data: k1,
-                tweak: k2,
-            } => {
-                let mut t0 = iv;
-                k2.encrypt(&mut t0);
-                with_aes!(k1, c => xts::encrypt_unit(c, &t0, None, data));
+            Mode::Xts(k) => {
+                let mut t0 = [iv];
+                k.encrypt_ivs(&mut t0);
+                k.unit(&t0[0], None, data, Direction::Encrypt);
             }
             Mode::Lrw(l) => l.encrypt(&iv, data),
         }
@@ -207,28 +200,31 @@ impl Tfm {
             Mode::Null => {}
             Mode::Ecb(c) => c.decrypt(data),
             Mode::Cbc(c) => {
-                // Decrypt all blocks in one batch, then XOR each with the previous
-                // ciphertext block (saved first, since decryption is in place).
-                let mut prev_ct = Zeroizing::new(data.to_vec());
-                c.decrypt(data);
-                xor16(data, &iv);
-                for (block, prev) in data
-                    .chunks_exact_mut(16)
-                    .skip(1)
-                    .zip(prev_ct.chunks_exact(16))
-                {
-                    xor16(block, prev);
+                let mut prev = iv;
+                // Decrypt a sector's blocks in one batch, then XOR each with the previous
+                // ciphertext block (saved first, since decryption is in place). Sectors are
+                // at most 4096 bytes; the copy holds only ciphertext.
+                let mut prev_ct = [0u8; 4096];
+                for piece in data.chunks_mut(4096) {
+                    let n = piece.len();
+                    prev_ct[..n].copy_from_slice(piece);
+                    c.decrypt(piece);
+                    xor16(piece, &prev);
+                    for (block, p) in piece
+                        .chunks_exact_mut(16)
+                        .skip(1)
+                        .zip(prev_ct[..n].chunks_exact(16))
+                    {
+                        xor16(block, p);
+                    }
+                    prev.copy_from_slice(&prev_ct[n - 16..n]);
                 }
-                prev_ct.fill(0);
             }
             Mode::Ctr(c) => ctr(c, &iv, data),
-            Mode::Xts {
-                data: k1,
-                tweak: k2,
-            } => {
-                let mut t0 = iv;
-                k2.encrypt(&mut t0);
-                with_aes!(k1, c => xts::decrypt_unit(c, &t0, data));
+            Mode::Xts(k) => {
+                let mut t0 = [iv];
+                k.encrypt_ivs(&mut t0);
+                k.unit(&t0[0], None, data, Direction::Decrypt);
             }
             Mode::Lrw(l) => l.decrypt(&iv, data),
         }

@@ -15,8 +15,8 @@ use crate::volume::{check_io, check_range, SharedVolume, Volume};
 use super::cipher::{CipherSpec, IvMode, Transform};
 use super::iv::{Direction, Iv, IvGen, IV_SIZE, UNSUPPORTED};
 use super::key::{CryptKey, Keyring};
-use super::modes::{with_aes, Tfm, TfmError};
-use super::{xts, CryptArgs, CryptOptions};
+use super::modes::{Tfm, TfmError};
+use super::{CryptArgs, CryptOptions};
 use crate::targets::Target;
 
 /// Extra IV material at the end of a tcw key besides the IV seed (`TCW_WHITENING_SIZE`).
@@ -264,10 +264,10 @@ impl Crypt {
     /// `crypt_convert`: one crypt sector at a time, `cc_sector` counting 512-byte sectors
     /// from the target start plus iv_offset.
     fn convert_serial(&self, cc_sector: u64, src: Option<&[u8]>, data: &mut [u8], dir: Direction) {
-        if let (1, false, Some((k1, k2))) = (
+        if let (1, false, Some(keys)) = (
             self.tfms.len(),
             self.iv.reads_data(),
-            self.tfms[0].xts_parts(),
+            self.tfms[0].xts_keys(),
         ) {
             // Fast path: XTS with one key and an IV that depends only on the sector.
             let unit = self.sector_size;
@@ -280,16 +280,15 @@ impl Crypt {
                     *iv = self.iv.sector_iv(self.iv_sector(s), &self.tfms[0]);
                     s = s.wrapping_add(1 << self.shift);
                 }
-                with_aes!(k2, c => xts::encrypt_ivs(c, &mut ivs[..n]));
-                with_aes!(k1, c => {
-                    for (i, (t0, u)) in ivs[..n].iter().zip(batch.chunks_exact_mut(unit)).enumerate() {
-                        let from = src.map(|s| &s[base + i * unit..base + (i + 1) * unit]);
-                        match dir {
-                            Direction::Encrypt => xts::encrypt_unit(c, t0, from, u),
-                            Direction::Decrypt => xts::decrypt_unit(c, t0, u),
-                        }
-                    }
-                });
+                keys.encrypt_ivs(&mut ivs[..n]);
+                for (i, (t0, u)) in ivs[..n]
+                    .iter()
+                    .zip(batch.chunks_exact_mut(unit))
+                    .enumerate()
+                {
+                    let from = src.map(|s| &s[base + i * unit..base + (i + 1) * unit]);
+                    keys.unit(t0, from, u, dir);
+                }
             }
             return;
         }
