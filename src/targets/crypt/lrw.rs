@@ -5,11 +5,11 @@
 
 use zeroize::Zeroize;
 
-use super::modes::Aes;
+use super::modes::Cipher;
 
 /// A keyed LRW transform.
 pub(crate) struct Lrw {
-    cipher: Aes,
+    cipher: Cipher,
     /// `mulinc[k] = K₂ ⊗ (2^(k+1) − 1)`: the tweak change when the index gains a carry
     /// through its k low one-bits (the kernel's optimisation, the same values).
     mulinc: Box<[u128; 128]>,
@@ -39,7 +39,7 @@ fn gf_mul(a: u128, b: u128) -> u128 {
 
 impl Lrw {
     /// Key with the cipher and the 16-byte tweak key.
-    pub(crate) fn new(cipher: Aes, tweak_key: &[u8; 16]) -> Lrw {
+    pub(crate) fn new(cipher: Cipher, tweak_key: &[u8; 16]) -> Lrw {
         let key2 = u128::from_be_bytes(*tweak_key);
         let mut mulinc = Box::new([0u128; 128]);
         for (k, slot) in mulinc.iter_mut().enumerate() {
@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn incremental_tweaks_equal_direct_products() {
         let key2 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
-        let lrw = Lrw::new(Aes::new(&[7u8; 16]).unwrap(), &key2.to_be_bytes());
+        let lrw = Lrw::new(Cipher::aes(&[7u8; 16]).unwrap(), &key2.to_be_bytes());
         let start = u128::MAX - 2; // crosses the 128-bit wrap
         let mut data = [0u8; 16 * 6];
         lrw.xor_tweaks(&start.to_be_bytes(), &mut data);

@@ -1,5 +1,6 @@
 //! The data transforms dm-crypt instantiates (`mode(cipher)`, optionally inside
-//! `essiv(…,hash)`): AES-128/192/256 and `cipher_null` under ecb, cbc, ctr, xts and lrw.
+//! `essiv(…,hash)`): AES, Serpent, Twofish, Camellia and `cipher_null` under ecb, cbc,
+//! ctr, xts and lrw.
 //!
 //! A [`Tfm`] is one of the kernel's `cc->cipher_tfm.tfms[i]`: keyed with one subkey, it
 //! encrypts or decrypts one crypt sector given its IV, exactly as crypto/{cbc,ctr,xts,lrw,
@@ -15,44 +16,99 @@ use super::iv::Direction;
 use super::lrw::Lrw;
 use super::xts;
 
-/// A keyed AES of any key size.
+/// A keyed 16-byte-block cipher: AES, Serpent, Twofish or Camellia of any key size.
 #[derive(Clone)]
-pub(crate) enum Aes {
+pub(crate) enum Cipher {
     A128(aes::Aes128),
     A192(aes::Aes192),
     A256(aes::Aes256),
+    Serpent(Box<serpent::Serpent>),
+    Twofish(Box<twofish::Twofish>),
+    Camellia128(Box<camellia::Camellia128>),
+    Camellia192(Box<camellia::Camellia192>),
+    Camellia256(Box<camellia::Camellia256>),
 }
 
-/// Run `$body` with `$c` bound to the concrete AES inside `$aes`.
-macro_rules! with_aes {
-    ($aes:expr, $c:ident => $body:expr) => {
-        match $aes {
-            $crate::targets::crypt::modes::Aes::A128($c) => $body,
-            $crate::targets::crypt::modes::Aes::A192($c) => $body,
-            $crate::targets::crypt::modes::Aes::A256($c) => $body,
+/// Run `$body` with `$c` bound to the concrete cipher inside `$cipher`.
+macro_rules! with_cipher {
+    ($cipher:expr, $c:ident => $body:expr) => {
+        match $cipher {
+            $crate::targets::crypt::modes::Cipher::A128($c) => $body,
+            $crate::targets::crypt::modes::Cipher::A192($c) => $body,
+            $crate::targets::crypt::modes::Cipher::A256($c) => $body,
+            $crate::targets::crypt::modes::Cipher::Serpent(boxed) => {
+                let $c = &**boxed;
+                $body
+            }
+            $crate::targets::crypt::modes::Cipher::Twofish(boxed) => {
+                let $c = &**boxed;
+                $body
+            }
+            $crate::targets::crypt::modes::Cipher::Camellia128(boxed) => {
+                let $c = &**boxed;
+                $body
+            }
+            $crate::targets::crypt::modes::Cipher::Camellia192(boxed) => {
+                let $c = &**boxed;
+                $body
+            }
+            $crate::targets::crypt::modes::Cipher::Camellia256(boxed) => {
+                let $c = &**boxed;
+                $body
+            }
         }
     };
 }
-pub(crate) use with_aes;
+pub(crate) use with_cipher;
 
-impl Aes {
-    /// AES keyed with `key` (16, 24 or 32 bytes; anything else is `None`, as
-    /// `aes_check_keylen` refuses it).
-    pub(crate) fn new(key: &[u8]) -> Option<Aes> {
-        Some(match key.len() {
-            16 => Aes::A128(aes::Aes128::new_from_slice(key).ok()?),
-            24 => Aes::A192(aes::Aes192::new_from_slice(key).ok()?),
-            32 => Aes::A256(aes::Aes256::new_from_slice(key).ok()?),
+/// Block ciphers dmemu implements (besides `cipher_null`).
+pub(crate) const CIPHERS: &[&str] = &["aes", "serpent", "twofish", "camellia"];
+
+impl Cipher {
+    /// The cipher `name` keyed with `key`; `None` for a key length the kernel's setkey
+    /// refuses (AES, Twofish, Camellia: 16, 24 or 32 bytes; Serpent: 16..=32 here — the
+    /// kernel also takes shorter Serpent keys, which dmemu refuses) or an unknown name.
+    pub(crate) fn new(name: &str, key: &[u8]) -> Option<Cipher> {
+        Some(match (name, key.len()) {
+            ("aes", 16) => Cipher::A128(aes::Aes128::new_from_slice(key).ok()?),
+            ("aes", 24) => Cipher::A192(aes::Aes192::new_from_slice(key).ok()?),
+            ("aes", 32) => Cipher::A256(aes::Aes256::new_from_slice(key).ok()?),
+            ("serpent", _) => {
+                Cipher::Serpent(Box::new(serpent::Serpent::new_from_slice(key).ok()?))
+            }
+            ("twofish", _) => {
+                Cipher::Twofish(Box::new(twofish::Twofish::new_from_slice(key).ok()?))
+            }
+            ("camellia", 16) => {
+                Cipher::Camellia128(Box::new(camellia::Camellia128::new_from_slice(key).ok()?))
+            }
+            ("camellia", 24) => {
+                Cipher::Camellia192(Box::new(camellia::Camellia192::new_from_slice(key).ok()?))
+            }
+            ("camellia", 32) => {
+                Cipher::Camellia256(Box::new(camellia::Camellia256::new_from_slice(key).ok()?))
+            }
             _ => return None,
         })
     }
 
+    /// AES keyed with `key` (16, 24 or 32 bytes).
+    #[cfg(test)]
+    pub(crate) fn aes(key: &[u8]) -> Option<Cipher> {
+        Cipher::new("aes", key)
+    }
+
+    /// Whether this is AES (the VAES kernel applies).
+    pub(crate) fn is_aes(&self) -> bool {
+        matches!(self, Cipher::A128(_) | Cipher::A192(_) | Cipher::A256(_))
+    }
+
     pub(crate) fn encrypt(&self, data: &mut [u8]) {
-        with_aes!(self, c => c.encrypt_blocks(blocks(data)));
+        with_cipher!(self, c => c.encrypt_blocks(blocks(data)));
     }
 
     pub(crate) fn decrypt(&self, data: &mut [u8]) {
-        with_aes!(self, c => c.decrypt_blocks(blocks(data)));
+        with_cipher!(self, c => c.decrypt_blocks(blocks(data)));
     }
 }
 
@@ -79,9 +135,9 @@ pub(crate) enum TfmError {
 enum Mode {
     /// ecb(cipher_null) / cbc(cipher_null): the identity.
     Null,
-    Ecb(Aes),
-    Cbc(Aes),
-    Ctr(Aes),
+    Ecb(Cipher),
+    Cbc(Cipher),
+    Ctr(Cipher),
     Xts(Box<xts::XtsKeys>),
     Lrw(Box<Lrw>),
 }
@@ -90,7 +146,7 @@ enum Mode {
 pub(crate) struct Tfm {
     mode: Mode,
     /// ESSIV: the IV is first encrypted with this cipher, keyed with hash(subkey).
-    essiv: Option<Aes>,
+    essiv: Option<Cipher>,
 }
 
 impl std::fmt::Debug for Tfm {
@@ -116,35 +172,38 @@ impl Tfm {
         let bad_len = |what: &str| {
             TfmError::KeyLength(format!("a {}-byte key does not fit {what}", key.len()))
         };
-        let aes = |k: &[u8], what: &str| Aes::new(k).ok_or_else(|| bad_len(what));
-        let mode = match (cipher.as_str(), mode) {
+        let name = cipher.as_str();
+        if name != "cipher_null" && !CIPHERS.contains(&name) {
+            return Err(TfmError::Unsupported(format!("cipher {name}")));
+        }
+        let what = format!("{mode:?}({name})").to_lowercase();
+        let keyed = |k: &[u8]| Cipher::new(name, k).ok_or_else(|| bad_len(&what));
+        let mode = match (name, mode) {
             ("cipher_null", ChainMode::Ecb | ChainMode::Cbc) => Mode::Null,
-            ("aes", ChainMode::Ecb) => Mode::Ecb(aes(key, "ecb(aes)")?),
-            ("aes", ChainMode::Cbc) => Mode::Cbc(aes(key, "cbc(aes)")?),
-            ("aes", ChainMode::Ctr) => Mode::Ctr(aes(key, "ctr(aes)")?),
-            ("aes", ChainMode::Xts) => {
-                // xts_verify_key: an even length whose halves are AES keys. Equal halves
-                // are accepted outside FIPS mode, as the kernel does.
+            ("cipher_null", _) => return Err(TfmError::Unsupported(what)),
+            (_, ChainMode::Ecb) => Mode::Ecb(keyed(key)?),
+            (_, ChainMode::Cbc) => Mode::Cbc(keyed(key)?),
+            (_, ChainMode::Ctr) => Mode::Ctr(keyed(key)?),
+            (_, ChainMode::Xts) => {
+                // xts_verify_key: an even length whose halves are keys of the cipher. Equal
+                // halves are accepted outside FIPS mode, as the kernel does.
                 if key.len() % 2 != 0 {
-                    return Err(bad_len("xts(aes)"));
+                    return Err(bad_len(&what));
                 }
                 let (k1, k2) = key.split_at(key.len() / 2);
-                let (data, tweak) = (aes(k1, "xts(aes)")?, aes(k2, "xts(aes)")?);
+                let (data, tweak) = (keyed(k1)?, keyed(k2)?);
                 Mode::Xts(Box::new(xts::XtsKeys::new(data, tweak, k1)))
             }
-            ("aes", ChainMode::Lrw) => {
-                let split = key
-                    .len()
-                    .checked_sub(16)
-                    .ok_or_else(|| bad_len("lrw(aes)"))?;
+            (_, ChainMode::Lrw) => {
+                let split = key.len().checked_sub(16).ok_or_else(|| bad_len(&what))?;
                 let (k, t) = key.split_at(split);
                 let mut tk = [0u8; 16];
                 tk.copy_from_slice(t);
-                let lrw = Lrw::new(aes(k, "lrw(aes)")?, &tk);
+                let lrw = Lrw::new(keyed(k)?, &tk);
                 tk.fill(0);
                 Mode::Lrw(Box::new(lrw))
             }
-            (c, m) => return Err(TfmError::Unsupported(format!("cipher {c} in mode {m:?}"))),
+            (_, ChainMode::Other(m)) => return Err(TfmError::Unsupported(format!("{m}({name})"))),
         };
         let essiv = match essiv {
             None => None,
@@ -242,10 +301,10 @@ impl Tfm {
 /// The essiv template's IV cipher: the same block cipher keyed with hash(key)
 /// (crypto/essiv.c `essiv_skcipher_setkey`; the template refuses a digest that is not a
 /// valid key length for the cipher, e.g. sha1 with AES).
-fn essiv_cipher(cipher: &str, hash: &str, key: &[u8]) -> Result<Aes, TfmError> {
+fn essiv_cipher(cipher: &str, hash: &str, key: &[u8]) -> Result<Cipher, TfmError> {
     if let Some(n) = super::cipher::digest_size(hash).filter(|n| ![16, 24, 32].contains(n)) {
         return Err(TfmError::KeyLength(format!(
-            "the {n}-byte {hash} digest is not an AES key length"
+            "the {n}-byte {hash} digest does not key {cipher}"
         )));
     }
     let salt: Zeroizing<Vec<u8>> = Zeroizing::new(match hash {
@@ -255,11 +314,8 @@ fn essiv_cipher(cipher: &str, hash: &str, key: &[u8]) -> Result<Aes, TfmError> {
             return Err(TfmError::Unsupported(format!("essiv hash {other}")));
         }
     });
-    if cipher != "aes" {
-        return Err(TfmError::Unsupported(format!("essiv over {cipher}")));
-    }
-    Aes::new(&salt)
-        .ok_or_else(|| TfmError::KeyLength(format!("{hash} digest is not an AES key length")))
+    Cipher::new(cipher, &salt)
+        .ok_or_else(|| TfmError::KeyLength(format!("the {hash} digest does not key {cipher}")))
 }
 
 fn xor16(block: &mut [u8], other: &[u8]) {
@@ -269,7 +325,7 @@ fn xor16(block: &mut [u8], other: &[u8]) {
 }
 
 /// crypto/ctr.c: the IV is a 128-bit big-endian counter, incremented per block.
-fn ctr(c: &Aes, iv: &[u8; 16], data: &mut [u8]) {
+fn ctr(c: &Cipher, iv: &[u8; 16], data: &mut [u8]) {
     let mut counter = u128::from_be_bytes(*iv);
     let mut ks = Zeroizing::new(vec![0u8; data.len()]);
     for chunk in ks.chunks_exact_mut(16) {

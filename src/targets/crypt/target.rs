@@ -315,7 +315,7 @@ fn unsupported_transform(cipher: &CipherSpec) -> Error {
     let _ = cipher;
     Error::Unsupported {
         target: "crypt",
-        op: "this cipher (dmemu implements aes and cipher_null in ecb, cbc, ctr, xts, lrw)",
+        op: "this cipher (dmemu implements aes, serpent, twofish, camellia and cipher_null in ecb, cbc, ctr, xts, lrw)",
     }
 }
 

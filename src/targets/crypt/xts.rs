@@ -14,7 +14,7 @@ use aes::cipher::consts::U16;
 
 use super::aes_keys::RoundKeys;
 use super::iv::Direction;
-use super::modes::{with_aes, Aes};
+use super::modes::{with_cipher, Cipher};
 use super::vaes;
 use aes::cipher::typenum::Unsigned;
 use aes::cipher::{
@@ -193,15 +193,15 @@ xts_closure!(
 /// The keys of one `xts(aes)` transform: data key, tweak key, and the data key's round
 /// keys for the VAES kernel when the CPU has VAES.
 pub(crate) struct XtsKeys {
-    data: Aes,
-    tweak: Aes,
+    data: Cipher,
+    tweak: Cipher,
     vaes: Option<RoundKeys>,
 }
 
 impl XtsKeys {
     /// Key with the two halves of an XTS key.
-    pub(crate) fn new(data: Aes, tweak: Aes, data_key: &[u8]) -> XtsKeys {
-        let vaes = if vaes::available() {
+    pub(crate) fn new(data: Cipher, tweak: Cipher, data_key: &[u8]) -> XtsKeys {
+        let vaes = if data.is_aes() && vaes::available() {
             RoundKeys::new(data_key)
         } else {
             None
@@ -211,7 +211,7 @@ impl XtsKeys {
 
     /// Turn IVs into first tweaks (one batched call for many units).
     pub(crate) fn encrypt_ivs(&self, ivs: &mut [[u8; 16]]) {
-        with_aes!(&self.tweak, c => encrypt_ivs(c, ivs));
+        with_cipher!(&self.tweak, c => encrypt_ivs(c, ivs));
     }
 
     /// En- or decrypt one data unit whose first tweak is `t0`: from `src` into `dst`, or in
@@ -223,12 +223,12 @@ impl XtsKeys {
             }
         }
         match dir {
-            Direction::Encrypt => with_aes!(&self.data, c => encrypt_unit(c, t0, src, dst)),
+            Direction::Encrypt => with_cipher!(&self.data, c => encrypt_unit(c, t0, src, dst)),
             Direction::Decrypt => {
                 if let Some(s) = src {
                     dst.copy_from_slice(s);
                 }
-                with_aes!(&self.data, c => decrypt_unit(c, t0, dst));
+                with_cipher!(&self.data, c => decrypt_unit(c, t0, dst));
             }
         }
     }
@@ -297,7 +297,7 @@ mod tests {
 
     fn keys(key: &[u8]) -> XtsKeys {
         let (k1, k2) = key.split_at(key.len() / 2);
-        XtsKeys::new(Aes::new(k1).unwrap(), Aes::new(k2).unwrap(), k1)
+        XtsKeys::new(Cipher::aes(k1).unwrap(), Cipher::aes(k2).unwrap(), k1)
     }
 
     #[test]
