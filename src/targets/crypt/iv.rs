@@ -7,7 +7,8 @@
 use zeroize::Zeroizing;
 
 use super::cipher::IvMode;
-use super::modes::Tfm;
+use super::elephant;
+use super::modes::{Cipher, Tfm};
 
 /// Size of the IV buffer for 16-byte-block ciphers (`max(ivsize, 8)`).
 pub(crate) const IV_SIZE: usize = 16;
@@ -42,6 +43,11 @@ pub(crate) enum IvGen {
         seed: Zeroizing<[u8; 16]>,
         whitening: Zeroizing<[u8; 16]>,
     },
+    /// BitLocker: eboiv IVs plus the Elephant diffuser keyed with the key's second half.
+    Elephant {
+        sector_size: u64,
+        key: Cipher,
+    },
 }
 
 impl std::fmt::Debug for IvGen {
@@ -57,6 +63,7 @@ impl std::fmt::Debug for IvGen {
             IvGen::Eboiv { .. } => "Eboiv",
             IvGen::Lmk { .. } => "Lmk",
             IvGen::Tcw { .. } => "Tcw",
+            IvGen::Elephant { .. } => "Elephant",
         })
     }
 }
@@ -92,25 +99,25 @@ impl IvGen {
             Some(IvMode::Benbi) => {
                 // crypt_iv_benbi_ctr: block size a power of two, at most 512.
                 if !block_size.is_power_of_two() {
-                    return Err("cypher blocksize is not a power of 2".into());
+                    return Err("Error creating IV (cypher blocksize is not a power of 2)".into());
                 }
                 let log = block_size.trailing_zeros();
                 if log > 9 {
-                    return Err("cypher blocksize is > 512".into());
+                    return Err("Error creating IV (cypher blocksize is > 512)".into());
                 }
                 IvGen::Benbi { shift: 9 - log }
             }
             Some(IvMode::Eboiv) => {
                 if block_size != IV_SIZE {
                     return Err(
-                        "Block size of EBOIV cipher does not match IV size of block cipher".into(),
+                        "Error creating IV (Block size of EBOIV cipher does not match IV size of block cipher)".into(),
                     );
                 }
                 IvGen::Eboiv { sector_size }
             }
             Some(IvMode::Lmk) => {
                 if sector_size != 512 {
-                    return Err("Unsupported sector size for LMK".into());
+                    return Err("Error creating IV (Unsupported sector size for LMK)".into());
                 }
                 let seed = if extra.is_empty() {
                     None
@@ -125,24 +132,41 @@ impl IvGen {
             }
             Some(IvMode::Tcw) => {
                 if sector_size != 512 {
-                    return Err("Unsupported sector size for TCW".into());
+                    return Err("Error creating IV (Unsupported sector size for TCW)".into());
                 }
                 let mut seed = Zeroizing::new([0u8; 16]);
                 let mut whitening = Zeroizing::new([0u8; 16]);
                 if extra.len() != 32 {
-                    return Err("Wrong key size for TCW".into());
+                    return Err("Error creating IV (Wrong key size for TCW)".into());
                 }
                 seed.copy_from_slice(&extra[..16]);
                 whitening.copy_from_slice(&extra[16..]);
                 IvGen::Tcw { seed, whitening }
             }
-            Some(IvMode::Random | IvMode::Elephant) => return Err(UNSUPPORTED.into()),
+            Some(IvMode::Elephant) => {
+                // crypt_iv_elephant_ctr: eboiv's check, then an ecb(aes) keyed (at init)
+                // with the key's second half.
+                if block_size != IV_SIZE {
+                    return Err("Error creating IV (Block size of EBOIV cipher does not match IV size of block cipher)".into());
+                }
+                let key = Cipher::new("aes", extra).ok_or_else(|| {
+                    format!(
+                        "Error initialising IV (a {}-byte Elephant key is not an AES key)",
+                        extra.len()
+                    )
+                })?;
+                IvGen::Elephant { sector_size, key }
+            }
+            Some(IvMode::Random) => return Err(UNSUPPORTED.into()),
         })
     }
 
     /// Whether the IV depends on the sector's data (no batching across sectors).
     pub(crate) fn reads_data(&self) -> bool {
-        matches!(self, IvGen::Lmk { .. } | IvGen::Tcw { .. })
+        matches!(
+            self,
+            IvGen::Lmk { .. } | IvGen::Tcw { .. } | IvGen::Elephant { .. }
+        )
     }
 
     /// The IV of sector `s` for generators that depend only on the sector.
@@ -158,7 +182,7 @@ impl IvGen {
                 let v = (s << shift).wrapping_add(1);
                 iv[8..].copy_from_slice(&v.to_be_bytes());
             }
-            IvGen::Eboiv { sector_size } => {
+            IvGen::Eboiv { sector_size } | IvGen::Elephant { sector_size, .. } => {
                 // Encrypt a zero block with IV = le64(s * sector_size) (wrapping like u64).
                 let mut buf = [0u8; IV_SIZE];
                 buf[..8].copy_from_slice(&s.wrapping_mul(*sector_size).to_le_bytes());
@@ -184,6 +208,10 @@ impl IvGen {
                 tcw_whiten(whitening, s, data);
                 self.sector_iv(s, tfm0)
             }
+            (IvGen::Elephant { sector_size, key }, Direction::Encrypt) => {
+                elephant::encrypt(key, s, *sector_size, data);
+                self.sector_iv(s, tfm0)
+            }
             _ => self.sector_iv(s, tfm0),
         }
     }
@@ -199,6 +227,9 @@ impl IvGen {
                 }
             }
             (IvGen::Tcw { whitening, .. }, Direction::Encrypt) => tcw_whiten(whitening, s, data),
+            (IvGen::Elephant { sector_size, key }, Direction::Decrypt) => {
+                elephant::decrypt(key, s, *sector_size, data);
+            }
             _ => {}
         }
     }

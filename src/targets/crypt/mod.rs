@@ -16,6 +16,7 @@ use super::{DeviceAt, DeviceRef, Keys};
 
 mod aes_keys;
 mod cipher;
+mod elephant;
 mod iv;
 mod key;
 mod lrw;

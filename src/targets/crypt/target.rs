@@ -75,7 +75,7 @@ pub(super) fn check_key(
             let sector_size = u64::from(options.sector_size);
             let extra = Zeroizing::new(vec![0u8; l.extra]);
             match IvGen::new(cipher.iv, tfm.block_size(), sector_size, &extra) {
-                Err(e) if e != UNSUPPORTED => Err(format!("Error creating IV ({e})")),
+                Err(e) if e != UNSUPPORTED => Err(e),
                 _ => Ok(()),
             }
         }
@@ -192,10 +192,10 @@ impl Crypt {
             if e == UNSUPPORTED {
                 Error::Unsupported {
                     target: "crypt",
-                    op: "IV modes random and elephant",
+                    op: "IV mode random (IVs live in dm-integrity metadata)",
                 }
             } else {
-                bad(format!("Error creating IV ({e})"))
+                bad(e)
             }
         })?;
         let sector_size = usize::try_from(sector_size).map_err(|_| bad("sector_size".into()))?;
