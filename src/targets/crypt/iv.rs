@@ -46,7 +46,7 @@ pub(crate) enum IvGen {
     /// BitLocker: eboiv IVs plus the Elephant diffuser keyed with the key's second half.
     Elephant {
         sector_size: u64,
-        key: Cipher,
+        key: Box<Cipher>,
     },
 }
 
@@ -155,7 +155,10 @@ impl IvGen {
                         extra.len()
                     )
                 })?;
-                IvGen::Elephant { sector_size, key }
+                IvGen::Elephant {
+                    sector_size,
+                    key: Box::new(key),
+                }
             }
             Some(IvMode::Random) => return Err(UNSUPPORTED.into()),
         })
