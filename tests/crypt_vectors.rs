@@ -162,3 +162,59 @@ fn crypt_tables_are_refused_and_accepted_with_the_kernels_words() {
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(n, 48);
 }
+
+/// `dmemu read` decrypts a kernel image whose table names its key by keyring reference,
+/// with the key supplied by `--key-file`; `dmemu fmt` hides hex keys as zeros.
+#[test]
+fn crypt_cli_reads_kernel_image_with_keyring_key_from_key_file() {
+    let case = cases("kernel")
+        .into_iter()
+        .find(|c| c.name == "xts-plain64-ss4096-large-ivo1000")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::write(&img, &case.ciphertext).unwrap();
+    // "0 16 crypt aes-xts-plain64 <hex> 1000 disk 0 2 sector_size:4096 iv_large_sectors"
+    let f: Vec<&str> = case.table.split(' ').collect();
+    let key: Vec<u8> = (0..f[4].len() / 2)
+        .map(|i| u8::from_str_radix(&f[4][2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    std::fs::write(dir.path().join("key.bin"), &key).unwrap();
+    let table = format!(
+        "0 {} crypt {} :{}:logon:dmemu:test {} {} 0 {}",
+        f[1],
+        f[3],
+        key.len(),
+        f[5],
+        img.display(),
+        f[8..].join(" ")
+    );
+    std::fs::write(dir.path().join("t.table"), &table).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dmemu"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "read",
+        "--table",
+        "t.table",
+        "--key-file",
+        "logon:dmemu:test=key.bin",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, pattern(case.ciphertext.len()));
+    let out = run(&["read", "--table", "t.table"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was not supplied"));
+    std::fs::write(dir.path().join("h.table"), &case.table).unwrap();
+    let out = run(&["fmt", "h.table"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&"0".repeat(f[4].len())));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(f[4]));
+}
