@@ -284,4 +284,6 @@ impl fmt::Display for CryptArgs {
 }
 
 #[cfg(test)]
+mod io_tests;
+#[cfg(test)]
 mod tests;
