@@ -46,7 +46,14 @@ pub enum Transform {
         /// ESSIV hash: the IV is encrypted with `cipher` keyed by `hash(key)`.
         essiv: Option<String>,
     },
-    /// Any other API name (AEADs, adiantum, ...), kept verbatim.
+    /// `adiantum(xchacha12|xchacha20,<block cipher>)`.
+    Adiantum {
+        /// XChaCha20 instead of XChaCha12.
+        xchacha20: bool,
+        /// The block cipher (AES in practice).
+        block: String,
+    },
+    /// Any other API name (AEADs, ...), kept verbatim.
     Opaque(String),
 }
 
@@ -230,6 +237,12 @@ impl CipherSpec {
             return Err("IV mechanism required".into());
         }
         let essiv = essiv_hash(ivmode, ivopts)?;
+        if chainmode == "adiantum" {
+            let transform = adiantum(cipher).ok_or_else(|| {
+                format!("Error allocating crypto tfm (no adiantum({cipher}) in the kernel)")
+            })?;
+            return Self::finish(text, transform, keycount, ivmode, ivopts);
+        }
         if !KERNEL_CIPHERS.contains(&cipher) || !KERNEL_MODES.contains(&chainmode) {
             return Err(format!(
                 "Error allocating crypto tfm (no {chainmode}({cipher}) in the kernel)"
@@ -350,6 +363,23 @@ fn essiv_hash(ivmode: Option<&str>, ivopts: Option<&str>) -> Result<Option<Strin
     Ok(Some(hash.to_string()))
 }
 
+/// `xchacha12,<cipher>` or `xchacha20,<cipher>` (adiantum's arguments), the cipher one of
+/// the kernel's 16-byte-block ciphers with 32-byte keys.
+fn adiantum(args: &str) -> Option<Transform> {
+    let (stream, block) = args.split_once(',')?;
+    let xchacha20 = match stream {
+        "xchacha12" => false,
+        "xchacha20" => true,
+        _ => return None,
+    };
+    ["aes", "serpent", "twofish", "camellia", "aria", "sm4"]
+        .contains(&block)
+        .then(|| Transform::Adiantum {
+            xchacha20,
+            block: block.to_string(),
+        })
+}
+
 /// A crypto API name: `mode(cipher)` and `essiv(mode(cipher),hash)` are typed, anything
 /// else is kept opaque. Unbalanced parentheses are refused.
 fn parse_api(api: &str) -> Result<Transform, String> {
@@ -383,6 +413,13 @@ fn parse_api(api: &str) -> Result<Transform, String> {
             }
         }
         return Ok(Transform::Opaque(api.to_string()));
+    }
+    if let Some(t) = api
+        .strip_prefix("adiantum(")
+        .and_then(|r| r.strip_suffix(')'))
+        .and_then(adiantum)
+    {
+        return Ok(t);
     }
     if let Some((mode, rest)) = api.split_once('(') {
         if let Some(cipher) = rest.strip_suffix(')') {

@@ -10,11 +10,11 @@ use super::cipher::IvMode;
 use super::elephant;
 use super::modes::{Cipher, Tfm};
 
-/// Size of the IV buffer for 16-byte-block ciphers (`max(ivsize, 8)`).
+/// The IV size of 16-byte-block cipher modes.
 pub(crate) const IV_SIZE: usize = 16;
 
-/// An IV buffer.
-pub(crate) type Iv = [u8; IV_SIZE];
+/// An IV buffer: the IV is its first `Tfm::iv_size()` bytes (16, or 32 for Adiantum).
+pub(crate) type Iv = [u8; 32];
 
 /// A keyed IV generator.
 pub(crate) enum IvGen {
@@ -86,9 +86,14 @@ impl IvGen {
     pub(crate) fn new(
         mode: Option<IvMode>,
         block_size: usize,
+        iv_size: usize,
         sector_size: u64,
         extra: &[u8],
     ) -> Result<IvGen, String> {
+        if iv_size != IV_SIZE && matches!(mode, Some(IvMode::Lmk | IvMode::Tcw)) {
+            // Adiantum's 32-byte IV: the kernel would read past lmk's 16-byte digest.
+            return Err(UNSUPPORTED.into());
+        }
         Ok(match mode {
             None => IvGen::None,
             Some(IvMode::Plain) => IvGen::Plain,
@@ -108,7 +113,7 @@ impl IvGen {
                 IvGen::Benbi { shift: 9 - log }
             }
             Some(IvMode::Eboiv) => {
-                if block_size != IV_SIZE {
+                if block_size != iv_size {
                     return Err(
                         "Error creating IV (Block size of EBOIV cipher does not match IV size of block cipher)".into(),
                     );
@@ -146,7 +151,7 @@ impl IvGen {
             Some(IvMode::Elephant) => {
                 // crypt_iv_elephant_ctr: eboiv's check, then an ecb(aes) keyed (at init)
                 // with the key's second half.
-                if block_size != IV_SIZE {
+                if block_size != iv_size {
                     return Err("Error creating IV (Block size of EBOIV cipher does not match IV size of block cipher)".into());
                 }
                 let key = Cipher::new("aes", extra).ok_or_else(|| {
@@ -174,22 +179,27 @@ impl IvGen {
 
     /// The IV of sector `s` for generators that depend only on the sector.
     pub(crate) fn sector_iv(&self, s: u64, tfm0: &Tfm) -> Iv {
-        let mut iv = [0u8; IV_SIZE];
+        let mut iv = [0u8; 32];
+        let n = tfm0.iv_size();
         match self {
             IvGen::None | IvGen::Null | IvGen::Lmk { .. } => {}
             // Wraps at 2^32 sectors, as the kernel's plain does.
             IvGen::Plain => iv[..4].copy_from_slice(&((s & 0xffff_ffff) as u32).to_le_bytes()),
             IvGen::Plain64 | IvGen::Essiv => iv[..8].copy_from_slice(&s.to_le_bytes()),
-            IvGen::Plain64Be => iv[8..].copy_from_slice(&s.to_be_bytes()),
+            IvGen::Plain64Be => iv[n - 8..n].copy_from_slice(&s.to_be_bytes()),
             IvGen::Benbi { shift } => {
                 let v = (s << shift).wrapping_add(1);
-                iv[8..].copy_from_slice(&v.to_be_bytes());
+                iv[n - 8..n].copy_from_slice(&v.to_be_bytes());
             }
             IvGen::Eboiv { sector_size } | IvGen::Elephant { sector_size, .. } => {
                 // Encrypt a zero block with IV = le64(s * sector_size) (wrapping like u64).
                 let mut buf = [0u8; IV_SIZE];
                 buf[..8].copy_from_slice(&s.wrapping_mul(*sector_size).to_le_bytes());
-                tfm0.encrypt(&buf, &mut iv);
+                let mut out = [0u8; IV_SIZE];
+                let mut b = [0u8; 32];
+                b[..IV_SIZE].copy_from_slice(&buf);
+                tfm0.encrypt(&b, &mut out);
+                iv[..IV_SIZE].copy_from_slice(&out);
             }
             IvGen::Tcw { seed, .. } => {
                 let b = s.to_le_bytes();
@@ -225,7 +235,7 @@ impl IvGen {
         match (self, dir) {
             (IvGen::Lmk { seed }, Direction::Decrypt) => {
                 let iv = lmk_iv(seed.as_deref(), s, data);
-                for (d, v) in data.iter_mut().zip(iv) {
+                for (d, v) in data.iter_mut().zip(&iv[..IV_SIZE]) {
                     *d ^= v;
                 }
             }
@@ -244,6 +254,12 @@ const MD5_INIT: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
 /// crypt_iv_lmk_one: the raw MD5 state (no padding) over [seed ‖] blocks 1..31 of the
 /// plaintext ‖ le32(s) ‖ le32((s >> 32 & 0xffffff) | 0x80000000) ‖ le32(4024) ‖ le32(0).
 fn lmk_iv(seed: Option<&[u8; 64]>, s: u64, data: &[u8]) -> Iv {
+    let mut out = [0u8; 32];
+    out[..IV_SIZE].copy_from_slice(&lmk_md5(seed, s, data));
+    out
+}
+
+fn lmk_md5(seed: Option<&[u8; 64]>, s: u64, data: &[u8]) -> [u8; IV_SIZE] {
     let mut blocks = Zeroizing::new([[0u8; 64]; 9]);
     let msg = blocks.as_flattened_mut();
     let mut at = 0;

@@ -14,6 +14,7 @@ use crate::units::SectorCount;
 
 use super::{DeviceAt, DeviceRef, Keys};
 
+mod adiantum;
 mod aes_keys;
 mod cipher;
 mod elephant;

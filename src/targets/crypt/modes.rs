@@ -11,8 +11,10 @@ use aes::cipher::{Array, Block, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit}
 use md5::Digest as _;
 use zeroize::Zeroizing;
 
+use super::adiantum::Adiantum;
 use super::cipher::{ChainMode, Transform};
-use super::iv::Direction;
+use super::iv::Iv;
+use super::iv::{Direction, IV_SIZE};
 use super::lrw::Lrw;
 use super::xts;
 
@@ -140,6 +142,7 @@ enum Mode {
     Ctr(Cipher),
     Xts(Box<xts::XtsKeys>),
     Lrw(Box<Lrw>),
+    Adiantum(Box<Adiantum>),
 }
 
 /// One keyed transform (one of the kernel's `tfms[i]`).
@@ -158,16 +161,30 @@ impl std::fmt::Debug for Tfm {
 impl Tfm {
     /// Key `transform` with `key` (`crypto_skcipher_setkey`).
     pub(crate) fn new(transform: &Transform, key: &[u8]) -> Result<Tfm, TfmError> {
-        let Transform::Block {
-            mode,
-            cipher,
-            essiv,
-        } = transform
-        else {
-            let Transform::Opaque(name) = transform else {
-                unreachable!()
-            };
-            return Err(TfmError::Unsupported(format!("crypto API {name:?}")));
+        let (mode, cipher, essiv) = match transform {
+            Transform::Block {
+                mode,
+                cipher,
+                essiv,
+            } => (mode, cipher, essiv),
+            Transform::Adiantum { xchacha20, block } => {
+                if !CIPHERS.contains(&block.as_str()) {
+                    return Err(TfmError::Unsupported(format!("adiantum over {block}")));
+                }
+                let a = Adiantum::new(*xchacha20, block, key).ok_or_else(|| {
+                    TfmError::KeyLength(format!(
+                        "a {}-byte key does not fit adiantum (32 bytes)",
+                        key.len()
+                    ))
+                })?;
+                return Ok(Tfm {
+                    mode: Mode::Adiantum(Box::new(a)),
+                    essiv: None,
+                });
+            }
+            Transform::Opaque(name) => {
+                return Err(TfmError::Unsupported(format!("crypto API {name:?}")));
+            }
         };
         let bad_len = |what: &str| {
             TfmError::KeyLength(format!("a {}-byte key does not fit {what}", key.len()))
@@ -212,6 +229,15 @@ impl Tfm {
         Ok(Tfm { mode, essiv })
     }
 
+    /// The cipher's IV size (`crypto_skcipher_ivsize`): 0 without IVs, 32 for Adiantum.
+    pub(crate) fn iv_size(&self) -> usize {
+        match self.mode {
+            Mode::Null | Mode::Ecb(_) => 0,
+            Mode::Adiantum(_) => 32,
+            _ => IV_SIZE,
+        }
+    }
+
     /// The cipher's block size.
     pub(crate) fn block_size(&self) -> usize {
         match self.mode {
@@ -229,8 +255,8 @@ impl Tfm {
     }
 
     /// Encrypt one sector in place with `iv`.
-    pub(crate) fn encrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
-        let iv = self.essiv_iv(iv);
+    pub(crate) fn encrypt(&self, iv_buf: &Iv, data: &mut [u8]) {
+        let iv = self.essiv_iv(iv_buf);
         match &self.mode {
             Mode::Null => {}
             Mode::Ecb(c) => c.encrypt(data),
@@ -249,12 +275,13 @@ impl Tfm {
                 k.unit(&t0[0], None, data, Direction::Encrypt);
             }
             Mode::Lrw(l) => l.encrypt(&iv, data),
+            Mode::Adiantum(a) => a.encrypt(iv_buf, data),
         }
     }
 
     /// Decrypt one sector in place with `iv`.
-    pub(crate) fn decrypt(&self, iv: &[u8; 16], data: &mut [u8]) {
-        let iv = self.essiv_iv(iv);
+    pub(crate) fn decrypt(&self, iv_buf: &Iv, data: &mut [u8]) {
+        let iv = self.essiv_iv(iv_buf);
         match &self.mode {
             Mode::Null => {}
             Mode::Ecb(c) => c.decrypt(data),
@@ -286,11 +313,13 @@ impl Tfm {
                 k.unit(&t0[0], None, data, Direction::Decrypt);
             }
             Mode::Lrw(l) => l.decrypt(&iv, data),
+            Mode::Adiantum(a) => a.decrypt(iv_buf, data),
         }
     }
 
-    fn essiv_iv(&self, iv: &[u8; 16]) -> [u8; 16] {
-        let mut out = *iv;
+    fn essiv_iv(&self, iv: &Iv) -> [u8; IV_SIZE] {
+        let mut out = [0u8; IV_SIZE];
+        out.copy_from_slice(&iv[..IV_SIZE]);
         if let Some(e) = &self.essiv {
             e.encrypt(&mut out);
         }

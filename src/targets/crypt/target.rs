@@ -74,7 +74,13 @@ pub(super) fn check_key(
         Ok(tfm) => {
             let sector_size = u64::from(options.sector_size);
             let extra = Zeroizing::new(vec![0u8; l.extra]);
-            match IvGen::new(cipher.iv, tfm.block_size(), sector_size, &extra) {
+            match IvGen::new(
+                cipher.iv,
+                tfm.block_size(),
+                tfm.iv_size(),
+                sector_size,
+                &extra,
+            ) {
                 Err(e) if e != UNSUPPORTED => Err(e),
                 _ => Ok(()),
             }
@@ -185,6 +191,7 @@ impl Crypt {
         let iv = IvGen::new(
             args.cipher.iv,
             tfms[0].block_size(),
+            tfms[0].iv_size(),
             u64::from(sector_size),
             extra,
         )
@@ -277,7 +284,8 @@ impl Crypt {
                 let n = batch.len() / unit;
                 let base = b * unit * BATCH_UNITS;
                 for iv in &mut ivs[..n] {
-                    *iv = self.iv.sector_iv(self.iv_sector(s), &self.tfms[0]);
+                    let full = self.iv.sector_iv(self.iv_sector(s), &self.tfms[0]);
+                    iv.copy_from_slice(&full[..IV_SIZE]);
                     s = s.wrapping_add(1 << self.shift);
                 }
                 keys.encrypt_ivs(&mut ivs[..n]);
