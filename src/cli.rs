@@ -129,6 +129,10 @@ pub struct SpecArgs {
     /// Bind a `major:minor` in tables to an image file: `--map 8:16=disk.img`.
     #[arg(long = "map", value_name = "MAJ:MIN=PATH")]
     maps: Vec<String>,
+    /// Supply the key a crypt table names as `:<size>:<type>:<desc>` (kernel keyring):
+    /// `--key-file logon:mydisk=key.bin` (the file holds the raw key bytes).
+    #[arg(long = "key-file", value_name = "TYPE:DESC=PATH")]
+    key_files: Vec<String>,
     /// Load the table read-only and open files read-only.
     #[arg(long)]
     read_only: bool,
@@ -206,6 +210,13 @@ impl SpecArgs {
                 .split_once('=')
                 .ok_or_else(|| Error::invalid("--map", format!("{m:?} is not MAJ:MIN=PATH")))?;
             registry.bind(dev, path)?;
+        }
+        for k in &self.key_files {
+            let bad = || Error::invalid("--key-file", format!("{k:?} is not TYPE:DESC=PATH"));
+            let (name, path) = k.split_once('=').ok_or_else(bad)?;
+            let (key_type, desc) = name.split_once(':').ok_or_else(bad)?;
+            let key = zeroize::Zeroizing::new(std::fs::read(path).map_err(Error::io(&path))?);
+            registry.keyring().insert(key_type, desc, &key);
         }
         let devices = registry.create_all(&specs)?;
         match &self.device {

@@ -13,6 +13,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::error::{Error, Result};
 use crate::mapped_device::MappedDevice;
 use crate::table::{DeviceSpec, TableMode};
+use crate::targets::crypt::Keyring;
 use crate::targets::{DeviceAt, DeviceRef, Target};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_range, Access, FileVolume, MmapVolume, SharedVolume};
@@ -37,6 +38,7 @@ pub struct Registry {
     devices: Mutex<BTreeMap<String, Arc<MappedDevice>>>,
     files: Mutex<BTreeMap<PathBuf, SharedVolume>>,
     clock: RegistryClock,
+    keyring: Keyring,
 }
 
 /// The clock targets built through a registry read time from (system clock by default).
@@ -110,6 +112,12 @@ impl Registry {
         }
         self.bindings.insert(major_minor.to_string(), path.into());
         Ok(())
+    }
+
+    /// The keys that crypt tables name by keyring reference (`:<size>:<type>:<desc>`).
+    #[must_use]
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// Make `volume` available to tables under `name`.

@@ -107,6 +107,15 @@ fn loaded(c: &Corpus) -> impl Iterator<Item = &Case> {
     c.cases.iter().filter(|k| k.fail.is_none())
 }
 
+/// dmsetup hides an empty crypt key `-` as `0`, which no kernel would load again
+/// ("Error decoding and setting key"); such hidden lines are output only.
+fn hidden_is_loadable(k: &Case) -> bool {
+    !k.showkeys.iter().any(|l| {
+        let t: Vec<&str> = l.split(' ').collect();
+        t.get(2) == Some(&"crypt") && t.get(4) == Some(&"-")
+    })
+}
+
 #[test]
 fn corpus_comes_from_a_6_12_kernel_and_holds_both_loads_and_refusals() {
     let c = corpus();
@@ -141,6 +150,9 @@ fn mode(read_only: bool) -> TableMode {
 fn tables_the_kernel_loaded_are_accepted_in_the_same_mode() {
     for k in loaded(&corpus()) {
         for lines in [&k.input, &k.table, &k.showkeys] {
+            if std::ptr::eq(lines, &k.table) && !hidden_is_loadable(k) {
+                continue;
+            }
             let t = parse(lines, &k.name);
             if let Err(e) = t.check_mode(mode(k.read_only)) {
                 panic!("{}: {e}", k.name);
@@ -151,7 +163,7 @@ fn tables_the_kernel_loaded_are_accepted_in_the_same_mode() {
 
 #[test]
 fn kernel_printed_tables_print_back_unchanged_with_keys_hidden() {
-    for k in loaded(&corpus()) {
+    for k in loaded(&corpus()).filter(|k| hidden_is_loadable(k)) {
         let t = parse(&k.table, &k.name);
         assert_eq!(t.to_text(Keys::Hidden), text(&k.table), "{}", k.name);
     }

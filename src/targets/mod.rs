@@ -15,6 +15,7 @@ use crate::table::lexer::escape;
 use crate::units::SectorCount;
 use crate::volume::Volume;
 
+pub mod crypt;
 pub mod delay;
 pub mod dust;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod thin;
 pub mod verity;
 pub mod zero;
 
+pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
 pub use flakey::{Flakey, FlakeyArgs};
@@ -101,11 +103,14 @@ impl fmt::Display for DeviceAt {
 /// validates; every other kernel target is kept verbatim in `Other`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // typed args differ in size; tables are small
 pub enum TargetSpec {
     /// `linear <dev> <offset>`
     Linear(LinearArgs),
     /// `striped <#stripes> <chunk> (<dev> <offset>)+`
     Striped(StripedArgs),
+    /// `crypt <cipher> <key> <iv_offset> <dev> <offset> [<#opts> <opts>...]`
+    Crypt(CryptArgs),
     /// `zero`
     Zero,
     /// `error` (arguments accepted and dropped, as the kernel prints none)
@@ -189,6 +194,7 @@ impl TargetSpec {
         Ok(match target_type {
             "linear" => TargetSpec::Linear(LinearArgs::parse(args)?),
             "striped" => TargetSpec::Striped(StripedArgs::parse(args, len)?),
+            "crypt" => TargetSpec::Crypt(CryptArgs::parse(args, len)?),
             "zero" => {
                 zero::parse(args)?;
                 TargetSpec::Zero
@@ -221,6 +227,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Linear(_) => LinearArgs::TYPE,
             TargetSpec::Striped(_) => StripedArgs::TYPE,
+            TargetSpec::Crypt(_) => CryptArgs::TYPE,
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
             TargetSpec::Verity(_) => VerityArgs::TYPE,
@@ -238,10 +245,10 @@ impl TargetSpec {
 
     /// Write the canonical parameters (what `dmsetup table` prints after the type).
     pub fn write_params(&self, out: &mut impl fmt::Write, keys: Keys) -> fmt::Result {
-        let _ = keys;
         match self {
             TargetSpec::Linear(a) => write!(out, "{a}"),
             TargetSpec::Striped(a) => write!(out, "{a}"),
+            TargetSpec::Crypt(a) => a.write(out, keys),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
             TargetSpec::Verity(a) => write!(out, "{a}"),
             TargetSpec::Delay(a) => write!(out, "{a}"),
@@ -260,6 +267,7 @@ impl TargetSpec {
         Ok(match self {
             TargetSpec::Linear(a) => Arc::new(Linear::new(a, len, registry)?),
             TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, registry)?),
+            TargetSpec::Crypt(a) => Arc::new(Crypt::new(a, len, registry)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),
             TargetSpec::Verity(a) => Arc::new(Verity::new(a, len, registry)?),

@@ -1,0 +1,387 @@
+//! The constructed crypt target (`crypt_ctr` + `crypt_map` + `kcryptd_crypt`): keys split
+//! into transforms, IVs per crypt sector, read = read + decrypt in place, write = encrypt a
+//! copy + write.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::units::{Sector, SectorCount};
+use crate::volume::{check_io, check_range, SharedVolume, Volume};
+
+use super::cipher::{CipherSpec, IvMode, Transform};
+use super::iv::{Direction, Iv, IvGen, IV_SIZE, UNSUPPORTED};
+use super::key::{CryptKey, Keyring};
+use super::modes::{Tfm, TfmError};
+use super::{CryptArgs, CryptOptions};
+use crate::targets::Target;
+
+/// Extra IV material at the end of a tcw key besides the IV seed (`TCW_WHITENING_SIZE`).
+const TCW_WHITENING_SIZE: usize = 16;
+/// Crypt sectors whose XTS tweaks are encrypted in one batch.
+const BATCH_UNITS: usize = 32;
+/// Requests at least this large are split over two threads.
+const PARALLEL_MIN_BYTES: usize = 256 * 1024;
+/// Writes are encrypted through a bounce buffer of at most this many bytes at a time.
+const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How the key splits into per-transform subkeys and IV material (`crypt_subkey_size`).
+struct KeyLayout {
+    tfms: usize,
+    subkey: usize,
+    extra: usize,
+}
+
+fn layout(cipher: &CipherSpec, key_size: usize) -> std::result::Result<KeyLayout, String> {
+    let tfms = usize::try_from(cipher.keycount).map_err(|_| "Bad cipher key count")?;
+    let iv_size = if cipher.iv.is_some() { IV_SIZE } else { 0 };
+    let (extra, parts) = match cipher.iv {
+        // crypt_ctr_ivmode: loop-AES v3 has one more equal-sized part, the IV seed.
+        Some(IvMode::Lmk) if key_size % tfms != 0 => (key_size / (tfms + 1), tfms + 1),
+        Some(IvMode::Tcw) => (iv_size + TCW_WHITENING_SIZE, tfms + 2),
+        Some(IvMode::Elephant) => (key_size / 2, 2),
+        _ => (0, tfms),
+    };
+    let _ = parts;
+    let subkey = key_size
+        .checked_sub(extra)
+        .map(|k| k >> tfms.trailing_zeros())
+        .ok_or("Error decoding and setting key (key shorter than its IV material)")?;
+    Ok(KeyLayout {
+        tfms,
+        subkey,
+        extra,
+    })
+}
+
+/// Check the key size against the cipher and the IV mode's needs (the kernel's setkey and
+/// IV constructor), without key bytes: what `crypt_ctr` refuses at table load.
+pub(super) fn check_key(
+    cipher: &CipherSpec,
+    key: &CryptKey,
+    options: &CryptOptions,
+) -> std::result::Result<(), String> {
+    let size = key.size();
+    if size == 0 && !matches!(key, CryptKey::Empty) {
+        return Err("Error decoding and setting key".into());
+    }
+    let l = layout(cipher, size)?;
+    let zeros = Zeroizing::new(vec![0u8; l.subkey]);
+    match Tfm::new(&cipher.transform, &zeros) {
+        Ok(tfm) => {
+            let sector_size = u64::from(options.sector_size);
+            let extra = Zeroizing::new(vec![0u8; l.extra]);
+            match IvGen::new(
+                cipher.iv,
+                tfm.block_size(),
+                tfm.iv_size(),
+                sector_size,
+                &extra,
+            ) {
+                Err(e) if e != UNSUPPORTED => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Err(TfmError::KeyLength(why)) => Err(format!("Error decoding and setting key ({why})")),
+        // The kernel may know this transform; dmemu refuses it when building the target.
+        Err(TfmError::Unsupported(_)) => Ok(()),
+    }
+}
+
+/// A constructed crypt target.
+pub struct Crypt {
+    device: SharedVolume,
+    offset: SectorCount,
+    size: SectorCount,
+    iv_offset: u64,
+    tfms: Vec<Tfm>,
+    iv: IvGen,
+    sector_size: usize,
+    /// log2(sector_size / 512).
+    shift: u32,
+    iv_large_sectors: bool,
+    allow_discards: bool,
+}
+
+impl fmt::Debug for Crypt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crypt")
+            .field("offset", &self.offset)
+            .field("size", &self.size)
+            .field("iv_offset", &self.iv_offset)
+            .field("keys", &self.tfms.len())
+            .field("iv", &self.iv)
+            .field("sector_size", &self.sector_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Crypt {
+    /// Construct like `crypt_ctr`: resolve the device (which must hold `[offset, offset +
+    /// len)`), key the transforms. Keyring keys come from `registry.keyring()`.
+    pub fn new(args: &CryptArgs, len: SectorCount, registry: &Registry) -> Result<Crypt> {
+        let device = registry.device_area(&args.dest, len)?;
+        Crypt::over(device, args, len, registry.keyring())
+    }
+
+    /// Construct over an already-open device (library use, tests, benches).
+    pub fn over(
+        device: SharedVolume,
+        args: &CryptArgs,
+        len: SectorCount,
+        keyring: &Keyring,
+    ) -> Result<Crypt> {
+        check_range(device.size(), Sector(args.dest.offset.0), len)?;
+        let bad = |reason: String| Error::invalid("crypt table", reason);
+        if let Some(i) = &args.options.integrity {
+            return Err(Error::Unsupported {
+                target: "crypt",
+                op: if i.profile.eq_ignore_ascii_case("aead") {
+                    "integrity:<n>:aead (AEAD tags live on a dm-integrity device below)"
+                } else {
+                    "integrity:<n>:none (per-sector metadata on a dm-integrity device below)"
+                },
+            });
+        }
+        if matches!(args.cipher.transform, Transform::Opaque(_)) {
+            return Err(unsupported_transform(&args.cipher));
+        }
+        let key: Zeroizing<Vec<u8>> = match &args.key {
+            CryptKey::Empty => Zeroizing::new(Vec::new()),
+            CryptKey::Hex(b) => b.clone(),
+            CryptKey::Keyring(r) => {
+                let k = keyring.get(r).ok_or_else(|| {
+                    Error::invalid(
+                        "crypt key",
+                        format!(
+                            "keyring key {}:{} was not supplied (Keyring::insert)",
+                            r.key_type, r.description
+                        ),
+                    )
+                })?;
+                if k.len() != args.key.size() {
+                    return Err(Error::invalid(
+                        "crypt key",
+                        format!(
+                            "keyring key {}:{} has {} bytes, the table says {}",
+                            r.key_type,
+                            r.description,
+                            k.len(),
+                            r.size
+                        ),
+                    ));
+                }
+                k
+            }
+        };
+        let l = layout(&args.cipher, key.len()).map_err(bad)?;
+        let mut tfms = Vec::with_capacity(l.tfms);
+        for i in 0..l.tfms {
+            let sub = &key[i * l.subkey..(i + 1) * l.subkey];
+            tfms.push(Tfm::new(&args.cipher.transform, sub).map_err(|e| match e {
+                TfmError::KeyLength(w) => bad(format!("Error decoding and setting key ({w})")),
+                TfmError::Unsupported(_) => unsupported_transform(&args.cipher),
+            })?);
+        }
+        let sector_size = args.options.sector_size;
+        let extra = &key[key.len() - l.extra..];
+        let iv = IvGen::new(
+            args.cipher.iv,
+            tfms[0].block_size(),
+            tfms[0].iv_size(),
+            u64::from(sector_size),
+            extra,
+        )
+        .map_err(|e| {
+            if e == UNSUPPORTED {
+                Error::Unsupported {
+                    target: "crypt",
+                    op: "IV mode random (IVs live in dm-integrity metadata)",
+                }
+            } else {
+                bad(e)
+            }
+        })?;
+        let sector_size = usize::try_from(sector_size).map_err(|_| bad("sector_size".into()))?;
+        Ok(Crypt {
+            device,
+            offset: args.dest.offset,
+            size: len,
+            iv_offset: args.iv_offset.0,
+            tfms,
+            iv,
+            sector_size,
+            shift: (sector_size / 512).trailing_zeros(),
+            iv_large_sectors: args.options.iv_large_sectors,
+            allow_discards: args.options.allow_discards,
+        })
+    }
+
+    /// Refuse requests not aligned to the crypt sector size (`crypt_map`: DM_MAPIO_KILL).
+    fn check_aligned(&self, sector: Sector, len: usize) -> Result<()> {
+        let step = 1u64 << self.shift;
+        if sector.0 % step != 0 || len % self.sector_size != 0 {
+            return Err(Error::TargetFailed {
+                target: "crypt",
+                reason: format!(
+                    "request at sector {sector} of {len} bytes is not aligned to the \
+                     {}-byte crypt sector size",
+                    self.sector_size
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Encrypt or decrypt the request at target sector `sector`: from `src` into `dst`, or
+    /// in place when `src` is `None`. Large requests are split over two threads.
+    fn convert(&self, sector: Sector, src: Option<&[u8]>, dst: &mut [u8], dir: Direction) {
+        let cc_sector = sector.0.wrapping_add(self.iv_offset);
+        if dst.len() >= PARALLEL_MIN_BYTES {
+            let half = dst.len() / self.sector_size / 2;
+            let (a, b) = dst.split_at_mut(half * self.sector_size);
+            let (sa, sb) = match src {
+                Some(s) => {
+                    let (x, y) = s.split_at(half * self.sector_size);
+                    (Some(x), Some(y))
+                }
+                None => (None, None),
+            };
+            let b_sector = cc_sector.wrapping_add(u64::try_from(half).unwrap_or(0) << self.shift);
+            std::thread::scope(|s| {
+                s.spawn(|| self.convert_serial(cc_sector, sa, a, dir));
+                self.convert_serial(b_sector, sb, b, dir);
+            });
+        } else {
+            self.convert_serial(cc_sector, src, dst, dir);
+        }
+    }
+
+    fn iv_sector(&self, cc_sector: u64) -> u64 {
+        if self.iv_large_sectors {
+            cc_sector >> self.shift
+        } else {
+            cc_sector
+        }
+    }
+
+    /// `crypt_convert`: one crypt sector at a time, `cc_sector` counting 512-byte sectors
+    /// from the target start plus iv_offset.
+    fn convert_serial(&self, cc_sector: u64, src: Option<&[u8]>, data: &mut [u8], dir: Direction) {
+        if let (1, false, Some(keys)) = (
+            self.tfms.len(),
+            self.iv.reads_data(),
+            self.tfms[0].xts_keys(),
+        ) {
+            // Fast path: XTS with one key and an IV that depends only on the sector.
+            let unit = self.sector_size;
+            let mut s = cc_sector;
+            for (b, batch) in data.chunks_mut(unit * BATCH_UNITS).enumerate() {
+                let mut ivs = [[0u8; IV_SIZE]; BATCH_UNITS];
+                let n = batch.len() / unit;
+                let base = b * unit * BATCH_UNITS;
+                for iv in &mut ivs[..n] {
+                    let full = self.iv.sector_iv(self.iv_sector(s), &self.tfms[0]);
+                    iv.copy_from_slice(&full[..IV_SIZE]);
+                    s = s.wrapping_add(1 << self.shift);
+                }
+                keys.encrypt_ivs(&mut ivs[..n]);
+                for (i, (t0, u)) in ivs[..n]
+                    .iter()
+                    .zip(batch.chunks_exact_mut(unit))
+                    .enumerate()
+                {
+                    let from = src.map(|s| &s[base + i * unit..base + (i + 1) * unit]);
+                    keys.unit(t0, from, u, dir);
+                }
+            }
+            return;
+        }
+        if let Some(s) = src {
+            data.copy_from_slice(s);
+        }
+        let mask = u64::try_from(self.tfms.len()).unwrap_or(1) - 1;
+        let mut s = cc_sector;
+        for unit in data.chunks_exact_mut(self.sector_size) {
+            let tfm = &self.tfms[usize::try_from(s & mask).unwrap_or(0)];
+            let iv_sector = self.iv_sector(s);
+            let iv: Iv = self.iv.before(iv_sector, dir, unit, &self.tfms[0]);
+            match dir {
+                Direction::Encrypt => tfm.encrypt(&iv, unit),
+                Direction::Decrypt => tfm.decrypt(&iv, unit),
+            }
+            self.iv.after(iv_sector, dir, unit);
+            s = s.wrapping_add(1 << self.shift);
+        }
+    }
+}
+
+fn unsupported_transform(cipher: &CipherSpec) -> Error {
+    let _ = cipher;
+    Error::Unsupported {
+        target: "crypt",
+        op: "this cipher (dmemu implements aes, serpent, twofish, camellia and cipher_null in ecb, cbc, ctr, xts, lrw)",
+    }
+}
+
+thread_local! {
+    /// Per-thread bounce buffer for writes, used from a 4096-byte boundary (copies between
+    /// buffers whose addresses differ by 16 mod 4096 run at a fifth of the speed here). It
+    /// only ever holds ciphertext once a write returns: encryption writes into it directly.
+    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Volume for Crypt {
+    fn size(&self) -> SectorCount {
+        self.size
+    }
+
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        self.check_aligned(sector, buf.len())?;
+        self.device.read(sector + self.offset, buf)?;
+        self.convert(sector, None, buf, Direction::Decrypt);
+        Ok(())
+    }
+
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        self.check_aligned(sector, buf.len())?;
+        BOUNCE.with(|cell| {
+            let mut bounce = cell.borrow_mut();
+            let chunk = buf.len().min(WRITE_CHUNK_BYTES);
+            if bounce.len() < chunk + 4096 {
+                *bounce = vec![0u8; chunk + 4096];
+            }
+            let off = bounce.as_ptr().align_offset(4096).min(4096);
+            let mut at = sector;
+            for piece in buf.chunks(WRITE_CHUNK_BYTES) {
+                let out = &mut bounce[off..off + piece.len()];
+                self.convert(at, Some(piece), out, Direction::Encrypt);
+                self.device.write(at + self.offset, out)?;
+                at += SectorCount::from_bytes(piece.len())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.device.flush()
+    }
+
+    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        if !self.allow_discards {
+            return Err(Error::Unsupported {
+                target: "crypt",
+                op: "discard without allow_discards",
+            });
+        }
+        self.device.discard(sector + self.offset, count)
+    }
+}
+
+impl Target for Crypt {}
