@@ -292,6 +292,59 @@ pub fn thin_pool() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         })
 }
 
+/// `crypt` over a spread of cipher specs (both forms), key lengths, sector sizes and
+/// options.
+pub fn crypt() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    let ciphers = prop::sample::select(vec![
+        ("aes-xts-plain64", 64usize),
+        ("aes-xts-plain64", 32),
+        ("aes-cbc-essiv:sha256", 32),
+        ("aes-cbc-plain", 24),
+        ("aes-cbc-plain64be", 16),
+        ("aes-ecb", 16),
+        ("serpent-xts-plain64", 64),
+        ("twofish-cbc-benbi", 32),
+        ("camellia-cbc-eboiv", 16),
+        ("aes:2-xts-plain64", 128),
+        ("capi:xts(aes)-plain64", 64),
+        ("capi:cbc(aes)-essiv:sha256", 32),
+    ]);
+    (
+        1u64..1 << 24,
+        ciphers,
+        prop::collection::vec(any::<u8>(), 128),
+        0u32..=3,
+        0u64..1 << 20,
+        dev_off(),
+        prop::sample::subsequence(
+            vec![
+                "allow_discards",
+                "same_cpu_crypt",
+                "high_priority",
+                "submit_from_crypt_cpus",
+                "no_read_workqueue",
+                "no_write_workqueue",
+                "iv_large_sectors",
+            ],
+            0..=7,
+        ),
+    )
+        .prop_map(|(units, (cipher, keylen), key, shift, iv, dest, flags)| {
+            let sector = 512u64 << shift;
+            let per = sector / 512;
+            let hex: String = key[..keylen].iter().map(|b| format!("{b:02x}")).collect();
+            let mut opts: Vec<String> = flags.iter().map(|f| (*f).to_string()).collect();
+            if shift > 0 {
+                opts.push(format!("sector_size:{sector}"));
+            }
+            let mut params = format!("{cipher} {hex} {} {dest}", iv * per);
+            if !opts.is_empty() {
+                params.push_str(&format!(" {} {}", opts.len(), opts.join(" ")));
+            }
+            typed("crypt", units * per, params)
+        })
+}
+
 /// Any target that may share a table with others, with a length it is valid for.
 pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     prop_oneof![
@@ -299,6 +352,7 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         delay(),
         flakey(),
         dust(),
+        crypt(),
         snapshot(),
         snapshot_origin(),
         thin()
