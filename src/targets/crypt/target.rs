@@ -38,14 +38,14 @@ struct KeyLayout {
 fn layout(cipher: &CipherSpec, key_size: usize) -> std::result::Result<KeyLayout, String> {
     let tfms = usize::try_from(cipher.keycount).map_err(|_| "Bad cipher key count")?;
     let iv_size = if cipher.iv.is_some() { IV_SIZE } else { 0 };
-    let (extra, parts) = match cipher.iv {
-        // crypt_ctr_ivmode: loop-AES v3 has one more equal-sized part, the IV seed.
-        Some(IvMode::Lmk) if key_size % tfms != 0 => (key_size / (tfms + 1), tfms + 1),
-        Some(IvMode::Tcw) => (iv_size + TCW_WHITENING_SIZE, tfms + 2),
-        Some(IvMode::Elephant) => (key_size / 2, 2),
-        _ => (0, tfms),
+    // crypt_ctr_ivmode's key_extra_size: IV material at the end of the key.
+    let extra = match cipher.iv {
+        // loop-AES v3 has one more equal-sized part, the IV seed.
+        Some(IvMode::Lmk) if key_size % tfms != 0 => key_size / (tfms + 1),
+        Some(IvMode::Tcw) => iv_size + TCW_WHITENING_SIZE,
+        Some(IvMode::Elephant) => key_size / 2,
+        _ => 0,
     };
-    let _ = parts;
     let subkey = key_size
         .checked_sub(extra)
         .map(|k| k >> tfms.trailing_zeros())
@@ -147,7 +147,7 @@ impl Crypt {
             });
         }
         if matches!(args.cipher.transform, Transform::Opaque(_)) {
-            return Err(unsupported_transform(&args.cipher));
+            return Err(unsupported_transform());
         }
         let key: Zeroizing<Vec<u8>> = match &args.key {
             CryptKey::Empty => Zeroizing::new(Vec::new()),
@@ -183,7 +183,7 @@ impl Crypt {
             let sub = &key[i * l.subkey..(i + 1) * l.subkey];
             tfms.push(Tfm::new(&args.cipher.transform, sub).map_err(|e| match e {
                 TfmError::KeyLength(w) => bad(format!("Error decoding and setting key ({w})")),
-                TfmError::Unsupported(_) => unsupported_transform(&args.cipher),
+                TfmError::Unsupported(_) => unsupported_transform(),
             })?);
         }
         let sector_size = args.options.sector_size;
@@ -319,8 +319,7 @@ impl Crypt {
     }
 }
 
-fn unsupported_transform(cipher: &CipherSpec) -> Error {
-    let _ = cipher;
+fn unsupported_transform() -> Error {
     Error::Unsupported {
         target: "crypt",
         op: "this cipher (dmemu implements aes, serpent, twofish, camellia and cipher_null in ecb, cbc, ctr, xts, lrw)",
