@@ -322,7 +322,8 @@ impl Crypt {
 fn unsupported_transform() -> Error {
     Error::Unsupported {
         target: "crypt",
-        op: "this cipher (dmemu implements aes, serpent, twofish, camellia and cipher_null in ecb, cbc, ctr, xts, lrw)",
+        op: "this cipher (dmemu implements aes, serpent, twofish, camellia and cipher_null in \
+             ecb, cbc, ctr, xts, lrw, and adiantum)",
     }
 }
 
