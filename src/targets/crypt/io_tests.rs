@@ -163,6 +163,21 @@ fn crypt_large_parallel_request_equals_sector_by_sector_result() {
     assert_eq!(disk.to_vec(), whole);
 }
 
+#[test]
+fn crypt_key_messages_fail_like_on_an_active_kernel_device() {
+    use crate::targets::Target;
+    let (_, c) = build(&format!("aes-xts-plain64 {KEY256} 0 d 0"), 8);
+    let c = c.unwrap();
+    let e = c.message(&["key", "wipe"]).unwrap_err();
+    assert_eq!(e.errno(), errno::EINVAL);
+    assert!(e.to_string().contains("not suspended"), "{e}");
+    assert!(c
+        .message(&["bogus"])
+        .unwrap_err()
+        .to_string()
+        .contains("unrecognised"));
+}
+
 mod model {
     use proptest::prelude::*;
 

@@ -386,4 +386,17 @@ impl Volume for Crypt {
     }
 }
 
-impl Target for Crypt {}
+impl Target for Crypt {
+    /// `crypt_message`: `key set <key>` and `key wipe` are only accepted while the device
+    /// is suspended, and a dmemu device is never suspended, so both fail as they do on an
+    /// active kernel device (EINVAL); anything else is unrecognised (EINVAL).
+    fn message(&self, argv: &[&str]) -> Result<String> {
+        if argv.len() >= 2 && argv[0].eq_ignore_ascii_case("key") {
+            return Err(Error::invalid(
+                "message",
+                "not suspended during key manipulation.",
+            ));
+        }
+        Err(Error::invalid("message", "unrecognised message received."))
+    }
+}
