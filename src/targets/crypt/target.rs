@@ -21,6 +21,10 @@ use crate::targets::Target;
 
 /// Extra IV material at the end of a tcw key besides the IV seed (`TCW_WHITENING_SIZE`).
 const TCW_WHITENING_SIZE: usize = 16;
+/// Largest key accepted (the kernel's kmalloc limit, KMALLOC_MAX_SIZE on x86-64).
+const MAX_KEY_BYTES: usize = 4 << 20;
+/// Largest keycount accepted (far above any real use; lmk uses 64).
+const MAX_KEYCOUNT: usize = 1 << 16;
 /// Crypt sectors whose XTS tweaks are encrypted in one batch.
 const BATCH_UNITS: usize = 32;
 /// Requests at least this large are split over two threads: a thread spawn costs tens of
@@ -38,7 +42,17 @@ struct KeyLayout {
 }
 
 fn layout(cipher: &CipherSpec, key_size: usize) -> std::result::Result<KeyLayout, String> {
-    let tfms = usize::try_from(cipher.keycount).map_err(|_| "Bad cipher key count")?;
+    // Bounds where the kernel's allocations would fail (kcalloc of the tfm array, kzalloc of
+    // the key): untrusted tables must not make dmemu allocate without limit.
+    if key_size > MAX_KEY_BYTES {
+        return Err(format!(
+            "Cannot allocate encryption context (a {key_size}-byte key)"
+        ));
+    }
+    let tfms = usize::try_from(cipher.keycount)
+        .ok()
+        .filter(|&n| n <= MAX_KEYCOUNT)
+        .ok_or_else(|| format!("Error allocating crypto tfm ({} keys)", cipher.keycount))?;
     let iv_size = if cipher.iv.is_some() { IV_SIZE } else { 0 };
     // crypt_ctr_ivmode's key_extra_size: IV material at the end of the key.
     let extra = match cipher.iv {
