@@ -34,8 +34,9 @@ const BATCH_UNITS: usize = 32;
 /// did not pay: measured 1 MiB 0.85×, 2 MiB 0.9–1.7×, 4 MiB 1.8–1.9× when the second core
 /// was free.
 const PARALLEL_MIN_BYTES: usize = 4 * 1024 * 1024;
-/// Writes are encrypted through a bounce buffer of at most this many bytes at a time.
-const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// Writes are encrypted through a bounce buffer of at most this many bytes at a time (as
+/// large as the split threshold, so big writes are split over two threads too).
+const WRITE_CHUNK_BYTES: usize = PARALLEL_MIN_BYTES;
 
 /// How the key splits into per-transform subkeys and IV material (`crypt_subkey_size`).
 struct KeyLayout {
