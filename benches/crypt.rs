@@ -62,9 +62,6 @@ fn bench_lower(c: &mut Criterion, lower_name: &str, lower: &dyn Fn() -> SharedVo
         for sector_size in [512u32, 4096] {
             let dev = crypt(key_bytes, sector_size, lower());
             for (req, label) in [(64 * 1024, "64KiB"), (4 << 20, "4MiB-2threads")] {
-                if lower_name == "sink" && req != 64 * 1024 {
-                    continue;
-                }
                 let mut g = c.benchmark_group(format!(
                     "crypt/{lower_name}/aes{bits}-xts-plain64/ss{sector_size}/{label}"
                 ));

@@ -151,16 +151,32 @@ fn crypt_keycount_selects_the_key_by_512_byte_sector_including_iv_offset() {
 
 #[test]
 fn crypt_large_parallel_request_equals_sector_by_sector_result() {
-    let (disk, c) = build(&format!("aes-xts-plain64 {KEY256} 0 d 0"), 2048);
+    // 5 MiB: above the size from which requests are split over two threads.
+    let (disk, c) = build(&format!("aes-xts-plain64 {KEY256} 0 d 0"), 10240);
     let c = c.unwrap();
-    let data: Vec<u8> = (0..2048 * 512).map(|i| (i % 253) as u8).collect();
+    let data: Vec<u8> = (0..10240 * 512).map(|i| (i % 253) as u8).collect();
     c.write(Sector(0), &data).unwrap();
     let whole = disk.to_vec();
-    for s in (0..2048).step_by(97) {
+    for s in (0..10240).step_by(97) {
         c.write(Sector(s), &data[s as usize * 512..(s as usize + 1) * 512])
             .unwrap();
     }
     assert_eq!(disk.to_vec(), whole);
+}
+
+#[test]
+fn crypt_key_messages_fail_like_on_an_active_kernel_device() {
+    use crate::targets::Target;
+    let (_, c) = build(&format!("aes-xts-plain64 {KEY256} 0 d 0"), 8);
+    let c = c.unwrap();
+    let e = c.message(&["key", "wipe"]).unwrap_err();
+    assert_eq!(e.errno(), errno::EINVAL);
+    assert!(e.to_string().contains("not suspended"), "{e}");
+    assert!(c
+        .message(&["bogus"])
+        .unwrap_err()
+        .to_string()
+        .contains("unrecognised"));
 }
 
 mod model {
@@ -203,7 +219,8 @@ mod model {
             } else {
                 (format!("aes-xts-plain64 {KEY256} 16 d 8 1 sector_size:4096"), 4096u64)
             };
-            let scale = if big { 8 } else { 1 };
+            // Big: 4.5 MiB, so whole-device requests are split over two threads.
+            let scale = if big { 12 } else { 1 };
             let units = 96 * scale;
             let len = units * unit / 512;
             let (_, c) = build(&spec, len);
@@ -229,6 +246,9 @@ mod model {
                     }
                 }
             }
+            let mut all = vec![0u8; model.len()];
+            c.read(Sector(0), &mut all).unwrap();
+            prop_assert_eq!(all, model);
         }
     }
 }

@@ -69,15 +69,21 @@ pub(crate) const CIPHERS: &[&str] = &["aes", "serpent", "twofish", "camellia"];
 
 impl Cipher {
     /// The cipher `name` keyed with `key`; `None` for a key length the kernel's setkey
-    /// refuses (AES, Twofish, Camellia: 16, 24 or 32 bytes; Serpent: 16..=32 here — the
-    /// kernel also takes shorter Serpent keys, which dmemu refuses) or an unknown name.
+    /// refuses (AES, Twofish, Camellia: 16, 24 or 32 bytes; Serpent: 0..=32) or an unknown
+    /// name.
     pub(crate) fn new(name: &str, key: &[u8]) -> Option<Cipher> {
         Some(match (name, key.len()) {
             ("aes", 16) => Cipher::A128(aes::Aes128::new_from_slice(key).ok()?),
             ("aes", 24) => Cipher::A192(aes::Aes192::new_from_slice(key).ok()?),
             ("aes", 32) => Cipher::A256(aes::Aes256::new_from_slice(key).ok()?),
-            ("serpent", _) => {
-                Cipher::Serpent(Box::new(serpent::Serpent::new_from_slice(key).ok()?))
+            ("serpent", n) if n <= 32 => {
+                // __serpent_setkey: keys shorter than 32 bytes get a 1 byte, then zeros.
+                let mut k = Zeroizing::new([0u8; 32]);
+                k[..n].copy_from_slice(key);
+                if n < 32 {
+                    k[n] = 1;
+                }
+                Cipher::Serpent(Box::new(serpent::Serpent::new_from_slice(&k[..]).ok()?))
             }
             ("twofish", _) => {
                 Cipher::Twofish(Box::new(twofish::Twofish::new_from_slice(key).ok()?))
@@ -357,13 +363,16 @@ fn xor16(block: &mut [u8], other: &[u8]) {
 /// crypto/ctr.c: the IV is a 128-bit big-endian counter, incremented per block.
 fn ctr(c: &Cipher, iv: &[u8; 16], data: &mut [u8]) {
     let mut counter = u128::from_be_bytes(*iv);
-    let mut ks = Zeroizing::new(vec![0u8; data.len()]);
-    for chunk in ks.chunks_exact_mut(16) {
-        chunk.copy_from_slice(&counter.to_be_bytes());
-        counter = counter.wrapping_add(1);
+    let mut ks = Zeroizing::new([0u8; 4096]);
+    for piece in data.chunks_mut(4096) {
+        let ks = &mut ks[..piece.len()];
+        for chunk in ks.chunks_exact_mut(16) {
+            chunk.copy_from_slice(&counter.to_be_bytes());
+            counter = counter.wrapping_add(1);
+        }
+        c.encrypt(ks);
+        xor16_all(piece, ks);
     }
-    c.encrypt(&mut ks);
-    xor16_all(data, &ks);
 }
 
 fn xor16_all(data: &mut [u8], ks: &[u8]) {

@@ -337,6 +337,26 @@ fn crypt_bad_input_is_refused_with_kernel_words() {
 }
 
 #[test]
+fn crypt_huge_keyring_key_or_keycount_is_refused_without_allocating() {
+    assert!(reason(8, "aes-xts-plain64 :4294967295:logon:x 0 d 0").contains("Cannot allocate"));
+    assert!(reason(8, "cipher_null:2147483648-ecb - 0 d 0").contains("Error allocating crypto tfm"));
+}
+
+proptest::proptest! {
+    /// Arbitrary crypt parameter text never panics, and what parses prints back to text
+    /// that parses to the same arguments.
+    #[test]
+    fn crypt_arbitrary_params_never_panic_and_round_trip(
+        params in "(aes|capi:|xts|cbc|-|:|[0-9]|essiv|plain64|lmk|tcw|elephant|,|\\(|\\)| |sector_size:|integrity:|allow_discards|[a-f]){0,40}"
+    ) {
+        if let Ok(a) = parse(64, &params) {
+            let again = parse(64, &shown(&a)).unwrap();
+            proptest::prop_assert_eq!(a, again);
+        }
+    }
+}
+
+#[test]
 fn crypt_key_errors_do_not_echo_the_key() {
     let err = reason(8, "aes-xts-plain64 00112233445566778899aabbccddeeff 0 d 0");
     assert!(!err.contains("0011223344"), "{err}");
