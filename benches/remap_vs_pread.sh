@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the remapping benches and prints them next to raw pread of the same file, with the
+# Runs the remapping benches (random request-aligned reads over a 64 MiB page-cached image) and prints them next to raw pread of the same file, with the
 # ratios the foundation targets are stated in:
 #   linear 64 KiB reads from a page-cached file  >= 0.95 x raw pread
 #   linear 4 KiB reads over a read-only mapping  >= 2 x raw 4 KiB pread

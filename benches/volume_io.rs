@@ -58,14 +58,18 @@ fn device(r: &Registry, table: &str, mode: TableMode) -> Arc<MappedDevice> {
     .unwrap()
 }
 
-/// Sequential offsets cycling through the first `span` sectors.
+/// Pseudo-random request-aligned offsets within the first `span` sectors (a fixed xorshift
+/// walk, the same for every variant), so each read misses the CPU caches as random I/O on a
+/// large image does.
 fn offsets(len: usize, span: u64) -> impl FnMut() -> u64 {
     let step = (len / 512) as u64;
-    let mut at = 0u64;
+    let slots = span / step;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     move || {
-        let s = at;
-        at = (at + step) % (span - step);
-        s
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % slots) * step
     }
 }
 
