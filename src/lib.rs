@@ -26,6 +26,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod luks;
 pub mod mapped_device;
 pub mod registry;
 pub mod table;

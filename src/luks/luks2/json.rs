@@ -1,0 +1,501 @@
+//! The LUKS2 JSON metadata as typed structs, read from `serde_json::Value` field by field
+//! so that every error names its JSON path (`keyslots.1.area.offset: ...`).
+//!
+//! Bounds (cryptsetup's own where it has them, lib/luks2/luks2_internal.h): at most 32
+//! keyslots, tokens and segments and 8 digests, keyed by decimal ids; 64-bit values are
+//! decimal strings; nesting is checked before parsing so a deep text cannot recurse.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use super::super::hash::{Hash, HASH_NAMES};
+use super::super::kdf::{Argon2Type, Kdf};
+use super::super::{corrupt, MAX_KEY_BYTES, MAX_MATERIAL_BYTES};
+use crate::error::{Error, Result};
+
+/// Deepest nesting of objects and arrays accepted (cryptsetup's metadata needs 4).
+pub const MAX_DEPTH: usize = 16;
+/// `LUKS2_KEYSLOTS_MAX`, `LUKS2_TOKENS_MAX`, `LUKS2_SEGMENT_MAX`.
+const MAX_OBJECTS: u32 = 32;
+/// `LUKS2_DIGEST_MAX`.
+const MAX_DIGESTS: u32 = 8;
+/// Longest base64-decoded salt or digest.
+const MAX_BLOB: usize = 256;
+
+/// A LUKS2 key slot of type `luks2`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Luks2Keyslot {
+    /// Volume key bytes (`key_size`).
+    pub key_size: u32,
+    /// `priority`: 0 ignored, 1 normal, 2 preferred (absent = normal).
+    pub priority: Option<i64>,
+    /// `af.hash`.
+    pub af_hash: Hash,
+    /// `af.stripes`.
+    pub stripes: u32,
+    /// `area.offset` in bytes.
+    pub area_offset: u64,
+    /// `area.size` in bytes.
+    pub area_size: u64,
+    /// `area.encryption`.
+    pub area_encryption: String,
+    /// `area.key_size`.
+    pub area_key_size: u32,
+    /// The KDF.
+    pub kdf: Kdf,
+    /// `kdf.salt`.
+    pub salt: Vec<u8>,
+}
+
+/// A key slot: a usable `luks2` one or another type kept by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keyslot {
+    /// `type: luks2`.
+    Luks2(Luks2Keyslot),
+    /// `reencrypt` or unknown types: listed, never used.
+    Other {
+        /// The type.
+        kind: String,
+    },
+}
+
+/// A data segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// `type`: `crypt`, `linear`, `hw-opal*`...
+    pub kind: String,
+    /// `offset` in bytes on the data device.
+    pub offset: u64,
+    /// `size` in bytes; `None` for `dynamic`.
+    pub size: Option<u64>,
+    /// `iv_tweak` (crypt).
+    pub iv_tweak: u64,
+    /// `encryption` (crypt).
+    pub encryption: Option<String>,
+    /// `sector_size` (crypt).
+    pub sector_size: u32,
+    /// `integrity.type`, when present.
+    pub integrity: Option<String>,
+    /// `flags`.
+    pub flags: Vec<String>,
+}
+
+/// A `pbkdf2` digest: which key slots and segments share a volume key, and its check value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// `keyslots`.
+    pub keyslots: Vec<u32>,
+    /// `segments`.
+    pub segments: Vec<u32>,
+    /// `hash`.
+    pub hash: Hash,
+    /// `iterations`.
+    pub iterations: u32,
+    /// `salt`.
+    pub salt: Vec<u8>,
+    /// `digest`.
+    pub digest: Vec<u8>,
+}
+
+/// A token (kept by type; dmemu runs no token handler).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// `type`.
+    pub kind: String,
+    /// `keyslots`.
+    pub keyslots: Vec<u32>,
+}
+
+/// `config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `json_size`.
+    pub json_size: u64,
+    /// `keyslots_size`.
+    pub keyslots_size: u64,
+    /// `flags` (persistent activation flags).
+    pub flags: Vec<String>,
+    /// `requirements.mandatory`.
+    pub requirements: Vec<String>,
+}
+
+/// The whole metadata object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// Key slots by id.
+    pub keyslots: BTreeMap<u32, Keyslot>,
+    /// Tokens by id.
+    pub tokens: BTreeMap<u32, Token>,
+    /// Segments by id.
+    pub segments: BTreeMap<u32, Segment>,
+    /// Digests by id.
+    pub digests: BTreeMap<u32, Digest>,
+    /// Configuration.
+    pub config: Config,
+}
+
+/// Refuse texts nested deeper than [`MAX_DEPTH`] (strings are skipped, escapes honoured).
+pub fn check_depth(text: &str) -> std::result::Result<(), String> {
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for (i, c) in text.bytes().enumerate() {
+        if in_str {
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!("nested deeper than {MAX_DEPTH} levels at byte {i}"));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A JSON object with its path, for error messages.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    path: String,
+    at: u64,
+}
+
+impl<'a> Obj<'a> {
+    fn err(&self, key: &str, why: impl std::fmt::Display) -> Error {
+        let p = if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        };
+        corrupt("LUKS2 JSON", self.at, format!("{p}: {why}"))
+    }
+    fn get(&self, key: &str) -> Result<&'a Value> {
+        self.map.get(key).ok_or_else(|| self.err(key, "missing"))
+    }
+    fn obj(&self, key: &str) -> Result<Obj<'a>> {
+        let map = self
+            .get(key)?
+            .as_object()
+            .ok_or_else(|| self.err(key, "not an object"))?;
+        let path = if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        };
+        Ok(Obj {
+            map,
+            path,
+            at: self.at,
+        })
+    }
+    fn str(&self, key: &str) -> Result<&'a str> {
+        self.get(key)?
+            .as_str()
+            .ok_or_else(|| self.err(key, "not a string"))
+    }
+    /// A 64-bit value written as a decimal string.
+    fn u64s(&self, key: &str) -> Result<u64> {
+        let s = self.str(key)?;
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(self.err(key, format!("{s:?} is not a decimal number")));
+        }
+        s.parse()
+            .map_err(|_| self.err(key, format!("{s} does not fit in 64 bits")))
+    }
+    /// A JSON integer within `lo..=hi`.
+    fn num(&self, key: &str, lo: u64, hi: u64) -> Result<u64> {
+        let v = self.get(key)?;
+        match v.as_u64() {
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(self.err(key, format!("{v} is not an integer in {lo}..={hi}"))),
+        }
+    }
+    fn u32n(&self, key: &str, lo: u32) -> Result<u32> {
+        let n = self.num(key, u64::from(lo), u64::from(u32::MAX))?;
+        u32::try_from(n).map_err(|_| self.err(key, "out of range"))
+    }
+    fn hash(&self, key: &str) -> Result<Hash> {
+        let s = self.str(key)?;
+        Hash::from_name(s)
+            .ok_or_else(|| self.err(key, format!("unknown hash {s:?} (known: {HASH_NAMES})")))
+    }
+    fn b64(&self, key: &str) -> Result<Vec<u8>> {
+        let s = self.str(key)?;
+        if s.len() > MAX_BLOB * 2 {
+            return Err(self.err(key, format!("longer than {MAX_BLOB} bytes")));
+        }
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| self.err(key, format!("bad base64: {e}")))?;
+        if b.is_empty() || b.len() > MAX_BLOB {
+            return Err(self.err(key, format!("{} bytes, must be 1..={MAX_BLOB}", b.len())));
+        }
+        Ok(b)
+    }
+    /// An array of decimal id strings below `max`.
+    fn ids(&self, key: &str, max: u32) -> Result<Vec<u32>> {
+        let a = self
+            .get(key)?
+            .as_array()
+            .ok_or_else(|| self.err(key, "not an array"))?;
+        if a.len() > MAX_OBJECTS as usize {
+            return Err(self.err(key, "too many entries"));
+        }
+        a.iter()
+            .map(|v| {
+                v.as_str()
+                    .and_then(|s| id(s, max))
+                    .ok_or_else(|| self.err(key, format!("{v} is not an id below {max}")))
+            })
+            .collect()
+    }
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let Some(v) = self.map.get(key) else {
+            return Ok(Vec::new());
+        };
+        let a = v.as_array().ok_or_else(|| self.err(key, "not an array"))?;
+        if a.len() > 64 {
+            return Err(self.err(key, "more than 64 entries"));
+        }
+        a.iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| self.err(key, format!("{v} is not a string")))
+            })
+            .collect()
+    }
+    /// Each member `id -> object` of the section `key`, ids below `max`.
+    fn section(&self, key: &str, max: u32) -> Result<Vec<(u32, Obj<'a>)>> {
+        let s = self.obj(key)?;
+        let mut out = Vec::new();
+        for (k, v) in s.map {
+            let n = id(k, max)
+                .ok_or_else(|| s.err(k, format!("the id is not a decimal number below {max}")))?;
+            let map = v.as_object().ok_or_else(|| s.err(k, "not an object"))?;
+            out.push((
+                n,
+                Obj {
+                    map,
+                    path: format!("{key}.{k}"),
+                    at: self.at,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+fn id(s: &str, max: u32) -> Option<u32> {
+    if s.is_empty() || s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|&n| n < max)
+}
+
+fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
+    let kind = o.str("type")?;
+    if kind != "luks2" {
+        return Ok(Keyslot::Other { kind: kind.into() });
+    }
+    let key_size = o.u32n("key_size", 1)?;
+    if key_size > MAX_KEY_BYTES {
+        return Err(o.err("key_size", format!("{key_size} > {MAX_KEY_BYTES}")));
+    }
+    let priority = match o.map.get("priority") {
+        None => None,
+        Some(_) => Some(i64::try_from(o.num("priority", 0, 2)?).unwrap_or(1)),
+    };
+    let af = o.obj("af")?;
+    if af.str("type")? != "luks1" {
+        return Err(af.err("type", "only AF type luks1 exists"));
+    }
+    let stripes = af.u32n("stripes", 1)?;
+    if u64::from(key_size) * u64::from(stripes) > MAX_MATERIAL_BYTES {
+        return Err(af.err(
+            "stripes",
+            format!("{stripes} stripes of {key_size} bytes exceed {MAX_MATERIAL_BYTES} bytes"),
+        ));
+    }
+    let area = o.obj("area")?;
+    let area_type = area.str("type")?;
+    if area_type != "raw" {
+        return Err(area.err("type", format!("{area_type:?} (only raw areas hold keys)")));
+    }
+    let area_key_size = area.u32n("key_size", 1)?;
+    if area_key_size > MAX_KEY_BYTES {
+        return Err(area.err("key_size", format!("{area_key_size} > {MAX_KEY_BYTES}")));
+    }
+    let k = o.obj("kdf")?;
+    let kdf = match k.str("type")? {
+        "pbkdf2" => Kdf::Pbkdf2 {
+            hash: k.hash("hash")?,
+            iterations: k.u32n("iterations", 1)?,
+        },
+        t @ ("argon2i" | "argon2id") => Kdf::Argon2 {
+            kind: if t == "argon2i" {
+                Argon2Type::I
+            } else {
+                Argon2Type::Id
+            },
+            time: k.u32n("time", 1)?,
+            memory_kib: k.u32n("memory", 1)?,
+            cpus: k.u32n("cpus", 1)?,
+        },
+        t => {
+            return Err(k.err(
+                "type",
+                format!("unknown KDF {t:?} (known: pbkdf2, argon2i, argon2id)"),
+            ))
+        }
+    };
+    Ok(Keyslot::Luks2(Luks2Keyslot {
+        key_size,
+        priority,
+        af_hash: af.hash("hash")?,
+        stripes,
+        area_offset: area.u64s("offset")?,
+        area_size: area.u64s("size")?,
+        area_encryption: area.str("encryption")?.into(),
+        area_key_size,
+        kdf,
+        salt: k.b64("salt")?,
+    }))
+}
+
+fn segment(o: &Obj<'_>) -> Result<Segment> {
+    let kind = o.str("type")?.to_string();
+    let size = match o.str("size")? {
+        "dynamic" => None,
+        _ => Some(o.u64s("size")?),
+    };
+    let crypt = kind == "crypt";
+    let sector_size = if crypt {
+        o.u32n("sector_size", 512)?
+    } else {
+        512
+    };
+    if !matches!(sector_size, 512 | 1024 | 2048 | 4096) {
+        return Err(o.err("sector_size", format!("{sector_size} is not 512..4096")));
+    }
+    let offset = o.u64s("offset")?;
+    if offset % 512 != 0 {
+        return Err(o.err("offset", format!("{offset} is not a multiple of 512")));
+    }
+    if size.is_some_and(|s| s % u64::from(sector_size) != 0) {
+        return Err(o.err(
+            "size",
+            format!("not a multiple of sector_size {sector_size}"),
+        ));
+    }
+    let integrity = match o.map.get("integrity") {
+        None => None,
+        Some(_) => Some(o.obj("integrity")?.str("type")?.to_string()),
+    };
+    Ok(Segment {
+        iv_tweak: if crypt { o.u64s("iv_tweak")? } else { 0 },
+        encryption: if crypt {
+            Some(o.str("encryption")?.into())
+        } else {
+            None
+        },
+        kind,
+        offset,
+        size,
+        sector_size,
+        integrity,
+        flags: o.strings("flags")?,
+    })
+}
+
+fn digest(o: &Obj<'_>) -> Result<Digest> {
+    let t = o.str("type")?;
+    if t != "pbkdf2" {
+        return Err(o.err("type", format!("unknown digest type {t:?} (known: pbkdf2)")));
+    }
+    let hash = o.hash("hash")?;
+    let digest = o.b64("digest")?;
+    if digest.len() > hash.digest_len() {
+        return Err(o.err("digest", format!("longer than a {hash} digest")));
+    }
+    Ok(Digest {
+        keyslots: o.ids("keyslots", MAX_OBJECTS)?,
+        segments: o.ids("segments", MAX_OBJECTS)?,
+        hash,
+        iterations: o.u32n("iterations", 1)?,
+        salt: o.b64("salt")?,
+        digest,
+    })
+}
+
+impl Metadata {
+    /// Parse the JSON text of a header copy whose JSON area starts at `at`.
+    pub fn parse(text: &str, at: u64) -> Result<Metadata> {
+        check_depth(text).map_err(|e| corrupt("LUKS2 JSON", at, e))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            corrupt(
+                "LUKS2 JSON",
+                at,
+                format!(
+                    "invalid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let map = v
+            .as_object()
+            .ok_or_else(|| corrupt("LUKS2 JSON", at, "the top level is not an object"))?;
+        let top = Obj {
+            map,
+            path: String::new(),
+            at,
+        };
+        let c = top.obj("config")?;
+        let requirements = match c.map.get("requirements") {
+            None => Vec::new(),
+            Some(_) => c.obj("requirements")?.strings("mandatory")?,
+        };
+        let config = Config {
+            json_size: c.u64s("json_size")?,
+            keyslots_size: c.u64s("keyslots_size")?,
+            flags: c.strings("flags")?,
+            requirements,
+        };
+        let mut m = Metadata {
+            keyslots: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            digests: BTreeMap::new(),
+            config,
+        };
+        for (id, o) in top.section("keyslots", MAX_OBJECTS)? {
+            m.keyslots.insert(id, keyslot(&o)?);
+        }
+        for (id, o) in top.section("tokens", MAX_OBJECTS)? {
+            let token = Token {
+                kind: o.str("type")?.into(),
+                keyslots: o.ids("keyslots", MAX_OBJECTS)?,
+            };
+            m.tokens.insert(id, token);
+        }
+        for (id, o) in top.section("segments", MAX_OBJECTS)? {
+            m.segments.insert(id, segment(&o)?);
+        }
+        for (id, o) in top.section("digests", MAX_DIGESTS)? {
+            m.digests.insert(id, digest(&o)?);
+        }
+        Ok(m)
+    }
+}
