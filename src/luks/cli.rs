@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use super::kdf::{KdfLimits, DEFAULT_MAX_KDF_MEMORY_KIB};
+use super::kdf::{
+    KdfLimits, DEFAULT_MAX_ARGON2_WORK, DEFAULT_MAX_ITERATIONS, DEFAULT_MAX_KDF_MEMORY_KIB,
+};
 use super::unlock::VolumeKey;
 use super::Luks;
 use crate::error::{Error, Result};
@@ -97,6 +99,12 @@ pub struct UnlockArgs {
     /// Largest Argon2 memory to spend, in KiB (cryptsetup's unit); default 4 GiB.
     #[arg(long, default_value_t = DEFAULT_MAX_KDF_MEMORY_KIB)]
     max_kdf_memory: u64,
+    /// Largest PBKDF2 iteration count to run (key slots and digests).
+    #[arg(long, default_value_t = DEFAULT_MAX_ITERATIONS)]
+    max_kdf_iterations: u32,
+    /// Largest Argon2 work to run, in KiB × passes.
+    #[arg(long, default_value_t = DEFAULT_MAX_ARGON2_WORK)]
+    max_kdf_work: u64,
 }
 
 fn read_limited(r: &mut dyn Read, limit: u64, name: &str) -> Result<Zeroizing<Vec<u8>>> {
@@ -183,6 +191,8 @@ impl UnlockArgs {
         };
         let limits = KdfLimits {
             max_memory_kib: self.max_kdf_memory,
+            max_iterations: self.max_kdf_iterations,
+            max_argon2_work: self.max_kdf_work,
         };
         let vk = luks.unlock(&pass, self.key_slot, &limits)?;
         Ok((luks, vk))

@@ -63,18 +63,47 @@ impl fmt::Display for Kdf {
     }
 }
 
+/// Default PBKDF2 iteration cap: 25 times what cryptsetup's 2-second benchmark picks for
+/// sha256 on a fast CPU (~4 M), so a hostile header cannot keep us busy for hours.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000_000;
+/// Default Argon2 work cap, in KiB × passes: 64 GiB-passes (e.g. 4 GiB × 16).
+pub const DEFAULT_MAX_ARGON2_WORK: u64 = 64 << 20;
+
 /// Resource limits applied before any key derivation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KdfLimits {
     /// Largest Argon2 memory a key slot may ask for, in KiB.
     pub max_memory_kib: u64,
+    /// Largest PBKDF2 iteration count (key slots and digests).
+    pub max_iterations: u32,
+    /// Largest Argon2 `time × memory` (KiB × passes).
+    pub max_argon2_work: u64,
 }
 
 impl Default for KdfLimits {
     fn default() -> Self {
         KdfLimits {
             max_memory_kib: DEFAULT_MAX_KDF_MEMORY_KIB,
+            max_iterations: DEFAULT_MAX_ITERATIONS,
+            max_argon2_work: DEFAULT_MAX_ARGON2_WORK,
         }
+    }
+}
+
+impl KdfLimits {
+    /// Refuse a PBKDF2 run (key slot or digest) of more than `max_iterations`.
+    pub fn check_iterations(&self, iterations: u32, what: &str) -> Result<()> {
+        if iterations > self.max_iterations {
+            return Err(Error::invalid(
+                "key slot kdf",
+                format!(
+                    "{what} asks for {iterations} PBKDF2 iterations, more than the limit of {} \
+                     (raise it with --max-kdf-iterations)",
+                    self.max_iterations
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -87,7 +116,7 @@ impl Kdf {
                 "key slot kdf",
                 "pbkdf2 iterations must be at least 1",
             )),
-            Kdf::Pbkdf2 { .. } => Ok(()),
+            Kdf::Pbkdf2 { iterations, .. } => limits.check_iterations(iterations, "pbkdf2"),
             Kdf::Argon2 {
                 time,
                 memory_kib,
@@ -101,6 +130,17 @@ impl Kdf {
                             "{self} asks for {memory_kib} KiB of memory, more than the limit of \
                              {} KiB (raise it with --max-kdf-memory)",
                             limits.max_memory_kib
+                        ),
+                    ));
+                }
+                let work = u64::from(time) * u64::from(memory_kib);
+                if work > limits.max_argon2_work {
+                    return Err(Error::invalid(
+                        "key slot kdf",
+                        format!(
+                            "{self} asks for {time} passes over {memory_kib} KiB, more work than \
+                             the limit of {} KiB-passes (raise it with --max-kdf-work)",
+                            limits.max_argon2_work
                         ),
                     ));
                 }

@@ -103,11 +103,21 @@ fn open_slot(
     Ok(vk)
 }
 
-fn digest_ok(hash: Hash, vk: &[u8], salt: &[u8], iterations: u32, want: &[u8]) -> bool {
+/// PBKDF2(vk) == the header's digest; the iteration count is checked against `limits`
+/// first (a header may ask for billions).
+fn digest_ok(
+    hash: Hash,
+    vk: &[u8],
+    salt: &[u8],
+    iterations: u32,
+    want: &[u8],
+    limits: &KdfLimits,
+) -> Result<bool> {
+    limits.check_iterations(iterations, "the volume key digest")?;
     let mut got = Zeroizing::new(vec![0u8; want.len()]);
     hash.pbkdf2(vk, salt, iterations, &mut got);
-    // Not secret-dependent timing that matters here: the digest is public in the header.
-    got.as_slice() == want
+    // Timing need not be constant: the digest is public in the header.
+    Ok(got.as_slice() == want)
 }
 
 impl Luks {
@@ -175,7 +185,8 @@ impl Luks {
                         &h.mk_digest_salt,
                         h.mk_digest_iterations,
                         &h.mk_digest,
-                    ) {
+                        limits,
+                    )? {
                         return Ok(VolumeKey {
                             bytes: vk,
                             keyslot: Some(s),
@@ -291,7 +302,8 @@ impl Luks {
             e => e,
         })?;
         for (&did, d) in &h.meta.digests {
-            if d.keyslots.contains(&id) && digest_ok(d.hash, &vk, &d.salt, d.iterations, &d.digest)
+            if d.keyslots.contains(&id)
+                && digest_ok(d.hash, &vk, &d.salt, d.iterations, &d.digest, limits)?
             {
                 return Ok(Some(VolumeKey {
                     bytes: vk,
@@ -306,6 +318,7 @@ impl Luks {
     /// Accept a volume key given directly (cryptsetup `--volume-key-file`) if the header's
     /// digest confirms it.
     pub fn check_volume_key(&self, key: &[u8]) -> Result<VolumeKey> {
+        let limits = KdfLimits::default();
         let wrong = || Error::invalid("volume key", "does not match the header's digest");
         match &self.header {
             Header::V1(h) => {
@@ -316,7 +329,8 @@ impl Luks {
                         &h.mk_digest_salt,
                         h.mk_digest_iterations,
                         &h.mk_digest,
-                    )
+                        &limits,
+                    )?
                 {
                     return Err(wrong());
                 }
@@ -329,7 +343,7 @@ impl Luks {
             Header::V2(h) => {
                 for (&did, d) in &h.meta.digests {
                     if d.segments.contains(&0)
-                        && digest_ok(d.hash, key, &d.salt, d.iterations, &d.digest)
+                        && digest_ok(d.hash, key, &d.salt, d.iterations, &d.digest, &limits)?
                     {
                         return Ok(VolumeKey {
                             bytes: Zeroizing::new(key.to_vec()),
