@@ -3,6 +3,7 @@
 
 pub mod header;
 pub mod json;
+mod path;
 
 use self::header::{read_copies, BinHeader, BIN_SIZE};
 use self::json::{Keyslot, Metadata};
