@@ -118,6 +118,8 @@ fn diffuse(buf: &mut [u8], hash: Hash) {
         hash.digest_into(&[&iv, piece], &mut tmp[..piece.len()]);
         piece.copy_from_slice(&tmp[..piece.len()]);
     }
+    // The pieces are (partial) key material.
+    zeroize::Zeroize::zeroize(&mut tmp);
 }
 
 /// `AF_merge` (af.c): `src` holds `stripes` blocks of `out.len()` bytes; the merged key

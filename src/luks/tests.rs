@@ -377,3 +377,13 @@ fn random_header_corruption_never_panics() {
         let _ = i;
     }
 }
+
+#[test]
+fn a_key_slot_bound_to_no_segment_does_not_open_the_volume() {
+    let img = l2_with(|v| v["digests"]["0"]["segments"] = json!([]));
+    let e = open(img)
+        .unwrap()
+        .unlock(b"alpha", None, &KdfLimits::default())
+        .unwrap_err();
+    assert!(e.to_string().contains("no key available"), "{e}");
+}

@@ -301,8 +301,11 @@ impl Luks {
             }
             e => e,
         })?;
+        // Only a digest that also covers segment 0 makes the key a data key: a key slot
+        // bound to no segment (cryptsetup's "unbound" keys) cannot open the volume.
         for (&did, d) in &h.meta.digests {
             if d.keyslots.contains(&id)
+                && d.segments.contains(&0)
                 && digest_ok(d.hash, &vk, &d.salt, d.iterations, &d.digest, limits)?
             {
                 return Ok(Some(VolumeKey {
