@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::kdf::Kdf;
-use super::luks2::json::Keyslot;
+use super::luks2::json::{Keyslot, Metadata, ReencryptKeyslot};
 use super::luks2::Luks2Header;
 use super::{Header, Luks, Luks1Header};
 
@@ -59,6 +59,39 @@ fn dump1(out: &mut String, h: &Luks1Header, name: &str) {
         let _ = writeln!(out, "\n\tKey material offset:\t{}", s.material_offset);
         let _ = writeln!(out, "\tAF stripes:            \t{}", s.stripes);
     }
+}
+
+fn digest_ids(out: &mut String, m: &Metadata, id: u32) {
+    for (did, d) in &m.digests {
+        if d.keyslots.contains(&id) {
+            let _ = writeln!(out, "\tDigest ID:  {did}");
+        }
+    }
+}
+
+/// `reenc_keyslot_dump` (luks2_keyslot_reenc.c).
+fn reencrypt_lines(out: &mut String, r: &ReencryptKeyslot) {
+    let _ = writeln!(out, "\t{:<12}{}", "Mode:", r.mode);
+    let _ = writeln!(out, "\t{:<12}{}", "Direction:", r.direction);
+    let _ = writeln!(out, "\t{:<12}{}", "Resilience:", r.resilience);
+    if r.resilience == "checksum" {
+        let _ = writeln!(out, "\t{:<12}{}", "Hash:", r.hash.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            out,
+            "\t{:<12}{} [bytes]",
+            "Hash data:",
+            r.hash_block.unwrap_or(0)
+        );
+    } else if r.resilience == "datashift" {
+        let _ = writeln!(
+            out,
+            "\t{:<12}{}[bytes]",
+            "Shift size:",
+            r.shift_size.unwrap_or(0)
+        );
+    }
+    let _ = writeln!(out, "\tArea offset:{} [bytes]", r.area_offset);
+    let _ = writeln!(out, "\tArea length:{} [bytes]", r.area_size);
 }
 
 fn or<'a>(s: &'a str, none: &'a str) -> &'a str {
@@ -128,30 +161,38 @@ fn dump2(out: &mut String, h: &Luks2Header) {
     }
     out.push_str("Keyslots:\n");
     for (id, ks) in &m.keyslots {
+        // LUKS2_keyslot_for_segment(.., CRYPT_ONE_SEGMENT): a digest ties it to segment 0.
         let bound = m
             .digests
             .values()
-            .any(|d| d.keyslots.contains(id) && !d.segments.is_empty());
-        let Keyslot::Luks2(k) = ks else {
-            let Keyslot::Other { kind } = ks else {
+            .any(|d| d.keyslots.contains(id) && d.segments.contains(&0));
+        let unbound = if bound { "" } else { " (unbound)" };
+        let (kind, key_size, priority) = match ks {
+            Keyslot::Luks2(k) => ("luks2", k.key_size, k.priority),
+            Keyslot::Reencrypt(r) => ("reencrypt", r.key_size, r.priority),
+            Keyslot::Other { kind } => {
+                let _ = writeln!(out, "  {id}: {kind}{unbound}");
                 continue;
-            };
-            let _ = writeln!(out, "  {id}: {kind}");
-            continue;
+            }
         };
-        let _ = writeln!(
-            out,
-            "  {id}: luks2{}",
-            if bound { "" } else { " (unbound)" }
-        );
-        let _ = writeln!(out, "\tKey:        {} bits", u64::from(k.key_size) * 8);
-        let prio = match k.priority.unwrap_or(1) {
+        let _ = writeln!(out, "  {id}: {kind}{unbound}");
+        let _ = writeln!(out, "\tKey:        {} bits", u64::from(key_size) * 8);
+        let prio = match priority.unwrap_or(1) {
             0 => "ignored",
             1 => "normal",
             2 => "preferred",
             _ => "invalid",
         };
         let _ = writeln!(out, "\tPriority:   {prio}");
+        let k = match ks {
+            Keyslot::Luks2(k) => k,
+            Keyslot::Reencrypt(r) => {
+                reencrypt_lines(out, r);
+                digest_ids(out, m, *id);
+                continue;
+            }
+            Keyslot::Other { .. } => continue,
+        };
         let _ = writeln!(out, "\tCipher:     {}", k.area_encryption);
         let _ = writeln!(out, "\tCipher key: {} bits", u64::from(k.area_key_size) * 8);
         let _ = writeln!(out, "\tPBKDF:      {}", k.kdf);
@@ -177,11 +218,7 @@ fn dump2(out: &mut String, h: &Luks2Header) {
         let _ = writeln!(out, "\tAF hash:    {}", k.af_hash);
         let _ = writeln!(out, "\tArea offset:{} [bytes]", k.area_offset);
         let _ = writeln!(out, "\tArea length:{} [bytes]", k.area_size);
-        for (did, d) in &m.digests {
-            if d.keyslots.contains(id) {
-                let _ = writeln!(out, "\tDigest ID:  {did}");
-            }
-        }
+        digest_ids(out, m, *id);
     }
     out.push_str("Tokens:\n");
     for (id, t) in &m.tokens {

@@ -206,15 +206,19 @@ impl Luks {
                                 format!("key slot {s} is not active"),
                             ))
                         }
-                        Some(Keyslot::Other { kind }) => {
+                        Some(Keyslot::Luks2(_)) => vec![s],
+                        Some(other) => {
+                            let kind = match other {
+                                Keyslot::Other { kind } => kind.as_str(),
+                                _ => "reencrypt",
+                            };
                             return Err(Error::invalid(
                                 "--key-slot",
                                 format!(
                                     "key slot {s} has type {kind:?}, which holds no passphrase key"
                                 ),
-                            ))
+                            ));
                         }
-                        Some(_) => vec![s],
                     },
                     None => {
                         let prio = |p: Option<i64>| p.unwrap_or(1);

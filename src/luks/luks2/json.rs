@@ -45,16 +45,81 @@ pub struct Luks2Keyslot {
     pub salt: Vec<u8>,
 }
 
-/// A key slot: a usable `luks2` one or another type kept by name.
+/// A `reencrypt` key slot: the state of an online re-encryption (luks2_reencrypt.c);
+/// parsed for `dump` and to refuse activation by name, never opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReencryptKeyslot {
+    /// `key_size` (always 1).
+    pub key_size: u32,
+    /// `priority`.
+    pub priority: Option<i64>,
+    /// `mode`: reencrypt, encrypt or decrypt.
+    pub mode: String,
+    /// `direction`: forward or backward.
+    pub direction: String,
+    /// `area.type`: the resilience mode.
+    pub resilience: String,
+    /// `area.hash` (checksum resilience).
+    pub hash: Option<String>,
+    /// `area.sector_size` (checksum resilience).
+    pub hash_block: Option<u32>,
+    /// `area.shift_size` (datashift resilience).
+    pub shift_size: Option<u64>,
+    /// `area.offset`.
+    pub area_offset: u64,
+    /// `area.size`.
+    pub area_size: u64,
+}
+
+/// A key slot: a usable `luks2` one, a re-encryption state, or another type by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Keyslot {
     /// `type: luks2`.
     Luks2(Luks2Keyslot),
-    /// `reencrypt` or unknown types: listed, never used.
+    /// `type: reencrypt`.
+    Reencrypt(ReencryptKeyslot),
+    /// Unknown types: listed, never used.
     Other {
         /// The type.
         kind: String,
     },
+}
+
+fn priority(o: &Obj<'_>) -> Result<Option<i64>> {
+    match o.map.get("priority") {
+        None => Ok(None),
+        Some(_) => Ok(Some(i64::try_from(o.num("priority", 0, 2)?).unwrap_or(1))),
+    }
+}
+
+fn reencrypt(o: &Obj<'_>) -> Result<Keyslot> {
+    let area = o.obj("area")?;
+    let resilience = area.str("type")?.to_string();
+    let checksum = resilience.ends_with("checksum");
+    Ok(Keyslot::Reencrypt(ReencryptKeyslot {
+        key_size: o.u32n("key_size", 1)?,
+        priority: priority(o)?,
+        mode: o.str("mode")?.into(),
+        direction: o.str("direction")?.into(),
+        hash: if checksum {
+            Some(area.str("hash")?.into())
+        } else {
+            None
+        },
+        hash_block: if checksum {
+            Some(area.u32n("sector_size", 512)?)
+        } else {
+            None
+        },
+        shift_size: if resilience.starts_with("datashift") {
+            Some(area.u64s("shift_size")?)
+        } else {
+            None
+        },
+        resilience,
+        area_offset: area.u64s("offset")?,
+        area_size: area.u64s("size")?,
+    }))
 }
 
 /// A data segment.
@@ -162,6 +227,9 @@ pub fn check_depth(text: &str) -> std::result::Result<(), String> {
 
 fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
     let kind = o.str("type")?;
+    if kind == "reencrypt" {
+        return reencrypt(o);
+    }
     if kind != "luks2" {
         return Ok(Keyslot::Other { kind: kind.into() });
     }
@@ -169,10 +237,7 @@ fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
     if key_size > MAX_KEY_BYTES {
         return Err(o.err("key_size", format!("{key_size} > {MAX_KEY_BYTES}")));
     }
-    let priority = match o.map.get("priority") {
-        None => None,
-        Some(_) => Some(i64::try_from(o.num("priority", 0, 2)?).unwrap_or(1)),
-    };
+    let priority = priority(o)?;
     let af = o.obj("af")?;
     if af.str("type")? != "luks1" {
         return Err(af.err("type", "only AF type luks1 exists"));

@@ -53,13 +53,16 @@ fn validate(bin: &BinHeader, m: &Metadata, dev_bytes: u64) -> Result<()> {
         .ok_or_else(|| bad("config.keyslots_size: overflows".into()))?;
     let mut areas: Vec<(u64, u64, u32)> = Vec::new();
     for (&id, ks) in &m.keyslots {
-        let Keyslot::Luks2(k) = ks else { continue };
-        let end = k.area_offset.saturating_add(k.area_size);
-        if k.area_offset % 512 != 0 || k.area_offset < area_start || end > area_end {
+        let (offset, size) = match ks {
+            Keyslot::Luks2(k) => (k.area_offset, k.area_size),
+            Keyslot::Reencrypt(r) => (r.area_offset, r.area_size),
+            Keyslot::Other { .. } => continue,
+        };
+        let end = offset.saturating_add(size);
+        if offset % 512 != 0 || offset < area_start || end > area_end {
             return Err(bad(format!(
-                "keyslots.{id}.area: [{}, {end}) is not 512-aligned inside the key-slot area \
-                 [{area_start}, {area_end})",
-                k.area_offset
+                "keyslots.{id}.area: [{offset}, {end}) is not 512-aligned inside the key-slot \
+                 area [{area_start}, {area_end})"
             )));
         }
         if end > dev_bytes {
@@ -68,6 +71,13 @@ fn validate(bin: &BinHeader, m: &Metadata, dev_bytes: u64) -> Result<()> {
                  ({dev_bytes} bytes)"
             )));
         }
+        if let Some(&(_, _, other)) = areas.iter().find(|&&(s, e, _)| offset < e && s < end) {
+            return Err(bad(format!(
+                "keyslots.{id}.area overlaps keyslots.{other}.area"
+            )));
+        }
+        areas.push((offset, end, id));
+        let Keyslot::Luks2(k) = ks else { continue };
         let need = (u64::from(k.key_size) * u64::from(k.stripes)).div_ceil(512) * 512;
         if k.area_size < need {
             return Err(bad(format!(
@@ -75,15 +85,6 @@ fn validate(bin: &BinHeader, m: &Metadata, dev_bytes: u64) -> Result<()> {
                 k.area_size, k.stripes
             )));
         }
-        if let Some(&(_, _, other)) = areas
-            .iter()
-            .find(|&&(s, e, _)| k.area_offset < e && s < end)
-        {
-            return Err(bad(format!(
-                "keyslots.{id}.area overlaps keyslots.{other}.area"
-            )));
-        }
-        areas.push((k.area_offset, end, id));
     }
     for (&id, d) in &m.digests {
         if let Some(k) = d.keyslots.iter().find(|k| !m.keyslots.contains_key(k)) {
