@@ -13,6 +13,8 @@ use super::super::hash::Hash;
 use super::super::kdf::{Argon2Type, Kdf};
 use super::super::{corrupt, MAX_KEY_BYTES, MAX_MATERIAL_BYTES};
 use super::path::{Obj, MAX_OBJECTS};
+use super::reencrypt;
+pub use super::reencrypt::ReencryptKeyslot;
 use crate::error::Result;
 
 /// Deepest nesting of objects and arrays accepted (cryptsetup's metadata needs 4).
@@ -45,32 +47,6 @@ pub struct Luks2Keyslot {
     pub salt: Vec<u8>,
 }
 
-/// A `reencrypt` key slot: the state of an online re-encryption (luks2_reencrypt.c);
-/// parsed for `dump` and to refuse activation by name, never opened.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReencryptKeyslot {
-    /// `key_size` (always 1).
-    pub key_size: u32,
-    /// `priority`.
-    pub priority: Option<i64>,
-    /// `mode`: reencrypt, encrypt or decrypt.
-    pub mode: String,
-    /// `direction`: forward or backward.
-    pub direction: String,
-    /// `area.type`: the resilience mode.
-    pub resilience: String,
-    /// `area.hash` (checksum resilience).
-    pub hash: Option<String>,
-    /// `area.sector_size` (checksum resilience).
-    pub hash_block: Option<u32>,
-    /// `area.shift_size` (datashift resilience).
-    pub shift_size: Option<u64>,
-    /// `area.offset`.
-    pub area_offset: u64,
-    /// `area.size`.
-    pub area_size: u64,
-}
-
 /// A key slot: a usable `luks2` one, a re-encryption state, or another type by name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Keyslot {
@@ -85,41 +61,11 @@ pub enum Keyslot {
     },
 }
 
-fn priority(o: &Obj<'_>) -> Result<Option<i64>> {
+pub(super) fn priority(o: &Obj<'_>) -> Result<Option<i64>> {
     match o.map.get("priority") {
         None => Ok(None),
         Some(_) => Ok(Some(i64::try_from(o.num("priority", 0, 2)?).unwrap_or(1))),
     }
-}
-
-fn reencrypt(o: &Obj<'_>) -> Result<Keyslot> {
-    let area = o.obj("area")?;
-    let resilience = area.str("type")?.to_string();
-    let checksum = resilience.ends_with("checksum");
-    Ok(Keyslot::Reencrypt(ReencryptKeyslot {
-        key_size: o.u32n("key_size", 1)?,
-        priority: priority(o)?,
-        mode: o.str("mode")?.into(),
-        direction: o.str("direction")?.into(),
-        hash: if checksum {
-            Some(area.str("hash")?.into())
-        } else {
-            None
-        },
-        hash_block: if checksum {
-            Some(area.u32n("sector_size", 512)?)
-        } else {
-            None
-        },
-        shift_size: if resilience.starts_with("datashift") {
-            Some(area.u64s("shift_size")?)
-        } else {
-            None
-        },
-        resilience,
-        area_offset: area.u64s("offset")?,
-        area_size: area.u64s("size")?,
-    }))
 }
 
 /// A data segment.
@@ -228,7 +174,7 @@ pub fn check_depth(text: &str) -> std::result::Result<(), String> {
 fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
     let kind = o.str("type")?;
     if kind == "reencrypt" {
-        return reencrypt(o);
+        return reencrypt::parse(o).map(Keyslot::Reencrypt);
     }
     if kind != "luks2" {
         return Ok(Keyslot::Other { kind: kind.into() });

@@ -4,6 +4,7 @@
 pub mod header;
 pub mod json;
 mod path;
+mod reencrypt;
 
 use self::header::{read_copies, BinHeader, BIN_SIZE};
 use self::json::{Keyslot, Metadata};
