@@ -19,14 +19,15 @@ use crate::targets::{DeviceAt, DeviceRef, Keys};
 use crate::units::SectorCount;
 
 /// Persistent LUKS2 `config.flags` and the crypt options they turn on
-/// (`LUKS2_config_get_flags`, `persistent_flags[]`).
+/// (`LUKS2_config_get_flags`, `persistent_flags[]`; cryptsetup 2.7 spells the last one
+/// with an underscore). `no-journal` concerns dm-integrity only.
 const FLAGS: [&str; 6] = [
     "allow-discards",
     "same-cpu-crypt",
     "submit-from-crypt-cpus",
     "no-read-workqueue",
     "no-write-workqueue",
-    "high-priority",
+    "high_priority",
 ];
 
 fn refuse(what: &str) -> Error {

@@ -387,3 +387,27 @@ fn a_key_slot_bound_to_no_segment_does_not_open_the_volume() {
         .unwrap_err();
     assert!(e.to_string().contains("no key available"), "{e}");
 }
+
+#[test]
+fn persistent_flags_become_crypt_options_in_kernel_order() {
+    let all = [
+        "no-write-workqueue",
+        "allow-discards",
+        "no-read-workqueue",
+        "high_priority",
+        "same-cpu-crypt",
+        "submit-from-crypt-cpus",
+        "no-journal",
+        "future-flag",
+    ];
+    let luks = open(l2_with(|v| v["config"]["flags"] = json!(all))).unwrap();
+    let key = luks
+        .unlock(b"bravo", Some(3), &KdfLimits::default())
+        .unwrap();
+    let line = luks
+        .table_line(&key, "d", crate::Keys::Hidden, false)
+        .unwrap();
+    let opts = "7 allow_discards same_cpu_crypt high_priority submit_from_crypt_cpus \
+                no_read_workqueue no_write_workqueue sector_size:4096";
+    assert!(line.ends_with(&format!("d 4096 {opts}")), "{line}");
+}
