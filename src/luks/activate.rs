@@ -44,7 +44,7 @@ struct Mapping {
     options: CryptOptions,
 }
 
-fn luks2_mapping(h: &Luks2Header, data_sectors: u64) -> Result<Mapping> {
+fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<Mapping> {
     let m = &h.meta;
     if let Some(r) = m.config.requirements.first() {
         let what = if r.starts_with("online-reencrypt") {
@@ -74,6 +74,17 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64) -> Result<Mapping> {
         )));
     }
     let unit = u64::from(seg.sector_size / 512);
+    let metadata_end = 2 * h.bin.hdr_size + m.config.keyslots_size;
+    if !detached && seg.offset < metadata_end {
+        return Err(Error::invalid(
+            "LUKS2 image",
+            format!(
+                "segment 0 starts at byte {}, inside the header and key-slot area (which ends \
+                 at {metadata_end}); only a detached header allows that",
+                seg.offset
+            ),
+        ));
+    }
     let offset = seg.offset / 512;
     let len = match seg.size {
         Some(s) => s / 512,
@@ -125,6 +136,15 @@ impl Luks {
         match &self.header {
             Header::V1(h) => {
                 let offset = u64::from(h.payload_offset);
+                if !self.detached && offset < 2 {
+                    return Err(Error::invalid(
+                        "LUKS1 image",
+                        format!(
+                            "payload offset {offset} overlaps the header; only a detached \
+                             header allows that"
+                        ),
+                    ));
+                }
                 if offset >= data {
                     return Err(Error::invalid(
                         "LUKS1 image",
@@ -142,7 +162,7 @@ impl Luks {
                     options: CryptOptions::default(),
                 })
             }
-            Header::V2(h) => luks2_mapping(h, data),
+            Header::V2(h) => luks2_mapping(h, data, self.detached),
         }
     }
 
