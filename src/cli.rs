@@ -88,6 +88,11 @@ enum Command {
         #[arg(long)]
         showkeys: bool,
     },
+    /// LUKS1/LUKS2 images: dump the header, print the crypt table, read or write the data.
+    Luks {
+        #[command(subcommand)]
+        cmd: crate::luks::cli::LuksCommand,
+    },
     /// Send a message to the target covering SECTOR and print its reply.
     Message {
         #[command(flatten)]
@@ -425,6 +430,10 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Table { spec, showkeys } => {
             let keys = if showkeys { Keys::Shown } else { Keys::Hidden };
             out(&spec.open()?.table_text(keys), &mut stdout)
+        }
+        Command::Luks { cmd } => {
+            drop(stdout);
+            crate::luks::cli::run(cmd)
         }
         Command::Message {
             spec,

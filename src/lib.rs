@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod clock;
 pub mod error;
+pub mod luks;
 pub mod mapped_device;
 pub mod registry;
 pub mod shell;

@@ -1,0 +1,366 @@
+//! Unlocking: passphrase → key slot key (KDF) → decrypt the slot's key material → AF merge
+//! → volume key, accepted only when the header's digest of it matches.
+//!
+//! LUKS1: lib/luks1/keymanage.c `LUKS_open_key` (digest = PBKDF2(vk, mkDigestSalt,
+//! mkDigestIterations, 20)). LUKS2: lib/luks2/luks2_keyslot_luks2.c and
+//! luks2_digest_pbkdf2.c. Key slots are tried as `LUKS2_keyslot_open` does: preferred
+//! ones first, then normal ones; `ignored` ones only when named.
+
+use std::fmt;
+use std::sync::Arc;
+
+use zeroize::Zeroizing;
+
+use super::hash::{af_merge, Hash};
+use super::kdf::{Kdf, KdfLimits};
+use super::luks2::json::{Keyslot, Luks2Keyslot};
+use super::{read_at, Header, Luks};
+use crate::error::{Error, Result};
+use crate::targets::crypt::{CipherSpec, Crypt, CryptArgs, CryptKey, CryptOptions, Keyring};
+use crate::targets::{DeviceAt, DeviceRef};
+use crate::units::{Sector, SectorCount};
+use crate::volume::{MemVolume, Volume};
+
+/// An unlocked volume key. Wiped on drop; `Debug` never shows it.
+pub struct VolumeKey {
+    /// The key bytes.
+    pub bytes: Zeroizing<Vec<u8>>,
+    /// The key slot that opened it (`None` when the key was given directly).
+    pub keyslot: Option<u32>,
+    /// The LUKS2 digest that verified it.
+    pub digest: Option<u32>,
+}
+
+impl fmt::Debug for VolumeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VolumeKey")
+            .field("len", &self.bytes.len())
+            .field("keyslot", &self.keyslot)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a passphrase did not open the image (cryptsetup: "No key available with this
+/// passphrase.").
+fn no_key(extra: &str) -> Error {
+    Error::invalid(
+        "passphrase",
+        format!("no key available with this passphrase{extra}"),
+    )
+}
+
+/// Decrypt `material` (ciphertext, a whole number of sectors) with `cipher` keyed by
+/// `key`, 512-byte sectors numbered from 0, through the crypt target itself.
+fn decrypt_area(cipher: &str, key: &[u8], material: Vec<u8>) -> Result<Zeroizing<Vec<u8>>> {
+    let spec = CipherSpec::parse(cipher, false)
+        .map_err(|e| Error::invalid("key slot cipher", format!("{cipher:?}: {e}")))?;
+    let args = CryptArgs {
+        cipher: spec,
+        key: CryptKey::Hex(Zeroizing::new(key.to_vec())),
+        iv_offset: SectorCount(0),
+        dest: DeviceAt {
+            device: DeviceRef("keyslot".into()),
+            offset: SectorCount(0),
+        },
+        options: CryptOptions::default(),
+    };
+    let len = material.len();
+    let dev = Arc::new(MemVolume::from_bytes(material)?);
+    let crypt = Crypt::over(
+        dev,
+        &args,
+        SectorCount::from_bytes(len)?,
+        &Keyring::default(),
+    )?;
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    crypt.read(Sector(0), &mut out)?;
+    Ok(out)
+}
+
+/// KDF, read + decrypt the key material, AF merge: the candidate volume key.
+#[allow(clippy::too_many_arguments)]
+fn open_slot(
+    luks: &Luks,
+    pass: &[u8],
+    kdf: &Kdf,
+    salt: &[u8],
+    cipher: &str,
+    slot_key_len: usize,
+    vk_len: usize,
+    stripes: u32,
+    af_hash: Hash,
+    offset: u64,
+    limits: &KdfLimits,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let dk = kdf.derive(pass, salt, slot_key_len, limits)?;
+    let stripes = usize::try_from(stripes).map_err(|_| Error::invalid("stripes", "too many"))?;
+    let n = vk_len * stripes;
+    let material = read_at(&*luks.header_dev, offset, n.div_ceil(512) * 512)?;
+    let plain = decrypt_area(cipher, &dk, material)?;
+    let mut vk = Zeroizing::new(vec![0u8; vk_len]);
+    af_merge(&plain[..n], stripes, af_hash, &mut vk);
+    Ok(vk)
+}
+
+/// PBKDF2(vk) == the header's digest; the iteration count is checked against `limits`
+/// first (a header may ask for billions).
+fn digest_ok(
+    hash: Hash,
+    vk: &[u8],
+    salt: &[u8],
+    iterations: u32,
+    want: &[u8],
+    limits: &KdfLimits,
+) -> Result<bool> {
+    limits.check_iterations(iterations, "the volume key digest")?;
+    let mut got = Zeroizing::new(vec![0u8; want.len()]);
+    hash.pbkdf2(vk, salt, iterations, &mut got);
+    // Timing need not be constant: the digest is public in the header.
+    Ok(got.as_slice() == want)
+}
+
+impl Luks {
+    /// Unlock with `passphrase`: the key slot `slot`, or every usable one in
+    /// cryptsetup's order until one opens.
+    pub fn unlock(
+        &self,
+        passphrase: &[u8],
+        slot: Option<u32>,
+        limits: &KdfLimits,
+    ) -> Result<VolumeKey> {
+        match &self.header {
+            Header::V1(h) => {
+                let slots: Vec<u32> = match slot {
+                    Some(s) => {
+                        let i = usize::try_from(s).ok().filter(|&i| i < h.slots.len());
+                        match i.map(|i| &h.slots[i]) {
+                            None => {
+                                return Err(Error::invalid(
+                                    "--key-slot",
+                                    format!("{s}: LUKS1 has slots 0..7"),
+                                ))
+                            }
+                            Some(k) if !k.active => {
+                                return Err(Error::invalid(
+                                    "--key-slot",
+                                    format!("key slot {s} is not active"),
+                                ))
+                            }
+                            Some(_) => vec![s],
+                        }
+                    }
+                    None => (0u32..8).filter(|&i| h.slots[i as usize].active).collect(),
+                };
+                let mut first_err = None;
+                for s in slots {
+                    let k = &h.slots[s as usize];
+                    let kdf = Kdf::Pbkdf2 {
+                        hash: h.hash,
+                        iterations: k.iterations,
+                    };
+                    let len = h.key_bytes as usize;
+                    let vk = match open_slot(
+                        self,
+                        passphrase,
+                        &kdf,
+                        &k.salt,
+                        &h.cipher_spec(),
+                        len,
+                        len,
+                        k.stripes,
+                        h.hash,
+                        u64::from(k.material_offset) * 512,
+                        limits,
+                    ) {
+                        Ok(vk) => vk,
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                            continue;
+                        }
+                    };
+                    if digest_ok(
+                        h.hash,
+                        &vk,
+                        &h.mk_digest_salt,
+                        h.mk_digest_iterations,
+                        &h.mk_digest,
+                        limits,
+                    )? {
+                        return Ok(VolumeKey {
+                            bytes: vk,
+                            keyslot: Some(s),
+                            digest: None,
+                        });
+                    }
+                }
+                Err(first_err.unwrap_or_else(|| no_key("")))
+            }
+            Header::V2(h) => {
+                let m = &h.meta;
+                let order: Vec<u32> = match slot {
+                    Some(s) => match m.keyslots.get(&s) {
+                        None => {
+                            return Err(Error::invalid(
+                                "--key-slot",
+                                format!("key slot {s} is not active"),
+                            ))
+                        }
+                        Some(Keyslot::Luks2(_)) => vec![s],
+                        Some(other) => {
+                            let kind = match other {
+                                Keyslot::Other { kind } => kind.as_str(),
+                                _ => "reencrypt",
+                            };
+                            return Err(Error::invalid(
+                                "--key-slot",
+                                format!(
+                                    "key slot {s} has type {kind:?}, which holds no passphrase key"
+                                ),
+                            ));
+                        }
+                    },
+                    None => {
+                        let prio = |p: Option<i64>| p.unwrap_or(1);
+                        let mut v: Vec<(i64, u32)> = m
+                            .keyslots
+                            .iter()
+                            .filter_map(|(&id, k)| match k {
+                                Keyslot::Luks2(k) if prio(k.priority) > 0 => {
+                                    Some((-prio(k.priority), id))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        v.sort_unstable();
+                        v.into_iter().map(|(_, id)| id).collect()
+                    }
+                };
+                let mut first_err = None;
+                for id in order {
+                    let Some(Keyslot::Luks2(k)) = m.keyslots.get(&id) else {
+                        continue;
+                    };
+                    match self.try_luks2_slot(id, k, passphrase, limits) {
+                        Ok(Some(vk)) => return Ok(vk),
+                        Ok(None) => {}
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+                let hw: Vec<String> = m
+                    .tokens
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.kind.starts_with("systemd-")
+                            || t.kind.contains("fido")
+                            || t.kind.contains("tpm")
+                    })
+                    .map(|(id, t)| {
+                        format!("token {id} ({}) for key slots {:?}", t.kind, t.keyslots)
+                    })
+                    .collect();
+                if hw.is_empty() {
+                    Err(no_key(""))
+                } else {
+                    Err(no_key(&format!(
+                        "; {} need hardware or a token plugin dmemu does not run",
+                        hw.join(", ")
+                    )))
+                }
+            }
+        }
+    }
+
+    fn try_luks2_slot(
+        &self,
+        id: u32,
+        k: &Luks2Keyslot,
+        pass: &[u8],
+        limits: &KdfLimits,
+    ) -> Result<Option<VolumeKey>> {
+        let Header::V2(h) = &self.header else {
+            return Ok(None);
+        };
+        let vk = open_slot(
+            self,
+            pass,
+            &k.kdf,
+            &k.salt,
+            &k.area_encryption,
+            k.area_key_size as usize,
+            k.key_size as usize,
+            k.stripes,
+            k.af_hash,
+            k.area_offset,
+            limits,
+        )
+        .map_err(|e| match e {
+            Error::InvalidArgument { what, reason } => {
+                Error::invalid(what, format!("key slot {id}: {reason}"))
+            }
+            e => e,
+        })?;
+        // Only a digest that also covers segment 0 makes the key a data key: a key slot
+        // bound to no segment (cryptsetup's "unbound" keys) cannot open the volume.
+        for (&did, d) in &h.meta.digests {
+            if d.keyslots.contains(&id)
+                && d.segments.contains(&0)
+                && digest_ok(d.hash, &vk, &d.salt, d.iterations, &d.digest, limits)?
+            {
+                return Ok(Some(VolumeKey {
+                    bytes: vk,
+                    keyslot: Some(id),
+                    digest: Some(did),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Accept a volume key given directly (cryptsetup `--volume-key-file`) if the header's
+    /// digest confirms it.
+    pub fn check_volume_key(&self, key: &[u8]) -> Result<VolumeKey> {
+        let limits = KdfLimits::default();
+        let wrong = || Error::invalid("volume key", "does not match the header's digest");
+        match &self.header {
+            Header::V1(h) => {
+                if key.len() != h.key_bytes as usize
+                    || !digest_ok(
+                        h.hash,
+                        key,
+                        &h.mk_digest_salt,
+                        h.mk_digest_iterations,
+                        &h.mk_digest,
+                        &limits,
+                    )?
+                {
+                    return Err(wrong());
+                }
+                Ok(VolumeKey {
+                    bytes: Zeroizing::new(key.to_vec()),
+                    keyslot: None,
+                    digest: None,
+                })
+            }
+            Header::V2(h) => {
+                for (&did, d) in &h.meta.digests {
+                    if d.segments.contains(&0)
+                        && digest_ok(d.hash, key, &d.salt, d.iterations, &d.digest, &limits)?
+                    {
+                        return Ok(VolumeKey {
+                            bytes: Zeroizing::new(key.to_vec()),
+                            keyslot: None,
+                            digest: Some(did),
+                        });
+                    }
+                }
+                Err(wrong())
+            }
+        }
+    }
+}
