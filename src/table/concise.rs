@@ -155,10 +155,13 @@ fn check_unique(devices: &[DeviceSpec]) -> Result<()> {
     Ok(())
 }
 
-/// Escape a concise field: backslash before `,` `;` and `\`.
+/// Escape a concise field: backslash before `,` `;` and `\`, and before whitespace at the
+/// start of the field (dmsetup skips whitespace after a separating comma or semicolon).
 fn escape_concise(s: &str, out: &mut String) {
+    let mut leading = true;
     for c in s.chars() {
-        if matches!(c, ',' | ';' | '\\') {
+        leading &= c.is_ascii_whitespace();
+        if matches!(c, ',' | ';' | '\\') || leading {
             out.push('\\');
         }
         out.push(c);

@@ -263,7 +263,12 @@ impl CryptArgs {
 
     /// Write the canonical parameters; the key as zeros unless `keys` is `Shown`.
     pub fn write(&self, f: &mut impl fmt::Write, keys: Keys) -> fmt::Result {
-        write!(f, "{} ", self.cipher)?;
+        // The cipher token prints as given, escaped so it tokenises back to itself.
+        write!(
+            f,
+            "{} ",
+            crate::table::lexer::escape(&self.cipher.to_string())
+        )?;
         self.key.write(f, keys)?;
         write!(f, " {} {}", self.iv_offset, self.dest)?;
         let words = self.options.words();
