@@ -59,7 +59,7 @@ fn parse_one(raw: &[u8], line_no: usize) -> Result<Option<TableLine>> {
         return Ok(None);
     }
     let mut rest = line;
-    let mut field = |n: usize| -> Option<&str> {
+    let mut field = || -> Option<&str> {
         let s = rest.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
         let end = s.bytes().position(is_c_space).unwrap_or(s.len());
         if end == 0 {
@@ -67,10 +67,9 @@ fn parse_one(raw: &[u8], line_no: usize) -> Result<Option<TableLine>> {
         }
         let (tok, after) = s.split_at(end);
         rest = after;
-        let _ = n;
         Some(tok)
     };
-    let (Some(start), Some(len), Some(target_type)) = (field(1), field(2), field(3)) else {
+    let (Some(start), Some(len), Some(target_type)) = (field(), field(), field()) else {
         return Err(table_error(
             line_no,
             None,

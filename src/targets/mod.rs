@@ -214,9 +214,7 @@ impl TargetSpec {
             "snapshot-origin" => TargetSpec::SnapshotOrigin(OriginArgs::parse(args)?),
             "thin-pool" => TargetSpec::ThinPool(ThinPoolArgs::parse(args)?),
             "thin" => TargetSpec::Thin(ThinArgs::parse(args)?),
-            t if KERNEL_TARGET_TYPES.contains(&t) => {
-                TargetSpec::Other(OtherArgs::new(t, args.all(), raw))
-            }
+            t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
     }

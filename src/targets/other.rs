@@ -16,10 +16,9 @@ pub struct OtherArgs {
 }
 
 impl OtherArgs {
-    /// Keep `raw` for `target_type`. `tokens` are what the kernel would split `raw` into.
+    /// Keep the parameter text `raw` for `target_type`.
     #[must_use]
-    pub fn new(target_type: &str, tokens: &[String], raw: &str) -> OtherArgs {
-        let _ = tokens;
+    pub fn new(target_type: &str, raw: &str) -> OtherArgs {
         OtherArgs {
             target_type: target_type.to_string(),
             params: raw.to_string(),
@@ -115,7 +114,7 @@ mod tests {
 
     fn hidden(target_type: &str, params: &str) -> String {
         let mut s = String::new();
-        OtherArgs::new(target_type, &[], params)
+        OtherArgs::new(target_type, params)
             .write(&mut s, Keys::Hidden)
             .unwrap();
         s

@@ -75,7 +75,7 @@ pub fn target_with_len() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
                 let params = tokens.join(" ");
                 (
                     SectorCount(len),
-                    TargetSpec::Other(OtherArgs::new(t, &tokens, &params)),
+                    TargetSpec::Other(OtherArgs::new(t, &params)),
                 )
             }),
     ]
