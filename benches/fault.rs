@@ -1,5 +1,6 @@
 //! Criterion bench: the cost of delay (0 ms) and flakey (in its up window) over linear for
-//! 4 KiB reads from a `MemVolume` (target: at most 5% over linear).
+//! 4 KiB reads from a `MemVolume` (target: at most 5% over linear). flakey on the system clock
+//! reads a flag its timer keeps (`Clock::set_alarm`), on the manual clock the clock itself.
 
 // criterion_group! generates an undocumented pub fn.
 #![allow(missing_docs)]

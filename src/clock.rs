@@ -6,10 +6,12 @@
 //! instead, so a test can say "now it is 4.999 s after load" and see the down window start one
 //! millisecond later, without sleeping.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// A monotonic clock measured from its own epoch.
@@ -19,6 +21,25 @@ pub trait Clock: Send + Sync + fmt::Debug {
 
     /// Block the calling thread until `now() >= deadline`. Returns at once if it already is.
     fn sleep_until(&self, deadline: Duration);
+
+    /// Have `alarm` rung at `deadline` (and then at each deadline it returns), from a
+    /// background timer, for as long as it is alive. Returns `false` when the clock has no
+    /// timer: then `now()` is cheap enough to read on every request and callers should.
+    ///
+    /// The system clock has one so that flakey, which must know on every request whether it
+    /// is in its down window, reads a flag the timer keeps instead of the clock: reading the
+    /// clock costs several nanoseconds per request, the flag one load.
+    fn set_alarm(&self, alarm: Weak<dyn Alarm>, deadline: Duration) -> bool {
+        let _ = (alarm, deadline);
+        false
+    }
+}
+
+/// Something a clock's timer calls at deadlines (see `Clock::set_alarm`).
+pub trait Alarm: Send + Sync {
+    /// Called at or after the deadline it asked for, with the clock's time. Returns when to
+    /// be called next (a time not after `now` asks again at once), or `None` to stop.
+    fn ring(&self, now: Duration) -> Option<Duration>;
 }
 
 /// A clock shared between a registry, its targets and a test.
@@ -75,6 +96,112 @@ impl Clock for SystemClock {
                 return;
             }
             std::thread::sleep(deadline - now);
+        }
+    }
+
+    fn set_alarm(&self, alarm: Weak<dyn Alarm>, deadline: Duration) -> bool {
+        timer().add(TimerEntry {
+            at: self.epoch.saturating_add(deadline),
+            epoch: self.epoch,
+            alarm,
+        })
+    }
+}
+
+/// One alarm waiting in the system timer, at an absolute `monotonic()` time.
+struct TimerEntry {
+    at: Duration,
+    /// The epoch of the `SystemClock` that set it: the alarm is rung with `at - epoch`.
+    epoch: Duration,
+    alarm: Weak<dyn Alarm>,
+}
+
+impl PartialEq for TimerEntry {
+    fn eq(&self, other: &TimerEntry) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, other: &TimerEntry) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerEntry {
+    fn cmp(&self, other: &TimerEntry) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// The process-wide timer behind `SystemClock::set_alarm`: one thread, started on first
+/// use, that sleeps until the earliest alarm is due (and indefinitely when none is).
+#[derive(Default)]
+struct Timer {
+    due: Mutex<BinaryHeap<Reverse<TimerEntry>>>,
+    changed: Condvar,
+    started: OnceLock<bool>,
+}
+
+fn timer() -> &'static Timer {
+    static TIMER: OnceLock<Timer> = OnceLock::new();
+    TIMER.get_or_init(Timer::default)
+}
+
+impl Timer {
+    /// Queue an alarm; `false` if the timer thread cannot be started.
+    fn add(&'static self, entry: TimerEntry) -> bool {
+        let running = *self.started.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("dmemu-timer".into())
+                .spawn(move || self.run())
+                .is_ok()
+        });
+        if running {
+            self.due
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Reverse(entry));
+            self.changed.notify_one();
+        }
+        running
+    }
+
+    fn run(&self) {
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let Some(Reverse(next)) = due.peek() else {
+                due = self
+                    .changed
+                    .wait(due)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            let now = monotonic();
+            if next.at > now {
+                let wait = next.at - now;
+                due = self
+                    .changed
+                    .wait_timeout(due, wait)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            let Some(Reverse(entry)) = due.pop() else {
+                continue;
+            };
+            // Ring without the lock: the alarm may be slow, and others may add meanwhile.
+            drop(due);
+            let again = entry.alarm.upgrade().and_then(|alarm| {
+                let next = alarm.ring(monotonic().saturating_sub(entry.epoch))?;
+                Some(TimerEntry {
+                    at: entry.epoch.saturating_add(next),
+                    ..entry
+                })
+            });
+            due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = again {
+                due.push(Reverse(entry));
+            }
         }
     }
 }

@@ -18,10 +18,11 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::SharedClock;
+use crate::clock::{Alarm, SharedClock};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::units::{Sector, SectorCount};
@@ -88,11 +89,82 @@ pub struct Flakey {
     args: FlakeyArgs,
     device: SharedVolume,
     size: SectorCount,
+    window: Arc<Window>,
+    /// SplitMix64 state; `fetch_add` keeps draws lock-free and each draw distinct.
+    rng: AtomicU64,
+}
+
+/// The up/down schedule. On a clock with a timer (the system clock) the timer flips `down`
+/// at each window boundary and requests read only the flag; on a manual clock, whose reading
+/// is as cheap as the flag, each request reads the clock.
+#[derive(Debug)]
+struct Window {
     clock: SharedClock,
     /// Clock reading at construction (`fc->start_time = jiffies`).
     start: Duration,
-    /// SplitMix64 state; `fetch_add` keeps draws lock-free and each draw distinct.
-    rng: AtomicU64,
+    up: u64,
+    period: u64,
+    /// Whether the clock's timer keeps `down`.
+    timed: AtomicBool,
+    down: AtomicBool,
+}
+
+impl Window {
+    fn start(clock: SharedClock, up: u32, down: u32) -> Arc<Window> {
+        let start = clock.now();
+        let window = Arc::new(Window {
+            clock: Arc::clone(&clock),
+            start,
+            up: u64::from(up),
+            period: u64::from(up) + u64::from(down),
+            timed: AtomicBool::new(false),
+            down: AtomicBool::new(false),
+        });
+        // Set the flag before the timer may touch it, then hand it over.
+        if let Some(at) = window.ring(start) {
+            let alarm = Arc::downgrade(&window);
+            let timed = clock.set_alarm(alarm, at);
+            window.timed.store(timed, Ordering::Release);
+        }
+        window
+    }
+
+    /// `flakey_map`: whole seconds since construction, as an `unsigned int`, modulo
+    /// `up + down`, at or past `up`.
+    fn down_at(&self, now: Duration) -> bool {
+        let elapsed = now.saturating_sub(self.start).as_secs() & u64::from(u32::MAX);
+        // First up window: no division.
+        elapsed >= self.up && elapsed % self.period >= self.up
+    }
+
+    fn is_down(&self) -> bool {
+        if self.timed.load(Ordering::Acquire) {
+            self.down.load(Ordering::Acquire)
+        } else {
+            self.down_at(self.clock.now())
+        }
+    }
+}
+
+impl Alarm for Window {
+    /// Set the flag for `now` and ask to be rung at the next boundary: the end of this up or
+    /// down window, or where the `unsigned int` count of seconds wraps, whichever is first.
+    fn ring(&self, now: Duration) -> Option<Duration> {
+        let down = self.down_at(now);
+        self.down.store(down, Ordering::Release);
+        let secs = now.saturating_sub(self.start).as_secs();
+        let elapsed = secs & u64::from(u32::MAX);
+        let in_period = elapsed % self.period;
+        let boundary = if in_period < self.up {
+            self.up
+        } else {
+            self.period
+        };
+        let until_wrap = (1u64 << 32) - elapsed;
+        let step = (boundary - in_period).min(until_wrap);
+        let next = secs.checked_add(step)?;
+        self.start.checked_add(Duration::from_secs(next))
+    }
 }
 
 fn failed(reason: &str) -> Error {
@@ -130,8 +202,7 @@ impl Flakey {
             args: args.clone(),
             device,
             size: len,
-            start: clock.now(),
-            clock,
+            window: Window::start(clock, args.up_secs, args.down_secs),
             rng: AtomicU64::new(seed),
         })
     }
@@ -151,14 +222,7 @@ impl Flakey {
     /// modulo `up + down`, at or past `up` (`flakey_map`; `elapsed` is an `unsigned int`).
     #[must_use]
     pub fn is_down(&self) -> bool {
-        let secs = self.clock.now().saturating_sub(self.start).as_secs();
-        let elapsed = secs & u64::from(u32::MAX);
-        let up = u64::from(self.args.up_secs);
-        // First up window: no division on the hot path.
-        if elapsed < up {
-            return false;
-        }
-        elapsed % (up + u64::from(self.args.down_secs)) >= up
+        self.window.is_down()
     }
 
     fn next_u64(&self) -> u64 {
@@ -308,3 +372,66 @@ impl Volume for Flakey {
 
 /// Flakey has no status text and no messages (STATUSTYPE_INFO is empty).
 impl Target for Flakey {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock, SystemClock};
+
+    #[test]
+    fn flakey_window_asks_to_be_rung_at_each_boundary_and_where_seconds_wrap() {
+        let clock: SharedClock = ManualClock::shared();
+        let w = Window::start(clock, 2, 3);
+        let ring = |ms: u64| w.ring(Duration::from_millis(ms)).map(|d| d.as_millis());
+        assert_eq!(ring(0), Some(2000));
+        assert_eq!(ring(1999), Some(2000));
+        assert_eq!(ring(2000), Some(5000));
+        assert!(w.down.load(Ordering::Acquire));
+        assert_eq!(ring(4999), Some(5000));
+        assert_eq!(ring(5000), Some(7000));
+        assert!(!w.down.load(Ordering::Acquire));
+        // The kernel's `unsigned int` seconds wrap to 0 at 2^32: a new up window starts there.
+        let near_wrap = (1u64 << 32) - 1;
+        assert_eq!(
+            ring(near_wrap * 1000),
+            Some(u128::from(near_wrap + 1) * 1000)
+        );
+        let always_down = Window::start(ManualClock::shared(), 0, 4);
+        assert!(always_down.is_down());
+        assert_eq!(
+            always_down.ring(Duration::from_secs(1)),
+            Some(Duration::from_secs(4))
+        );
+    }
+
+    #[test]
+    fn flakey_on_system_clock_goes_down_and_up_again_on_its_timer_never_early() {
+        let clock = Arc::new(SystemClock::new());
+        let shared: SharedClock = clock.clone();
+        let args = FlakeyArgs::parse(&mut crate::table::args::Args::new(
+            &["m", "0", "1", "1"].map(String::from),
+        ))
+        .unwrap();
+        let mem: SharedVolume = Arc::new(crate::volume::MemVolume::new(SectorCount(8)).unwrap());
+        let f = Flakey::over(mem, &args, SectorCount(8), shared).unwrap();
+        assert!(
+            f.window.timed.load(Ordering::Acquire),
+            "system clock keeps the flag"
+        );
+        // Each state change is seen no earlier than its boundary (the flag only moves when the
+        // timer has read a time at or past it), and within a generous bound after it.
+        let wait_for = |down: bool| {
+            let give_up = std::time::Instant::now() + Duration::from_secs(20);
+            while f.is_down() != down {
+                assert!(
+                    std::time::Instant::now() < give_up,
+                    "flag never became {down}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            clock.now()
+        };
+        assert!(wait_for(true) >= Duration::from_secs(1));
+        assert!(wait_for(false) >= Duration::from_secs(2));
+    }
+}
