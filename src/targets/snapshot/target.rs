@@ -1,0 +1,710 @@
+//! The constructed `snapshot`, `snapshot-merge` and `snapshot-origin` targets (kernel
+//! dm-snap.c): the exception table, copy-on-write on snapshot and origin writes, and merging.
+//!
+//! Locking (see docs/design.md, "snapshot"): the completed-exception table is behind an
+//! `RwLock` looked up on every I/O and released before any data moves; the exception store
+//! is behind a `Mutex` held while one chunk is copied and committed, so a chunk gets at most
+//! one exception. An origin write takes each snapshot's store lock in turn before it writes
+//! the origin, so it waits for a snapshot write that is copying the same chunk.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::units::{Sector, SectorCount};
+use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
+
+use super::store::{Loaded, PersistentStore, TransientStore, Usage};
+use super::{OriginArgs, SnapshotArgs, SnapshotDiscard, SnapshotKind, StoreType};
+use crate::targets::{DeviceAt, Target, TargetSpec};
+
+/// Multiplicative hash for chunk numbers (the kernel's `exception_hash` is a mask; a
+/// multiply spreads consecutive chunks over the table just as well and costs one cycle).
+#[derive(Default)]
+pub(crate) struct ChunkHasher(u64);
+
+impl Hasher for ChunkHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ 0x5555_5555_5555_5555).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 ^= self.0 >> 29;
+    }
+}
+
+type ExceptionMap = HashMap<u64, u64, BuildHasherDefault<ChunkHasher>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The snapshots of one origin device: the kernel's `struct origin` in `_origins`, found
+/// through the registry by the origin volume.
+#[derive(Debug, Default)]
+pub struct OriginSnapshots {
+    snapshots: RwLock<Vec<Weak<Snapshot>>>,
+}
+
+impl OriginSnapshots {
+    fn register(&self, s: &Arc<Snapshot>) {
+        let mut list = self
+            .snapshots
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(s));
+    }
+
+    fn live(&self) -> Vec<Arc<Snapshot>> {
+        self.snapshots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// `__origin_write` for `[sector, sector + count)`: every valid, non-merging snapshot
+    /// that lacks an exception for a chunk in the range gets a copy of the origin chunk
+    /// first. A snapshot that cannot (COW full, I/O error) is invalidated, even a `PO` one;
+    /// the origin write itself goes on.
+    pub fn before_origin_write(&self, sector: Sector, count: SectorCount) {
+        for snap in self.live() {
+            if snap.kind == SnapshotKind::Merge || sector.0 >= snap.size.0 {
+                continue;
+            }
+            let end = (sector.0 + count.0).min(snap.size.0);
+            for (s, _) in chunks(sector, SectorCount(end - sector.0), SectorCount(snap.chunk)) {
+                if !snap.valid() {
+                    break;
+                }
+                let chunk = s.0 >> snap.shift;
+                if snap.lookup(chunk).is_none() {
+                    snap.copy_out(chunk, None, OnFull::Invalidate);
+                }
+            }
+        }
+    }
+}
+
+/// What running out of COW space does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnFull {
+    /// Invalidate the snapshot (P stores; origin writes for every store).
+    Invalidate,
+    /// Mark the snapshot overflowed (PO stores, snapshot writes).
+    Overflow,
+}
+
+#[derive(Debug)]
+enum Store {
+    Persistent(PersistentStore),
+    Transient(TransientStore),
+}
+
+impl Store {
+    fn prepare(&mut self) -> Option<u64> {
+        match self {
+            Store::Persistent(p) => p.prepare_exception(),
+            Store::Transient(t) => t.prepare_exception(),
+        }
+    }
+    fn commit(&mut self, cow: &dyn Volume, old: u64, new: u64) -> bool {
+        match self {
+            Store::Persistent(p) => p.commit_exception(cow, old, new),
+            Store::Transient(_) => true,
+        }
+    }
+    fn drop_snapshot(&mut self, cow: &dyn Volume) {
+        if let Store::Persistent(p) = self {
+            p.drop_snapshot(cow);
+        }
+    }
+    fn usage(&self) -> Usage {
+        match self {
+            Store::Persistent(p) => p.usage(),
+            Store::Transient(t) => t.usage(),
+        }
+    }
+}
+
+/// One step of a merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeStep {
+    /// `chunks` consecutive chunks from origin chunk `old_chunk` on were copied back.
+    Merged {
+        /// First origin chunk of the batch.
+        old_chunk: u64,
+        /// Number of chunks.
+        chunks: u64,
+    },
+    /// Nothing is left to merge.
+    Done,
+}
+
+/// A constructed `snapshot` or `snapshot-merge`.
+#[derive(Debug)]
+pub struct Snapshot {
+    args: SnapshotArgs,
+    kind: SnapshotKind,
+    origin: SharedVolume,
+    cow: SharedVolume,
+    size: SectorCount,
+    /// Chunk size in sectors (a power of two) and its log2.
+    chunk: u64,
+    shift: u32,
+    exceptions: RwLock<ExceptionMap>,
+    store: Mutex<Store>,
+    valid: AtomicBool,
+    overflowed: AtomicBool,
+    merge_failed: AtomicBool,
+    links: Arc<OriginSnapshots>,
+}
+
+impl Snapshot {
+    /// `snapshot_ctr`: open the devices, read (or initialise) the exception store and join
+    /// the origin's snapshot list.
+    pub fn new(
+        args: &SnapshotArgs,
+        kind: SnapshotKind,
+        len: SectorCount,
+        registry: &Registry,
+    ) -> Result<Arc<Snapshot>> {
+        let origin = registry.device_area(
+            &DeviceAt {
+                device: args.origin.clone(),
+                offset: SectorCount(0),
+            },
+            len,
+        )?;
+        let cow = registry.volume(&args.cow)?;
+        let links = registry.origin_snapshots(&origin);
+        Snapshot::over(args, kind, origin, cow, len, &links)
+    }
+
+    /// Build over already-open volumes (library use, tests, benches): `links` is the origin's
+    /// snapshot list, shared with the `snapshot-origin` targets of the same origin.
+    pub fn over(
+        args: &SnapshotArgs,
+        kind: SnapshotKind,
+        origin: SharedVolume,
+        cow: SharedVolume,
+        len: SectorCount,
+        links: &Arc<OriginSnapshots>,
+    ) -> Result<Arc<Snapshot>> {
+        check_range(origin.size(), Sector(0), len)?;
+        if std::ptr::addr_eq(Arc::as_ptr(&origin), Arc::as_ptr(&cow)) {
+            return Err(Error::invalid(
+                "snapshot",
+                "COW device cannot be the same as origin device",
+            ));
+        }
+        let mut exceptions = ExceptionMap::default();
+        let (store, valid, chunk) = match args.store {
+            StoreType::Transient => {
+                let chunk = u64::from(args.chunk_size);
+                (
+                    Store::Transient(TransientStore::new(chunk, cow.size().0)),
+                    true,
+                    chunk,
+                )
+            }
+            StoreType::Persistent | StoreType::PersistentOverflow => {
+                let (ps, loaded) =
+                    PersistentStore::open(cow.as_ref(), args.chunk_size, |old, new, offset| {
+                        // Two entries for one origin chunk: the kernel never writes that.
+                        if exceptions.insert(old, new).is_some() {
+                            return Err(Error::Corrupt {
+                                what: "snapshot exception old_chunk",
+                                offset,
+                                detail: format!("origin chunk {old} has a second exception"),
+                            });
+                        }
+                        Ok(())
+                    })?;
+                let chunk = ps.chunk_sectors();
+                (Store::Persistent(ps), loaded != Loaded::Invalid, chunk)
+            }
+        };
+        let mut printed = args.clone();
+        printed.chunk_size = u32::try_from(chunk).unwrap_or(u32::MAX);
+        let snap = Arc::new(Snapshot {
+            args: printed,
+            kind,
+            origin,
+            cow,
+            size: len,
+            chunk,
+            shift: chunk.trailing_zeros(),
+            exceptions: RwLock::new(exceptions),
+            store: Mutex::new(store),
+            valid: AtomicBool::new(valid),
+            overflowed: AtomicBool::new(false),
+            merge_failed: AtomicBool::new(false),
+            links: Arc::clone(links),
+        });
+        links.register(&snap);
+        Ok(snap)
+    }
+
+    /// Chunk size in sectors (from the COW header when the table said 0).
+    #[must_use]
+    pub fn chunk_sectors(&self) -> u64 {
+        self.chunk
+    }
+
+    /// Whether the snapshot is valid.
+    #[must_use]
+    pub fn valid(&self) -> bool {
+        self.valid.load(Ordering::Acquire)
+    }
+
+    /// Number of origin chunks with an exception.
+    #[must_use]
+    pub fn exception_count(&self) -> usize {
+        self.exceptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn lookup(&self, chunk: u64) -> Option<u64> {
+        self.exceptions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&chunk)
+            .copied()
+    }
+
+    fn failed(&self) -> Error {
+        Error::TargetFailed {
+            target: "snapshot",
+            reason: if self.valid() {
+                "snapshot overflowed: unable to allocate exception".into()
+            } else {
+                "snapshot is invalid".into()
+            },
+        }
+    }
+
+    /// `__invalidate_snapshot`: drop the store (header valid = 0) and fail all later I/O.
+    fn invalidate(&self, store: &mut Store) {
+        if self.valid.swap(false, Ordering::AcqRel) {
+            store.drop_snapshot(self.cow.as_ref());
+        }
+    }
+
+    /// Sectors of origin chunk `chunk` that lie on the origin (the last chunk may be short:
+    /// `start_copy` copies `min(chunk_size, dev_size - sector)`).
+    fn chunk_span(&self, chunk: u64) -> (Sector, usize) {
+        let start = chunk << self.shift;
+        let n = self.chunk.min(self.origin.size().0.saturating_sub(start));
+        (
+            Sector(start),
+            usize::try_from(n * 512).unwrap_or(usize::MAX),
+        )
+    }
+
+    /// Make an exception for origin `chunk` (pending exception + copy + commit). With
+    /// `write = Some((offset, data))` the snapshot write is laid over the origin copy (or
+    /// replaces it when it covers the whole chunk, `start_full_bio`), so the data chunk is
+    /// complete on the COW before the area that points at it is written. Returns the COW
+    /// chunk, or None when the snapshot was invalidated or overflowed.
+    fn copy_out(&self, chunk: u64, write: Option<(usize, &[u8])>, on_full: OnFull) -> Option<u64> {
+        let mut store = lock(&self.store);
+        if let Some(new) = self.lookup(chunk) {
+            return Some(new);
+        }
+        if !self.valid() {
+            return None;
+        }
+        let Some(new) = store.prepare() else {
+            match on_full {
+                OnFull::Overflow => self.overflowed.store(true, Ordering::Release),
+                OnFull::Invalidate => self.invalidate(&mut store),
+            }
+            return None;
+        };
+        let (origin_at, n) = self.chunk_span(chunk);
+        let mut data = vec![0; n];
+        let chunk_bytes = usize::try_from(self.chunk * 512).unwrap_or(usize::MAX);
+        let full_write = matches!(write, Some((0, w)) if w.len() == chunk_bytes);
+        let copied = if full_write {
+            Ok(())
+        } else {
+            self.origin.read(origin_at, &mut data)
+        };
+        let copied = copied.and_then(|()| {
+            let buf = match write {
+                Some((_, w)) if full_write => w,
+                Some((off, w)) => {
+                    data[off..off + w.len()].copy_from_slice(w);
+                    &data
+                }
+                None => &data,
+            };
+            self.cow.write(Sector(new << self.shift), buf)
+        });
+        if copied.is_err() || !store.commit(self.cow.as_ref(), chunk, new) {
+            self.invalidate(&mut store);
+            return None;
+        }
+        self.exceptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(chunk, new);
+        Some(new)
+    }
+
+    /// COW sector of `sector` in `chunk`'s exception `new`.
+    fn remap(&self, new: u64, sector: Sector) -> Sector {
+        Sector((new << self.shift) | (sector.0 & (self.chunk - 1)))
+    }
+
+    fn read_piece(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        let chunk = sector.0 >> self.shift;
+        if let Some(new) = self.lookup(chunk) {
+            return self.cow.read(self.remap(new, sector), buf);
+        }
+        self.origin.read(sector, buf)?;
+        // An origin write adds the exception before it writes the origin; if one appeared
+        // meanwhile, the origin may already hold new data and the COW holds ours.
+        if let Some(new) = self.lookup(chunk) {
+            return self.cow.read(self.remap(new, sector), buf);
+        }
+        Ok(())
+    }
+
+    fn write_piece(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let chunk = sector.0 >> self.shift;
+        if let Some(new) = self.lookup(chunk) {
+            return self.cow.write(self.remap(new, sector), buf);
+        }
+        let on_full = match self.args.store {
+            StoreType::PersistentOverflow => OnFull::Overflow,
+            _ => OnFull::Invalidate,
+        };
+        let off = usize::try_from((sector.0 & (self.chunk - 1)) * 512).unwrap_or(usize::MAX);
+        match self.copy_out(chunk, Some((off, buf)), on_full) {
+            Some(_) => Ok(()),
+            None => Err(self.failed()),
+        }
+    }
+
+    /// `snapshot_merge_map` for writes: chunks still in the COW are written there, the
+    /// others go to the origin (copying out to the origin's other snapshots first).
+    fn merge_write_piece(&self, sector: Sector, count: SectorCount, buf: &[u8]) -> Result<()> {
+        let chunk = sector.0 >> self.shift;
+        if self.valid() {
+            // The store lock orders this write against a merge batch copying the chunk.
+            let _store = lock(&self.store);
+            if let Some(new) = self.lookup(chunk) {
+                return self.cow.write(self.remap(new, sector), buf);
+            }
+        }
+        self.links.before_origin_write(sector, count);
+        self.origin.write(sector, buf)
+    }
+
+    /// Copy the last batch of consecutive exceptions back to the origin and clear them from
+    /// the store (`snapshot_merge_next_chunks` + `merge_callback`). A crash between batches
+    /// leaves a store that merges on from where it stopped.
+    pub fn merge_step(&self) -> Result<MergeStep> {
+        if self.kind != SnapshotKind::Merge {
+            return Err(Error::Unsupported {
+                target: "snapshot",
+                op: "merge (load the COW as snapshot-merge)",
+            });
+        }
+        if self.merge_failed.load(Ordering::Acquire) {
+            return Err(self.merge_error("merge failed earlier"));
+        }
+        if !self.valid() {
+            return Err(self.merge_error("Snapshot is invalid: can't merge"));
+        }
+        let mut guard = lock(&self.store);
+        let Store::Persistent(ps) = &mut *guard else {
+            return Err(self.merge_error("transient store"));
+        };
+        let Some((last_old, last_new, n)) = ps
+            .prepare_merge(self.cow.as_ref())
+            .map_err(|e| self.fail_merge(e))?
+        else {
+            return Ok(MergeStep::Done);
+        };
+        let old = last_old + 1 - n;
+        let new = last_new + 1 - n;
+        let dest = old
+            .checked_mul(self.chunk)
+            .filter(|&d| d < self.origin.size().0);
+        let Some(dest) = dest else {
+            self.merge_failed.store(true, Ordering::Release);
+            return Err(self.merge_error("exception for an origin chunk beyond the origin"));
+        };
+        let io = (n * self.chunk).min(self.origin.size().0 - dest);
+        // origin_write_extent: the origin's other snapshots keep their view.
+        self.links
+            .before_origin_write(Sector(dest), SectorCount(n * self.chunk));
+        let mut buf = vec![0; usize::try_from(self.chunk * 512).unwrap_or(usize::MAX)];
+        let mut done = 0;
+        while done < io {
+            let len = (io - done).min(self.chunk);
+            let b = &mut buf[..usize::try_from(len * 512).unwrap_or(usize::MAX)];
+            let copied = self
+                .cow
+                .read(Sector((new << self.shift) + done), b)
+                .and_then(|()| self.origin.write(Sector(dest + done), b));
+            copied.map_err(|e| self.fail_merge(e))?;
+            done += len;
+        }
+        self.origin.flush().map_err(|e| self.fail_merge(e))?;
+        ps.commit_merge(self.cow.as_ref(), n)
+            .map_err(|e| self.fail_merge(e))?;
+        let mut table = self
+            .exceptions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for c in old..old + n {
+            if table.remove(&c).is_none() {
+                self.merge_failed.store(true, Ordering::Release);
+                return Err(
+                    self.merge_error("Corruption detected: exception is on disk but not in memory")
+                );
+            }
+        }
+        Ok(MergeStep::Merged {
+            old_chunk: old,
+            chunks: n,
+        })
+    }
+
+    /// Run the merge to completion; returns the number of batches copied.
+    pub fn merge(&self) -> Result<u64> {
+        let mut batches = 0;
+        while let MergeStep::Merged { .. } = self.merge_step()? {
+            batches += 1;
+        }
+        Ok(batches)
+    }
+
+    fn fail_merge(&self, e: Error) -> Error {
+        self.merge_failed.store(true, Ordering::Release);
+        e
+    }
+
+    fn merge_error(&self, why: &str) -> Error {
+        Error::TargetFailed {
+            target: "snapshot-merge",
+            reason: why.to_string(),
+        }
+    }
+
+    fn discard_piece(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        let Some(new) = self.lookup(sector.0 >> self.shift) else {
+            // No exception: complete at once (it would otherwise trigger a copy).
+            return Ok(());
+        };
+        let at = self.remap(new, sector);
+        if count.0 == self.chunk {
+            // zero_exception: the whole chunk is zeroed on the COW.
+            let zeros = vec![0; usize::try_from(self.chunk * 512).unwrap_or(usize::MAX)];
+            self.cow.write(at, &zeros)
+        } else {
+            self.cow.discard(at, count)
+        }
+    }
+}
+
+impl Volume for Snapshot {
+    fn size(&self) -> SectorCount {
+        self.size
+    }
+
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        if !self.valid() {
+            // Merging snapshots that are invalid redirect to the origin.
+            return match self.kind {
+                SnapshotKind::Merge => self.origin.read(sector, buf),
+                SnapshotKind::Snapshot => Err(self.failed()),
+            };
+        }
+        let mut rest = buf;
+        for (s, n) in chunks(sector, count, SectorCount(self.chunk)) {
+            let (piece, tail) = rest.split_at_mut(usize::try_from(n.bytes()).unwrap_or(0));
+            self.read_piece(s, piece)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        if self.kind == SnapshotKind::Snapshot
+            && (!self.valid() || self.overflowed.load(Ordering::Acquire))
+        {
+            return Err(self.failed());
+        }
+        let mut rest = buf;
+        for (s, n) in chunks(sector, count, SectorCount(self.chunk)) {
+            let (piece, tail) = rest.split_at(usize::try_from(n.bytes()).unwrap_or(0));
+            match self.kind {
+                SnapshotKind::Snapshot => self.write_piece(s, piece)?,
+                SnapshotKind::Merge => self.merge_write_piece(s, n, piece)?,
+            }
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.kind == SnapshotKind::Merge {
+            self.origin.flush()?;
+        }
+        self.cow.flush()
+    }
+
+    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        if self.args.discard == SnapshotDiscard::Off {
+            return Err(Error::Unsupported {
+                target: "snapshot",
+                op: "discard without discard_zeroes_cow",
+            });
+        }
+        if self.kind == SnapshotKind::Merge {
+            // Once merging, discards no longer effect change.
+            return Ok(());
+        }
+        if !self.valid() {
+            return Err(self.failed());
+        }
+        for (s, n) in chunks(sector, count, SectorCount(self.chunk)) {
+            self.discard_piece(s, n)?;
+        }
+        if self.args.discard == SnapshotDiscard::ZeroesCowPassdownOrigin {
+            // The second discard bio goes to the origin without triggering exceptions.
+            self.origin.discard(sector, count)?;
+        }
+        Ok(())
+    }
+}
+
+impl Target for Snapshot {
+    /// `snapshot_status(STATUSTYPE_INFO)`.
+    fn status(&self) -> String {
+        if !self.valid() {
+            return "Invalid".into();
+        }
+        if self.merge_failed.load(Ordering::Acquire) {
+            return "Merge failed".into();
+        }
+        if self.overflowed.load(Ordering::Acquire) {
+            return "Overflow".into();
+        }
+        let u = lock(&self.store).usage();
+        format!("{}/{} {}", u.allocated, u.total, u.metadata)
+    }
+
+    /// dmemu extension (the kernel merges in the background from resume): `merge` runs a
+    /// `snapshot-merge` to completion and replies with the number of batches copied;
+    /// `merge <n>` copies at most n batches.
+    fn message(&self, argv: &[&str]) -> Result<String> {
+        match argv {
+            ["merge"] => Ok(self.merge()?.to_string()),
+            ["merge", n] => {
+                let max: u64 = n
+                    .parse()
+                    .map_err(|_| Error::invalid("message", format!("bad batch count {n:?}")))?;
+                let mut batches = 0;
+                while batches < max {
+                    if self.merge_step()? == MergeStep::Done {
+                        break;
+                    }
+                    batches += 1;
+                }
+                Ok(batches.to_string())
+            }
+            _ => Err(Error::Unsupported {
+                target: "snapshot",
+                op: "this message",
+            }),
+        }
+    }
+
+    fn table_spec(&self) -> Option<TargetSpec> {
+        Some(match self.kind {
+            SnapshotKind::Snapshot => TargetSpec::Snapshot(self.args.clone()),
+            SnapshotKind::Merge => TargetSpec::SnapshotMerge(self.args.clone()),
+        })
+    }
+}
+
+/// A constructed `snapshot-origin`.
+#[derive(Debug)]
+pub struct Origin {
+    origin: SharedVolume,
+    size: SectorCount,
+    links: Arc<OriginSnapshots>,
+}
+
+impl Origin {
+    /// `origin_ctr`.
+    pub fn new(args: &OriginArgs, len: SectorCount, registry: &Registry) -> Result<Origin> {
+        let origin = registry.device_area(
+            &DeviceAt {
+                device: args.origin.clone(),
+                offset: SectorCount(0),
+            },
+            len,
+        )?;
+        let links = registry.origin_snapshots(&origin);
+        Ok(Origin::over(origin, len, links))
+    }
+
+    /// Build over an open volume and its snapshot list.
+    #[must_use]
+    pub fn over(origin: SharedVolume, len: SectorCount, links: Arc<OriginSnapshots>) -> Origin {
+        Origin {
+            origin,
+            size: len,
+            links,
+        }
+    }
+}
+
+impl Volume for Origin {
+    fn size(&self) -> SectorCount {
+        self.size
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        self.origin.read(sector, buf)
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.links.before_origin_write(sector, count);
+        self.origin.write(sector, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        self.origin.flush()
+    }
+    fn discard(&self, _sector: Sector, _count: SectorCount) -> Result<()> {
+        // origin_ctr sets no num_discard_bios.
+        Err(Error::Unsupported {
+            target: "snapshot-origin",
+            op: "discard",
+        })
+    }
+}
+
+impl Target for Origin {}
