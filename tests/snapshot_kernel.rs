@@ -1,0 +1,375 @@
+//! dm-snapshot against the real kernel (fixtures made by tests/fixtures/snapshot/make.sh in
+//! the Linux 6.12 oracle): dmemu reads the kernel's COW stores byte for byte, replaying the
+//! kernel's write sequence produces byte-identical COW devices with the same statuses, a
+//! merge leaves the same origin and COWs, and the kernel reads what dmemu wrote.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use dmemu::table::DeviceSpec;
+use dmemu::targets::Keys;
+use dmemu::{MemVolume, Registry, Sector, SectorCount, SharedVolume, Table, TableMode, Volume};
+
+/// Origin size of every fixture (4 MiB).
+const ORIGIN_SECTORS: u64 = 8192;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/snapshot")
+}
+
+fn gunzip(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(dir().join(name)).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn vol(bytes: Vec<u8>) -> Arc<MemVolume> {
+    Arc::new(MemVolume::from_bytes(bytes).unwrap())
+}
+
+fn zeros(bytes: usize) -> Arc<MemVolume> {
+    vol(vec![0; bytes])
+}
+
+fn sha256(v: &dyn Volume) -> String {
+    let mut buf = vec![0; usize::try_from(v.size().bytes()).unwrap()];
+    match v.read(Sector(0), &mut buf) {
+        Ok(()) => Sha256::digest(&buf)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        Err(_) => "read-failed".into(),
+    }
+}
+
+/// The guest's disks in order, as the kernel names them in `dmsetup table`.
+const DISKS: [(&str, &str); 6] = [
+    ("/dev/vda", "254:0"),
+    ("/dev/vdb", "254:16"),
+    ("/dev/vdc", "254:32"),
+    ("/dev/vdd", "254:48"),
+    ("/dev/vde", "254:64"),
+    ("/dev/vdf", "254:80"),
+];
+
+fn registry(disks: &[Arc<MemVolume>]) -> Registry {
+    let r = Registry::new();
+    for ((path, _), v) in DISKS.iter().zip(disks) {
+        r.insert_volume(path, Arc::clone(v) as SharedVolume);
+    }
+    r
+}
+
+fn create(r: &Registry, name: &str, table: &str) {
+    r.create(&DeviceSpec {
+        name: name.into(),
+        uuid: String::new(),
+        minor: None,
+        mode: TableMode::ReadWrite,
+        table: Table::parse(table).unwrap(),
+    })
+    .unwrap();
+}
+
+/// A kernel output file: `--- section` headers, then `key name: value` lines.
+fn kernel_out(name: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(dir().join(name)).unwrap();
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines() {
+        if let Some(s) = line.strip_prefix("--- ") {
+            section = s.to_string();
+        } else if let Some((k, v)) = line.split_once(": ") {
+            out.entry(section.clone())
+                .or_default()
+                .insert(k.to_string(), v.to_string());
+        }
+    }
+    out
+}
+
+/// The kernel's `dmsetup table` line with device numbers turned into the guest's paths.
+fn kernel_table(line: &str) -> String {
+    let mut s = line.to_string();
+    for (path, devno) in DISKS.iter().rev() {
+        s = s.replace(devno, path);
+    }
+    s
+}
+
+/// One line of ops.txt.
+struct Op {
+    phase: u32,
+    dev: String,
+    sector: u64,
+    count: usize,
+}
+
+fn ops(name: &str) -> Vec<Op> {
+    std::fs::read_to_string(dir().join(name))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Op {
+                phase: f[0].parse().unwrap(),
+                dev: f[1].to_string(),
+                sector: f[2].parse().unwrap(),
+                count: f[3].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// What the guest writes for an op: `yes "DEV@SECTOR" | head -c COUNT*512`.
+fn op_data(op: &Op) -> Vec<u8> {
+    let line = format!("{}@{}\n", op.dev, op.sector);
+    line.as_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(op.count * 512)
+        .collect()
+}
+
+const SNAPS: [&str; 6] = ["snapA", "snapB", "snapN", "snapP", "snapPO", "orig"];
+
+fn status(r: &Registry, name: &str) -> String {
+    r.mapped(name)
+        .unwrap()
+        .status_text()
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+#[test]
+fn kernel_written_cows_read_back_with_the_kernels_view_status_and_table() {
+    let k = kernel_out("kernel-writes.out");
+    let after = &k["after phase 2"];
+    let disks = [
+        vol(gunzip("k1-origin.img.gz")),
+        vol(gunzip("k1-cowA.img.gz")),
+        vol(gunzip("k1-cowB.img.gz")),
+        zeros(2 << 20),
+        vol(gunzip("k1-cowP.img.gz")),
+        vol(gunzip("k1-cowPO.img.gz")),
+    ];
+    let r = registry(&disks);
+    // Chunk size 0 for A: the kernel printed the header's 8 (section "chunk 0").
+    create(&r, "snapA", "0 8192 snapshot /dev/vda /dev/vdb P 0");
+    create(&r, "snapB", "0 8192 snapshot /dev/vda /dev/vdc P 32");
+    create(&r, "snapP", "0 8192 snapshot /dev/vda /dev/vde P 8");
+    create(&r, "snapPO", "0 8192 snapshot /dev/vda /dev/vdf PO 8");
+    assert_eq!(
+        r.mapped("snapA")
+            .unwrap()
+            .table_text(Keys::Hidden)
+            .trim_end(),
+        kernel_table(&k["chunk 0"]["table snapA0"])
+    );
+    assert_eq!(status(&r, "snapA"), k["chunk 0"]["status snapA0"]);
+    for name in ["snapA", "snapB", "snapP", "snapPO"] {
+        let dev = r.mapped(name).unwrap();
+        assert_eq!(sha256(&*dev), after[&format!("sha256 {name}")], "{name}");
+        assert_eq!(status(&r, name), after[&format!("status {name}")], "{name}");
+    }
+}
+
+/// Replay ops.txt through dmemu on fresh images; returns the disks and the failed ops.
+fn replay_kernel_writes(check: bool) -> (Vec<Arc<MemVolume>>, Vec<String>) {
+    let k = kernel_out("kernel-writes.out");
+    let disks = vec![
+        vol(gunzip("origin.img.gz")),
+        zeros(4 << 20),
+        zeros(2 << 20),
+        zeros(2 << 20),
+        zeros(64 << 10),
+        zeros(64 << 10),
+    ];
+    let r = registry(&disks);
+    create(&r, "snapA", "0 8192 snapshot /dev/vda /dev/vdb P 8");
+    create(&r, "snapB", "0 8192 snapshot /dev/vda /dev/vdc P 32");
+    create(&r, "snapN", "0 8192 snapshot /dev/vda /dev/vdd N 16");
+    create(&r, "snapP", "0 8192 snapshot /dev/vda /dev/vde P 8");
+    create(&r, "snapPO", "0 8192 snapshot /dev/vda /dev/vdf PO 8");
+    create(&r, "orig", "0 8192 snapshot-origin /dev/vda");
+    let compare = |section: &str, sums: bool| {
+        if !check {
+            return;
+        }
+        for name in SNAPS {
+            let dev = r.mapped(name).unwrap();
+            let want = &k[section];
+            assert_eq!(
+                dev.table_text(Keys::Hidden).trim_end(),
+                kernel_table(&want[&format!("table {name}")]),
+                "{section}: {name}"
+            );
+            assert_eq!(
+                status(&r, name),
+                want[&format!("status {name}")],
+                "{section}: {name}"
+            );
+            if sums {
+                assert_eq!(
+                    sha256(&*dev),
+                    want[&format!("sha256 {name}")],
+                    "{section}: {name}"
+                );
+            }
+        }
+    };
+    compare("loaded", false);
+    let mut failed = Vec::new();
+    let mut phase = 1;
+    for op in ops("ops.txt") {
+        if op.phase != phase {
+            compare(&format!("after phase {phase}"), true);
+            phase = op.phase;
+        }
+        let dev = r.mapped(&op.dev).unwrap();
+        if dev.write(Sector(op.sector), &op_data(&op)).is_err() {
+            failed.push(format!(
+                "{} {} {} {}",
+                op.phase, op.dev, op.sector, op.count
+            ));
+        }
+    }
+    compare(&format!("after phase {phase}"), true);
+    (disks, failed)
+}
+
+#[test]
+fn replaying_the_kernels_writes_gives_identical_cows_statuses_and_failures() {
+    let (disks, failed) = replay_kernel_writes(true);
+    let text = std::fs::read_to_string(dir().join("kernel-writes.out")).unwrap();
+    let kernel_failed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("write-failed "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(failed, kernel_failed);
+    for (i, name) in ["origin", "cowA", "cowB"].iter().enumerate() {
+        assert!(
+            disks[i].to_vec() == gunzip(&format!("k1-{name}.img.gz")),
+            "{name} differs from the kernel's"
+        );
+    }
+    assert!(disks[4].to_vec() == gunzip("k1-cowP.img.gz"), "cowP");
+    assert!(disks[5].to_vec() == gunzip("k1-cowPO.img.gz"), "cowPO");
+}
+
+#[test]
+fn merge_leaves_the_kernels_origin_and_cows_including_a_live_snapshot() {
+    let k = kernel_out("kernel-merge.out");
+    let k = &k[""];
+    let origin = vol(gunzip("k1-origin.img.gz"));
+    let cow_a = vol(gunzip("k1-cowA.img.gz"));
+    let cow_b = vol(gunzip("k1-cowB.img.gz"));
+    let r = registry(&[Arc::clone(&origin), Arc::clone(&cow_a), Arc::clone(&cow_b)]);
+    create(&r, "snapB", "0 8192 snapshot /dev/vda /dev/vdc P 32");
+    assert_eq!(status(&r, "snapB"), k["status snapB before"]);
+    create(&r, "merge", "0 8192 snapshot-merge /dev/vda /dev/vdb P 8");
+    let merge = r.mapped("merge").unwrap();
+    assert_eq!(
+        merge.table_text(Keys::Hidden).trim_end(),
+        kernel_table(&k["table merge"])
+    );
+    // Before the merge runs the merged view is already the snapshot's.
+    assert_eq!(sha256(&*merge), k["sha256 merge"]);
+    merge.message(Sector(0), &["merge"]).unwrap();
+    assert_eq!(status(&r, "merge"), k["status merge done"]);
+    assert_eq!(sha256(&*merge), k["sha256 merge"]);
+    assert_eq!(sha256(&*origin), k["sha256 origin after"]);
+    assert_eq!(status(&r, "snapB"), k["status snapB after"]);
+    assert!(origin.to_vec() == gunzip("k2-origin.img.gz"), "origin");
+    assert!(cow_a.to_vec() == gunzip("k2-cowA.img.gz"), "cowA");
+    assert!(cow_b.to_vec() == gunzip("k2-cowB.img.gz"), "cowB");
+}
+
+#[test]
+fn ops_data_matches_the_guests_yes_pipeline() {
+    let op = Op {
+        phase: 1,
+        dev: "snapA".into(),
+        sector: 7,
+        count: 1,
+    };
+    let d = op_data(&op);
+    assert_eq!(&d[..16], b"snapA@7\nsnapA@7\n");
+    assert_eq!(d.len(), 512);
+    assert_eq!(SectorCount(ORIGIN_SECTORS).bytes(), 4 << 20);
+}
+
+/// dmemu's side of ops3.txt: `snap` (P 16) and `orig` over a fresh origin and 4 MiB COW,
+/// writing the ops of `phases`.
+fn dmemu_ops3(disks: &[Arc<MemVolume>], phases: &[u32]) -> Registry {
+    let r = registry(disks);
+    create(&r, "snap", "0 8192 snapshot /dev/vda /dev/vdb P 16");
+    create(&r, "orig", "0 8192 snapshot-origin /dev/vda");
+    for op in ops("ops3.txt") {
+        if phases.contains(&op.phase) {
+            let dev = r.mapped(&op.dev).unwrap();
+            dev.write(Sector(op.sector), &op_data(&op)).unwrap();
+        }
+    }
+    r
+}
+
+fn check_views(r: &Registry, want: &BTreeMap<String, String>) {
+    for name in ["snap", "orig"] {
+        let dev = r.mapped(name).unwrap();
+        assert_eq!(
+            dev.table_text(Keys::Hidden).trim_end(),
+            kernel_table(&want[&format!("table {name}")])
+        );
+        assert_eq!(status(r, name), want[&format!("status {name}")], "{name}");
+        assert_eq!(sha256(&*dev), want[&format!("sha256 {name}")], "{name}");
+    }
+}
+
+#[test]
+#[ignore = "writes fixture images for make.sh (DMEMU_SNAPSHOT_FIXTURE_OUT)"]
+fn dmemu_written_cow_export() {
+    let out = PathBuf::from(std::env::var("DMEMU_SNAPSHOT_FIXTURE_OUT").unwrap());
+    let disks = [vol(gunzip("origin.img.gz")), zeros(4 << 20)];
+    dmemu_ops3(&disks, &[1]);
+    std::fs::write(out.join("dmemu-origin.img"), disks[0].to_vec()).unwrap();
+    std::fs::write(out.join("dmemu-cow.img"), disks[1].to_vec()).unwrap();
+}
+
+#[test]
+fn kernel_loads_dmemu_written_cow_and_sees_dmemus_view() {
+    let k = kernel_out("kernel-reads-dmemu.out");
+    let disks = [vol(gunzip("origin.img.gz")), zeros(4 << 20)];
+    let r = dmemu_ops3(&disks, &[1]);
+    // The images the kernel was given are these bytes...
+    assert!(disks[0].to_vec() == gunzip("dmemu-origin.img.gz"), "origin");
+    assert!(disks[1].to_vec() == gunzip("dmemu-cow.img.gz"), "cow");
+    // ...and the kernel saw the same views and usage dmemu sees.
+    check_views(&r, &k["loaded"]);
+}
+
+#[test]
+fn dmemu_extends_its_cow_exactly_as_the_kernel_did_and_reads_the_kernels() {
+    let k = kernel_out("kernel-reads-dmemu.out");
+    let disks = [vol(gunzip("origin.img.gz")), zeros(4 << 20)];
+    let r = dmemu_ops3(&disks, &[1, 2]);
+    check_views(&r, &k["after phase 2"]);
+    assert!(disks[0].to_vec() == gunzip("k3-origin.img.gz"), "origin");
+    assert!(disks[1].to_vec() == gunzip("k3-cow.img.gz"), "cow");
+    let kernel = [
+        vol(gunzip("k3-origin.img.gz")),
+        vol(gunzip("k3-cow.img.gz")),
+    ];
+    let r = registry(&kernel);
+    create(&r, "snap", "0 8192 snapshot /dev/vda /dev/vdb P 16");
+    create(&r, "orig", "0 8192 snapshot-origin /dev/vda");
+    check_views(&r, &k["after phase 2"]);
+}
