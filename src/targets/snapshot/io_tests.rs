@@ -452,3 +452,127 @@ fn snapshot_of_same_volume_as_cow_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("same as origin"));
 }
+
+#[test]
+fn fuzz_driver_survives_the_seed_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/snapshot_cow");
+    let mut seen = 0;
+    for f in std::fs::read_dir(dir).unwrap() {
+        crate::testing::fuzz::snapshot_cow(&std::fs::read(f.unwrap().path()).unwrap());
+        seen += 1;
+    }
+    assert!(seen >= 5);
+}
+
+#[test]
+fn merge_of_consecutive_chunks_copies_them_in_one_batch() {
+    // Seed "consecutive-merge": chunk 1, exceptions 3->2, 4->3, 5->4, 9->5.
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus/snapshot_cow/consecutive-merge"),
+    )
+    .unwrap();
+    let cow = Arc::new(MemVolume::from_bytes(bytes[1..].to_vec()).unwrap());
+    let origin = mem(16);
+    let r = reopen(&origin, &cow);
+    let m = create(&r, "m", "0 16 snapshot-merge origin cow P 1").unwrap();
+    assert_eq!(m.message(Sector(0), &["merge", "1"]).unwrap(), "1");
+    assert_eq!(read(&*origin, 9, 1), vec![0x22; 512]);
+    assert_eq!(read(&*origin, 5, 1), vec![0; 512]);
+    assert_eq!(m.message(Sector(0), &["merge", "1"]).unwrap(), "1");
+    assert_eq!(read(&*origin, 3, 3), vec![0x22; 1536]);
+    assert_eq!(status(&m), "2/6 2");
+}
+
+mod model {
+    //! Snapshot and origin against two byte-array models, with reloads from the COW.
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Snap(u64, usize, u8),
+        Origin(u64, usize, u8),
+        Reload,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..ORIGIN - 40, 1..40usize, any::<u8>()).prop_map(|(s, n, b)| Op::Snap(s, n, b)),
+            (0..ORIGIN - 40, 1..40usize, any::<u8>()).prop_map(|(s, n, b)| Op::Origin(s, n, b)),
+            Just(Op::Reload),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn snapshot_and_origin_writes_match_two_models(
+            ops in proptest::collection::vec(op(), 1..40),
+            chunk in prop_oneof![Just(1u32), Just(8), Just(16)],
+        ) {
+            let (_, origin, cow) = setup(ORIGIN * 3);
+            let mut origin_model = origin.to_vec();
+            let mut snap_model = origin_model.clone();
+            let mut r = reopen(&origin, &cow);
+            let table = format!("0 {ORIGIN} snapshot origin cow P {chunk}");
+            let mut s = create(&r, "s", &table).unwrap();
+            let mut o = create(&r, "o", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap();
+            for op in ops {
+                match op {
+                    Op::Snap(at, n, b) => {
+                        s.write(Sector(at), &vec![b; n * 512]).unwrap();
+                        let at = usize::try_from(at).unwrap() * 512;
+                        snap_model[at..at + n * 512].fill(b);
+                    }
+                    Op::Origin(at, n, b) => {
+                        o.write(Sector(at), &vec![b; n * 512]).unwrap();
+                        let at = usize::try_from(at).unwrap() * 512;
+                        origin_model[at..at + n * 512].fill(b);
+                    }
+                    Op::Reload => {
+                        r = reopen(&origin, &cow);
+                        s = create(&r, "s", &table).unwrap();
+                        o = create(&r, "o", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap();
+                    }
+                }
+            }
+            prop_assert!(read(&*s, 0, 4096) == snap_model);
+            prop_assert!(origin.to_vec() == origin_model);
+        }
+    }
+}
+
+#[test]
+fn concurrent_snapshot_and_origin_writers_keep_both_views() {
+    let (r, origin, _) = setup(ORIGIN * 3);
+    let before = origin.to_vec();
+    let s = snap(&r, "P 8");
+    let o = create(&r, "orig", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap();
+    // Thread 1 writes the origin's even chunks, thread 2 the snapshot's odd chunks; the
+    // snapshot must still show the old origin everywhere it did not write.
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            for c in (0..ORIGIN / 8).step_by(2) {
+                o.write(Sector(c * 8 + 1), &[0xee; 1024]).unwrap();
+            }
+        });
+        t.spawn(|| {
+            for c in (1..ORIGIN / 8).step_by(2) {
+                s.write(Sector(c * 8), &[0xdd; 512]).unwrap();
+            }
+        });
+    });
+    let view = read(&*s, 0, 4096);
+    for c in 0..ORIGIN / 8 {
+        let at = usize::try_from(c * 8 * 512).unwrap();
+        let want: &[u8] = if c % 2 == 1 {
+            &[0xdd; 512]
+        } else {
+            &before[at..at + 512]
+        };
+        assert_eq!(&view[at..at + 512], want, "chunk {c}");
+    }
+    crate::testing::conformance::check_read_write(&*s);
+}
