@@ -373,3 +373,44 @@ fn dmemu_extends_its_cow_exactly_as_the_kernel_did_and_reads_the_kernels() {
     create(&r, "orig", "0 8192 snapshot-origin /dev/vda");
     check_views(&r, &k["after phase 2"]);
 }
+
+#[test]
+fn merge_with_large_chunks_copies_out_every_small_chunk_of_a_live_snapshot() {
+    // guest-merge-small-chunks.sh: snapshot M (P 32) written, then merged while S (P 8) is
+    // live; S keeps its view and holds 16 chunks.
+    let k = kernel_out("kernel-merge-small.out");
+    let k = &k[""];
+    let disks = [vol(gunzip("origin.img.gz")), zeros(2 << 20), zeros(2 << 20)];
+    let r = registry(&disks);
+    create(&r, "snapM", "0 8192 snapshot /dev/vda /dev/vdb P 32");
+    for (sector, count) in [(0, 64), (100, 3), (4000, 1)] {
+        let op = Op {
+            phase: 1,
+            dev: "snapM".into(),
+            sector,
+            count,
+        };
+        let dev = r.mapped("snapM").unwrap();
+        dev.write(Sector(sector), &op_data(&op)).unwrap();
+    }
+    drop(r); // dmsetup remove snapM
+    let r = registry(&disks);
+    create(&r, "snapS", "0 8192 snapshot /dev/vda /dev/vdc P 8");
+    assert_eq!(
+        sha256(&*r.mapped("snapS").unwrap()),
+        k["sha256 snapS before"]
+    );
+    create(&r, "merge", "0 8192 snapshot-merge /dev/vda /dev/vdb P 32");
+    r.mapped("merge")
+        .unwrap()
+        .message(Sector(0), &["merge"])
+        .unwrap();
+    assert_eq!(status(&r, "merge"), k["status merge done"]);
+    assert_eq!(status(&r, "snapS"), k["status snapS after"]);
+    assert_eq!(
+        sha256(&*r.mapped("snapS").unwrap()),
+        k["sha256 snapS after"]
+    );
+    assert_eq!(sha256(&*disks[0]), k["sha256 origin after"]);
+    assert!(disks[2].to_vec() == gunzip("k4-cowS.img.gz"), "cowS");
+}

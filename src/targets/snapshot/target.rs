@@ -451,7 +451,9 @@ impl Snapshot {
             return Err(self.merge_error("exception for an origin chunk beyond the origin"));
         };
         let io = (n * self.chunk).min(self.origin.size().0 - dest);
-        // origin_write_extent: the origin's other snapshots keep their view.
+        // origin_write_extent: the origin's other snapshots keep their view. The kernel
+        // steps through the extent by the origin's minimum chunk size (max_io_len, set by
+        // snapshot_merge_resume), so every chunk of every snapshot in it is copied out.
         self.links
             .before_origin_write(Sector(dest), SectorCount(n * self.chunk));
         let mut buf = vec![0; usize::try_from(self.chunk * 512).unwrap_or(usize::MAX)];
