@@ -414,3 +414,34 @@ fn merge_with_large_chunks_copies_out_every_small_chunk_of_a_live_snapshot() {
     assert_eq!(sha256(&*disks[0]), k["sha256 origin after"]);
     assert!(disks[2].to_vec() == gunzip("k4-cowS.img.gz"), "cowS");
 }
+
+#[test]
+fn discard_zeroes_cow_zeroes_whole_chunk_exceptions_like_the_kernel() {
+    // guest-discard.sh: four whole-chunk writes, then discards of chunk 1 (has an
+    // exception: zeroed on the COW) and chunks 10-11 (none: nothing happens).
+    let k = kernel_out("kernel-discard.out");
+    let k = &k[""];
+    let disks = [vol(gunzip("origin.img.gz")), zeros(1 << 20)];
+    let r = registry(&disks);
+    create(
+        &r,
+        "snapD",
+        "0 8192 snapshot /dev/vda /dev/vdb P 8 1 discard_zeroes_cow",
+    );
+    let dev = r.mapped("snapD").unwrap();
+    assert_eq!(
+        dev.table_text(Keys::Hidden).trim_end(),
+        kernel_table(&k["table snapD"])
+    );
+    for c in 0..4u64 {
+        let line = format!("snapD@{c}\n");
+        let data: Vec<u8> = line.bytes().cycle().take(4096).collect();
+        dev.write(Sector(c * 8), &data).unwrap();
+    }
+    assert_eq!(status(&r, "snapD"), k["status before"]);
+    dev.discard(Sector(8), SectorCount(8)).unwrap();
+    dev.discard(Sector(80), SectorCount(16)).unwrap();
+    assert_eq!(status(&r, "snapD"), k["status after"]);
+    assert_eq!(sha256(&*dev), k["sha256 snapD"]);
+    assert!(disks[1].to_vec() == gunzip("k5-cowD.img.gz"), "cowD");
+}
