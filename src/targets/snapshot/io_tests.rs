@@ -576,3 +576,27 @@ fn concurrent_snapshot_and_origin_writers_keep_both_views() {
     }
     crate::testing::conformance::check_read_write(&*s);
 }
+
+#[test]
+fn hand_built_args_with_bad_chunk_size_are_refused() {
+    let links = Arc::new(OriginSnapshots::default());
+    for (store, chunk) in [(StoreType::Transient, 0), (StoreType::Persistent, 12)] {
+        let args = SnapshotArgs {
+            origin: crate::targets::DeviceRef("a".into()),
+            cow: crate::targets::DeviceRef("b".into()),
+            store,
+            chunk_size: chunk,
+            discard: SnapshotDiscard::Off,
+        };
+        let err = Snapshot::over(
+            &args,
+            SnapshotKind::Snapshot,
+            mem(64) as SharedVolume,
+            mem(64) as SharedVolume,
+            SectorCount(64),
+            &links,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    }
+}

@@ -475,8 +475,10 @@ impl PersistentStore {
         self.current_committed -= n.min(self.current_committed);
         // The kernel frees the merged chunks by pointing next_free just past the area's
         // remaining entries.
-        self.next_free =
-            self.area_location(self.current_area).unwrap_or(u64::MAX) + self.current_committed + 1;
+        self.next_free = self
+            .area_location(self.current_area)
+            .unwrap_or(u64::MAX)
+            .saturating_add(self.current_committed + 1);
         Ok(())
     }
 

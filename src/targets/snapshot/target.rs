@@ -208,6 +208,13 @@ impl Snapshot {
                 "COW device cannot be the same as origin device",
             ));
         }
+        // The parser enforces these; `over` is also reachable with hand-built args.
+        if args.chunk_size != 0 {
+            super::store::check_chunk_size(args.chunk_size)
+                .map_err(|why| Error::invalid("snapshot chunk size", why))?;
+        } else if args.store == StoreType::Transient {
+            return Err(Error::invalid("snapshot", "Chunk size not set"));
+        }
         let mut exceptions = ExceptionMap::default();
         let (store, valid, chunk) = match args.store {
             StoreType::Transient => {
@@ -441,14 +448,21 @@ impl Snapshot {
         else {
             return Ok(MergeStep::Done);
         };
-        let old = last_old + 1 - n;
-        let new = last_new + 1 - n;
+        // prepare_merge counted only entries at or above 0, so these do not wrap.
+        let old = last_old - (n - 1);
+        let new = last_new - (n - 1);
         let dest = old
             .checked_mul(self.chunk)
             .filter(|&d| d < self.origin.size().0);
-        let Some(dest) = dest else {
+        let src = new
+            .checked_add(n)
+            .and_then(|end| end.checked_mul(self.chunk))
+            .filter(|&end| end <= self.cow.size().0);
+        let (Some(dest), Some(_)) = (dest, src) else {
             self.merge_failed.store(true, Ordering::Release);
-            return Err(self.merge_error("exception for an origin chunk beyond the origin"));
+            return Err(
+                self.merge_error("exception for a chunk beyond the origin or the COW device")
+            );
         };
         let io = (n * self.chunk).min(self.origin.size().0 - dest);
         // origin_write_extent: the origin's other snapshots keep their view. The kernel
