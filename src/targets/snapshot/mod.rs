@@ -1,8 +1,8 @@
 //! `snapshot`, `snapshot-merge` and `snapshot-origin` (kernel dm-snap.c, v1.16.0 / v1.5.0 /
 //! v1.9.0; exception stores in dm-exception-store.c, dm-snap-persistent.c,
 //! dm-snap-transient.c). This file parses the arguments with the kernel's checks and words
-//! and prints what 6.12's STATUSTYPE_TABLE prints; `store` holds the exception stores and
-//! `target` the copy-on-write I/O.
+//! and prints what 6.12's STATUSTYPE_TABLE prints; `store` holds the exception stores,
+//! `target` the snapshot's copy-on-write I/O, `origin` snapshot-origin and `merge` the merge.
 //!
 //! Table args:
 //! * `snapshot` / `snapshot-merge`:
@@ -15,10 +15,14 @@ use crate::table::args::{ArgResult, Args};
 
 use super::DeviceRef;
 
+mod merge;
+mod origin;
 pub mod store;
 mod target;
 
-pub use target::{MergeStep, Origin, OriginSnapshots, Snapshot};
+pub use merge::MergeStep;
+pub use origin::{Origin, OriginSnapshots};
+pub use target::Snapshot;
 
 /// The exception store named by the third argument (`dm_exception_store_create`: only the
 /// first character counts, upper-cased; a `P` store takes one option character).

@@ -1,5 +1,6 @@
-//! The constructed `snapshot`, `snapshot-merge` and `snapshot-origin` targets (kernel
-//! dm-snap.c): the exception table, copy-on-write on snapshot and origin writes, and merging.
+//! The constructed `snapshot` and `snapshot-merge` targets (kernel dm-snap.c): the
+//! exception table and copy-on-write on snapshot writes (origin.rs has snapshot-origin and
+//! the copy-out on origin writes, merge.rs the merge).
 //!
 //! Locking (see docs/design.md, "snapshot"): the completed-exception table is behind an
 //! `RwLock` looked up on every I/O and released before any data moves; the exception store
@@ -10,7 +11,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
 use crate::registry::Registry;
@@ -18,7 +19,7 @@ use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
 
 use super::store::{Loaded, PersistentStore, TransientStore, Usage};
-use super::{OriginArgs, SnapshotArgs, SnapshotDiscard, SnapshotKind, StoreType};
+use super::{MergeStep, OriginSnapshots, SnapshotArgs, SnapshotDiscard, SnapshotKind, StoreType};
 use crate::targets::{DeviceAt, Target, TargetSpec};
 
 /// Multiplicative hash for chunk numbers (the kernel's `exception_hash` is a mask; a
@@ -43,62 +44,13 @@ impl Hasher for ChunkHasher {
 
 type ExceptionMap = HashMap<u64, u64, BuildHasherDefault<ChunkHasher>>;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The snapshots of one origin device: the kernel's `struct origin` in `_origins`, found
-/// through the registry by the origin volume.
-#[derive(Debug, Default)]
-pub struct OriginSnapshots {
-    snapshots: RwLock<Vec<Weak<Snapshot>>>,
-}
-
-impl OriginSnapshots {
-    fn register(&self, s: &Arc<Snapshot>) {
-        let mut list = self
-            .snapshots
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(s));
-    }
-
-    fn live(&self) -> Vec<Arc<Snapshot>> {
-        self.snapshots
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect()
-    }
-
-    /// `__origin_write` for `[sector, sector + count)`: every valid, non-merging snapshot
-    /// that lacks an exception for a chunk in the range gets a copy of the origin chunk
-    /// first. A snapshot that cannot (COW full, I/O error) is invalidated, even a `PO` one;
-    /// the origin write itself goes on.
-    pub fn before_origin_write(&self, sector: Sector, count: SectorCount) {
-        for snap in self.live() {
-            if snap.kind == SnapshotKind::Merge || sector.0 >= snap.size.0 {
-                continue;
-            }
-            let end = (sector.0 + count.0).min(snap.size.0);
-            for (s, _) in chunks(sector, SectorCount(end - sector.0), SectorCount(snap.chunk)) {
-                if !snap.valid() {
-                    break;
-                }
-                let chunk = s.0 >> snap.shift;
-                if snap.lookup(chunk).is_none() {
-                    snap.copy_out(chunk, None, OnFull::Invalidate);
-                }
-            }
-        }
-    }
 }
 
 /// What running out of COW space does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum OnFull {
+pub(super) enum OnFull {
     /// Invalidate the snapshot (P stores; origin writes for every store).
     Invalidate,
     /// Mark the snapshot overflowed (PO stores, snapshot writes).
@@ -106,7 +58,7 @@ enum OnFull {
 }
 
 #[derive(Debug)]
-enum Store {
+pub(super) enum Store {
     Persistent(PersistentStore),
     Transient(TransientStore),
 }
@@ -137,37 +89,23 @@ impl Store {
     }
 }
 
-/// One step of a merge.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MergeStep {
-    /// `chunks` consecutive chunks from origin chunk `old_chunk` on were copied back.
-    Merged {
-        /// First origin chunk of the batch.
-        old_chunk: u64,
-        /// Number of chunks.
-        chunks: u64,
-    },
-    /// Nothing is left to merge.
-    Done,
-}
-
 /// A constructed `snapshot` or `snapshot-merge`.
 #[derive(Debug)]
 pub struct Snapshot {
-    args: SnapshotArgs,
-    kind: SnapshotKind,
-    origin: SharedVolume,
-    cow: SharedVolume,
-    size: SectorCount,
+    pub(super) args: SnapshotArgs,
+    pub(super) kind: SnapshotKind,
+    pub(super) origin: SharedVolume,
+    pub(super) cow: SharedVolume,
+    pub(super) size: SectorCount,
     /// Chunk size in sectors (a power of two) and its log2.
-    chunk: u64,
-    shift: u32,
-    exceptions: RwLock<ExceptionMap>,
-    store: Mutex<Store>,
-    valid: AtomicBool,
-    overflowed: AtomicBool,
-    merge_failed: AtomicBool,
-    links: Arc<OriginSnapshots>,
+    pub(super) chunk: u64,
+    pub(super) shift: u32,
+    pub(super) exceptions: RwLock<ExceptionMap>,
+    pub(super) store: Mutex<Store>,
+    pub(super) valid: AtomicBool,
+    pub(super) overflowed: AtomicBool,
+    pub(super) merge_failed: AtomicBool,
+    pub(super) links: Arc<OriginSnapshots>,
 }
 
 impl Snapshot {
@@ -284,7 +222,7 @@ impl Snapshot {
             .len()
     }
 
-    fn lookup(&self, chunk: u64) -> Option<u64> {
+    pub(super) fn lookup(&self, chunk: u64) -> Option<u64> {
         self.exceptions
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -304,7 +242,7 @@ impl Snapshot {
     }
 
     /// `__invalidate_snapshot`: drop the store (header valid = 0) and fail all later I/O.
-    fn invalidate(&self, store: &mut Store) {
+    pub(super) fn invalidate(&self, store: &mut Store) {
         if self.valid.swap(false, Ordering::AcqRel) {
             store.drop_snapshot(self.cow.as_ref());
         }
@@ -312,7 +250,7 @@ impl Snapshot {
 
     /// Sectors of origin chunk `chunk` that lie on the origin (the last chunk may be short:
     /// `start_copy` copies `min(chunk_size, dev_size - sector)`).
-    fn chunk_span(&self, chunk: u64) -> (Sector, usize) {
+    pub(super) fn chunk_span(&self, chunk: u64) -> (Sector, usize) {
         let start = chunk << self.shift;
         let n = self.chunk.min(self.origin.size().0.saturating_sub(start));
         (
@@ -326,7 +264,12 @@ impl Snapshot {
     /// replaces it when it covers the whole chunk, `start_full_bio`), so the data chunk is
     /// complete on the COW before the area that points at it is written. Returns the COW
     /// chunk, or None when the snapshot was invalidated or overflowed.
-    fn copy_out(&self, chunk: u64, write: Option<(usize, &[u8])>, on_full: OnFull) -> Option<u64> {
+    pub(super) fn copy_out(
+        &self,
+        chunk: u64,
+        write: Option<(usize, &[u8])>,
+        on_full: OnFull,
+    ) -> Option<u64> {
         let mut store = lock(&self.store);
         if let Some(new) = self.lookup(chunk) {
             return Some(new);
@@ -373,7 +316,7 @@ impl Snapshot {
     }
 
     /// COW sector of `sector` in `chunk`'s exception `new`.
-    fn remap(&self, new: u64, sector: Sector) -> Sector {
+    pub(super) fn remap(&self, new: u64, sector: Sector) -> Sector {
         Sector((new << self.shift) | (sector.0 & (self.chunk - 1)))
     }
 
@@ -420,108 +363,6 @@ impl Snapshot {
         }
         self.links.before_origin_write(sector, count);
         self.origin.write(sector, buf)
-    }
-
-    /// Copy the last batch of consecutive exceptions back to the origin and clear them from
-    /// the store (`snapshot_merge_next_chunks` + `merge_callback`). A crash between batches
-    /// leaves a store that merges on from where it stopped.
-    pub fn merge_step(&self) -> Result<MergeStep> {
-        if self.kind != SnapshotKind::Merge {
-            return Err(Error::Unsupported {
-                target: "snapshot",
-                op: "merge (load the COW as snapshot-merge)",
-            });
-        }
-        if self.merge_failed.load(Ordering::Acquire) {
-            return Err(self.merge_error("merge failed earlier"));
-        }
-        if !self.valid() {
-            return Err(self.merge_error("Snapshot is invalid: can't merge"));
-        }
-        let mut guard = lock(&self.store);
-        let Store::Persistent(ps) = &mut *guard else {
-            return Err(self.merge_error("transient store"));
-        };
-        let Some((last_old, last_new, n)) = ps
-            .prepare_merge(self.cow.as_ref())
-            .map_err(|e| self.fail_merge(e))?
-        else {
-            return Ok(MergeStep::Done);
-        };
-        // prepare_merge counted only entries at or above 0, so these do not wrap.
-        let old = last_old - (n - 1);
-        let new = last_new - (n - 1);
-        let dest = old
-            .checked_mul(self.chunk)
-            .filter(|&d| d < self.origin.size().0);
-        let src = new
-            .checked_add(n)
-            .and_then(|end| end.checked_mul(self.chunk))
-            .filter(|&end| end <= self.cow.size().0);
-        let (Some(dest), Some(_)) = (dest, src) else {
-            self.merge_failed.store(true, Ordering::Release);
-            return Err(
-                self.merge_error("exception for a chunk beyond the origin or the COW device")
-            );
-        };
-        let io = (n * self.chunk).min(self.origin.size().0 - dest);
-        // origin_write_extent: the origin's other snapshots keep their view. The kernel
-        // steps through the extent by the origin's minimum chunk size (max_io_len, set by
-        // snapshot_merge_resume), so every chunk of every snapshot in it is copied out.
-        self.links
-            .before_origin_write(Sector(dest), SectorCount(n * self.chunk));
-        let mut buf = vec![0; usize::try_from(self.chunk * 512).unwrap_or(usize::MAX)];
-        let mut done = 0;
-        while done < io {
-            let len = (io - done).min(self.chunk);
-            let b = &mut buf[..usize::try_from(len * 512).unwrap_or(usize::MAX)];
-            let copied = self
-                .cow
-                .read(Sector((new << self.shift) + done), b)
-                .and_then(|()| self.origin.write(Sector(dest + done), b));
-            copied.map_err(|e| self.fail_merge(e))?;
-            done += len;
-        }
-        self.origin.flush().map_err(|e| self.fail_merge(e))?;
-        ps.commit_merge(self.cow.as_ref(), n)
-            .map_err(|e| self.fail_merge(e))?;
-        let mut table = self
-            .exceptions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        for c in old..old + n {
-            if table.remove(&c).is_none() {
-                self.merge_failed.store(true, Ordering::Release);
-                return Err(
-                    self.merge_error("Corruption detected: exception is on disk but not in memory")
-                );
-            }
-        }
-        Ok(MergeStep::Merged {
-            old_chunk: old,
-            chunks: n,
-        })
-    }
-
-    /// Run the merge to completion; returns the number of batches copied.
-    pub fn merge(&self) -> Result<u64> {
-        let mut batches = 0;
-        while let MergeStep::Merged { .. } = self.merge_step()? {
-            batches += 1;
-        }
-        Ok(batches)
-    }
-
-    fn fail_merge(&self, e: Error) -> Error {
-        self.merge_failed.store(true, Ordering::Release);
-        e
-    }
-
-    fn merge_error(&self, why: &str) -> Error {
-        Error::TargetFailed {
-            target: "snapshot-merge",
-            reason: why.to_string(),
-        }
     }
 
     fn discard_piece(&self, sector: Sector, count: SectorCount) -> Result<()> {
@@ -664,63 +505,3 @@ impl Target for Snapshot {
         })
     }
 }
-
-/// A constructed `snapshot-origin`.
-#[derive(Debug)]
-pub struct Origin {
-    origin: SharedVolume,
-    size: SectorCount,
-    links: Arc<OriginSnapshots>,
-}
-
-impl Origin {
-    /// `origin_ctr`.
-    pub fn new(args: &OriginArgs, len: SectorCount, registry: &Registry) -> Result<Origin> {
-        let origin = registry.device_area(
-            &DeviceAt {
-                device: args.origin.clone(),
-                offset: SectorCount(0),
-            },
-            len,
-        )?;
-        let links = registry.origin_snapshots(&origin);
-        Ok(Origin::over(origin, len, links))
-    }
-
-    /// Build over an open volume and its snapshot list.
-    #[must_use]
-    pub fn over(origin: SharedVolume, len: SectorCount, links: Arc<OriginSnapshots>) -> Origin {
-        Origin {
-            origin,
-            size: len,
-            links,
-        }
-    }
-}
-
-impl Volume for Origin {
-    fn size(&self) -> SectorCount {
-        self.size
-    }
-    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
-        check_io(self.size, sector, buf.len())?;
-        self.origin.read(sector, buf)
-    }
-    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        let count = check_io(self.size, sector, buf.len())?;
-        self.links.before_origin_write(sector, count);
-        self.origin.write(sector, buf)
-    }
-    fn flush(&self) -> Result<()> {
-        self.origin.flush()
-    }
-    fn discard(&self, _sector: Sector, _count: SectorCount) -> Result<()> {
-        // origin_ctr sets no num_discard_bios.
-        Err(Error::Unsupported {
-            target: "snapshot-origin",
-            op: "discard",
-        })
-    }
-}
-
-impl Target for Origin {}
