@@ -606,7 +606,8 @@ fn hand_built_args_with_bad_chunk_size_are_refused() {
 #[derive(Debug)]
 struct CrashAfter {
     inner: Arc<MemVolume>,
-    left: std::sync::atomic::AtomicUsize,
+    /// Shared by every volume of one machine: power goes for all of them at once.
+    left: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Volume for CrashAfter {
@@ -663,7 +664,7 @@ fn crash_at_any_cow_write_leaves_a_state_of_completed_writes() {
         let inner = mem(1024);
         let cow: SharedVolume = Arc::new(CrashAfter {
             inner: Arc::clone(&inner),
-            left: crash.into(),
+            left: Arc::new(crash.into()),
         });
         let links = Arc::new(OriginSnapshots::default());
         let o = Arc::clone(&origin) as SharedVolume;
@@ -694,5 +695,62 @@ fn crash_at_any_cow_write_leaves_a_state_of_completed_writes() {
             states.contains(&view),
             "crash after {crash} COW writes: torn state"
         );
+    }
+}
+
+#[test]
+fn crash_during_merge_resumes_to_the_same_origin() {
+    // 40 one-sector exceptions with chunk 1 (two areas), some consecutive.
+    let (_, origin0, _) = setup(1);
+    let cow0 = mem(1024);
+    let links = Arc::new(OriginSnapshots::default());
+    let s = Snapshot::over(
+        &persistent(1),
+        SnapshotKind::Snapshot,
+        Arc::clone(&origin0) as SharedVolume,
+        Arc::clone(&cow0) as SharedVolume,
+        SectorCount(ORIGIN),
+        &links,
+    )
+    .unwrap();
+    for i in 0..40u64 {
+        let at = if i < 20 { i } else { 100 + i * 3 };
+        s.write(Sector(at), &[u8::try_from(i).unwrap() + 1; 512])
+            .unwrap();
+    }
+    let want = read(&*s, 0, 300);
+    drop(s);
+    let merge = |origin: SharedVolume, cow: SharedVolume| {
+        Snapshot::over(
+            &persistent(1),
+            SnapshotKind::Merge,
+            origin,
+            cow,
+            SectorCount(ORIGIN),
+            &Arc::new(OriginSnapshots::default()),
+        )
+    };
+    for crash in 0..60 {
+        let origin = Arc::new(MemVolume::from_bytes(origin0.to_vec()).unwrap());
+        let cow = Arc::new(MemVolume::from_bytes(cow0.to_vec()).unwrap());
+        let power = Arc::new(std::sync::atomic::AtomicUsize::new(crash));
+        let crashing = |v: &Arc<MemVolume>| -> SharedVolume {
+            Arc::new(CrashAfter {
+                inner: Arc::clone(v),
+                left: Arc::clone(&power),
+            })
+        };
+        let m = merge(crashing(&origin), crashing(&cow)).unwrap();
+        let _ = m.merge();
+        drop(m);
+        let m = merge(
+            Arc::clone(&origin) as SharedVolume,
+            Arc::clone(&cow) as SharedVolume,
+        )
+        .unwrap();
+        assert_eq!(read(&*m, 0, 300), want, "crash after {crash}: merged view");
+        m.merge().unwrap();
+        assert_eq!(read(&*origin, 0, 300), want, "crash after {crash}: origin");
+        assert_eq!(crate::targets::Target::status(&*m), "2/1024 2");
     }
 }
