@@ -34,6 +34,17 @@ fn setup(cow_sectors: u64) -> (Registry, Arc<MemVolume>, Arc<MemVolume>) {
     (r, origin, cow)
 }
 
+/// A new registry over `r`'s origin and cow (its devices are gone, as after `dmsetup
+/// remove`).
+fn again(r: &Registry) -> Registry {
+    let n = Registry::new();
+    for name in ["origin", "cow"] {
+        let v = r.volume(&crate::targets::DeviceRef(name.into())).unwrap();
+        n.insert_volume(name, v);
+    }
+    n
+}
+
 /// A new registry over the same volumes (the devices of the old one are gone).
 fn reopen(origin: &Arc<MemVolume>, cow: &Arc<MemVolume>) -> Registry {
     let r = Registry::new();
@@ -146,7 +157,12 @@ fn snapshot_view_survives_reload_from_the_cow() {
     d.write(Sector(4000), &[2; 4096]).unwrap();
     let before = read(&*d, 0, usize::try_from(ORIGIN).unwrap());
     drop(d);
-    let again = create(&r, "again", &format!("0 {ORIGIN} snapshot origin cow P 8")).unwrap();
+    let again = create(
+        &again(&r),
+        "again",
+        &format!("0 {ORIGIN} snapshot origin cow P 8"),
+    )
+    .unwrap();
     assert_eq!(read(&*again, 0, usize::try_from(ORIGIN).unwrap()), before);
     assert_eq!(status(&again), "32/1024 16");
 }
@@ -190,7 +206,12 @@ fn full_area_spills_into_next_area_and_allocator_skips_it() {
     assert_eq!(status(&d), "2080/4096 24");
     let view = read(&*d, 0, 4096);
     drop(d);
-    let again = create(&r, "again", &format!("0 {ORIGIN} snapshot origin cow P 0")).unwrap();
+    let again = create(
+        &again(&r),
+        "again",
+        &format!("0 {ORIGIN} snapshot origin cow P 0"),
+    )
+    .unwrap();
     assert_eq!(read(&*again, 0, 4096), view);
     assert_eq!(status(&again), "2080/4096 24");
 }
@@ -209,7 +230,12 @@ fn persistent_overflow_invalidates_snapshot_on_disk() {
     assert_eq!(header(&cow).valid, 0);
     assert!(d.read(Sector(0), &mut [0; 512]).is_err());
     drop(d);
-    let again = create(&r, "again", &format!("0 {ORIGIN} snapshot origin cow P 8")).unwrap();
+    let again = create(
+        &again(&r),
+        "again",
+        &format!("0 {ORIGIN} snapshot origin cow P 8"),
+    )
+    .unwrap();
     assert_eq!(status(&again), "Invalid");
     assert!(again.read(Sector(0), &mut [0; 512]).is_err());
 }
@@ -245,7 +271,12 @@ fn transient_store_allocates_from_chunk_zero_with_no_metadata() {
 fn table_with_chunk_zero_prints_the_header_chunk_size() {
     let (r, _, _) = setup(1024);
     drop(snap(&r, "P 16"));
-    let d = create(&r, "zero", &format!("0 {ORIGIN} snapshot origin cow P 0")).unwrap();
+    let d = create(
+        &again(&r),
+        "zero",
+        &format!("0 {ORIGIN} snapshot origin cow P 0"),
+    )
+    .unwrap();
     assert_eq!(
         d.table_text(crate::targets::Keys::Hidden),
         format!("0 {ORIGIN} snapshot origin cow P 16\n")
@@ -388,7 +419,7 @@ fn invalid_snapshot_loads_and_fails_io_but_merge_reads_origin() {
     assert_eq!(status(&d), "Invalid");
     assert_eq!(d.read(Sector(0), &mut [0; 512]).unwrap_err().errno(), 5);
     let m = create(
-        &r,
+        &again(&r),
         "m",
         &format!("0 {ORIGIN} snapshot-merge origin cow P 8"),
     )
@@ -753,4 +784,17 @@ fn crash_during_merge_resumes_to_the_same_origin() {
         assert_eq!(read(&*origin, 0, 300), want, "crash after {crash}: origin");
         assert_eq!(crate::targets::Target::status(&*m), "2/1024 2");
     }
+}
+
+#[test]
+fn second_live_target_on_the_same_cow_is_refused() {
+    let (r, _, _) = setup(1024);
+    let _s = snap(&r, "P 8");
+    let err = create(
+        &r,
+        "m",
+        &format!("0 {ORIGIN} snapshot-merge origin cow P 8"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("using the COW"), "{err}");
 }

@@ -29,7 +29,7 @@ impl OriginSnapshots {
         list.push(Arc::downgrade(s));
     }
 
-    fn live(&self) -> Vec<Arc<Snapshot>> {
+    pub(super) fn live(&self) -> Vec<Arc<Snapshot>> {
         self.snapshots
             .read()
             .unwrap_or_else(PoisonError::into_inner)

@@ -153,6 +153,20 @@ impl Snapshot {
         } else if args.store == StoreType::Transient {
             return Err(Error::invalid("snapshot", "Chunk size not set"));
         }
+        // Two live targets on one COW would each keep their own store in memory. The kernel
+        // allows it only to hand the store over on resume (`__find_snapshots_sharing_cow`),
+        // which dmemu does not model.
+        let shares_cow = links
+            .live()
+            .iter()
+            .any(|s| std::ptr::addr_eq(Arc::as_ptr(&s.cow), Arc::as_ptr(&cow)));
+        if shares_cow {
+            return Err(Error::invalid(
+                "snapshot",
+                "another snapshot of this origin is using the COW device (store handover \
+                 between snapshot and snapshot-merge is not supported; remove it first)",
+            ));
+        }
         let mut exceptions = ExceptionMap::default();
         let (store, valid, chunk) = match args.store {
             StoreType::Transient => {
