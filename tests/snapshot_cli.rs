@@ -74,3 +74,42 @@ fn dmemu_bytes(dir: &Path, args: &[&str]) -> Vec<u8> {
     assert!(out.status.success());
     out.stdout
 }
+
+#[test]
+fn cli_origin_write_in_a_concise_spec_copies_out_to_the_specs_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    fixture("origin.img.gz", &d.path().join("o.img"));
+    let before = std::fs::read(d.path().join("o.img")).unwrap();
+    std::fs::File::create(d.path().join("c.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    std::fs::write(d.path().join("w.bin"), [0xab; 4096]).unwrap();
+    let spec = "snap,,,rw,0 8192 snapshot o.img c.img P 8;\
+                orig,,,rw,0 8192 snapshot-origin o.img";
+    let c = ["--concise", spec];
+    dmemu(
+        d.path(),
+        &[
+            &["write"][..],
+            &c,
+            &["--device", "orig", "--start", "16", "-i", "w.bin"],
+        ]
+        .concat(),
+    );
+    // One chunk (16..24) copied out: allocated = 3 chunks of 8.
+    assert_eq!(
+        dmemu(
+            d.path(),
+            &[&["status"][..], &c, &["--device", "snap"]].concat()
+        ),
+        "0 8192 snapshot 24/2048 16\n"
+    );
+    let view = dmemu_bytes(
+        d.path(),
+        &[&["read"][..], &c, &["--device", "snap"]].concat(),
+    );
+    assert!(view == before, "the snapshot shows the origin as it was");
+    let origin = std::fs::read(d.path().join("o.img")).unwrap();
+    assert_eq!(&origin[16 * 512..24 * 512], &[0xab; 4096][..]);
+}
