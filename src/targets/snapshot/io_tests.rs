@@ -798,3 +798,34 @@ fn second_live_target_on_the_same_cow_is_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("using the COW"), "{err}");
 }
+
+#[test]
+fn concurrent_first_writes_to_one_chunk_both_land() {
+    // Two threads write different sectors of the same fresh chunks; whichever makes the
+    // exception second must still write its data into it.
+    for _ in 0..20 {
+        let (r, _, _) = setup(ORIGIN * 3);
+        let s = snap(&r, "P 8");
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|t| {
+            for half in 0..2u64 {
+                let (s, barrier) = (&s, &barrier);
+                t.spawn(move || {
+                    for c in 0..64u64 {
+                        barrier.wait();
+                        let b = u8::try_from(0xa0 + half).unwrap();
+                        s.write(Sector(c * 8 + half), &[b; 512]).unwrap();
+                    }
+                });
+            }
+        });
+        for c in 0..64u64 {
+            assert_eq!(
+                read(&*s, c * 8, 2),
+                [[0xa0; 512], [0xa1; 512]].concat(),
+                "chunk {c}"
+            );
+        }
+        assert_eq!(status(&s), "528/12288 16");
+    }
+}

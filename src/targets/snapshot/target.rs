@@ -57,6 +57,17 @@ pub(super) enum OnFull {
     Overflow,
 }
 
+/// What `copy_out` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CopyOut {
+    /// Made the exception (with the write applied, if any).
+    Made,
+    /// The chunk already had an exception, in this COW chunk.
+    Exists(u64),
+    /// The snapshot is (now) invalid or overflowed.
+    Failed,
+}
+
 #[derive(Debug)]
 pub(super) enum Store {
     Persistent(PersistentStore),
@@ -276,27 +287,28 @@ impl Snapshot {
     /// Make an exception for origin `chunk` (pending exception + copy + commit). With
     /// `write = Some((offset, data))` the snapshot write is laid over the origin copy (or
     /// replaces it when it covers the whole chunk, `start_full_bio`), so the data chunk is
-    /// complete on the COW before the area that points at it is written. Returns the COW
-    /// chunk, or None when the snapshot was invalidated or overflowed.
+    /// complete on the COW before the area that points at it is written. Returns what
+    /// happened; `Exists` means another writer made the exception first and `write` was not
+    /// applied.
     pub(super) fn copy_out(
         &self,
         chunk: u64,
         write: Option<(usize, &[u8])>,
         on_full: OnFull,
-    ) -> Option<u64> {
+    ) -> CopyOut {
         let mut store = lock(&self.store);
         if let Some(new) = self.lookup(chunk) {
-            return Some(new);
+            return CopyOut::Exists(new);
         }
         if !self.valid() {
-            return None;
+            return CopyOut::Failed;
         }
         let Some(new) = store.prepare() else {
             match on_full {
                 OnFull::Overflow => self.overflowed.store(true, Ordering::Release),
                 OnFull::Invalidate => self.invalidate(&mut store),
             }
-            return None;
+            return CopyOut::Failed;
         };
         let (origin_at, n) = self.chunk_span(chunk);
         let mut data = vec![0; n];
@@ -320,13 +332,13 @@ impl Snapshot {
         });
         if copied.is_err() || !store.commit(self.cow.as_ref(), chunk, new) {
             self.invalidate(&mut store);
-            return None;
+            return CopyOut::Failed;
         }
         self.exceptions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(chunk, new);
-        Some(new)
+        CopyOut::Made
     }
 
     /// COW sector of `sector` in `chunk`'s exception `new`.
@@ -359,8 +371,9 @@ impl Snapshot {
         };
         let off = usize::try_from((sector.0 & (self.chunk - 1)) * 512).unwrap_or(usize::MAX);
         match self.copy_out(chunk, Some((off, buf)), on_full) {
-            Some(_) => Ok(()),
-            None => Err(self.failed()),
+            CopyOut::Made => Ok(()),
+            CopyOut::Exists(new) => self.cow.write(self.remap(new, sector), buf),
+            CopyOut::Failed => Err(self.failed()),
         }
     }
 
