@@ -47,7 +47,7 @@ impl OriginSnapshots {
             if snap.kind == SnapshotKind::Merge || sector.0 >= snap.size.0 {
                 continue;
             }
-            let end = (sector.0 + count.0).min(snap.size.0);
+            let end = sector.0.saturating_add(count.0).min(snap.size.0);
             for (s, _) in chunks(sector, SectorCount(end - sector.0), SectorCount(snap.chunk)) {
                 if !snap.valid() {
                     break;
