@@ -606,6 +606,7 @@ fn concurrent_snapshot_and_origin_writers_keep_both_views() {
         assert_eq!(&view[at..at + 512], want, "chunk {c}");
     }
     crate::testing::conformance::check_read_write(&*s);
+    crate::testing::conformance::check_read_write(&*o);
 }
 
 #[test]
