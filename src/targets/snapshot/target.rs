@@ -101,6 +101,36 @@ impl Store {
 }
 
 /// A constructed `snapshot` or `snapshot-merge`.
+///
+/// Devices of one [`Registry`] that name the same origin are linked as in the kernel: a write
+/// through a `snapshot-origin` first copies the old chunk into every snapshot of that origin.
+/// Devices live as long as the registry holds them.
+///
+/// ```
+/// # fn main() -> dmemu::Result<()> {
+/// use std::sync::Arc;
+/// use dmemu::table::DeviceSpec;
+/// use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
+///
+/// let registry = Registry::new();
+/// registry.insert_volume("origin", Arc::new(MemVolume::new(SectorCount(64))?));
+/// registry.insert_volume("cow", Arc::new(MemVolume::new(SectorCount(64))?));
+/// let create = |name: &str, table: &str| -> dmemu::Result<_> {
+///     registry.create(&DeviceSpec {
+///         name: name.into(), uuid: String::new(), minor: None,
+///         mode: TableMode::ReadWrite, table: Table::parse(table)?,
+///     })
+/// };
+/// let snap = create("snap", "0 64 snapshot origin cow P 8")?;
+/// let origin = create("orig", "0 64 snapshot-origin origin")?;
+/// origin.write(Sector(0), &[0xab; 512])?;
+/// let mut old = [0xffu8; 512];
+/// snap.read(Sector(0), &mut old)?;
+/// assert_eq!(old, [0; 512]); // the snapshot still shows the origin as it was
+/// assert_eq!(snap.status_text(), "0 64 snapshot 24/64 16\n");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Snapshot {
     pub(super) args: SnapshotArgs,
