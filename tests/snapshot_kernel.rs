@@ -86,9 +86,15 @@ fn kernel_out(name: &str) -> BTreeMap<String, BTreeMap<String, String>> {
         if let Some(s) = line.strip_prefix("--- ") {
             section = s.to_string();
         } else if let Some((k, v)) = line.split_once(": ") {
+            // A repeated key (dmesg lines) keeps every value, one per line.
             out.entry(section.clone())
                 .or_default()
-                .insert(k.to_string(), v.to_string());
+                .entry(k.to_string())
+                .and_modify(|old| {
+                    old.push('\n');
+                    old.push_str(v);
+                })
+                .or_insert_with(|| v.to_string());
         }
     }
     out
@@ -444,4 +450,79 @@ fn discard_zeroes_cow_zeroes_whole_chunk_exceptions_like_the_kernel() {
     assert_eq!(status(&r, "snapD"), k["status after"]);
     assert_eq!(sha256(&*dev), k["sha256 snapD"]);
     assert!(disks[1].to_vec() == gunzip("k5-cowD.img.gz"), "cowD");
+}
+
+/// make-bad-cows.py: a 64 KiB COW with a header and area-0 entries.
+fn bad_cow(magic: u32, valid: u32, version: u32, entries: &[(u64, u64)]) -> Arc<MemVolume> {
+    let mut img = vec![0u8; 64 << 10];
+    for (i, v) in [magic, valid, version, 8].iter().enumerate() {
+        img[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    for (i, (old, new)) in entries.iter().enumerate() {
+        let at = 4096 + 16 * i;
+        img[at..at + 8].copy_from_slice(&old.to_le_bytes());
+        img[at + 8..at + 16].copy_from_slice(&new.to_le_bytes());
+    }
+    vol(img)
+}
+
+#[test]
+fn new_and_damaged_cows_load_status_and_fail_like_the_kernel() {
+    let k = kernel_out("kernel-misc.out");
+    let origin = vol(gunzip("origin.img.gz"));
+    let fresh = zeros(1 << 20);
+    // The guest's disks: vda origin, then one COW per case in this order.
+    let cases = [
+        ("new", Arc::clone(&fresh), 0),
+        ("magic", bad_cow(0x1234_5678, 1, 1, &[]), 8),
+        ("version", bad_cow(0x7041_6e53, 1, 2, &[]), 8),
+        ("invalid", bad_cow(0x7041_6e53, 0, 1, &[]), 8),
+        (
+            "beyond",
+            bad_cow(0x7041_6e53, 1, 1, &[(3, 2), (5, 1000)]),
+            8,
+        ),
+    ];
+    let mut disks = vec![Arc::clone(&origin)];
+    disks.extend(cases.iter().map(|(_, cow, _)| Arc::clone(cow)));
+    let r = registry(&disks);
+    for (i, (name, _, chunk)) in cases.iter().enumerate() {
+        let want = &k[*name];
+        let cow_path = DISKS[i + 1].0;
+        let table = format!("0 8192 snapshot /dev/vda {cow_path} P {chunk}");
+        let made = r.create(&DeviceSpec {
+            name: (*name).into(),
+            uuid: String::new(),
+            minor: None,
+            mode: TableMode::ReadWrite,
+            table: Table::parse(&table).unwrap(),
+        });
+        let dev = match made {
+            Err(e) => {
+                assert_eq!(want["create"], "failed", "{name}: {e}");
+                // The persistent store's own words (first dmesg line) are in the error.
+                let first = want["dmesg"].lines().next().unwrap();
+                let words = first.trim_start_matches("device-mapper: persistent snapshot: ");
+                assert!(e.to_string().contains(words), "{name}: {e} lacks {words:?}");
+                continue;
+            }
+            Ok(dev) => dev,
+        };
+        assert_eq!(want["create"], "ok", "{name}");
+        assert_eq!(
+            dev.table_text(Keys::Hidden).trim_end(),
+            kernel_table(&want["table"]),
+            "{name}"
+        );
+        assert_eq!(status(&r, name), want["status"], "{name}");
+        for c in [3u64, 5, 6] {
+            let ok = dev.read(Sector(c * 8), &mut [0; 4096]).is_ok();
+            let word = if ok { "ok" } else { "failed" };
+            assert_eq!(word, want[&format!("read chunk {c}")], "{name} chunk {c}");
+        }
+    }
+    assert!(
+        fresh.to_vec() == gunzip("k6-cowNew.img.gz"),
+        "new COW initialised as the kernel"
+    );
 }

@@ -355,22 +355,24 @@ fn cow_smaller_than_one_chunk_is_refused() {
 }
 
 #[test]
-fn exception_beyond_the_cow_is_refused_with_its_offset() {
-    let cow = mem(64);
+fn exception_beyond_the_cow_loads_and_its_chunk_fails_io_naming_the_field() {
+    // As the kernel (kernel-misc.out, "beyond"): the store loads, next_free follows the bad
+    // entry, and only I/O to that chunk fails.
+    let (r, _, cow) = setup(64);
     write_header(&cow, 1, 1, 8);
     let e = DiskException {
         old_chunk: 1,
-        new_chunk: 8,
+        new_chunk: u64::MAX,
     };
     cow.write(Sector(8), &[e.encode().to_vec(), vec![0; 496]].concat())
         .unwrap();
-    match open_err(&cow, 8) {
-        Error::Corrupt { what, offset, .. } => {
-            assert_eq!(what, "snapshot exception new_chunk");
-            assert_eq!(offset, 4096 + 8);
-        }
-        other => panic!("{other}"),
-    }
+    let d = snap(&r, "P 8");
+    let err = d.read(Sector(8), &mut [0; 512]).unwrap_err();
+    assert!(err.to_string().contains("exception new_chunk"), "{err}");
+    assert_eq!(err.errno(), 5);
+    assert_eq!(read(&*d, 16, 1), vec![16; 512]);
+    // next_free wrapped to 0 (kernel sector_t arithmetic): allocated 0.
+    assert_eq!(status(&d), "0/64 16");
 }
 
 #[test]

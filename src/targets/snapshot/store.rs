@@ -296,19 +296,10 @@ impl PersistentStore {
                     break;
                 }
                 let offset = base + i * 16;
-                if e.new_chunk >= cow_chunks {
-                    return Err(corrupt(
-                        "snapshot exception new_chunk",
-                        offset + 8,
-                        format!(
-                            "COW chunk {} (for origin chunk {}) is beyond the end of the COW \
-                             device ({cow_chunks} chunks)",
-                            e.new_chunk, e.old_chunk
-                        ),
-                    ));
-                }
+                // A new_chunk beyond the COW loads, as in the kernel; I/O to that chunk
+                // fails (Snapshot::remap). Kernel arithmetic is modulo 2^64.
                 if self.next_free <= e.new_chunk {
-                    self.next_free = e.new_chunk + 1;
+                    self.next_free = e.new_chunk.wrapping_add(1);
                 }
                 exception(e.old_chunk, e.new_chunk, offset)?;
             }
@@ -336,7 +327,7 @@ impl PersistentStore {
     /// `skip_metadata`: never hand out an area's chunk as a data chunk.
     fn skip_metadata(&mut self) {
         if self.next_free % (self.epa + 1) == HDR_CHUNKS {
-            self.next_free += 1;
+            self.next_free = self.next_free.wrapping_add(1);
         }
     }
 
@@ -395,12 +386,13 @@ impl PersistentStore {
     /// `persistent_prepare_exception`: the next free data chunk, or None when the COW is
     /// full (ENOSPC).
     pub fn prepare_exception(&mut self) -> Option<u64> {
-        let need = self.next_free.checked_add(1)?.checked_mul(self.chunk)?;
+        // sector_t arithmetic, as in the kernel (only a damaged store gets near 2^64).
+        let need = self.next_free.wrapping_add(1).wrapping_mul(self.chunk);
         if self.cow_sectors < need {
             return None;
         }
         let new = self.next_free;
-        self.next_free += 1;
+        self.next_free = self.next_free.wrapping_add(1);
         self.skip_metadata();
         Some(new)
     }
@@ -497,7 +489,7 @@ impl PersistentStore {
     #[must_use]
     pub fn usage(&self) -> Usage {
         Usage {
-            allocated: self.next_free * self.chunk,
+            allocated: self.next_free.wrapping_mul(self.chunk),
             total: self.cow_sectors,
             metadata: (self.current_area + 1 + HDR_CHUNKS) * self.chunk,
         }

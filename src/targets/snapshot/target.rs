@@ -372,20 +372,39 @@ impl Snapshot {
     }
 
     /// COW sector of `sector` in `chunk`'s exception `new`.
-    pub(super) fn remap(&self, new: u64, sector: Sector) -> Sector {
-        Sector((new << self.shift) | (sector.0 & (self.chunk - 1)))
+    ///
+    /// A damaged store may map a chunk beyond the COW (the kernel loads it and fails the
+    /// I/O with EIO); the error names the field and where the data would be.
+    pub(super) fn remap(&self, new: u64, sector: Sector) -> Result<Sector> {
+        let start = new.checked_mul(self.chunk).filter(|s| {
+            s.checked_add(self.chunk)
+                .is_some_and(|e| e <= self.cow.size().0)
+        });
+        let Some(start) = start else {
+            return Err(Error::TargetFailed {
+                target: "snapshot",
+                reason: format!(
+                    "origin chunk {} is mapped to COW chunk {new} (exception new_chunk), \
+                     beyond the end of the COW device ({} sectors); byte offset {}",
+                    sector.0 >> self.shift,
+                    self.cow.size().0,
+                    new.saturating_mul(self.chunk).saturating_mul(512)
+                ),
+            });
+        };
+        Ok(Sector(start | (sector.0 & (self.chunk - 1))))
     }
 
     fn read_piece(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         let chunk = sector.0 >> self.shift;
         if let Some(new) = self.lookup(chunk) {
-            return self.cow.read(self.remap(new, sector), buf);
+            return self.cow.read(self.remap(new, sector)?, buf);
         }
         self.origin.read(sector, buf)?;
         // An origin write adds the exception before it writes the origin; if one appeared
         // meanwhile, the origin may already hold new data and the COW holds ours.
         if let Some(new) = self.lookup(chunk) {
-            return self.cow.read(self.remap(new, sector), buf);
+            return self.cow.read(self.remap(new, sector)?, buf);
         }
         Ok(())
     }
@@ -393,7 +412,7 @@ impl Snapshot {
     fn write_piece(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         let chunk = sector.0 >> self.shift;
         if let Some(new) = self.lookup(chunk) {
-            return self.cow.write(self.remap(new, sector), buf);
+            return self.cow.write(self.remap(new, sector)?, buf);
         }
         let on_full = match self.args.store {
             StoreType::PersistentOverflow => OnFull::Overflow,
@@ -402,7 +421,7 @@ impl Snapshot {
         let off = usize::try_from((sector.0 & (self.chunk - 1)) * 512).unwrap_or(usize::MAX);
         match self.copy_out(chunk, Some((off, buf)), on_full) {
             CopyOut::Made => Ok(()),
-            CopyOut::Exists(new) => self.cow.write(self.remap(new, sector), buf),
+            CopyOut::Exists(new) => self.cow.write(self.remap(new, sector)?, buf),
             CopyOut::Failed => Err(self.failed()),
         }
     }
@@ -415,7 +434,7 @@ impl Snapshot {
             // The store lock orders this write against a merge batch copying the chunk.
             let _store = lock(&self.store);
             if let Some(new) = self.lookup(chunk) {
-                return self.cow.write(self.remap(new, sector), buf);
+                return self.cow.write(self.remap(new, sector)?, buf);
             }
         }
         self.links.before_origin_write(sector, count);
@@ -427,7 +446,7 @@ impl Snapshot {
             // No exception: complete at once (it would otherwise trigger a copy).
             return Ok(());
         };
-        let at = self.remap(new, sector);
+        let at = self.remap(new, sector)?;
         if count.0 == self.chunk {
             // zero_exception: the whole chunk is zeroed on the COW.
             let zeros = vec![0; usize::try_from(self.chunk * 512).unwrap_or(usize::MAX)];
