@@ -832,3 +832,22 @@ fn concurrent_first_writes_to_one_chunk_both_land() {
         assert_eq!(status(&s), "528/12288 16");
     }
 }
+
+#[test]
+fn discard_passdown_origin_discards_the_origin_without_copying_out() {
+    // discard_passdown_origin: the second discard bio goes to the origin "without
+    // triggering snapshot exceptions" (snapshot_map), so chunks the snapshot never copied
+    // read the discarded origin afterwards.
+    let (r, origin, _) = setup(1024);
+    let d = create(
+        &r,
+        "s",
+        &format!("0 {ORIGIN} snapshot origin cow P 8 2 discard_zeroes_cow discard_passdown_origin"),
+    )
+    .unwrap();
+    d.write(Sector(8), &[4; 4096]).unwrap();
+    d.discard(Sector(0), SectorCount(16)).unwrap();
+    assert_eq!(read(&*origin, 0, 16), vec![0; 16 * 512]);
+    assert_eq!(read(&*d, 0, 16), vec![0; 16 * 512]);
+    assert_eq!(status(&d), "24/1024 16");
+}
