@@ -204,7 +204,7 @@ impl SpecArgs {
     }
 
     /// Build every device and return the one to act on.
-    fn open(&self) -> Result<Arc<MappedDevice>> {
+    fn open(&self) -> Result<Opened> {
         let specs = self.specs()?;
         let mut registry = Registry::new();
         if self.read_only {
@@ -224,7 +224,7 @@ impl SpecArgs {
             registry.keyring().insert(key_type, desc, &key);
         }
         let devices = registry.create_all(&specs)?;
-        match &self.device {
+        let device = match &self.device {
             None => devices
                 .last()
                 .cloned()
@@ -232,7 +232,26 @@ impl SpecArgs {
             Some(name) => registry
                 .mapped(name)
                 .ok_or_else(|| Error::NoDevice(format!("{name} (not defined in the spec)"))),
-        }
+        }?;
+        Ok(Opened {
+            _registry: registry,
+            device,
+        })
+    }
+}
+
+/// The device a command works on, and the registry that holds every device of the spec:
+/// the others stay loaded while it runs (a snapshot of the spec must see writes to its
+/// origin through a snapshot-origin, as in the kernel).
+struct Opened {
+    _registry: Registry,
+    device: Arc<MappedDevice>,
+}
+
+impl std::ops::Deref for Opened {
+    type Target = MappedDevice;
+    fn deref(&self) -> &MappedDevice {
+        &self.device
     }
 }
 

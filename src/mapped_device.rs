@@ -55,6 +55,7 @@ impl MappedDevice {
         table.validate()?;
         table.check_mode(mode)?;
         let mut segments = Vec::with_capacity(table.lines.len());
+        let mut settled = Vec::new();
         for (i, line) in table.lines.iter().enumerate() {
             let target = line
                 .spec
@@ -64,11 +65,20 @@ impl MappedDevice {
                     token: None,
                     reason: format!("{} target: {e}", line.spec.target_type()),
                 })?;
+            // A target may settle what the text left open (snapshot chunk size 0); the
+            // table then prints what the kernel prints.
+            if let Some(spec) = target.table_spec() {
+                settled.push((i, spec));
+            }
             segments.push(Segment {
                 start: line.start,
                 len: line.len,
                 target,
             });
+        }
+        let mut table = table;
+        for (i, spec) in settled {
+            table.lines[i].spec = spec;
         }
         Ok(MappedDevice::from_segments(name, table, mode, segments))
     }

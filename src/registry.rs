@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::mapped_device::MappedDevice;
 use crate::table::{DeviceSpec, TableMode};
 use crate::targets::crypt::Keyring;
+use crate::targets::snapshot::OriginSnapshots;
 use crate::targets::{DeviceAt, DeviceRef, Target};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_range, Access, FileVolume, MmapVolume, SharedVolume};
@@ -39,6 +40,11 @@ pub struct Registry {
     files: Mutex<BTreeMap<PathBuf, SharedVolume>>,
     clock: RegistryClock,
     keyring: Keyring,
+    /// The kernel's `_origins` hash: each origin volume's snapshot list, so that writes
+    /// through a `snapshot-origin` (or a merging snapshot) copy out to every snapshot of
+    /// that origin. Keyed by volume identity (the same file or device resolves to the same
+    /// `Arc`).
+    origins: Mutex<Vec<(SharedVolume, Arc<OriginSnapshots>)>>,
 }
 
 /// The clock targets built through a registry read time from (system clock by default).
@@ -174,6 +180,19 @@ impl Registry {
                 format!("{} is not a {} device", dev.0, std::any::type_name::<T>()),
             )
         })
+    }
+
+    /// The snapshot list of `origin` (created empty on first use), shared by every snapshot
+    /// and snapshot-origin target over that volume.
+    pub fn origin_snapshots(&self, origin: &SharedVolume) -> Arc<OriginSnapshots> {
+        let mut origins = lock(&self.origins);
+        let same = |v: &SharedVolume| std::ptr::addr_eq(Arc::as_ptr(v), Arc::as_ptr(origin));
+        if let Some((_, links)) = origins.iter().find(|(v, _)| same(v)) {
+            return Arc::clone(links);
+        }
+        let links = Arc::new(OriginSnapshots::default());
+        origins.push((Arc::clone(origin), Arc::clone(&links)));
+        links
     }
 
     /// Resolve a device reference to a volume.

@@ -34,7 +34,7 @@ pub use dust::{Dust, DustArgs};
 pub use flakey::{Flakey, FlakeyArgs};
 pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
-pub use snapshot::{OriginArgs, SnapshotArgs, SnapshotKind};
+pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
 pub use thin::{ThinArgs, ThinPoolArgs};
 pub use verity::{Verity, VerityArgs};
@@ -53,6 +53,13 @@ pub trait Target: Volume + Any {
             target: "this target",
             op: "message",
         })
+    }
+
+    /// The line's arguments as `dmsetup table` prints them once the target is built, when
+    /// construction settles something the text left open (a snapshot's chunk size 0 becomes
+    /// the size read from the COW header). None: print the parsed arguments.
+    fn table_spec(&self) -> Option<TargetSpec> {
+        None
     }
 }
 
@@ -272,14 +279,13 @@ impl TargetSpec {
             TargetSpec::Delay(a) => Arc::new(Delay::new(a, len, registry)?),
             TargetSpec::Flakey(a) => Arc::new(Flakey::new(a, len, registry)?),
             TargetSpec::Dust(a) => Arc::new(Dust::new(a, len, registry)?),
-            TargetSpec::Snapshot(_)
-            | TargetSpec::SnapshotMerge(_)
-            | TargetSpec::SnapshotOrigin(_)
-            | TargetSpec::ThinPool(_)
-            | TargetSpec::Thin(_) => {
+            TargetSpec::Snapshot(a) => Snapshot::new(a, SnapshotKind::Snapshot, len, registry)?,
+            TargetSpec::SnapshotMerge(a) => Snapshot::new(a, SnapshotKind::Merge, len, registry)?,
+            TargetSpec::SnapshotOrigin(a) => Arc::new(Origin::new(a, len, registry)?),
+            TargetSpec::ThinPool(_) | TargetSpec::Thin(_) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
-                    op: "I/O for snapshot and thin targets (parsed and printed, not executed yet)",
+                    op: "I/O for thin targets (parsed and printed, not executed yet)",
                 })
             }
             TargetSpec::Other(a) => {

@@ -1,7 +1,8 @@
 //! `snapshot`, `snapshot-merge` and `snapshot-origin` (kernel dm-snap.c, v1.16.0 / v1.5.0 /
 //! v1.9.0; exception stores in dm-exception-store.c, dm-snap-persistent.c,
-//! dm-snap-transient.c). Arguments only for now: parse with the kernel's checks and words,
-//! print what 6.12's STATUSTYPE_TABLE prints. The copy-on-write I/O is a later step.
+//! dm-snap-transient.c). This file parses the arguments with the kernel's checks and words
+//! and prints what 6.12's STATUSTYPE_TABLE prints; `store` holds the exception stores,
+//! `target` the snapshot's copy-on-write I/O, `origin` snapshot-origin and `merge` the merge.
 //!
 //! Table args:
 //! * `snapshot` / `snapshot-merge`:
@@ -13,6 +14,15 @@ use std::fmt;
 use crate::table::args::{ArgResult, Args};
 
 use super::DeviceRef;
+
+mod merge;
+mod origin;
+pub mod store;
+mod target;
+
+pub use merge::MergeStep;
+pub use origin::{Origin, OriginSnapshots};
+pub use target::Snapshot;
 
 /// The exception store named by the third argument (`dm_exception_store_create`: only the
 /// first character counts, upper-cased; a `P` store takes one option character).
@@ -80,7 +90,7 @@ pub struct SnapshotArgs {
     /// The exception store type.
     pub store: StoreType,
     /// Chunk size in sectors; 0 = take it from the persistent header (or the default 32).
-    /// The kernel then prints the size it settled on; dmemu prints 0 until the store is read.
+    /// The kernel then prints the size it settled on, and so does a constructed target.
     pub chunk_size: u32,
     /// Discard features.
     pub discard: SnapshotDiscard,
@@ -260,3 +270,6 @@ impl fmt::Display for OriginArgs {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod io_tests;

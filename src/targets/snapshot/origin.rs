@@ -1,0 +1,122 @@
+//! `snapshot-origin` (kernel dm-snap.c `origin_*`) and the per-origin snapshot list that
+//! origin writes copy out through (the kernel's `struct origin` in its `_origins` hash).
+
+use std::sync::{Arc, PoisonError, RwLock, Weak};
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::targets::{DeviceAt, Target};
+use crate::units::{Sector, SectorCount};
+use crate::volume::{check_io, chunks, SharedVolume, Volume};
+
+use super::target::{OnFull, Snapshot};
+use super::{OriginArgs, SnapshotKind};
+
+/// The snapshots of one origin device: the kernel's `struct origin` in `_origins`, found
+/// through the registry by the origin volume.
+#[derive(Debug, Default)]
+pub struct OriginSnapshots {
+    snapshots: RwLock<Vec<Weak<Snapshot>>>,
+}
+
+impl OriginSnapshots {
+    pub(super) fn register(&self, s: &Arc<Snapshot>) {
+        let mut list = self
+            .snapshots
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(s));
+    }
+
+    pub(super) fn live(&self) -> Vec<Arc<Snapshot>> {
+        self.snapshots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// `__origin_write` for `[sector, sector + count)`: every valid, non-merging snapshot
+    /// that lacks an exception for a chunk in the range gets a copy of the origin chunk
+    /// first. A snapshot that cannot (COW full, I/O error) is invalidated, even a `PO` one;
+    /// the origin write itself goes on.
+    pub fn before_origin_write(&self, sector: Sector, count: SectorCount) {
+        for snap in self.live() {
+            if snap.kind == SnapshotKind::Merge || sector.0 >= snap.size.0 {
+                continue;
+            }
+            let end = sector.0.saturating_add(count.0).min(snap.size.0);
+            for (s, _) in chunks(sector, SectorCount(end - sector.0), SectorCount(snap.chunk)) {
+                if !snap.valid() {
+                    break;
+                }
+                let chunk = s.0 >> snap.shift;
+                if snap.lookup(chunk).is_none() {
+                    snap.copy_out(chunk, None, OnFull::Invalidate);
+                }
+            }
+        }
+    }
+}
+
+/// A constructed `snapshot-origin`.
+#[derive(Debug)]
+pub struct Origin {
+    origin: SharedVolume,
+    size: SectorCount,
+    links: Arc<OriginSnapshots>,
+}
+
+impl Origin {
+    /// `origin_ctr`.
+    pub fn new(args: &OriginArgs, len: SectorCount, registry: &Registry) -> Result<Origin> {
+        let origin = registry.device_area(
+            &DeviceAt {
+                device: args.origin.clone(),
+                offset: SectorCount(0),
+            },
+            len,
+        )?;
+        let links = registry.origin_snapshots(&origin);
+        Ok(Origin::over(origin, len, links))
+    }
+
+    /// Build over an open volume and its snapshot list.
+    #[must_use]
+    pub fn over(origin: SharedVolume, len: SectorCount, links: Arc<OriginSnapshots>) -> Origin {
+        Origin {
+            origin,
+            size: len,
+            links,
+        }
+    }
+}
+
+impl Volume for Origin {
+    fn size(&self) -> SectorCount {
+        self.size
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        self.origin.read(sector, buf)
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.links.before_origin_write(sector, count);
+        self.origin.write(sector, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        self.origin.flush()
+    }
+    fn discard(&self, _sector: Sector, _count: SectorCount) -> Result<()> {
+        // origin_ctr sets no num_discard_bios.
+        Err(Error::Unsupported {
+            target: "snapshot-origin",
+            op: "discard",
+        })
+    }
+}
+
+impl Target for Origin {}
