@@ -210,5 +210,7 @@ impl fmt::Display for ThinArgs {
     }
 }
 
+pub mod metadata;
+
 #[cfg(test)]
 mod tests;
