@@ -36,7 +36,7 @@ pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
 pub use snapshot::{OriginArgs, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
-pub use thin::{ThinArgs, ThinPoolArgs};
+pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use verity::{Verity, VerityArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
@@ -272,14 +272,14 @@ impl TargetSpec {
             TargetSpec::Delay(a) => Arc::new(Delay::new(a, len, registry)?),
             TargetSpec::Flakey(a) => Arc::new(Flakey::new(a, len, registry)?),
             TargetSpec::Dust(a) => Arc::new(Dust::new(a, len, registry)?),
+            TargetSpec::ThinPool(a) => Arc::new(ThinPool::new(a, len, registry)?),
+            TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, registry)?),
             TargetSpec::Snapshot(_)
             | TargetSpec::SnapshotMerge(_)
-            | TargetSpec::SnapshotOrigin(_)
-            | TargetSpec::ThinPool(_)
-            | TargetSpec::Thin(_) => {
+            | TargetSpec::SnapshotOrigin(_) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
-                    op: "I/O for snapshot and thin targets (parsed and printed, not executed yet)",
+                    op: "I/O for snapshot targets (parsed and printed, not executed yet)",
                 })
             }
             TargetSpec::Other(a) => {

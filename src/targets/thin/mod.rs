@@ -211,6 +211,9 @@ impl fmt::Display for ThinArgs {
 }
 
 pub mod metadata;
+mod target;
+
+pub use target::{Thin, ThinPool};
 
 #[cfg(test)]
 mod tests;
