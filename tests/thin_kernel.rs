@@ -228,3 +228,53 @@ fn cli_reads_a_thin_out_of_kernel_metadata_and_data() {
         .collect();
     assert_eq!(hex, kernel("SHA256")["thin1"]);
 }
+
+#[test]
+fn cli_thin_dump_prints_thin_dumps_xml_byte_for_byte() {
+    let t = images();
+    let out = dmemu(&["thin", "dump", "meta.img"], t.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = std::fs::read(fixtures().join("kernel.xml")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&want)
+    );
+    let out = dmemu(&["thin", "dump", "-m", "meta.img"], t.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no snapshot"));
+}
+
+#[test]
+fn cli_thin_ls_lists_each_device_as_the_kernels_thin_status_counts_it() {
+    let t = images();
+    let out = dmemu(&["thin", "ls", "meta.img"], t.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("pool table: 0 65536 thin-pool <metadata> <data> 128 0 0"),
+        "{text}"
+    );
+    let status = kernel("STATUS");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(3)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    for row in rows {
+        // kernel thin status: "<start> <len> thin <mapped sectors> <highest sector>"
+        let st: Vec<&str> = status[&format!("thin{}", row[0])].split(' ').collect();
+        let mapped: u64 = row[1].parse().unwrap();
+        let highest: u64 = row[2].parse().unwrap();
+        assert_eq!(mapped * 128, st[3].parse::<u64>().unwrap());
+        assert_eq!((highest + 1) * 128 - 1, st[4].parse::<u64>().unwrap());
+    }
+}
