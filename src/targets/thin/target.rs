@@ -3,10 +3,11 @@
 //!
 //! The pool owns the metadata; a thin device loads its mapping tree from the pool into an
 //! in-memory index when it is built (the kernel walks the btree through dm-bufio per bio;
-//! dmemu's index makes a mapped 4 KiB read one `BTreeMap` lookup). I/O to the pool device
+//! dmemu's index makes a mapped 4 KiB read one hash lookup). I/O to the pool device
 //! itself goes to the data device, as `pool_map` remaps every bio there.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
@@ -212,10 +213,33 @@ impl Target for ThinPool {
     }
 }
 
+/// A multiplicative (Fibonacci) hash for block numbers: the index sits on the 4 KiB read
+/// path, where SipHash would cost more than the lookup (keys are virtual block numbers of
+/// one device, not attacker-chosen collisions against a hash table of bounded size).
+#[derive(Clone, Copy, Debug, Default)]
+struct BlockHasher(u64);
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type BlockMap = HashMap<u64, BlockTime, BuildHasherDefault<BlockHasher>>;
+
 /// A thin device's mappings (the in-memory index of its btree) and details.
 #[derive(Debug)]
 struct ThinState {
-    map: BTreeMap<u64, BlockTime>,
+    map: BlockMap,
+    highest: Option<u64>,
     details: DeviceDetails,
 }
 
@@ -226,6 +250,7 @@ pub struct Thin {
     dev_id: u64,
     len: SectorCount,
     block: u64,
+    shift: Option<u32>,
     origin: Option<SharedVolume>,
     state: RwLock<ThinState>,
 }
@@ -262,15 +287,26 @@ impl Thin {
         };
         let details = md.device(dev_id)?.ok_or_else(not_found)?;
         let root = md.device_root(dev_id)?.ok_or_else(not_found)?;
-        let map = md.mappings(root)?;
+        let mut map = BlockMap::default();
+        let mut highest = None;
+        md.for_each_mapping(root, &mut |k, bt| {
+            map.insert(k, bt);
+            highest = Some(k);
+            Ok(())
+        })?;
         let block = pool.block_sectors();
         Ok(Thin {
             pool,
             dev_id,
             len,
             block,
+            shift: block.is_power_of_two().then(|| block.trailing_zeros()),
             origin,
-            state: RwLock::new(ThinState { map, details }),
+            state: RwLock::new(ThinState {
+                map,
+                highest,
+                details,
+            }),
         })
     }
 
@@ -287,6 +323,26 @@ impl Thin {
             .map
             .get(&vblock)
             .copied()
+    }
+
+    /// Virtual block and sector within it. Power-of-two block sizes shift, as the kernel
+    /// does with `sectors_per_block_shift` (a 64-bit division costs ~40 cycles).
+    fn split(&self, sector: u64) -> (u64, u64) {
+        match self.shift {
+            Some(s) => (sector >> s, sector & (self.block - 1)),
+            None => (sector / self.block, sector % self.block),
+        }
+    }
+
+    /// Read `buf` from `within` sectors into virtual block `vblock`.
+    fn read_block(&self, vblock: u64, within: u64, buf: &mut [u8]) -> Result<()> {
+        match self.lookup(vblock) {
+            Some(bt) => {
+                let data_sector = bt.block * self.block + within;
+                self.pool.data.read(Sector(data_sector), buf)
+            }
+            None => self.read_unmapped(Sector(vblock * self.block + within), buf),
+        }
     }
 
     /// Unprovisioned sectors: from the external origin where it has them, zeros elsewhere
@@ -315,17 +371,17 @@ impl Volume for Thin {
     }
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         let count = check_io(self.len, sector, buf.len())?;
+        let (vblock, within) = self.split(sector.0);
+        if within + count.0 <= self.block {
+            // One block (the common case): no splitting.
+            return self.read_block(vblock, within, buf);
+        }
         let mut rest = buf;
         for (at, n) in chunks(sector, count, SectorCount(self.block)) {
             let (piece, tail) = rest.split_at_mut(usize::try_from(n.bytes()).unwrap_or(0));
             rest = tail;
-            match self.lookup(at.0 / self.block) {
-                Some(bt) => {
-                    let data_sector = bt.block * self.block + at.0 % self.block;
-                    self.pool.data.read(Sector(data_sector), piece)?;
-                }
-                None => self.read_unmapped(at, piece)?,
-            }
+            let (vblock, within) = self.split(at.0);
+            self.read_block(vblock, within, piece)?;
         }
         Ok(())
     }
@@ -356,8 +412,8 @@ impl Target for Thin {
     fn status(&self) -> String {
         let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
         let mapped = st.details.mapped_blocks * self.block;
-        match st.map.last_key_value() {
-            Some((&highest, _)) => format!("{mapped} {}", (highest + 1) * self.block - 1),
+        match st.highest {
+            Some(highest) => format!("{mapped} {}", (highest + 1) * self.block - 1),
             None => format!("{mapped} -"),
         }
     }
