@@ -21,6 +21,7 @@ pub mod block;
 pub mod btree;
 pub mod space_map;
 pub mod superblock;
+pub mod writer;
 
 use block::{corrupt, le32, le64, Kind, MetaDev};
 use space_map::{SmKind, SpaceMap};

@@ -263,3 +263,88 @@ fn unsorted_keys_and_out_of_range_data_blocks_are_refused() {
     let e = err_text(open(m).unwrap().mappings(root));
     assert!(e.contains("data block 512, the pool has 512"), "{e}");
 }
+
+// ---- writing ----
+
+/// Every device of `md` with its details and sorted mappings, and each data block's count
+/// (the number of mappings naming it).
+type Devices = BTreeMap<u64, (DeviceDetails, Vec<(u64, BlockTime)>)>;
+
+fn model(md: &Metadata) -> (Devices, BTreeMap<u64, u32>) {
+    let details = md.devices().unwrap();
+    let mut devs = BTreeMap::new();
+    let mut refs = BTreeMap::new();
+    for (id, root) in md.device_roots().unwrap() {
+        let maps: Vec<_> = md.mappings(root).unwrap().into_iter().collect();
+        for (_, bt) in &maps {
+            *refs.entry(bt.block).or_insert(0) += 1;
+        }
+        devs.insert(id, (details[&id], maps));
+    }
+    (devs, refs)
+}
+
+/// Rewrite `image`'s metadata as one dmemu transaction; the new image.
+fn rewrite(image: Vec<u8>) -> Vec<u8> {
+    let vol = Arc::new(MemVolume::from_bytes(image).unwrap());
+    let md = Metadata::open(vol.clone()).unwrap();
+    let (devs, refs) = model(&md);
+    let free = writer::free_metadata_blocks(&md).unwrap();
+    let tx = writer::Transaction::build(md.superblock(), free, &devs, &refs).unwrap();
+    tx.commit(md.dev()).unwrap();
+    vol.to_vec()
+}
+
+#[test]
+fn rewritten_metadata_dumps_the_same_and_its_space_maps_add_up() {
+    for (meta, xml) in [
+        ("kernel-meta.img.gz", "kernel.xml"),
+        ("restore-big-meta.img.gz", "restore-big.dump.xml.gz"),
+    ] {
+        let new = rewrite(fixture(meta));
+        if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+            std::fs::write(format!("{dir}/rewritten-{meta}.img"), &new).unwrap();
+        }
+        let md = open(new).unwrap();
+        assert_eq!(
+            md.dump_xml().unwrap(),
+            String::from_utf8(fixture(xml)).unwrap(),
+            "{meta}"
+        );
+        for sm in [
+            md.data_space_map().unwrap(),
+            md.metadata_space_map().unwrap(),
+        ] {
+            let mut n = 0;
+            sm.for_each_nonzero(md.dev(), &mut |_, _| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(n, sm.root.nr_allocated, "{meta} {:?}", sm.kind());
+        }
+    }
+}
+
+#[test]
+fn a_transaction_never_writes_a_block_the_committed_metadata_uses() {
+    let old = kernel_meta();
+    let md = open(old.clone()).unwrap();
+    let mut used = std::collections::HashSet::new();
+    md.metadata_space_map()
+        .unwrap()
+        .for_each_nonzero(md.dev(), &mut |b, _| {
+            used.insert(b);
+            Ok(())
+        })
+        .unwrap();
+    let new = rewrite(old.clone());
+    for b in used.into_iter().filter(|&b| b != 0) {
+        let r = usize::try_from(b).unwrap() * 4096..usize::try_from(b + 1).unwrap() * 4096;
+        assert_eq!(
+            old[r.clone()],
+            new[r],
+            "committed block {b} was overwritten"
+        );
+    }
+}
