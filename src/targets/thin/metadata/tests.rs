@@ -268,9 +268,7 @@ fn unsorted_keys_and_out_of_range_data_blocks_are_refused() {
 
 /// Every device of `md` with its details and sorted mappings, and each data block's count
 /// (the number of mappings naming it).
-type Devices = BTreeMap<u64, (DeviceDetails, Vec<(u64, BlockTime)>)>;
-
-fn model(md: &Metadata) -> (Devices, BTreeMap<u64, u32>) {
+fn model(md: &Metadata) -> (writer::Devices, BTreeMap<u64, u32>) {
     let details = md.devices().unwrap();
     let mut devs = BTreeMap::new();
     let mut refs = BTreeMap::new();

@@ -20,6 +20,9 @@ use super::space_map::{ENTRIES_PER_BLOCK, INDEX_BLOCK_HEADER, INDEX_ENTRY_SIZE};
 use super::superblock::{SmRoot, Superblock, VERSION};
 use super::{BlockTime, DeviceDetails, DETAILS_SIZE};
 
+/// Every device of a pool: its details and its mappings sorted by virtual block.
+pub type Devices = BTreeMap<u64, (DeviceDetails, Vec<(u64, BlockTime)>)>;
+
 /// Metadata blocks handed out in ascending order from those free in the committed space map.
 struct Alloc {
     free: Vec<u64>,
@@ -175,7 +178,7 @@ impl Transaction {
     pub fn build(
         sb: &Superblock,
         free_meta: Vec<u64>,
-        devices: &BTreeMap<u64, (DeviceDetails, Vec<(u64, BlockTime)>)>,
+        devices: &Devices,
         data_refs: &BTreeMap<u64, u32>,
     ) -> Result<Transaction> {
         let nr_meta = sb.metadata_sm.nr_blocks;
