@@ -211,10 +211,12 @@ impl fmt::Display for ThinArgs {
 }
 
 pub mod cli;
+mod device;
 pub mod metadata;
-mod target;
+mod pool;
 
-pub use target::{Thin, ThinPool};
+pub use device::Thin;
+pub use pool::ThinPool;
 
 #[cfg(test)]
 mod tests;

@@ -311,3 +311,46 @@ pub fn free_metadata_blocks(md: &super::Metadata) -> Result<Vec<u64>> {
     let limit = sm.nr_blocks().min(md.dev().nr_blocks());
     Ok((1..limit).filter(|b| !used.contains(b)).collect())
 }
+
+/// Format empty pool metadata on `dev` (`__format_metadata`): no devices, time and
+/// transaction id 0, a data space map of `nr_data_blocks`, the metadata space map over the
+/// whole device (up to the kernel's limit of `max_blocks`).
+pub fn format(
+    dev: &MetaDev,
+    data_block_size: u32,
+    nr_data_blocks: u64,
+    max_blocks: u64,
+) -> Result<()> {
+    let nr_meta = dev.nr_blocks().min(max_blocks);
+    let sb = Superblock {
+        flags: 0,
+        uuid: [0; 16],
+        version: VERSION,
+        time: 0,
+        transaction_id: 0,
+        held_root: 0,
+        data_sm: SmRoot {
+            nr_blocks: nr_data_blocks,
+            ..SmRoot::default()
+        },
+        metadata_sm: SmRoot {
+            nr_blocks: nr_meta,
+            ..SmRoot::default()
+        },
+        data_mapping_root: 0,
+        device_details_root: 0,
+        data_block_size,
+        metadata_block_size: 8,
+        metadata_nr_blocks: nr_meta,
+        compat_flags: 0,
+        compat_ro_flags: 0,
+        incompat_flags: 0,
+    };
+    let tx = Transaction::build(
+        &sb,
+        (1..nr_meta).collect(),
+        &Devices::new(),
+        &BTreeMap::new(),
+    )?;
+    tx.commit(dev)
+}
