@@ -207,3 +207,42 @@ fn committed_pool_reopens_with_the_same_thin_contents() {
         assert_eq!(sha256_of(&t), before[i], "thin {id}");
     }
 }
+
+fn lines(file: &str, kind: &str) -> BTreeMap<String, String> {
+    std::fs::read_to_string(fixtures().join(file))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (name, v) = l.strip_prefix(kind)?.strip_prefix(' ')?.split_once(' ')?;
+            Some((name.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn dmemu_commits_the_metadata_bytes_the_kernel_and_thin_check_accepted() {
+    // make-dmemu.sh: host thin_check and the 6.12 kernel accepted these bytes and the
+    // kernel read the thins back with the sha256 it computed on its own pool.
+    let (img, pool, thins) = replay();
+    drop(thins);
+    drop(pool);
+    assert!(img.meta.to_vec() == gunzip("dmemu-meta.img.gz"));
+    let on_dmemu = lines("dmemu-kernel.txt", "SHA256");
+    assert_eq!(on_dmemu, kernel("SHA256"));
+    let status = lines("dmemu-kernel.txt", "STATUS");
+    assert_eq!(status, kernel("STATUS"));
+}
+
+#[test]
+fn writes_after_the_kernels_own_give_what_the_kernel_read_after_writing_on_dmemus_pool() {
+    // dmemu.guest.sh: after activating dmemu's pool the kernel wrote 4 KiB into unmapped
+    // block 100 of thin 1 and into shared block 160 of thin 0 (`dd conv=sync`).
+    let (_img, _pool, thins) = replay();
+    let mut block = b"kernel after dmemu".to_vec();
+    block.resize(4096, 0);
+    thins[1].1.write(Sector(1600 * 8), &block).unwrap();
+    thins[0].1.write(Sector(2561 * 8), &block).unwrap();
+    let want = lines("dmemu-kernel.txt", "SHA256_AFTER");
+    assert_eq!(sha256_of(&thins[0].1), want["thin0"]);
+    assert_eq!(sha256_of(&thins[1].1), want["thin1"]);
+}
