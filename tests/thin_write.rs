@@ -246,3 +246,169 @@ fn writes_after_the_kernels_own_give_what_the_kernel_read_after_writing_on_dmemu
     assert_eq!(sha256_of(&thins[0].1), want["thin0"]);
     assert_eq!(sha256_of(&thins[1].1), want["thin1"]);
 }
+
+/// A metadata volume that logs every write, to replay a commit cut short at each point.
+#[derive(Debug)]
+struct Recorder {
+    inner: MemVolume,
+    log: std::sync::Mutex<Vec<(Sector, Vec<u8>)>>,
+}
+
+impl Volume for Recorder {
+    fn size(&self) -> SectorCount {
+        self.inner.size()
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> dmemu::Result<()> {
+        self.inner.read(sector, buf)
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> dmemu::Result<()> {
+        self.log.lock().unwrap().push((sector, buf.to_vec()));
+        self.inner.write(sector, buf)
+    }
+    fn flush(&self) -> dmemu::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, sector: Sector, count: SectorCount) -> dmemu::Result<()> {
+        self.inner.discard(sector, count)
+    }
+}
+
+fn dump(image: Vec<u8>) -> String {
+    Metadata::open(Arc::new(MemVolume::from_bytes(image).unwrap()))
+        .unwrap()
+        .dump_xml()
+        .unwrap()
+}
+
+#[test]
+fn a_commit_cut_short_at_any_write_leaves_the_previous_transaction_readable() {
+    let meta = Arc::new(Recorder {
+        inner: MemVolume::new(SectorCount(4 * 2048)).unwrap(),
+        log: Default::default(),
+    });
+    let data = Arc::new(MemVolume::new(SectorCount(65536)).unwrap());
+    let pool =
+        Arc::new(ThinPool::over(&pool_args("0"), SectorCount(65536), meta.clone(), data).unwrap());
+    msg(&pool, "create_thin 0");
+    let thin = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
+    wr(&thin, "first", 40, 0);
+    thin.flush().unwrap();
+    let before = meta.inner.to_vec();
+    let dump_before = dump(before.clone());
+    meta.log.lock().unwrap().clear();
+
+    wr(&thin, "second", 300, 100);
+    assert!(
+        meta.log.lock().unwrap().is_empty(),
+        "metadata written before a commit"
+    );
+    thin.flush().unwrap();
+    let log = std::mem::take(&mut *meta.log.lock().unwrap());
+    let dump_after = dump(meta.inner.to_vec());
+    assert_ne!(dump_before, dump_after);
+    assert_eq!(log.last().unwrap().0, Sector(0), "the superblock goes last");
+    let mut image = before;
+    for (k, (sector, bytes)) in log.iter().enumerate() {
+        // State after k writes: still the old transaction.
+        assert_eq!(dump(image.clone()), dump_before, "cut after {k} writes");
+        let at = usize::try_from(sector.0 * 512).unwrap();
+        image[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    assert_eq!(dump(image), dump_after);
+}
+
+#[test]
+fn pool_messages_fail_with_the_kernels_words() {
+    let (_img, pool, thins) = replay();
+    let err = |words: &str| {
+        let argv: Vec<&str> = words.split(' ').collect();
+        pool.message(&argv).unwrap_err().to_string()
+    };
+    assert!(err("create_thin 0")
+        .contains("Creation of new thinly-provisioned device with id 0 failed."));
+    assert!(
+        err("create_thin 16777216").contains("Message received with invalid device id: 16777216")
+    );
+    assert!(err("create_thin").contains("Message received with 1 arguments instead of 2."));
+    assert!(err("create_snap 5 9").contains("Creation of new snapshot 5 of device 9 failed."));
+    assert!(err("delete 1").contains("Deletion of thin device 1 failed.")); // open
+    assert!(err("delete 8").contains("Deletion of thin device 8 failed."));
+    assert!(err("set_transaction_id 3 4").contains("mismatched transaction id"));
+    assert!(
+        err("set_transaction_id x 4").contains("set_transaction_id message: Unrecognised id x.")
+    );
+    assert!(err("frob 1").contains("Unrecognised thin pool target message received: frob"));
+    drop(thins);
+    msg(&pool, "delete 1");
+    msg(&pool, "set_transaction_id 7 8");
+    assert!(pool.status().starts_with("8 "));
+}
+
+#[test]
+fn deleting_a_snapshot_frees_only_the_blocks_no_other_device_maps() {
+    let (_img, pool, thins) = replay();
+    drop(thins);
+    let used = |p: &ThinPool| p.status().split(' ').nth(2).unwrap().to_string();
+    assert_eq!(used(&pool), "27/512");
+    // kernel.xml: thin 1 alone maps data blocks 0 and 15 (thin 0 broke sharing of its
+    // virtual blocks 0 and 15) and 27, 28; the other 19 it maps are thin 0's too.
+    msg(&pool, "delete 1");
+    assert_eq!(used(&pool), "23/512");
+}
+
+#[test]
+fn read_only_pool_writes_in_place_but_refuses_to_provision_and_to_take_messages() {
+    let (img, pool, thins) = replay();
+    drop(thins);
+    drop(pool);
+    let pool = Arc::new(
+        ThinPool::over(
+            &pool_args("1 read_only"),
+            SectorCount(65536),
+            img.meta.clone(),
+            img.data.clone(),
+        )
+        .unwrap(),
+    );
+    assert!(pool.status().contains(" ro "));
+    let t = Thin::over(pool.clone(), 2, SectorCount(16 * 2048), None).unwrap();
+    // Block 16 of thin 2 is mapped and not shared: written in place.
+    t.write(Sector(16 * 128), &[7; 512]).unwrap();
+    // Block 17 is not mapped.
+    assert!(t.write(Sector(17 * 128), &[7; 512]).is_err());
+    assert!(pool.message(&["create_thin", "9"]).is_err());
+}
+
+#[test]
+fn partial_writes_to_new_blocks_are_zeroed_unless_skip_block_zeroing() {
+    for (features, zeroed) in [("0", true), ("1 skip_block_zeroing", false)] {
+        let meta = Arc::new(MemVolume::new(SectorCount(4 * 2048)).unwrap());
+        // Data full of 0xee: what a block holds before it is provisioned.
+        let data = Arc::new(MemVolume::from_bytes(vec![0xee; 32 << 20]).unwrap());
+        let pool =
+            Arc::new(ThinPool::over(&pool_args(features), SectorCount(65536), meta, data).unwrap());
+        msg(&pool, "create_thin 0");
+        let t = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
+        t.write(Sector(8), &[1; 4096]).unwrap();
+        let mut b = vec![0; 65536];
+        t.read(Sector(0), &mut b).unwrap();
+        assert!(b[4096..8192].iter().all(|&x| x == 1));
+        let rest_zero = b[..4096].iter().chain(&b[8192..]).all(|&x| x == 0);
+        let rest_old = b[..4096].iter().chain(&b[8192..]).all(|&x| x == 0xee);
+        assert!(if zeroed { rest_zero } else { rest_old }, "{features}");
+    }
+}
+
+#[test]
+fn out_of_data_space_fails_the_write_with_enospc() {
+    let meta = Arc::new(MemVolume::new(SectorCount(4 * 2048)).unwrap());
+    let data = Arc::new(MemVolume::new(SectorCount(4 * 128)).unwrap());
+    let pool = Arc::new(ThinPool::over(&pool_args("0"), SectorCount(512), meta, data).unwrap());
+    msg(&pool, "create_thin 0");
+    let t = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
+    for b in 0..4 {
+        t.write(Sector(b * 128), &[1; 512]).unwrap();
+    }
+    let e = t.write(Sector(4 * 128), &[1; 512]).unwrap_err();
+    assert_eq!(e.errno(), 28, "{e}");
+}
