@@ -240,9 +240,13 @@ impl Target for Thin {
     /// mapped block or `-`.
     fn status(&self) -> String {
         let d = read(&self.dev);
-        let mapped = d.details.mapped_blocks * self.block;
+        // The kernel's u64 arithmetic, wrapping on damaged counts as C does.
+        let mapped = d.details.mapped_blocks.wrapping_mul(self.block);
         match d.highest {
-            Some(highest) => format!("{mapped} {}", (highest + 1) * self.block - 1),
+            Some(h) => format!(
+                "{mapped} {}",
+                h.wrapping_add(1).wrapping_mul(self.block).wrapping_sub(1)
+            ),
             None => format!("{mapped} -"),
         }
     }

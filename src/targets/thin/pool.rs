@@ -297,7 +297,7 @@ impl ThinPool {
                 let r = &mut st.refs[usize_of(o.block)?];
                 *r = r.saturating_sub(1);
             }
-            None => d.details.mapped_blocks += 1,
+            None => d.details.mapped_blocks = d.details.mapped_blocks.wrapping_add(1),
         }
         d.highest = Some(d.highest.map_or(vblock, |h| h.max(vblock)));
         st.dirty = true;

@@ -88,7 +88,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn xor(self) -> u32 {
+    /// The checksum salt of this block type.
+    #[must_use]
+    pub fn xor(self) -> u32 {
         match self {
             Kind::Superblock => SUPERBLOCK_CSUM_XOR,
             Kind::BtreeNode => BTREE_CSUM_XOR,
