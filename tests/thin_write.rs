@@ -412,3 +412,41 @@ fn out_of_data_space_fails_the_write_with_enospc() {
     let e = t.write(Sector(4 * 128), &[1; 512]).unwrap_err();
     assert_eq!(e.errno(), 28, "{e}");
 }
+
+#[test]
+fn discard_unmaps_whole_blocks_only_and_frees_unshared_data_blocks() {
+    let (_img, pool, thins) = replay();
+    let (thin0, thin1) = (&thins[0].1, &thins[1].1);
+    // thin 1, virtual blocks 320 (its own, data 27) and 0 (its own, data 0), plus half of
+    // block 1 (shared with thin 0): the half block stays mapped.
+    thin1.discard(Sector(320 * 128), SectorCount(128)).unwrap();
+    thin1.discard(Sector(0), SectorCount(128 + 64)).unwrap();
+    let mut b = vec![0xffu8; 65536];
+    thin1.read(Sector(320 * 128), &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    thin1.read(Sector(128), &mut b).unwrap();
+    assert!(b.starts_with(b"thin0-A block 0016 "));
+    // 23 mapped blocks - 2; highest mapped is still 511.
+    assert_eq!(thin1.status(), format!("{} 65535", 21 * 128));
+    // Data blocks 0 and 27 are free now: 27 - 2 in use after the commit.
+    assert_eq!(pool.status().split(' ').nth(2).unwrap(), "25/512");
+    // thin 0's block 160 is shared with thin 1: unmapping it frees nothing.
+    thin0.discard(Sector(160 * 128), SectorCount(128)).unwrap();
+    assert_eq!(pool.status().split(' ').nth(2).unwrap(), "25/512");
+    // A discard not covering a whole block changes nothing.
+    thin0.discard(Sector(8), SectorCount(8)).unwrap();
+    thin0.read(Sector(0), &mut b[..4096]).unwrap();
+    assert!(b.starts_with(b"thin0-C block 0000 "));
+    // The 6.12 kernel did the same discards on the same pool (make-discard.sh).
+    let status = lines("discard-kernel.txt", "STATUS2");
+    let sha = lines("discard-kernel.txt", "SHA256");
+    for (name, t) in [("thin0", thin0), ("thin1", thin1)] {
+        assert_eq!(t.status(), status[name].splitn(4, ' ').nth(3).unwrap());
+        assert_eq!(sha256_of(t), sha[name], "{name}");
+    }
+    assert_eq!(
+        pool.status(),
+        status["pool"].splitn(4, ' ').nth(3).unwrap(),
+        "pool"
+    );
+}

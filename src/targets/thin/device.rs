@@ -226,12 +226,44 @@ impl Volume for Thin {
     fn flush(&self) -> Result<()> {
         self.pool.flush()
     }
+    /// `process_discard_bio`: every whole block in the range is unmapped (reads then give
+    /// zeros or the external origin); a data block no mapping names any more is discarded
+    /// on the data device unless `no_discard_passdown`. Partial blocks are left alone, as
+    /// the kernel ends such a discard without effect.
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.len, sector, count)?;
-        Err(Error::Unsupported {
-            target: "thin",
-            op: "discard (not implemented in dmemu yet)",
-        })
+        let (enabled, passdown) = self.pool.discards();
+        if !enabled {
+            return Err(Error::Unsupported {
+                target: "thin",
+                op: "discard (pool has ignore_discard)",
+            });
+        }
+        let first = sector.0.div_ceil(self.block);
+        let end = (sector.0 + count.0) / self.block;
+        if self.pool.read_only() && first < end {
+            return Err(Error::ReadOnly {
+                target: "thin-pool (read_only)".to_string(),
+            });
+        }
+        let _cell = self.pool.provisioning();
+        for vblock in first..end {
+            if let Some(freed) = self.pool.unmap(&self.dev, vblock)? {
+                if passdown {
+                    // disable_passdown_if_not_supported: a data device without discard
+                    // support just keeps the bytes.
+                    match self
+                        .pool
+                        .data
+                        .discard(Sector(freed * self.block), SectorCount(self.block))
+                    {
+                        Ok(()) | Err(Error::Unsupported { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -304,6 +304,34 @@ impl ThinPool {
         Ok(())
     }
 
+    /// Unmap `vblock` of `dev` (`dm_thin_remove_range` for one block): the data block it
+    /// named, when no mapping names it any more (to pass the discard down), else `None`.
+    pub(super) fn unmap(&self, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
+        let mut st = lock(&self.state);
+        let mut d = write(dev);
+        let Some(old) = d.map.remove(&vblock) else {
+            return Ok(None);
+        };
+        d.details.mapped_blocks = d.details.mapped_blocks.saturating_sub(1);
+        if d.highest == Some(vblock) {
+            d.highest = d.map.keys().copied().max();
+        }
+        st.dirty = true;
+        let r = &mut st.refs[usize_of(old.block)?];
+        *r = r.saturating_sub(1);
+        Ok((*r == 0).then_some(old.block))
+    }
+
+    /// Whether discards reach the pool (`ignore_discard` turns them off) and are passed
+    /// down to the data device (`no_discard_passdown`).
+    pub(super) fn discards(&self) -> (bool, bool) {
+        let f = &self.args.features;
+        (
+            !f.ignore_discard,
+            !f.ignore_discard && !f.no_discard_passdown,
+        )
+    }
+
     /// Give back a block `alloc_data_block` handed out when the write then failed.
     pub(super) fn release_data_block(&self, block: u64) {
         let mut st = lock(&self.state);
