@@ -450,3 +450,66 @@ fn discard_unmaps_whole_blocks_only_and_frees_unshared_data_blocks() {
         "pool"
     );
 }
+
+// ---- a pool the kernel left with a metadata snapshot held (make-snap.sh) ----
+
+fn snap_pool() -> (Arc<MemVolume>, Arc<ThinPool>) {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("snap-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::from_bytes(gunzip("snap-data.img.gz")).unwrap());
+    let tokens: Vec<String> = ["m", "d", "128", "0"].map(str::to_string).to_vec();
+    let args = ThinPoolArgs::parse(&mut Args::new(&tokens)).unwrap();
+    let pool = ThinPool::over(&args, SectorCount(32768), meta.clone(), data).unwrap();
+    (meta, Arc::new(pool))
+}
+
+#[test]
+fn metadata_snapshot_dumps_as_thin_dump_and_thin_dump_m_print_it() {
+    let md = Metadata::open(Arc::new(
+        MemVolume::from_bytes(gunzip("snap-meta.img.gz")).unwrap(),
+    ))
+    .unwrap();
+    let read = |f: &str| std::fs::read_to_string(fixtures().join(f)).unwrap();
+    assert_eq!(md.dump_xml().unwrap(), read("snap.xml"));
+    assert_eq!(
+        md.metadata_snap().unwrap().unwrap().dump_xml().unwrap(),
+        read("snap-m.xml")
+    );
+}
+
+#[test]
+fn pool_with_a_held_metadata_snapshot_reports_it_and_reads_like_the_kernel() {
+    let (_meta, pool) = snap_pool();
+    let status = lines("snap-kernel.txt", "STATUS");
+    assert_eq!(pool.status(), status["pool"].splitn(4, ' ').nth(3).unwrap());
+    let t = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
+    assert_eq!(t.status(), status["thin0"].splitn(4, ' ').nth(3).unwrap());
+    assert_eq!(sha256_of(&t), lines("snap-kernel.txt", "SHA256")["thin0"]);
+}
+
+#[test]
+fn held_metadata_snapshot_blocks_changes_until_released() {
+    let (meta, pool) = snap_pool();
+    let t = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
+    // In place (mapped, not shared) is fine; provisioning and messages are not.
+    t.write(Sector(0), &[5; 512]).unwrap();
+    assert!(t
+        .write(Sector(128 * 9), &[5; 512])
+        .unwrap_err()
+        .to_string()
+        .contains("release_metadata_snap"));
+    assert!(pool.message(&["create_thin", "4"]).is_err());
+    assert!(pool.message(&["reserve_metadata_snap"]).is_err());
+    msg(&pool, "release_metadata_snap");
+    assert!(pool
+        .message(&["release_metadata_snap"])
+        .unwrap_err()
+        .to_string()
+        .contains("nothing to release"));
+    t.write(Sector(128 * 9), &[5; 512]).unwrap();
+    msg(&pool, "create_thin 4");
+    assert!(pool.status().contains(" 3/256 - rw "), "{}", pool.status());
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.superblock().held_root, 0);
+    assert!(md.metadata_snap().unwrap().is_none());
+    assert_eq!(md.device_roots().unwrap().len(), 3);
+}

@@ -105,6 +105,15 @@ pub struct ThinPool {
     provision: Mutex<()>,
 }
 
+/// Changes dmemu cannot commit while the metadata holds a snapshot: its layout would have
+/// to keep the snapshot's trees and count their references (`reserve_metadata_snap`).
+fn held_error() -> Error {
+    Error::Unsupported {
+        target: "thin-pool",
+        op: "changes while a metadata snapshot is held (send release_metadata_snap first)",
+    }
+}
+
 fn pool_error(reason: String) -> Error {
     Error::invalid("thin-pool", reason)
 }
@@ -270,6 +279,9 @@ impl ThinPool {
     pub(super) fn alloc_data_block(&self) -> Result<u64> {
         let mut st = lock(&self.state);
         let st = &mut *st;
+        if st.sb.held_root != 0 {
+            return Err(held_error());
+        }
         let n = st.refs.len();
         let begin = usize_of(st.begin)?.min(n);
         let free = |i: &usize| st.refs[*i] == 0 && !st.committed_used[*i];
@@ -308,6 +320,9 @@ impl ThinPool {
     /// named, when no mapping names it any more (to pass the discard down), else `None`.
     pub(super) fn unmap(&self, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
         let mut st = lock(&self.state);
+        if st.sb.held_root != 0 && read(dev).map.contains_key(&vblock) {
+            return Err(held_error());
+        }
         let mut d = write(dev);
         let Some(old) = d.map.remove(&vblock) else {
             return Ok(None);
@@ -350,10 +365,7 @@ impl ThinPool {
             return Ok(());
         }
         if st.sb.held_root != 0 {
-            return Err(Error::Unsupported {
-                target: "thin-pool",
-                op: "committing while a metadata snapshot is held",
-            });
+            return Err(held_error());
         }
         self.data.flush()?;
         let mut devices: Devices = BTreeMap::new();
@@ -455,9 +467,13 @@ impl ThinPool {
                 .filter(|&id| id <= MAX_DEV_ID)
                 .ok_or_else(|| pool_error(format!("Message received with invalid device id: {t}")))
         };
-        let word = argv.first().copied().unwrap_or("");
+        let given = argv.first().copied().unwrap_or("");
+        let word = given.to_ascii_lowercase();
         let mut st = lock(&self.state);
-        match word.to_ascii_lowercase().as_str() {
+        if st.sb.held_root != 0 && word != "release_metadata_snap" {
+            return Err(held_error());
+        }
+        match word.as_str() {
             "create_thin" => {
                 count(2)?;
                 let id = dev_id(argv[1])?;
@@ -557,15 +573,26 @@ impl ThinPool {
                 }
                 st.sb.transaction_id = new;
             }
-            "reserve_metadata_snap" | "release_metadata_snap" => {
+            "release_metadata_snap" => {
+                count(1)?;
+                // __release_metadata_snap. dmemu's next commit lays the metadata out
+                // afresh, so the snapshot's blocks simply stop being counted.
+                if st.sb.held_root == 0 {
+                    return Err(pool_error(
+                        "No pool metadata snapshot found: nothing to release.".to_string(),
+                    ));
+                }
+                st.sb.held_root = 0;
+            }
+            "reserve_metadata_snap" => {
                 return Err(Error::Unsupported {
                     target: "thin-pool",
-                    op: "metadata snapshots (reserve_metadata_snap/release_metadata_snap)",
+                    op: "reserve_metadata_snap",
                 });
             }
             _ => {
                 return Err(pool_error(format!(
-                    "Unrecognised thin pool target message received: {word}"
+                    "Unrecognised thin pool target message received: {given}"
                 )))
             }
         }

@@ -82,11 +82,16 @@ impl SpaceMap {
     /// Open a space map from its root, reading and checking its index.
     pub fn open(dev: &MetaDev, root: SmRoot, kind: SmKind) -> Result<SpaceMap> {
         let want = nr_bitmaps(root.nr_blocks);
+        // Where the root sits in the superblock (data_space_map_root at 64, metadata at 192).
+        let root_at = match kind {
+            SmKind::Data => 64,
+            SmKind::Metadata => 192,
+        };
         if root.nr_allocated > root.nr_blocks {
             return Err(corrupt(
                 "space map root nr_allocated",
                 0,
-                0,
+                root_at + 8,
                 format_args!(
                     "{} allocated of {} blocks",
                     root.nr_allocated, root.nr_blocks
