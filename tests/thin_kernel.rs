@@ -67,7 +67,11 @@ fn concise() -> String {
 }
 
 fn registry(dir: &Path) -> Registry {
-    let mut r = Registry::new().with_access(Access::ReadOnly);
+    registry_with(dir, Access::ReadOnly)
+}
+
+fn registry_with(dir: &Path, access: Access) -> Registry {
+    let mut r = Registry::new().with_access(access);
     for (mm, f) in [("254:0", "meta"), ("254:16", "data"), ("254:32", "ext")] {
         r.bind(mm, dir.join(format!("{f}.img"))).unwrap();
     }
@@ -384,4 +388,37 @@ fn cli_message_creates_a_thin_that_thin_ls_then_lists() {
     let row: Vec<&str> = text.lines().last().unwrap().split_whitespace().collect();
     // dev 5: nothing mapped, created at transaction 7 and time 1.
     assert_eq!(row, ["5", "0", "-", "7", "1", "1"], "{text}");
+}
+
+#[test]
+fn pool_longer_than_its_data_space_map_grows_it_like_maybe_resize_data_dev() {
+    let t = images();
+    let data = std::fs::OpenOptions::new()
+        .write(true)
+        .open(t.path().join("data.img"))
+        .unwrap();
+    data.set_len(64 << 20).unwrap();
+    // Read-only images: the pool works on without growing for good.
+    let r = registry(t.path());
+    let devs = r
+        .create_all(&parse_concise("pool,,,rw,0 131072 thin-pool 254:0 254:16 128 16 0").unwrap())
+        .unwrap();
+    assert!(devs[0].status_text().contains(" 27/512 - rw "));
+    drop(devs);
+    drop(r);
+    let r = registry_with(t.path(), Access::ReadWrite);
+    let devs = r
+        .create_all(&parse_concise("pool,,,rw,0 131072 thin-pool 254:0 254:16 128 16 0").unwrap())
+        .unwrap();
+    // grow.guest.sh: the 6.12 kernel's status after the same growth (make-grow.sh).
+    let want = std::fs::read_to_string(fixtures().join("grow-kernel.txt")).unwrap();
+    assert_eq!(
+        devs[0].status_text(),
+        want.strip_prefix("STATUS pool ").unwrap()
+    );
+    drop(devs);
+    drop(r);
+    let out = dmemu(&["thin", "dump", "meta.img"], t.path());
+    let xml = String::from_utf8(out.stdout).unwrap();
+    assert!(xml.contains(r#"nr_data_blocks="1024""#), "{xml}");
 }

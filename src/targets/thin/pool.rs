@@ -179,6 +179,10 @@ impl ThinPool {
         }
         let dsm = md.data_space_map()?;
         md.metadata_space_map()?;
+        let mut sb = sb;
+        // maybe_resize_data_dev: a longer pool grows the data space map (committed below),
+        // unless the pool is read-only ("unable to grow the data device until repaired").
+        let grow = blocks > sb.data_sm.nr_blocks && !args.features.read_only && !sb.needs_check();
         let nr_data = usize_of(sb.data_sm.nr_blocks)?;
         let mut committed_used = vec![false; nr_data];
         dsm.for_each_nonzero(md.dev(), &mut |b, _| {
@@ -203,7 +207,12 @@ impl ThinPool {
             })?;
             devices.insert(id, Arc::new(RwLock::new(st)));
         }
-        Ok(ThinPool {
+        if grow {
+            sb.data_sm.nr_blocks = blocks;
+            refs.resize(usize_of(blocks)?, 0);
+            committed_used.resize(usize_of(blocks)?, false);
+        }
+        let pool = ThinPool {
             args: args.clone(),
             len,
             data,
@@ -215,10 +224,14 @@ impl ThinPool {
                 refs,
                 committed_used,
                 begin: 0,
-                dirty: false,
+                dirty: grow,
             }),
             provision: Mutex::new(()),
-        })
+        };
+        // The kernel commits the resize at once; on metadata dmemu cannot write (a
+        // read-only image) the pool works on and the commit is retried later.
+        let _ = pool.commit();
+        Ok(pool)
     }
 
     /// The pool's data block size in sectors.
@@ -405,8 +418,9 @@ impl ThinPool {
     }
 
     fn status_line(&self) -> Result<String> {
-        // pool_status commits first unless the device is suspended or noflush is asked.
-        self.commit()?;
+        // pool_status commits first unless the device is suspended or noflush is asked,
+        // and ignores a failed commit (`(void) commit(pool)`).
+        let _ = self.commit();
         let md = self.metadata();
         let sb = md.superblock();
         let msm = md.metadata_space_map()?;
