@@ -69,6 +69,16 @@ fn msg(pool: &ThinPool, words: &str) {
     pool.message(&argv).unwrap();
 }
 
+/// sha256 of the first `sectors` of `v` (the guest's thins are 4 MiB views).
+fn sha256_head(v: &dyn Volume, sectors: u64) -> String {
+    let mut b = vec![0; usize::try_from(sectors * 512).unwrap()];
+    v.read(Sector(0), &mut b).unwrap();
+    Sha256::digest(&b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
 fn sha256_of(v: &dyn Volume) -> String {
     let mut h = Sha256::new();
     let mut buf = vec![0; 1 << 20];
@@ -453,13 +463,13 @@ fn discard_unmaps_whole_blocks_only_and_frees_unshared_data_blocks() {
 
 // ---- a pool the kernel left with a metadata snapshot held (make-snap.sh) ----
 
-fn snap_pool() -> (Arc<MemVolume>, Arc<ThinPool>) {
+fn snap_pool() -> (Arc<MemVolume>, Arc<ThinPool>, Arc<MemVolume>) {
     let meta = Arc::new(MemVolume::from_bytes(gunzip("snap-meta.img.gz")).unwrap());
     let data = Arc::new(MemVolume::from_bytes(gunzip("snap-data.img.gz")).unwrap());
     let tokens: Vec<String> = ["m", "d", "128", "0"].map(str::to_string).to_vec();
     let args = ThinPoolArgs::parse(&mut Args::new(&tokens)).unwrap();
-    let pool = ThinPool::over(&args, SectorCount(32768), meta.clone(), data).unwrap();
-    (meta, Arc::new(pool))
+    let pool = ThinPool::over(&args, SectorCount(32768), meta.clone(), data.clone()).unwrap();
+    (meta, Arc::new(pool), data)
 }
 
 #[test]
@@ -478,7 +488,7 @@ fn metadata_snapshot_dumps_as_thin_dump_and_thin_dump_m_print_it() {
 
 #[test]
 fn pool_with_a_held_metadata_snapshot_reports_it_and_reads_like_the_kernel() {
-    let (_meta, pool) = snap_pool();
+    let (_meta, pool, _data) = snap_pool();
     let status = lines("snap-kernel.txt", "STATUS");
     assert_eq!(pool.status(), status["pool"].splitn(4, ' ').nth(3).unwrap());
     let t = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
@@ -487,29 +497,89 @@ fn pool_with_a_held_metadata_snapshot_reports_it_and_reads_like_the_kernel() {
 }
 
 #[test]
-fn held_metadata_snapshot_blocks_changes_until_released() {
-    let (meta, pool) = snap_pool();
+fn changes_on_a_kernel_held_metadata_snapshot_keep_it_until_released() {
+    let (meta, pool, data) = snap_pool();
     let t = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
-    // In place (mapped, not shared) is fine; provisioning and messages are not.
-    t.write(Sector(0), &[5; 512]).unwrap();
-    assert!(t
-        .write(Sector(128 * 9), &[5; 512])
-        .unwrap_err()
-        .to_string()
-        .contains("release_metadata_snap"));
-    assert!(pool.message(&["create_thin", "4"]).is_err());
-    assert!(pool.message(&["reserve_metadata_snap"]).is_err());
-    msg(&pool, "release_metadata_snap");
-    assert!(pool
-        .message(&["release_metadata_snap"])
-        .unwrap_err()
-        .to_string()
-        .contains("nothing to release"));
     t.write(Sector(128 * 9), &[5; 512]).unwrap();
     msg(&pool, "create_thin 4");
-    assert!(pool.status().contains(" 3/256 - rw "), "{}", pool.status());
+    let err = pool.message(&["reserve_metadata_snap"]).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    // Committed: the snapshot still dumps as thin_dump -m printed it from the kernel's.
+    let md = Metadata::open(meta.clone()).unwrap();
+    let snap = md.metadata_snap().unwrap().unwrap().dump_xml().unwrap();
+    let want = std::fs::read_to_string(fixtures().join("snap-m.xml")).unwrap();
+    assert_eq!(snap, want);
+    assert_ne!(md.superblock().held_root, 0);
+    // The 6.12 kernel on this pool (make-reserve.sh): same status and contents, and the
+    // same again after it released the snapshot and wrote 4 KiB into block 2.
+    let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
+    let tail = |l: String| l.splitn(4, ' ').nth(3).unwrap().to_string();
+    assert_eq!(pool.status(), tail(k("STATUS", "held-pool")));
+    assert_eq!(sha256_head(&t, 8192), k("SHA256", "held-t0"));
+    if std::env::var("DMEMU_THIN_WRITE_OUT").is_err() {
+        let r = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
+        msg(&pool, "release_metadata_snap");
+        let mut b = b"kernel after release".to_vec();
+        b.resize(4096, 0);
+        r.write(Sector(40 * 8), &b).unwrap();
+        assert_eq!(pool.status(), tail(k("STATUS", "held-released")));
+        return;
+    }
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(t);
+        drop(pool);
+        std::fs::write(format!("{dir}/held-meta.img"), meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/held-data.img"), data.to_vec()).unwrap();
+    }
+}
+
+#[test]
+fn releasing_a_held_metadata_snapshot_frees_it_and_a_second_release_fails() {
+    let (meta, pool, _data) = snap_pool();
+    msg(&pool, "release_metadata_snap");
+    let err = pool.message(&["release_metadata_snap"]).unwrap_err();
+    assert!(err.to_string().contains("nothing to release"), "{err}");
     let md = Metadata::open(meta.clone()).unwrap();
     assert_eq!(md.superblock().held_root, 0);
     assert!(md.metadata_snap().unwrap().is_none());
-    assert_eq!(md.device_roots().unwrap().len(), 3);
+    assert!(pool.status().contains(" 2/256 - rw "), "{}", pool.status());
+}
+
+#[test]
+fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
+    let (img, pool, thins) = replay();
+    let before = Metadata::open(img.meta.clone())
+        .unwrap()
+        .dump_xml()
+        .unwrap();
+    msg(&pool, "reserve_metadata_snap");
+    wr(&thins[1].1, "after-snap", 32, 6000);
+    wr(&thins[0].1, "after-snap", 16, 0);
+    msg(&pool, "create_thin 9");
+    let held = pool.status().split(' ').nth(3).unwrap().to_string();
+    assert_ne!(held, "-");
+    let md = Metadata::open(img.meta.clone()).unwrap();
+    assert_eq!(md.superblock().held_root.to_string(), held);
+    let snap = md.metadata_snap().unwrap().unwrap();
+    // The copy: the live superblock of that moment with its space map roots wiped.
+    let live_then = before.replace(r#"nr_data_blocks="512""#, r#"nr_data_blocks="0""#);
+    assert_eq!(snap.dump_xml().unwrap(), live_then);
+    assert_ne!(md.dump_xml().unwrap(), before);
+    let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
+    let tail = |l: String| l.splitn(4, ' ').nth(3).unwrap().to_string();
+    assert_eq!(pool.status(), tail(k("STATUS", "reserve-pool")));
+    assert_eq!(sha256_head(&thins[0].1, 8192), k("SHA256", "reserve-t0"));
+    assert_eq!(sha256_head(&thins[1].1, 8192), k("SHA256", "reserve-t1"));
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(thins);
+        drop(pool);
+        std::fs::write(format!("{dir}/reserve-meta.img"), img.meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/reserve-data.img"), img.data.to_vec()).unwrap();
+        return;
+    }
+    msg(&pool, "release_metadata_snap");
+    let mut b = b"kernel after release".to_vec();
+    b.resize(4096, 0);
+    thins[0].1.write(Sector(40 * 8), &b).unwrap();
+    assert_eq!(pool.status(), tail(k("STATUS", "reserve-released")));
 }

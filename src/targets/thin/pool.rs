@@ -105,15 +105,6 @@ pub struct ThinPool {
     provision: Mutex<()>,
 }
 
-/// Changes dmemu cannot commit while the metadata holds a snapshot: its layout would have
-/// to keep the snapshot's trees and count their references (`reserve_metadata_snap`).
-fn held_error() -> Error {
-    Error::Unsupported {
-        target: "thin-pool",
-        op: "changes while a metadata snapshot is held (send release_metadata_snap first)",
-    }
-}
-
 fn pool_error(reason: String) -> Error {
     Error::invalid("thin-pool", reason)
 }
@@ -292,9 +283,6 @@ impl ThinPool {
     pub(super) fn alloc_data_block(&self) -> Result<u64> {
         let mut st = lock(&self.state);
         let st = &mut *st;
-        if st.sb.held_root != 0 {
-            return Err(held_error());
-        }
         let n = st.refs.len();
         let begin = usize_of(st.begin)?.min(n);
         let free = |i: &usize| st.refs[*i] == 0 && !st.committed_used[*i];
@@ -333,9 +321,6 @@ impl ThinPool {
     /// named, when no mapping names it any more (to pass the discard down), else `None`.
     pub(super) fn unmap(&self, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
         let mut st = lock(&self.state);
-        if st.sb.held_root != 0 && read(dev).map.contains_key(&vblock) {
-            return Err(held_error());
-        }
         let mut d = write(dev);
         let Some(old) = d.map.remove(&vblock) else {
             return Ok(None);
@@ -377,9 +362,6 @@ impl ThinPool {
         if !st.dirty {
             return Ok(());
         }
-        if st.sb.held_root != 0 {
-            return Err(held_error());
-        }
         self.data.flush()?;
         let mut devices: Devices = BTreeMap::new();
         let mut refs: BTreeMap<u64, u32> = BTreeMap::new();
@@ -392,8 +374,19 @@ impl ThinPool {
             }
             devices.insert(id, (d.details, maps));
         }
-        let free = free_metadata_blocks(&st.committed)?;
-        let tx = Transaction::build(&st.sb, free, &devices, &refs)?;
+        // A held metadata snapshot keeps its trees and the data its leaves name.
+        let held = st
+            .committed
+            .snapshot_refs(st.sb.held_root)?
+            .unwrap_or_default();
+        for (&b, &c) in &held.data {
+            *refs.entry(b).or_insert(0) += c;
+        }
+        let free: Vec<u64> = free_metadata_blocks(&st.committed)?
+            .into_iter()
+            .filter(|b| !held.meta.contains_key(b))
+            .collect();
+        let tx = Transaction::build(&st.sb, free, &devices, &refs, &held.meta)?;
         tx.commit(st.committed.dev())?;
         let md = Metadata::open(Arc::clone(&self.meta))?;
         st.sb = md.superblock().clone();
@@ -403,7 +396,7 @@ impl ThinPool {
         for (&b, &c) in &refs {
             let i = usize_of(b)?;
             st.committed_used[i] = true;
-            st.refs[i] = c;
+            st.refs[i] = c - held.data.get(&b).copied().unwrap_or(0);
         }
         // smd->begin is not reset by a commit: allocation goes on after the last block
         // (the kernel fixture shows blocks freed by a delete skipped until the search wraps).
@@ -484,9 +477,6 @@ impl ThinPool {
         let given = argv.first().copied().unwrap_or("");
         let word = given.to_ascii_lowercase();
         let mut st = lock(&self.state);
-        if st.sb.held_root != 0 && word != "release_metadata_snap" {
-            return Err(held_error());
-        }
         match word.as_str() {
             "create_thin" => {
                 count(2)?;
@@ -599,10 +589,29 @@ impl ThinPool {
                 st.sb.held_root = 0;
             }
             "reserve_metadata_snap" => {
-                return Err(Error::Unsupported {
-                    target: "thin-pool",
-                    op: "reserve_metadata_snap",
-                });
+                count(1)?;
+                // __reserve_metadata_snap, on metadata just committed (pool_message's
+                // process_reserve_metadata_snap_mesg commits first): a copy of the
+                // superblock with its space map roots wiped, in a free block; the next
+                // commit keeps what it reaches.
+                if st.sb.held_root != 0 {
+                    return Err(pool_error(
+                        "Pool metadata snapshot already exists: release this before taking another."
+                            .to_string(),
+                    ));
+                }
+                let block =
+                    *free_metadata_blocks(&st.committed)?
+                        .first()
+                        .ok_or(Error::NoSpace {
+                            target: "thin-pool metadata",
+                        })?;
+                let mut copy = st.committed.superblock().clone();
+                copy.data_sm = Default::default();
+                copy.metadata_sm = Default::default();
+                copy.held_root = 0;
+                st.committed.dev().write(block, &copy.encode(block))?;
+                st.sb.held_root = block;
             }
             _ => {
                 return Err(pool_error(format!(
@@ -653,6 +662,12 @@ impl Target for ThinPool {
                 target: "thin-pool",
                 op: "messages in READ_ONLY or FAIL mode",
             });
+        }
+        if argv
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("reserve_metadata_snap"))
+        {
+            self.commit()?;
         }
         self.process_message(argv)?;
         self.commit()?;

@@ -94,6 +94,26 @@ impl DeviceDetails {
     }
 }
 
+/// Reference counts a set of trees holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefCounts {
+    /// Metadata block → references.
+    pub meta: BTreeMap<u64, u32>,
+    /// Data block → references.
+    pub data: BTreeMap<u64, u32>,
+}
+
+/// Which tree a node belongs to when counting references.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    /// Top level of the mapping tree (values: device tree roots).
+    Top,
+    /// A device's mapping tree (values: block and time).
+    Bottom,
+    /// The details tree.
+    Details,
+}
+
 /// Pool metadata opened read-only at its last committed superblock.
 #[derive(Clone, Debug)]
 pub struct Metadata {
@@ -151,6 +171,85 @@ impl Metadata {
             sb,
             nr_data_blocks: self.nr_data_blocks,
         }))
+    }
+
+    /// The references a metadata snapshot at `held_root` holds (`reserve_metadata_snap`
+    /// keeps its trees alive): each metadata block it reaches, counted once per reference
+    /// (the copy itself, its roots, every child pointer and device root), and each data
+    /// block once per distinct leaf naming it (the kernel's counting: a shared node counts
+    /// once for its children). `None` when no snapshot is held.
+    pub fn snapshot_refs(&self, held_root: u64) -> Result<Option<RefCounts>> {
+        if held_root == 0 {
+            return Ok(None);
+        }
+        let buf = self.dev.read(held_root, Kind::Superblock)?;
+        let copy = Superblock::parse(&buf, held_root)?;
+        let mut rc = RefCounts::default();
+        *rc.meta.entry(held_root).or_insert(0) += 1;
+        let mut seen = std::collections::HashSet::new();
+        self.count_node(copy.data_mapping_root, Level::Top, 0, &mut rc, &mut seen)?;
+        self.count_node(
+            copy.device_details_root,
+            Level::Details,
+            0,
+            &mut rc,
+            &mut seen,
+        )?;
+        Ok(Some(rc))
+    }
+
+    fn count_node(
+        &self,
+        block: u64,
+        level: Level,
+        depth: usize,
+        rc: &mut RefCounts,
+        seen: &mut std::collections::HashSet<u64>,
+    ) -> Result<()> {
+        *rc.meta.entry(block).or_insert(0) += 1;
+        if !seen.insert(block) {
+            return Ok(());
+        }
+        if depth >= 2 * btree::MAX_DEPTH {
+            return Err(corrupt(
+                "btree depth",
+                block,
+                0,
+                "metadata snapshot trees too deep",
+            ));
+        }
+        let vs = if level == Level::Details {
+            DETAILS_SIZE
+        } else {
+            8
+        };
+        let node = btree::read_node(&self.dev, block, vs)?;
+        for i in 0..node.keys.len() {
+            if !node.leaf {
+                self.count_node(node.child(i), level, depth + 1, rc, seen)?;
+                continue;
+            }
+            match level {
+                Level::Top => {
+                    let root = le64(node.value(i), 0);
+                    self.count_node(root, Level::Bottom, depth + 1, rc, seen)?;
+                }
+                Level::Bottom => {
+                    let bt = BlockTime::unpack(le64(node.value(i), 0));
+                    if bt.block >= self.nr_data_blocks {
+                        return Err(corrupt(
+                            "mapping data block",
+                            block,
+                            btree::HEADER_SIZE,
+                            format_args!("data block {} beyond the pool", bt.block),
+                        ));
+                    }
+                    *rc.data.entry(bt.block).or_insert(0) += 1;
+                }
+                Level::Details => {}
+            }
+        }
+        Ok(())
     }
 
     /// Every device's details, by id.

@@ -288,7 +288,8 @@ fn rewrite(image: Vec<u8>) -> Vec<u8> {
     let md = Metadata::open(vol.clone()).unwrap();
     let (devs, refs) = model(&md);
     let free = writer::free_metadata_blocks(&md).unwrap();
-    let tx = writer::Transaction::build(md.superblock(), free, &devs, &refs).unwrap();
+    let tx =
+        writer::Transaction::build(md.superblock(), free, &devs, &refs, &BTreeMap::new()).unwrap();
     tx.commit(md.dev()).unwrap();
     vol.to_vec()
 }

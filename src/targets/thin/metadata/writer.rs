@@ -173,13 +173,16 @@ impl Transaction {
     }
 
     /// Lay the pool out afresh. `sb` carries the pool's fields (time, transaction id, data
-    /// block size, space-map sizes); `free_meta` lists metadata blocks the committed
-    /// metadata does not use (never block 0); `data_refs` gives each used data block's count.
+    /// block size, space-map sizes, held root); `free_meta` lists metadata blocks the
+    /// committed metadata does not use (never block 0) and `held_meta` the references a
+    /// held metadata snapshot keeps on metadata blocks outside it; `data_refs` gives each
+    /// used data block's count (the snapshot's included).
     pub fn build(
         sb: &Superblock,
         free_meta: Vec<u64>,
         devices: &Devices,
         data_refs: &BTreeMap<u64, u32>,
+        held_meta: &BTreeMap<u64, u32>,
     ) -> Result<Transaction> {
         let nr_meta = sb.metadata_sm.nr_blocks;
         let nr_meta_bitmaps = nr_meta.div_ceil(ENTRIES_PER_BLOCK);
@@ -201,8 +204,19 @@ impl Transaction {
             .map(|_| alloc.block())
             .collect::<Result<_>>()?;
         let meta_index = alloc.block()?;
-        // Every metadata block is referenced once, so its ref count tree is empty.
-        let meta_rc_root = build_tree(&mut alloc, &mut out, &[], &[], 4)?;
+        // Blocks of this transaction are referenced once; a held snapshot's shared nodes
+        // can reach 3+ and go to the ref count tree, whose size is known now.
+        let held_overflow: Vec<(u64, u32)> = held_meta
+            .iter()
+            .filter(|&(_, &c)| c >= 3)
+            .map(|(&b, &c)| (b, c))
+            .collect();
+        let hk: Vec<u64> = held_overflow.iter().map(|&(b, _)| b).collect();
+        let hv: Vec<u8> = held_overflow
+            .iter()
+            .flat_map(|&(_, c)| c.to_le_bytes())
+            .collect();
+        let meta_rc_root = build_tree(&mut alloc, &mut out, &hk, &hv, 4)?;
 
         // Device trees, then the top level of the mapping tree and the details tree.
         let mut top_keys = Vec::new();
@@ -249,7 +263,10 @@ impl Transaction {
         // Now every block is allocated: the metadata space map counts them and block 0.
         let mut meta_counts: BTreeMap<u64, u32> = alloc.used.iter().map(|&b| (b, 1)).collect();
         meta_counts.insert(0, 1);
-        let (mindex, _) = bitmaps(nr_meta, &meta_counts, &meta_bitmaps, &mut out);
+        for (&b, &c) in held_meta {
+            *meta_counts.entry(b).or_insert(0) += c;
+        }
+        let (mindex, meta_overflow) = bitmaps(nr_meta, &meta_counts, &meta_bitmaps, &mut out);
         let mut ib = vec![0; BLOCK_SIZE];
         put64(&mut ib, 8, meta_index);
         for (i, e) in mindex.iter().enumerate() {
@@ -259,9 +276,9 @@ impl Transaction {
         seal(&mut ib, INDEX_CSUM_XOR);
         out.push((meta_index, ib));
 
+        debug_assert!(meta_overflow.iter().all(|o| held_overflow.contains(o)));
         let mut nsb = sb.clone();
         nsb.version = VERSION;
-        nsb.held_root = 0;
         nsb.data_mapping_root = mapping_root;
         nsb.device_details_root = details_root;
         nsb.data_sm = SmRoot {
@@ -350,6 +367,7 @@ pub fn format(
         &sb,
         (1..nr_meta).collect(),
         &Devices::new(),
+        &BTreeMap::new(),
         &BTreeMap::new(),
     )?;
     tx.commit(dev)
