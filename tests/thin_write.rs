@@ -421,6 +421,17 @@ fn out_of_data_space_fails_the_write_with_enospc() {
     }
     let e = t.write(Sector(4 * 128), &[1; 512]).unwrap_err();
     assert_eq!(e.errno(), 28, "{e}");
+    // pool_status prints the mode instead of rw.
+    assert!(
+        pool.status().contains(" 4/4 - out_of_data_space "),
+        "{}",
+        pool.status()
+    );
+    // Blocks a discard frees in the same transaction are found after the commit the
+    // allocator makes before giving up; the pool leaves the mode.
+    t.discard(Sector(0), SectorCount(128)).unwrap();
+    t.write(Sector(4 * 128), &[1; 512]).unwrap();
+    assert!(pool.status().contains(" 4/4 - rw "), "{}", pool.status());
 }
 
 #[test]

@@ -90,6 +90,8 @@ struct PoolState {
     /// Where the next data block search starts (`smd->begin`).
     begin: u64,
     dirty: bool,
+    /// PM_OUT_OF_DATA_SPACE: an allocation found no free block even after a commit.
+    out_of_data_space: bool,
 }
 
 /// A constructed `thin-pool`.
@@ -216,6 +218,7 @@ impl ThinPool {
                 committed_used,
                 begin: 0,
                 dirty: grow,
+                out_of_data_space: false,
             }),
             provision: Mutex::new(()),
         };
@@ -280,23 +283,38 @@ impl ThinPool {
 
     /// Allocate a data block (`sm_disk_new_block`): the first block from `begin` on, then
     /// from 0, that neither the committed metadata nor the current mappings use.
+    /// Callers hold `provisioning()`. When nothing is free the pool commits (blocks freed
+    /// in this transaction become usable, as dm-thin's `alloc_data_block` commits before
+    /// giving up) and otherwise enters out-of-data-space mode (ENOSPC).
     pub(super) fn alloc_data_block(&self) -> Result<u64> {
+        if let Some(b) = self.try_alloc()? {
+            return Ok(b);
+        }
+        self.commit_unlocked()?;
+        if let Some(b) = self.try_alloc()? {
+            return Ok(b);
+        }
+        lock(&self.state).out_of_data_space = true;
+        Err(Error::NoSpace {
+            target: "thin-pool",
+        })
+    }
+
+    fn try_alloc(&self) -> Result<Option<u64>> {
         let mut st = lock(&self.state);
         let st = &mut *st;
         let n = st.refs.len();
         let begin = usize_of(st.begin)?.min(n);
         let free = |i: &usize| st.refs[*i] == 0 && !st.committed_used[*i];
-        let found = (begin..n).find(free).or_else(|| (0..begin).find(free));
-        let Some(i) = found else {
-            return Err(Error::NoSpace {
-                target: "thin-pool",
-            });
+        let Some(i) = (begin..n).find(free).or_else(|| (0..begin).find(free)) else {
+            return Ok(None);
         };
         st.refs[i] = 1;
         let b = u64::try_from(i).unwrap_or(u64::MAX);
         st.begin = b + 1;
         st.dirty = true;
-        Ok(b)
+        st.out_of_data_space = false;
+        Ok(Some(b))
     }
 
     /// Map `vblock` of `dev` to the freshly allocated `block` (its count already taken),
@@ -358,6 +376,11 @@ impl ThinPool {
     /// flush, superblock, flush.
     pub fn commit(&self) -> Result<()> {
         let _p = self.provisioning();
+        self.commit_unlocked()
+    }
+
+    /// `commit` for callers already holding `provisioning()`.
+    fn commit_unlocked(&self) -> Result<()> {
         let mut st = lock(&self.state);
         if !st.dirty {
             return Ok(());
@@ -436,7 +459,13 @@ impl ThinPool {
         } else {
             s += "- ";
         }
-        s += if self.read_only() { "ro " } else { "rw " };
+        s += if lock(&self.state).out_of_data_space {
+            "out_of_data_space "
+        } else if self.read_only() {
+            "ro "
+        } else {
+            "rw "
+        };
         s += if f.ignore_discard {
             "ignore_discard "
         } else if f.no_discard_passdown {
