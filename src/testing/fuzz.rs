@@ -36,11 +36,12 @@ pub fn concise_text(data: &[u8]) {
 /// Thin-pool metadata from damaged bytes: never panic, hang or allocate without bound.
 ///
 /// The input patches a pool dmemu laid out itself (3 devices, two of them snapshots
-/// sharing blocks, multi-level btrees, ref counts in the ref-count btree): 4-byte records
+/// sharing blocks, multi-level btrees, ref counts in the ref-count btree, a held metadata
+/// snapshot): 4-byte records
 /// `block | offset lo | offset hi | byte`. A block whose record has the top bit of `block`
 /// clear gets its checksum fixed afterwards, so the fuzzer reaches the structure checks
 /// behind the checksums. Then the metadata is opened, dumped, its space maps counted, and a
-/// pool and each thin built and read.
+/// pool and each thin built, read, written and committed.
 pub fn thin_metadata(data: &[u8]) {
     use std::collections::BTreeSet;
     use std::sync::{Arc, OnceLock};
@@ -79,6 +80,9 @@ pub fn thin_metadata(data: &[u8]) {
         pool.message(&["create_snap", "2", "1"]).unwrap();
         pool.message(&["create_snap", "3", "1"]).unwrap();
         t.write(Sector(0), &[2; 512]).unwrap();
+        // A held metadata snapshot, so commits walk its trees too.
+        pool.message(&["reserve_metadata_snap"]).unwrap();
+        t.write(Sector(128 * 500), &[3; 512]).unwrap();
         drop(t);
         drop(pool);
         let img = meta.to_vec();
@@ -134,7 +138,11 @@ pub fn thin_metadata(data: &[u8]) {
             let _ = t.read(Sector(0), &mut buf);
             let _ = t.read(Sector(8000), &mut buf);
             let _ = t.status();
+            // A write and the commit it leads to: the writer lays out what was read
+            // (and walks the held snapshot's damaged trees).
+            if t.write(Sector(8 * 128), &buf).is_ok() {
+                let _ = t.flush();
+            }
         }
     }
-    // Dropping the pool commits nothing: no write happened.
 }
