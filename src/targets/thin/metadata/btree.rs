@@ -158,6 +158,28 @@ pub fn walk(
     value_size: usize,
     visit: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
+    walk_located(dev, root, value_size, &mut |k, v, _| visit(k, v))
+}
+
+/// Where a value lies: its leaf block and byte offset in it (for errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At {
+    /// The leaf node's block.
+    pub block: u64,
+    /// Byte offset of the value in the block.
+    pub offset: usize,
+}
+
+/// A visitor of located values: key, value bytes, where the value lies.
+pub type LocatedVisit<'a> = dyn FnMut(u64, &[u8], At) -> Result<()> + 'a;
+
+/// `walk`, also telling the visitor where each value lies.
+pub fn walk_located(
+    dev: &MetaDev,
+    root: u64,
+    value_size: usize,
+    visit: &mut LocatedVisit<'_>,
+) -> Result<()> {
     let mut seen = HashSet::new();
     walk_node(dev, root, value_size, 0, (0, None), &mut seen, visit)
 }
@@ -169,7 +191,7 @@ fn walk_node(
     depth: usize,
     (lo, hi): (u64, Option<u64>),
     seen: &mut HashSet<u64>,
-    visit: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    visit: &mut LocatedVisit<'_>,
 ) -> Result<()> {
     if depth >= MAX_DEPTH {
         return Err(corrupt(
@@ -203,7 +225,11 @@ fn walk_node(
     }
     for i in 0..node.keys.len() {
         if node.leaf {
-            visit(node.keys[i], node.value(i))?;
+            let at = At {
+                block,
+                offset: HEADER_SIZE + 8 * node.max_entries + i * node.value_size,
+            };
+            visit(node.keys[i], node.value(i), at)?;
         } else {
             let range = (node.keys[i], node.keys.get(i + 1).copied().or(hi));
             walk_node(

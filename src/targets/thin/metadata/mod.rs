@@ -298,13 +298,13 @@ impl Metadata {
         visit: &mut dyn FnMut(u64, BlockTime) -> Result<()>,
     ) -> Result<()> {
         let nr_data = self.nr_data_blocks;
-        btree::walk(&self.dev, root, 8, &mut |k, v| {
+        btree::walk_located(&self.dev, root, 8, &mut |k, v, at| {
             let bt = BlockTime::unpack(le64(v, 0));
             if bt.block >= nr_data {
                 return Err(corrupt(
                     "mapping data block",
-                    root,
-                    0,
+                    at.block,
+                    at.offset,
                     format_args!(
                         "virtual block {k} maps to data block {}, the pool has {nr_data}",
                         bt.block
