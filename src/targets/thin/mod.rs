@@ -1,6 +1,7 @@
 //! `thin-pool` and `thin` (kernel dm-thin.c, v1.23.0): arguments parsed with the kernel's
 //! checks and words and printed as 6.12's STATUSTYPE_TABLE prints them (this file),
-//! metadata (`metadata/`), the constructed targets (`target.rs`) and `dmemu thin` (`cli.rs`).
+//! metadata (`metadata/`), the constructed targets (`pool.rs`: thin-pool, `device.rs`: thin)
+//! and `dmemu thin` (`cli.rs`).
 //!
 //! Table args:
 //! * `thin-pool`: `<metadata_dev> <data_dev> <data_block_sectors> <low_water_blocks>

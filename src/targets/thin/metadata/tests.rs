@@ -263,7 +263,10 @@ fn unsorted_keys_and_out_of_range_data_blocks_are_refused() {
     let e = err_text(open(m).unwrap().mappings(root));
     assert!(e.contains("data block 512, the pool has 512"), "{e}");
     // The value's place: the leaf, after its 252 keys.
-    assert!(e.contains(&format!("metadata block {root}, byte {}", 32 + 8 * 252)), "{e}");
+    assert!(
+        e.contains(&format!("metadata block {root}, byte {}", 32 + 8 * 252)),
+        "{e}"
+    );
 }
 
 // ---- writing ----
