@@ -422,3 +422,36 @@ fn pool_longer_than_its_data_space_map_grows_it_like_maybe_resize_data_dev() {
     let xml = String::from_utf8(out.stdout).unwrap();
     assert!(xml.contains(r#"nr_data_blocks="1024""#), "{xml}");
 }
+
+#[test]
+fn cli_thin_check_accepts_kernel_metadata_and_names_a_wrong_count() {
+    let t = images();
+    let out = dmemu(&["thin", "check", "meta.img"], t.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"ok\n");
+    // Give data block 21 (free) a count of 1 in its bitmap, checksum fixed.
+    let path = t.path().join("meta.img");
+    let mut m = std::fs::read(&path).unwrap();
+    let md = dmemu::targets::thin::metadata::Metadata::open(std::sync::Arc::new(
+        dmemu::MemVolume::from_bytes(m.clone()).unwrap(),
+    ))
+    .unwrap();
+    let bm = usize::try_from(md.data_space_map().unwrap().index[0].blocknr).unwrap() * 4096;
+    m[bm + 16 + 5] |= 1 << 3;
+    dmemu::targets::thin::metadata::block::seal(
+        &mut m[bm..bm + 4096],
+        dmemu::targets::thin::metadata::block::BITMAP_CSUM_XOR,
+    );
+    std::fs::write(&path, m).unwrap();
+    let out = dmemu(&["thin", "check", "meta.img"], t.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data block 21: space map count 1, referenced 0 times"),
+        "{err}"
+    );
+}

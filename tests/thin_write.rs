@@ -64,6 +64,13 @@ fn wr(v: &dyn Volume, tag: &str, n: usize, seek: u64) {
     }
 }
 
+/// Every space map count agrees with the trees (dmemu's thin_check space map check,
+/// which kernel-written fixtures pass: src/targets/thin/metadata/tests.rs).
+fn assert_consistent(meta: &SharedVolume) {
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.check().unwrap(), Vec::<String>::new());
+}
+
 fn msg(pool: &ThinPool, words: &str) {
     let argv: Vec<&str> = words.split(' ').collect();
     pool.message(&argv).unwrap();
@@ -196,6 +203,7 @@ fn committed_pool_reopens_with_the_same_thin_contents() {
     let before: Vec<String> = thins.iter().map(|(_, t)| sha256_of(t)).collect();
     drop(thins);
     drop(pool);
+    assert_consistent(&(img.meta.clone() as SharedVolume));
     let pool = Arc::new(
         ThinPool::over(
             &pool_args("0"),
@@ -412,6 +420,7 @@ fn partial_writes_to_new_blocks_are_zeroed_unless_skip_block_zeroing() {
 #[test]
 fn out_of_data_space_fails_the_write_with_enospc() {
     let meta = Arc::new(MemVolume::new(SectorCount(4 * 2048)).unwrap());
+    let meta_vol = meta.clone();
     let data = Arc::new(MemVolume::new(SectorCount(4 * 128)).unwrap());
     let pool = Arc::new(ThinPool::over(&pool_args("0"), SectorCount(512), meta, data).unwrap());
     msg(&pool, "create_thin 0");
@@ -432,11 +441,12 @@ fn out_of_data_space_fails_the_write_with_enospc() {
     t.discard(Sector(0), SectorCount(128)).unwrap();
     t.write(Sector(4 * 128), &[1; 512]).unwrap();
     assert!(pool.status().contains(" 4/4 - rw "), "{}", pool.status());
+    assert_consistent(&(meta_vol as SharedVolume));
 }
 
 #[test]
 fn discard_unmaps_whole_blocks_only_and_frees_unshared_data_blocks() {
-    let (_img, pool, thins) = replay();
+    let (img, pool, thins) = replay();
     let (thin0, thin1) = (&thins[0].1, &thins[1].1);
     // thin 1, virtual blocks 320 (its own, data 27) and 0 (its own, data 0), plus half of
     // block 1 (shared with thin 0): the half block stays mapped.
@@ -470,6 +480,7 @@ fn discard_unmaps_whole_blocks_only_and_frees_unshared_data_blocks() {
         status["pool"].splitn(4, ' ').nth(3).unwrap(),
         "pool"
     );
+    assert_consistent(&(img.meta.clone() as SharedVolume));
 }
 
 // ---- a pool the kernel left with a metadata snapshot held (make-snap.sh) ----
@@ -521,6 +532,7 @@ fn changes_on_a_kernel_held_metadata_snapshot_keep_it_until_released() {
     let want = std::fs::read_to_string(fixtures().join("snap-m.xml")).unwrap();
     assert_eq!(snap, want);
     assert_ne!(md.superblock().held_root, 0);
+    assert_consistent(&(meta.clone() as SharedVolume));
     // The 6.12 kernel on this pool (make-reserve.sh): same status and contents, and the
     // same again after it released the snapshot and wrote 4 KiB into block 2.
     let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
@@ -576,6 +588,7 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     let live_then = before.replace(r#"nr_data_blocks="512""#, r#"nr_data_blocks="0""#);
     assert_eq!(snap.dump_xml().unwrap(), live_then);
     assert_ne!(md.dump_xml().unwrap(), before);
+    assert_consistent(&(img.meta.clone() as SharedVolume));
     let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
     let tail = |l: String| l.splitn(4, ' ').nth(3).unwrap().to_string();
     assert_eq!(pool.status(), tail(k("STATUS", "reserve-pool")));
