@@ -108,7 +108,7 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::verity::cli::VerityCommand,
     },
-    /// dm-thin pool metadata: dump (thin_dump's XML), ls (devices).
+    /// dm-thin pool metadata: dump (thin_dump's XML), ls (devices), check (space maps).
     Thin {
         #[command(subcommand)]
         cmd: crate::targets::thin::cli::ThinCommand,

@@ -1,5 +1,6 @@
-//! `dmemu thin dump|ls`: pool metadata inspected without a pool (thin_dump's XML and a
-//! device listing), for pulling thin volumes out of metadata + data images.
+//! `dmemu thin dump|ls|check`: pool metadata inspected without a pool (thin_dump's XML, a
+//! device listing, thin_check's space map check), for pulling thin volumes out of
+//! metadata + data images.
 
 use std::fmt::Write as _;
 use std::io::Write;
