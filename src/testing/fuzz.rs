@@ -118,6 +118,7 @@ pub fn thin_metadata(data: &[u8]) {
         return;
     };
     let _ = md.dump_xml();
+    let _ = md.check();
     for sm in [md.data_space_map(), md.metadata_space_map()]
         .into_iter()
         .flatten()
