@@ -108,6 +108,11 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::verity::cli::VerityCommand,
     },
+    /// dm-thin pool metadata: dump (thin_dump's XML), ls (devices), check (space maps).
+    Thin {
+        #[command(subcommand)]
+        cmd: crate::targets::thin::cli::ThinCommand,
+    },
     /// Run `message`, `read`, `write`, `status`, `sleep`... lines from stdin against one
     /// live device, printing each reply (see `dmemu::shell`).
     Shell {
@@ -395,6 +400,7 @@ fn run_command(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Verity { cmd } => crate::targets::verity::cli::run(cmd),
+        Command::Thin { cmd } => crate::targets::thin::cli::run(cmd),
         Command::Check {
             file,
             concise,

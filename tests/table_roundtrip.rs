@@ -53,3 +53,10 @@ fn fuzz_seed_corpus_concise_runs_clean() {
         fuzz::concise_text(&data);
     }
 }
+
+#[test]
+fn fuzz_seed_corpus_thin_metadata_runs_clean() {
+    for (_name, data) in corpus("fuzz/corpus/thin_metadata") {
+        fuzz::thin_metadata(&data);
+    }
+}

@@ -36,7 +36,7 @@ pub use linear::{Linear, LinearArgs};
 pub use other::OtherArgs;
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
-pub use thin::{ThinArgs, ThinPoolArgs};
+pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use verity::{Verity, VerityArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
@@ -282,12 +282,8 @@ impl TargetSpec {
             TargetSpec::Snapshot(a) => Snapshot::new(a, SnapshotKind::Snapshot, len, registry)?,
             TargetSpec::SnapshotMerge(a) => Snapshot::new(a, SnapshotKind::Merge, len, registry)?,
             TargetSpec::SnapshotOrigin(a) => Arc::new(Origin::new(a, len, registry)?),
-            TargetSpec::ThinPool(_) | TargetSpec::Thin(_) => {
-                return Err(Error::Unsupported {
-                    target: "dmemu",
-                    op: "I/O for thin targets (parsed and printed, not executed yet)",
-                })
-            }
+            TargetSpec::ThinPool(a) => Arc::new(ThinPool::new(a, len, registry)?),
+            TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, registry)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

@@ -1,6 +1,7 @@
-//! `thin-pool` and `thin` (kernel dm-thin.c, v1.23.0). Arguments only for now: parse with
-//! the kernel's checks and words, print what 6.12's STATUSTYPE_TABLE prints. Pool metadata
-//! and thin I/O are a later step.
+//! `thin-pool` and `thin` (kernel dm-thin.c, v1.23.0): arguments parsed with the kernel's
+//! checks and words and printed as 6.12's STATUSTYPE_TABLE prints them (this file),
+//! metadata (`metadata/`), the constructed targets (`pool.rs`: thin-pool, `device.rs`: thin)
+//! and `dmemu thin` (`cli.rs`).
 //!
 //! Table args:
 //! * `thin-pool`: `<metadata_dev> <data_dev> <data_block_sectors> <low_water_blocks>
@@ -209,6 +210,14 @@ impl fmt::Display for ThinArgs {
         Ok(())
     }
 }
+
+pub mod cli;
+mod device;
+pub mod metadata;
+mod pool;
+
+pub use device::Thin;
+pub use pool::ThinPool;
 
 #[cfg(test)]
 mod tests;

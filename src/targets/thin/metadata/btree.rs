@@ -1,0 +1,274 @@
+//! Persistent-data btree nodes (persistent-data/dm-btree-internal.h, dm-btree-spine.c):
+//! reading with the kernel's node checks plus the ordering checks thin_check makes, and
+//! walks bounded in depth and guarded against cycles, so a malicious tree errors out.
+
+use std::collections::HashSet;
+
+use crate::error::Result;
+
+use super::block::{corrupt, le32, le64, Kind, MetaDev, BLOCK_SIZE};
+
+/// `INTERNAL_NODE` flag.
+pub const INTERNAL_NODE: u32 = 1;
+/// `LEAF_NODE` flag.
+pub const LEAF_NODE: u32 = 2;
+/// Node header size (`struct node_header`).
+pub const HEADER_SIZE: usize = 32;
+/// Deepest tree dmemu walks. Full nodes hold 126..336 entries and the kernel keeps non-root
+/// nodes at least a third full, so a tree over every block of the largest metadata device
+/// (4,161,600 blocks) is at most ~6 levels deep; anything deeper is corrupt.
+pub const MAX_DEPTH: usize = 16;
+
+/// `max_entries` a node with values of `value_size` bytes gets (`calc_max_entries`):
+/// a multiple of 3 so splits share evenly.
+#[must_use]
+pub fn max_entries(value_size: usize) -> usize {
+    let n = (BLOCK_SIZE - HEADER_SIZE) / (8 + value_size);
+    3 * (n / 3)
+}
+
+/// One decoded btree node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Where it was read from.
+    pub block: u64,
+    /// Leaf (values are the tree's values) or internal (values are child block numbers).
+    pub leaf: bool,
+    /// Keys, strictly ascending.
+    pub keys: Vec<u64>,
+    /// `keys.len()` values of `value_size` bytes each.
+    pub values: Vec<u8>,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// `max_entries` as stored.
+    pub max_entries: usize,
+}
+
+impl Node {
+    /// Value `i`.
+    #[must_use]
+    pub fn value(&self, i: usize) -> &[u8] {
+        &self.values[i * self.value_size..(i + 1) * self.value_size]
+    }
+
+    /// Child block `i` of an internal node.
+    #[must_use]
+    pub fn child(&self, i: usize) -> u64 {
+        le64(self.value(i), 0)
+    }
+
+    /// Decode block `block` as a node whose leaves hold `leaf_value_size`-byte values,
+    /// with the kernel's `btree_node_check` and key order checks.
+    pub fn parse(buf: &[u8], block: u64, leaf_value_size: usize) -> Result<Node> {
+        let what = Kind::BtreeNode.name();
+        let flags = le32(buf, 4);
+        let nr = le32(buf, 16);
+        let max = le32(buf, 20);
+        let vs = le32(buf, 24);
+        let leaf = match (flags & INTERNAL_NODE != 0, flags & LEAF_NODE != 0) {
+            (true, false) => false,
+            (false, true) => true,
+            (true, true) => {
+                return Err(corrupt(what, block, 4, "node is both INTERNAL and LEAF"));
+            }
+            (false, false) => {
+                return Err(corrupt(what, block, 4, "node is neither INTERNAL or LEAF"));
+            }
+        };
+        let want_vs = if leaf { leaf_value_size } else { 8 };
+        let value_size = usize::try_from(vs).unwrap_or(usize::MAX);
+        if value_size != want_vs {
+            return Err(corrupt(
+                "btree node value_size",
+                block,
+                24,
+                format_args!("{vs}, this tree's nodes hold {want_vs}-byte values"),
+            ));
+        }
+        let max_entries = usize::try_from(max).unwrap_or(usize::MAX);
+        let fits = max_entries
+            .checked_mul(8 + value_size)
+            .and_then(|n| n.checked_add(HEADER_SIZE))
+            .is_some_and(|n| n <= BLOCK_SIZE);
+        if !fits {
+            return Err(corrupt(
+                "btree node max_entries",
+                block,
+                20,
+                format_args!("{max} entries of {value_size}-byte values do not fit a block"),
+            ));
+        }
+        let nr_entries = usize::try_from(nr).unwrap_or(usize::MAX);
+        if nr_entries > max_entries {
+            return Err(corrupt(
+                "btree node nr_entries",
+                block,
+                16,
+                format_args!("{nr} entries, max_entries is {max}"),
+            ));
+        }
+        if !leaf && nr_entries == 0 {
+            return Err(corrupt(
+                "btree node nr_entries",
+                block,
+                16,
+                "internal node without entries",
+            ));
+        }
+        let keys: Vec<u64> = (0..nr_entries)
+            .map(|i| le64(buf, HEADER_SIZE + 8 * i))
+            .collect();
+        if let Some(i) = keys.windows(2).position(|w| w[0] >= w[1]) {
+            return Err(corrupt(
+                "btree node keys",
+                block,
+                HEADER_SIZE + 8 * (i + 1),
+                format_args!(
+                    "key {} after {}: keys must be strictly ascending",
+                    keys[i + 1],
+                    keys[i]
+                ),
+            ));
+        }
+        let vstart = HEADER_SIZE + 8 * max_entries;
+        let values = buf[vstart..vstart + nr_entries * value_size].to_vec();
+        Ok(Node {
+            block,
+            leaf,
+            keys,
+            values,
+            value_size,
+            max_entries,
+        })
+    }
+}
+
+/// Read and decode node `block`.
+pub fn read_node(dev: &MetaDev, block: u64, leaf_value_size: usize) -> Result<Node> {
+    let buf = dev.read(block, Kind::BtreeNode)?;
+    Node::parse(&buf, block, leaf_value_size)
+}
+
+/// Visit every (key, value) of the tree at `root` in key order. Errors on nodes reached
+/// twice (a cycle or a node shared inside one tree), on trees deeper than `MAX_DEPTH`, and
+/// on child keys outside the range their parent's keys give them.
+pub fn walk(
+    dev: &MetaDev,
+    root: u64,
+    value_size: usize,
+    visit: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    walk_located(dev, root, value_size, &mut |k, v, _| visit(k, v))
+}
+
+/// Where a value lies: its leaf block and byte offset in it (for errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct At {
+    /// The leaf node's block.
+    pub block: u64,
+    /// Byte offset of the value in the block.
+    pub offset: usize,
+}
+
+/// A visitor of located values: key, value bytes, where the value lies.
+pub type LocatedVisit<'a> = dyn FnMut(u64, &[u8], At) -> Result<()> + 'a;
+
+/// `walk`, also telling the visitor where each value lies.
+pub fn walk_located(
+    dev: &MetaDev,
+    root: u64,
+    value_size: usize,
+    visit: &mut LocatedVisit<'_>,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    walk_node(dev, root, value_size, 0, (0, None), &mut seen, visit)
+}
+
+fn walk_node(
+    dev: &MetaDev,
+    block: u64,
+    value_size: usize,
+    depth: usize,
+    (lo, hi): (u64, Option<u64>),
+    seen: &mut HashSet<u64>,
+    visit: &mut LocatedVisit<'_>,
+) -> Result<()> {
+    if depth >= MAX_DEPTH {
+        return Err(corrupt(
+            "btree depth",
+            block,
+            0,
+            format_args!("tree deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    if !seen.insert(block) {
+        return Err(corrupt(
+            "btree child pointer",
+            block,
+            0,
+            "node reached twice in one tree (cycle)",
+        ));
+    }
+    let node = read_node(dev, block, value_size)?;
+    if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
+        if first < lo || hi.is_some_and(|h| last >= h) {
+            return Err(corrupt(
+                "btree node keys",
+                block,
+                HEADER_SIZE,
+                format_args!(
+                    "keys {first}..={last} outside the parent's range {lo}..{}",
+                    hi.map_or_else(|| "".to_string(), |h| h.to_string())
+                ),
+            ));
+        }
+    }
+    for i in 0..node.keys.len() {
+        if node.leaf {
+            let at = At {
+                block,
+                offset: HEADER_SIZE + 8 * node.max_entries + i * node.value_size,
+            };
+            visit(node.keys[i], node.value(i), at)?;
+        } else {
+            let range = (node.keys[i], node.keys.get(i + 1).copied().or(hi));
+            walk_node(
+                dev,
+                node.child(i),
+                value_size,
+                depth + 1,
+                range,
+                seen,
+                visit,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Look `key` up in the tree at `root` (`dm_btree_lookup`): the value, or `None`.
+pub fn lookup(dev: &MetaDev, root: u64, key: u64, value_size: usize) -> Result<Option<Vec<u8>>> {
+    let mut block = root;
+    for _ in 0..MAX_DEPTH {
+        let node = read_node(dev, block, value_size)?;
+        if node.leaf {
+            return Ok(node
+                .keys
+                .binary_search(&key)
+                .ok()
+                .map(|i| node.value(i).to_vec()));
+        }
+        // The last key <= `key` (`lower_bound` in dm-btree.c).
+        let i = node.keys.partition_point(|&k| k <= key);
+        if i == 0 {
+            return Ok(None);
+        }
+        block = node.child(i - 1);
+    }
+    Err(corrupt(
+        "btree depth",
+        root,
+        0,
+        format_args!("lookup deeper than {MAX_DEPTH} levels"),
+    ))
+}

@@ -1,0 +1,713 @@
+//! The constructed `thin-pool` (dm-thin.c `pool_ctr`, `pool_map`, `pool_status`,
+//! `pool_message`) and the pool's in-memory state (dm-thin-metadata.c's role).
+//!
+//! The pool loads every thin device's mapping tree into an in-memory index when it is built
+//! (the kernel walks its btrees through dm-bufio per bio; a mapped 4 KiB read here is one
+//! hash lookup). Writes change the index and the data reference counts; a commit (flush,
+//! status, a message, dropping the pool) writes a new transaction with
+//! `metadata::writer`: new blocks, flush, superblock last. I/O to the pool device itself
+//! goes to the data device, as `pool_map` remaps every bio there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::table::args::parse_kstrtoull;
+use crate::units::{Sector, SectorCount};
+use crate::volume::{check_io, check_range, SharedVolume, Volume};
+
+use super::metadata::block::{MetaDev, BLOCK_SECTORS};
+use super::metadata::superblock::Superblock;
+use super::metadata::writer::{format, free_metadata_blocks, Devices, Transaction};
+use super::metadata::{BlockTime, DeviceDetails, Metadata};
+use super::{ThinPoolArgs, MAX_DEV_ID};
+use crate::targets::{DeviceAt, Target};
+
+/// `THIN_METADATA_MAX_SECTORS` (= `DM_SM_METADATA_MAX_SECTORS`): metadata beyond this is
+/// not used.
+const METADATA_MAX_SECTORS: u64 = 255 * ((1 << 14) - 64) * BLOCK_SECTORS;
+
+/// A multiplicative (Fibonacci) hash for block numbers: the index sits on the 4 KiB read
+/// path, where SipHash would cost more than the lookup (keys are virtual block numbers of
+/// one device; the table's size is bounded by the metadata).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BlockHasher(u64);
+
+impl Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+pub(super) type BlockMap = HashMap<u64, BlockTime, BuildHasherDefault<BlockHasher>>;
+
+/// One thin device's mappings (the in-memory index of its btree) and details; shared by
+/// the pool and the thin targets open on it.
+#[derive(Debug, Default)]
+pub(super) struct DevState {
+    pub(super) map: BlockMap,
+    pub(super) highest: Option<u64>,
+    pub(super) details: DeviceDetails,
+}
+
+pub(super) type Dev = Arc<RwLock<DevState>>;
+
+pub(super) fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(super) fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the pool knows beyond the committed metadata.
+#[derive(Debug)]
+struct PoolState {
+    /// The last committed metadata.
+    committed: Metadata,
+    /// The superblock of the transaction being built (time, transaction id).
+    sb: Superblock,
+    devices: BTreeMap<u64, Dev>,
+    /// Each data block's count: the mappings naming it (plus blocks being provisioned).
+    refs: Vec<u32>,
+    /// Data blocks the committed metadata uses: not reused in this transaction (the
+    /// kernel's `sm_ll_find_common_free_block` over old and new counts).
+    committed_used: Vec<bool>,
+    /// Where the next data block search starts (`smd->begin`).
+    begin: u64,
+    dirty: bool,
+    /// PM_OUT_OF_DATA_SPACE: an allocation found no free block even after a commit.
+    out_of_data_space: bool,
+}
+
+/// A constructed `thin-pool`.
+#[derive(Debug)]
+pub struct ThinPool {
+    args: ThinPoolArgs,
+    len: SectorCount,
+    pub(super) data: SharedVolume,
+    meta: SharedVolume,
+    state: Mutex<PoolState>,
+    /// Serialises provisioning (allocate, zero or copy, write, remap) so two writes never
+    /// provision one virtual block twice (the kernel's bio prison cells).
+    provision: Mutex<()>,
+}
+
+fn pool_error(reason: String) -> Error {
+    Error::invalid("thin-pool", reason)
+}
+
+fn usize_of(v: u64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| pool_error(format!("{v} does not fit in memory")))
+}
+
+impl ThinPool {
+    /// `pool_ctr` + `pool_preresume` for metadata that already exists: open the metadata,
+    /// refuse a block size other than the superblock's and a pool smaller than its data
+    /// space map.
+    pub fn new(args: &ThinPoolArgs, len: SectorCount, registry: &Registry) -> Result<ThinPool> {
+        let meta = registry.volume(&args.metadata)?;
+        let data = registry.device_area(
+            &DeviceAt {
+                device: args.data.clone(),
+                offset: SectorCount(0),
+            },
+            len,
+        )?;
+        ThinPool::over(args, len, meta, data)
+    }
+
+    /// A pool over already-open volumes (library use, tests, benches).
+    pub fn over(
+        args: &ThinPoolArgs,
+        len: SectorCount,
+        meta: SharedVolume,
+        data: SharedVolume,
+    ) -> Result<ThinPool> {
+        check_range(data.size(), Sector(0), len)?;
+        let mdev = MetaDev::new(Arc::clone(&meta));
+        if mdev.read_raw(0, "thin superblock")?.iter().all(|&b| b == 0) {
+            // __open_or_format_metadata: an all-zero superblock means a new pool.
+            let block_size = u32::try_from(args.block_size)
+                .map_err(|_| pool_error("Invalid block size".to_string()))?;
+            format(
+                &mdev,
+                block_size,
+                len.0 / args.block_size,
+                METADATA_MAX_SECTORS / BLOCK_SECTORS,
+            )
+            .map_err(|e| pool_error(format!("Error creating metadata object: {e}")))?;
+        }
+        let md = Metadata::open(Arc::clone(&meta))
+            .map_err(|e| pool_error(format!("Error creating metadata object: {e}")))?;
+        let sb = md.superblock().clone();
+        if u64::from(sb.data_block_size) != args.block_size {
+            // __begin_transaction / dm_pool_metadata_open
+            return Err(pool_error(format!(
+                "Error creating metadata object: changing the data block size (from {} to {}) is not supported",
+                sb.data_block_size, args.block_size
+            )));
+        }
+        let blocks = len.0 / args.block_size;
+        if blocks < sb.data_sm.nr_blocks {
+            // maybe_resize_data_dev
+            return Err(pool_error(format!(
+                "pool target ({blocks} blocks) too small: expected {}",
+                sb.data_sm.nr_blocks
+            )));
+        }
+        let dsm = md.data_space_map()?;
+        md.metadata_space_map()?;
+        let mut sb = sb;
+        // maybe_resize_data_dev: a longer pool grows the data space map (committed below),
+        // unless the pool is read-only ("unable to grow the data device until repaired").
+        let grow = blocks > sb.data_sm.nr_blocks && !args.features.read_only && !sb.needs_check();
+        let nr_data = usize_of(sb.data_sm.nr_blocks)?;
+        let mut committed_used = vec![false; nr_data];
+        dsm.for_each_nonzero(md.dev(), &mut |b, _| {
+            committed_used[usize_of(b)?] = true;
+            Ok(())
+        })?;
+        let mut refs = vec![0u32; nr_data];
+        let details = md.devices()?;
+        let mut devices = BTreeMap::new();
+        for (id, root) in md.device_roots()? {
+            let mut st = DevState {
+                details: details.get(&id).copied().ok_or_else(|| {
+                    pool_error(format!("device {id} has a mapping tree but no details"))
+                })?,
+                ..DevState::default()
+            };
+            md.for_each_mapping(root, &mut |k, bt| {
+                st.map.insert(k, bt);
+                st.highest = Some(k);
+                refs[usize_of(bt.block)?] += 1;
+                Ok(())
+            })?;
+            devices.insert(id, Arc::new(RwLock::new(st)));
+        }
+        if grow {
+            sb.data_sm.nr_blocks = blocks;
+            refs.resize(usize_of(blocks)?, 0);
+            committed_used.resize(usize_of(blocks)?, false);
+        }
+        let pool = ThinPool {
+            args: args.clone(),
+            len,
+            data,
+            meta,
+            state: Mutex::new(PoolState {
+                committed: md,
+                sb,
+                devices,
+                refs,
+                committed_used,
+                begin: 0,
+                dirty: grow,
+                out_of_data_space: false,
+            }),
+            provision: Mutex::new(()),
+        };
+        // The kernel commits the resize at once; on metadata dmemu cannot write (a
+        // read-only image) the pool works on and the commit is retried later.
+        let _ = pool.commit();
+        Ok(pool)
+    }
+
+    /// The pool's data block size in sectors.
+    #[must_use]
+    pub fn block_sectors(&self) -> u64 {
+        self.args.block_size
+    }
+
+    /// The data device.
+    #[must_use]
+    pub fn data(&self) -> &SharedVolume {
+        &self.data
+    }
+
+    /// The last committed metadata.
+    #[must_use]
+    pub fn metadata(&self) -> Metadata {
+        lock(&self.state).committed.clone()
+    }
+
+    /// Whether new blocks are zeroed before a partial write (no `skip_block_zeroing`).
+    pub(super) fn zeroing(&self) -> bool {
+        !self.args.features.skip_block_zeroing
+    }
+
+    /// Whether the pool runs read-only (`read_only` feature or needs_check set).
+    #[must_use]
+    pub fn read_only(&self) -> bool {
+        self.args.features.read_only || lock(&self.state).sb.needs_check()
+    }
+
+    /// The pool's current time (mappings written now carry it).
+    pub(super) fn time(&self) -> u32 {
+        lock(&self.state).sb.time
+    }
+
+    /// A device's shared state (`dm_pool_open_thin_device`).
+    pub(super) fn open_device(&self, dev_id: u64) -> Result<Dev> {
+        lock(&self.state)
+            .devices
+            .get(&dev_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::invalid(
+                    "thin",
+                    format!("Couldn't open thin internal device: device {dev_id} does not exist"),
+                )
+            })
+    }
+
+    /// Serialise provisioning.
+    pub(super) fn provisioning(&self) -> MutexGuard<'_, ()> {
+        lock(&self.provision)
+    }
+
+    /// Allocate a data block (`sm_disk_new_block`): the first block from `begin` on, then
+    /// from 0, that neither the committed metadata nor the current mappings use.
+    /// Callers hold `provisioning()`. When nothing is free the pool commits (blocks freed
+    /// in this transaction become usable, as dm-thin's `alloc_data_block` commits before
+    /// giving up) and otherwise enters out-of-data-space mode (ENOSPC).
+    pub(super) fn alloc_data_block(&self) -> Result<u64> {
+        if let Some(b) = self.try_alloc()? {
+            return Ok(b);
+        }
+        self.commit_unlocked()?;
+        if let Some(b) = self.try_alloc()? {
+            return Ok(b);
+        }
+        lock(&self.state).out_of_data_space = true;
+        Err(Error::NoSpace {
+            target: "thin-pool",
+        })
+    }
+
+    fn try_alloc(&self) -> Result<Option<u64>> {
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let n = st.refs.len();
+        let begin = usize_of(st.begin)?.min(n);
+        let free = |i: &usize| st.refs[*i] == 0 && !st.committed_used[*i];
+        let Some(i) = (begin..n).find(free).or_else(|| (0..begin).find(free)) else {
+            return Ok(None);
+        };
+        st.refs[i] = 1;
+        let b = u64::try_from(i).unwrap_or(u64::MAX);
+        st.begin = b + 1;
+        st.dirty = true;
+        st.out_of_data_space = false;
+        Ok(Some(b))
+    }
+
+    /// Map `vblock` of `dev` to the freshly allocated `block` (its count already taken),
+    /// dropping the device's reference to a block it shared before.
+    pub(super) fn remap(&self, dev: &Dev, vblock: u64, block: u64, time: u32) -> Result<()> {
+        let mut st = lock(&self.state);
+        let mut d = write(dev);
+        let old = d.map.insert(vblock, BlockTime { block, time });
+        match old {
+            Some(o) => {
+                let r = &mut st.refs[usize_of(o.block)?];
+                *r = r.saturating_sub(1);
+            }
+            None => d.details.mapped_blocks = d.details.mapped_blocks.wrapping_add(1),
+        }
+        d.highest = Some(d.highest.map_or(vblock, |h| h.max(vblock)));
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// Unmap `vblock` of `dev` (`dm_thin_remove_range` for one block): the data block it
+    /// named, when no mapping names it any more (to pass the discard down), else `None`.
+    pub(super) fn unmap(&self, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
+        let mut st = lock(&self.state);
+        let mut d = write(dev);
+        let Some(old) = d.map.remove(&vblock) else {
+            return Ok(None);
+        };
+        d.details.mapped_blocks = d.details.mapped_blocks.saturating_sub(1);
+        if d.highest == Some(vblock) {
+            d.highest = d.map.keys().copied().max();
+        }
+        st.dirty = true;
+        let r = &mut st.refs[usize_of(old.block)?];
+        *r = r.saturating_sub(1);
+        Ok((*r == 0).then_some(old.block))
+    }
+
+    /// Whether discards reach the pool (`ignore_discard` turns them off) and are passed
+    /// down to the data device (`no_discard_passdown`).
+    pub(super) fn discards(&self) -> (bool, bool) {
+        let f = &self.args.features;
+        (
+            !f.ignore_discard,
+            !f.ignore_discard && !f.no_discard_passdown,
+        )
+    }
+
+    /// Give back a block `alloc_data_block` handed out when the write then failed.
+    pub(super) fn release_data_block(&self, block: u64) {
+        let mut st = lock(&self.state);
+        if let Ok(i) = usize_of(block) {
+            st.refs[i] = st.refs[i].saturating_sub(1);
+        }
+    }
+
+    /// Commit the current transaction if anything changed (`commit` →
+    /// `dm_pool_commit_metadata`): data device flushed first, then the new metadata blocks,
+    /// flush, superblock, flush.
+    pub fn commit(&self) -> Result<()> {
+        let _p = self.provisioning();
+        self.commit_unlocked()
+    }
+
+    /// `commit` for callers already holding `provisioning()`.
+    fn commit_unlocked(&self) -> Result<()> {
+        let mut st = lock(&self.state);
+        if !st.dirty {
+            return Ok(());
+        }
+        self.data.flush()?;
+        let mut devices: Devices = BTreeMap::new();
+        let mut refs: BTreeMap<u64, u32> = BTreeMap::new();
+        for (&id, dev) in &st.devices {
+            let d = read(dev);
+            let mut maps: Vec<(u64, BlockTime)> = d.map.iter().map(|(&k, &v)| (k, v)).collect();
+            maps.sort_unstable_by_key(|&(k, _)| k);
+            for (_, bt) in &maps {
+                *refs.entry(bt.block).or_insert(0) += 1;
+            }
+            devices.insert(id, (d.details, maps));
+        }
+        // A held metadata snapshot keeps its trees and the data its leaves name.
+        let held = st
+            .committed
+            .snapshot_refs(st.sb.held_root)?
+            .unwrap_or_default();
+        for (&b, &c) in &held.data {
+            *refs.entry(b).or_insert(0) += c;
+        }
+        let free: Vec<u64> = free_metadata_blocks(&st.committed)?
+            .into_iter()
+            .filter(|b| !held.meta.contains_key(b))
+            .collect();
+        let tx = Transaction::build(&st.sb, free, &devices, &refs, &held.meta)?;
+        tx.commit(st.committed.dev())?;
+        let md = Metadata::open(Arc::clone(&self.meta))?;
+        st.sb = md.superblock().clone();
+        st.committed = md;
+        st.committed_used.fill(false);
+        st.refs.fill(0);
+        for (&b, &c) in &refs {
+            let i = usize_of(b)?;
+            st.committed_used[i] = true;
+            st.refs[i] = c - held.data.get(&b).copied().unwrap_or(0);
+        }
+        // smd->begin is not reset by a commit: allocation goes on after the last block
+        // (the kernel fixture shows blocks freed by a delete skipped until the search wraps).
+        st.dirty = false;
+        Ok(())
+    }
+
+    /// `calc_metadata_threshold`: a quarter of the metadata device, at most 1024 blocks.
+    fn metadata_threshold(&self) -> u64 {
+        let blocks = self.meta.size().0.min(METADATA_MAX_SECTORS) / BLOCK_SECTORS;
+        (blocks / 4).min(1024)
+    }
+
+    fn status_line(&self) -> Result<String> {
+        // pool_status commits first unless the device is suspended or noflush is asked,
+        // and ignores a failed commit (`(void) commit(pool)`).
+        let _ = self.commit();
+        let md = self.metadata();
+        let sb = md.superblock();
+        let msm = md.metadata_space_map()?;
+        let dsm = md.data_space_map()?;
+        let f = &self.args.features;
+        // dm_pool_get_free_metadata_block_count hides `metadata_reserve` (a tenth of the
+        // metadata, at most 4096 blocks: __set_metadata_reserve) from the free count.
+        let reserve = (msm.nr_blocks() / 10).min(4096);
+        let meta_free = msm.nr_free().saturating_sub(reserve);
+        let mut s = format!(
+            "{} {}/{} {}/{} ",
+            sb.transaction_id,
+            msm.nr_blocks() - meta_free,
+            msm.nr_blocks(),
+            dsm.nr_blocks() - dsm.nr_free(),
+            dsm.nr_blocks()
+        );
+        if sb.held_root != 0 {
+            s += &format!("{} ", sb.held_root);
+        } else {
+            s += "- ";
+        }
+        s += if lock(&self.state).out_of_data_space {
+            "out_of_data_space "
+        } else if self.read_only() {
+            "ro "
+        } else {
+            "rw "
+        };
+        s += if f.ignore_discard {
+            "ignore_discard "
+        } else if f.no_discard_passdown {
+            "no_discard_passdown "
+        } else {
+            "discard_passdown "
+        };
+        s += if f.error_if_no_space {
+            "error_if_no_space "
+        } else {
+            "queue_if_no_space "
+        };
+        s += if sb.needs_check() {
+            "needs_check "
+        } else {
+            "- "
+        };
+        s += &format!("{} ", self.metadata_threshold());
+        Ok(s)
+    }
+
+    fn process_message(&self, argv: &[&str]) -> Result<()> {
+        let count = |n: usize| {
+            if argv.len() == n {
+                Ok(())
+            } else {
+                Err(pool_error(format!(
+                    "Message received with {} arguments instead of {n}.",
+                    argv.len()
+                )))
+            }
+        };
+        let dev_id = |t: &str| {
+            parse_kstrtoull(t)
+                .filter(|&id| id <= MAX_DEV_ID)
+                .ok_or_else(|| pool_error(format!("Message received with invalid device id: {t}")))
+        };
+        let given = argv.first().copied().unwrap_or("");
+        let word = given.to_ascii_lowercase();
+        let mut st = lock(&self.state);
+        match word.as_str() {
+            "create_thin" => {
+                count(2)?;
+                let id = dev_id(argv[1])?;
+                let failed = || {
+                    pool_error(format!(
+                        "Creation of new thinly-provisioned device with id {} failed.",
+                        argv[1]
+                    ))
+                };
+                if st.devices.contains_key(&id) {
+                    return Err(failed());
+                }
+                let details = DeviceDetails {
+                    mapped_blocks: 0,
+                    transaction_id: st.sb.transaction_id,
+                    creation_time: st.sb.time,
+                    snapshotted_time: st.sb.time,
+                };
+                st.devices.insert(
+                    id,
+                    Arc::new(RwLock::new(DevState {
+                        details,
+                        ..DevState::default()
+                    })),
+                );
+            }
+            "create_snap" => {
+                count(3)?;
+                let id = dev_id(argv[1])?;
+                let origin_id = dev_id(argv[2])?;
+                let failed = || {
+                    pool_error(format!(
+                        "Creation of new snapshot {} of device {} failed.",
+                        argv[1], argv[2]
+                    ))
+                };
+                if st.devices.contains_key(&id) {
+                    return Err(failed());
+                }
+                let origin = st.devices.get(&origin_id).cloned().ok_or_else(failed)?;
+                // __create_snap: time++, then the snapshot and its origin both record it.
+                st.sb.time = st.sb.time.wrapping_add(1);
+                let time = st.sb.time;
+                let mut o = write(&origin);
+                o.details.snapshotted_time = time;
+                for bt in o.map.values() {
+                    st.refs[usize_of(bt.block)?] += 1;
+                }
+                let snap = DevState {
+                    map: o.map.clone(),
+                    highest: o.highest,
+                    details: DeviceDetails {
+                        mapped_blocks: o.details.mapped_blocks,
+                        transaction_id: st.sb.transaction_id,
+                        creation_time: time,
+                        snapshotted_time: time,
+                    },
+                };
+                drop(o);
+                st.devices.insert(id, Arc::new(RwLock::new(snap)));
+            }
+            "delete" => {
+                count(2)?;
+                let id = dev_id(argv[1])?;
+                let failed = || pool_error(format!("Deletion of thin device {} failed.", argv[1]));
+                let dev = st.devices.get(&id).cloned().ok_or_else(failed)?;
+                // __delete_device: -EBUSY while a thin target has it open (the pool's
+                // map and `dev` are the two expected holders).
+                if Arc::strong_count(&dev) > 2 {
+                    return Err(failed());
+                }
+                for bt in read(&dev).map.values() {
+                    let r = &mut st.refs[usize_of(bt.block)?];
+                    *r = r.saturating_sub(1);
+                }
+                st.devices.remove(&id);
+            }
+            "set_transaction_id" => {
+                count(3)?;
+                let old = parse_kstrtoull(argv[1]).ok_or_else(|| {
+                    pool_error(format!(
+                        "set_transaction_id message: Unrecognised id {}.",
+                        argv[1]
+                    ))
+                })?;
+                let new = parse_kstrtoull(argv[2]).ok_or_else(|| {
+                    pool_error(format!(
+                        "set_transaction_id message: Unrecognised new id {}.",
+                        argv[2]
+                    ))
+                })?;
+                if st.sb.transaction_id != old {
+                    return Err(pool_error(format!(
+                        "set_transaction_id message: mismatched transaction id: current {}, given {old}",
+                        st.sb.transaction_id
+                    )));
+                }
+                st.sb.transaction_id = new;
+            }
+            "release_metadata_snap" => {
+                count(1)?;
+                // __release_metadata_snap. dmemu's next commit lays the metadata out
+                // afresh, so the snapshot's blocks simply stop being counted.
+                if st.sb.held_root == 0 {
+                    return Err(pool_error(
+                        "No pool metadata snapshot found: nothing to release.".to_string(),
+                    ));
+                }
+                st.sb.held_root = 0;
+            }
+            "reserve_metadata_snap" => {
+                count(1)?;
+                // __reserve_metadata_snap, on metadata just committed (pool_message's
+                // process_reserve_metadata_snap_mesg commits first): a copy of the
+                // superblock with its space map roots wiped, in a free block; the next
+                // commit keeps what it reaches.
+                if st.sb.held_root != 0 {
+                    return Err(pool_error(
+                        "Pool metadata snapshot already exists: release this before taking another."
+                            .to_string(),
+                    ));
+                }
+                let block =
+                    *free_metadata_blocks(&st.committed)?
+                        .first()
+                        .ok_or(Error::NoSpace {
+                            target: "thin-pool metadata",
+                        })?;
+                let mut copy = st.committed.superblock().clone();
+                copy.data_sm = Default::default();
+                copy.metadata_sm = Default::default();
+                copy.held_root = 0;
+                st.committed.dev().write(block, &copy.encode(block))?;
+                st.sb.held_root = block;
+            }
+            _ => {
+                return Err(pool_error(format!(
+                    "Unrecognised thin pool target message received: {given}"
+                )))
+            }
+        }
+        st.dirty = true;
+        Ok(())
+    }
+}
+
+impl Volume for ThinPool {
+    fn size(&self) -> SectorCount {
+        self.len
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        check_io(self.len, sector, buf.len())?;
+        self.data.read(sector, buf)
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        check_io(self.len, sector, buf.len())?;
+        self.data.write(sector, buf)
+    }
+    /// A REQ_PREFLUSH to the pool commits, as the kernel does for flushes.
+    fn flush(&self) -> Result<()> {
+        self.commit()?;
+        self.data.flush()?;
+        self.meta.flush()
+    }
+    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        check_range(self.len, sector, count)?;
+        self.data.discard(sector, count)
+    }
+}
+
+impl Target for ThinPool {
+    /// `pool_status(STATUSTYPE_INFO)` as 6.12 prints it, after a commit as the kernel does.
+    fn status(&self) -> String {
+        self.status_line().unwrap_or_else(|_| "Fail".to_string())
+    }
+
+    /// `pool_message`: create_thin, create_snap, delete, set_transaction_id; commits after
+    /// each one that succeeds.
+    fn message(&self, argv: &[&str]) -> Result<String> {
+        if self.read_only() {
+            return Err(Error::Unsupported {
+                target: "thin-pool",
+                op: "messages in READ_ONLY or FAIL mode",
+            });
+        }
+        if argv
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("reserve_metadata_snap"))
+        {
+            self.commit()?;
+        }
+        self.process_message(argv)?;
+        self.commit()?;
+        Ok(String::new())
+    }
+}
+
+impl Drop for ThinPool {
+    /// The kernel commits when the pool is suspended or destroyed (`pool_postsuspend`,
+    /// `__pool_destroy`); errors cannot be reported from here.
+    fn drop(&mut self) {
+        let _ = self.commit();
+    }
+}

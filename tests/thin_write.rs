@@ -1,0 +1,609 @@
+//! The thin write path against the real kernel: the operations of
+//! tests/fixtures/thin/kernel.guest.sh (create_thin, 4 KiB writes, a deleted thin,
+//! create_snap and writes that break sharing, an external origin, set_transaction_id)
+//! replayed in dmemu on fresh images give thins with the kernel's sha256, the kernel's
+//! thin status lines and data usage, and the mappings thin_dump showed for the kernel's
+//! metadata; the metadata dmemu commits reopens with the same contents.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dmemu::table::args::Args;
+use dmemu::targets::thin::metadata::Metadata;
+use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
+use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
+use sha2::{Digest, Sha256};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/thin")
+}
+
+fn gunzip(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(fixtures().join(name)).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn kernel(kind: &str) -> BTreeMap<String, String> {
+    std::fs::read_to_string(fixtures().join("kernel.txt"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (name, v) = l.strip_prefix(kind)?.strip_prefix(' ')?.split_once(' ')?;
+            Some((name.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+fn pool_args(features: &str) -> ThinPoolArgs {
+    let text = format!("meta data 128 16 {features}");
+    let tokens: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    ThinPoolArgs::parse(&mut Args::new(&tokens)).unwrap()
+}
+
+/// kernel.guest.sh's `pat TAG N`: N 4 KiB blocks "TAG block NNNN ....\n".
+fn pat(tag: &str, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut line = format!("{tag} block {i:04} ").into_bytes();
+        line.resize(4095, b'.');
+        line.push(b'\n');
+        out.extend(line);
+    }
+    out
+}
+
+/// `dd bs=4096 seek=SEEK oflag=direct`: one 4 KiB write at a time, as the kernel saw them.
+fn wr(v: &dyn Volume, tag: &str, n: usize, seek: u64) {
+    for (i, chunk) in pat(tag, n).chunks(4096).enumerate() {
+        v.write(Sector((seek + i as u64) * 8), chunk).unwrap();
+    }
+}
+
+/// Every space map count agrees with the trees (dmemu's thin_check space map check,
+/// which kernel-written fixtures pass: src/targets/thin/metadata/tests.rs).
+fn assert_consistent(meta: &SharedVolume) {
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.check().unwrap(), Vec::<String>::new());
+}
+
+fn msg(pool: &ThinPool, words: &str) {
+    let argv: Vec<&str> = words.split(' ').collect();
+    pool.message(&argv).unwrap();
+}
+
+/// sha256 of the first `sectors` of `v` (the guest's thins are 4 MiB views).
+fn sha256_head(v: &dyn Volume, sectors: u64) -> String {
+    let mut b = vec![0; usize::try_from(sectors * 512).unwrap()];
+    v.read(Sector(0), &mut b).unwrap();
+    Sha256::digest(&b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn sha256_of(v: &dyn Volume) -> String {
+    let mut h = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    let total = v.size().0;
+    let mut at = 0;
+    while at < total {
+        let n = (total - at).min(2048);
+        let b = &mut buf[..usize::try_from(n * 512).unwrap()];
+        v.read(Sector(at), b).unwrap();
+        h.update(&*b);
+        at += n;
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Images {
+    meta: Arc<MemVolume>,
+    data: Arc<MemVolume>,
+    ext: SharedVolume,
+}
+
+const VSZ: SectorCount = SectorCount(32 * 2048);
+
+/// Replay kernel.guest.sh on fresh images; the pool and the thins still open.
+fn replay() -> (Images, Arc<ThinPool>, Vec<(String, Thin)>) {
+    let img = Images {
+        meta: Arc::new(MemVolume::new(SectorCount(4 * 2048)).unwrap()),
+        data: Arc::new(MemVolume::new(SectorCount(32 * 2048)).unwrap()),
+        ext: Arc::new(MemVolume::from_bytes(gunzip("kernel-ext.img.gz")).unwrap()),
+    };
+    let pool = Arc::new(
+        ThinPool::over(
+            &pool_args("0"),
+            SectorCount(65536),
+            img.meta.clone(),
+            img.data.clone(),
+        )
+        .unwrap(),
+    );
+    msg(&pool, "create_thin 0");
+    let thin0 = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
+    wr(&thin0, "thin0-A", 256, 0);
+    wr(&thin0, "thin0-B", 64, 2560);
+    wr(&thin0, "thin0-P", 1, 1282);
+    msg(&pool, "create_thin 3");
+    let thin3 = Thin::over(pool.clone(), 3, VSZ, None).unwrap();
+    wr(&thin3, "thin3-X", 64, 0);
+    drop(thin3);
+    msg(&pool, "delete 3");
+    thin0.flush().unwrap(); // dmsetup suspend thin0
+    msg(&pool, "create_snap 1 0");
+    wr(&thin0, "thin0-C", 16, 0);
+    wr(&thin0, "thin0-D", 2, 241);
+    let thin1 = Thin::over(pool.clone(), 1, VSZ, None).unwrap();
+    wr(&thin1, "thin1-E", 16, 5120);
+    wr(&thin1, "thin1-F", 1, 8191);
+    msg(&pool, "create_thin 2");
+    let thin2 = Thin::over(
+        pool.clone(),
+        2,
+        SectorCount(16 * 2048),
+        Some(img.ext.clone()),
+    )
+    .unwrap();
+    wr(&thin2, "thin2-G", 1, 257);
+    wr(&thin2, "thin2-H", 16, 3072);
+    msg(&pool, "set_transaction_id 0 7");
+    let thins = vec![
+        ("thin0".to_string(), thin0),
+        ("thin1".to_string(), thin1),
+        ("thin2".to_string(), thin2),
+    ];
+    (img, pool, thins)
+}
+
+#[test]
+fn replayed_kernel_script_gives_the_kernels_thin_contents_and_status() {
+    let (img, pool, thins) = replay();
+    let sha = kernel("SHA256");
+    let status = kernel("STATUS");
+    for (name, t) in &thins {
+        assert_eq!(sha256_of(t), sha[name], "{name}");
+        // "0 <len> thin <status>"
+        let want = status[name].splitn(4, ' ').nth(3).unwrap();
+        assert_eq!(t.status(), want, "{name}");
+    }
+    // Transaction id and data usage as the kernel's pool status; metadata usage differs
+    // (dmemu lays trees out afresh, the kernel shares and shadows nodes).
+    let ours: Vec<String> = pool.status().split(' ').map(str::to_string).collect();
+    let theirs: Vec<&str> = status["pool"].split(' ').skip(3).collect();
+    assert_eq!(ours[0], theirs[0]);
+    assert_eq!(ours[2], theirs[2]);
+    assert_eq!(ours[3..], theirs[3..]);
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(thins);
+        drop(pool);
+        std::fs::write(format!("{dir}/dmemu-meta.img"), img.meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/dmemu-data.img"), img.data.to_vec()).unwrap();
+    }
+}
+
+#[test]
+fn replayed_kernel_script_commits_the_mappings_thin_dump_showed_for_the_kernel() {
+    let (img, pool, thins) = replay();
+    drop(thins);
+    drop(pool); // commits
+    let md = Metadata::open(img.meta.clone()).unwrap();
+    let want = std::fs::read_to_string(fixtures().join("kernel.xml")).unwrap();
+    assert_eq!(md.dump_xml().unwrap(), want);
+}
+
+#[test]
+fn committed_pool_reopens_with_the_same_thin_contents() {
+    let (img, pool, thins) = replay();
+    let before: Vec<String> = thins.iter().map(|(_, t)| sha256_of(t)).collect();
+    drop(thins);
+    drop(pool);
+    assert_consistent(&(img.meta.clone() as SharedVolume));
+    let pool = Arc::new(
+        ThinPool::over(
+            &pool_args("0"),
+            SectorCount(65536),
+            img.meta.clone(),
+            img.data.clone(),
+        )
+        .unwrap(),
+    );
+    for (i, (id, len, origin)) in [
+        (0, VSZ, None),
+        (1, VSZ, None),
+        (2, SectorCount(16 * 2048), Some(img.ext.clone())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = Thin::over(pool.clone(), id, len, origin).unwrap();
+        assert_eq!(sha256_of(&t), before[i], "thin {id}");
+    }
+}
+
+fn lines(file: &str, kind: &str) -> BTreeMap<String, String> {
+    std::fs::read_to_string(fixtures().join(file))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (name, v) = l.strip_prefix(kind)?.strip_prefix(' ')?.split_once(' ')?;
+            Some((name.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn dmemu_commits_the_metadata_bytes_the_kernel_and_thin_check_accepted() {
+    // make-dmemu.sh: host thin_check and the 6.12 kernel accepted these bytes and the
+    // kernel read the thins back with the sha256 it computed on its own pool.
+    let (img, pool, thins) = replay();
+    drop(thins);
+    drop(pool);
+    assert!(img.meta.to_vec() == gunzip("dmemu-meta.img.gz"));
+    let on_dmemu = lines("dmemu-kernel.txt", "SHA256");
+    assert_eq!(on_dmemu, kernel("SHA256"));
+    let status = lines("dmemu-kernel.txt", "STATUS");
+    assert_eq!(status, kernel("STATUS"));
+}
+
+#[test]
+fn writes_after_the_kernels_own_give_what_the_kernel_read_after_writing_on_dmemus_pool() {
+    // dmemu.guest.sh: after activating dmemu's pool the kernel wrote 4 KiB into unmapped
+    // block 100 of thin 1 and into shared block 160 of thin 0 (`dd conv=sync`).
+    let (_img, _pool, thins) = replay();
+    let mut block = b"kernel after dmemu".to_vec();
+    block.resize(4096, 0);
+    thins[1].1.write(Sector(1600 * 8), &block).unwrap();
+    thins[0].1.write(Sector(2561 * 8), &block).unwrap();
+    let want = lines("dmemu-kernel.txt", "SHA256_AFTER");
+    assert_eq!(sha256_of(&thins[0].1), want["thin0"]);
+    assert_eq!(sha256_of(&thins[1].1), want["thin1"]);
+}
+
+/// A metadata volume that logs every write, to replay a commit cut short at each point.
+#[derive(Debug)]
+struct Recorder {
+    inner: MemVolume,
+    log: std::sync::Mutex<Vec<(Sector, Vec<u8>)>>,
+}
+
+impl Volume for Recorder {
+    fn size(&self) -> SectorCount {
+        self.inner.size()
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> dmemu::Result<()> {
+        self.inner.read(sector, buf)
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> dmemu::Result<()> {
+        self.log.lock().unwrap().push((sector, buf.to_vec()));
+        self.inner.write(sector, buf)
+    }
+    fn flush(&self) -> dmemu::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, sector: Sector, count: SectorCount) -> dmemu::Result<()> {
+        self.inner.discard(sector, count)
+    }
+}
+
+fn dump(image: Vec<u8>) -> String {
+    Metadata::open(Arc::new(MemVolume::from_bytes(image).unwrap()))
+        .unwrap()
+        .dump_xml()
+        .unwrap()
+}
+
+#[test]
+fn a_commit_cut_short_at_any_write_leaves_the_previous_transaction_readable() {
+    let meta = Arc::new(Recorder {
+        inner: MemVolume::new(SectorCount(4 * 2048)).unwrap(),
+        log: Default::default(),
+    });
+    let data = Arc::new(MemVolume::new(SectorCount(65536)).unwrap());
+    let pool =
+        Arc::new(ThinPool::over(&pool_args("0"), SectorCount(65536), meta.clone(), data).unwrap());
+    msg(&pool, "create_thin 0");
+    let thin = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
+    wr(&thin, "first", 40, 0);
+    thin.flush().unwrap();
+    let before = meta.inner.to_vec();
+    let dump_before = dump(before.clone());
+    meta.log.lock().unwrap().clear();
+
+    wr(&thin, "second", 300, 100);
+    assert!(
+        meta.log.lock().unwrap().is_empty(),
+        "metadata written before a commit"
+    );
+    thin.flush().unwrap();
+    let log = std::mem::take(&mut *meta.log.lock().unwrap());
+    let dump_after = dump(meta.inner.to_vec());
+    assert_ne!(dump_before, dump_after);
+    assert_eq!(log.last().unwrap().0, Sector(0), "the superblock goes last");
+    let mut image = before;
+    for (k, (sector, bytes)) in log.iter().enumerate() {
+        // State after k writes: still the old transaction.
+        assert_eq!(dump(image.clone()), dump_before, "cut after {k} writes");
+        let at = usize::try_from(sector.0 * 512).unwrap();
+        image[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    assert_eq!(dump(image), dump_after);
+}
+
+#[test]
+fn pool_messages_fail_with_the_kernels_words() {
+    let (_img, pool, thins) = replay();
+    let err = |words: &str| {
+        let argv: Vec<&str> = words.split(' ').collect();
+        pool.message(&argv).unwrap_err().to_string()
+    };
+    assert!(err("create_thin 0")
+        .contains("Creation of new thinly-provisioned device with id 0 failed."));
+    assert!(
+        err("create_thin 16777216").contains("Message received with invalid device id: 16777216")
+    );
+    assert!(err("create_thin").contains("Message received with 1 arguments instead of 2."));
+    assert!(err("create_snap 5 9").contains("Creation of new snapshot 5 of device 9 failed."));
+    assert!(err("delete 1").contains("Deletion of thin device 1 failed.")); // open
+    assert!(err("delete 8").contains("Deletion of thin device 8 failed."));
+    assert!(err("set_transaction_id 3 4").contains("mismatched transaction id"));
+    assert!(
+        err("set_transaction_id x 4").contains("set_transaction_id message: Unrecognised id x.")
+    );
+    assert!(err("frob 1").contains("Unrecognised thin pool target message received: frob"));
+    drop(thins);
+    msg(&pool, "delete 1");
+    msg(&pool, "set_transaction_id 7 8");
+    assert!(pool.status().starts_with("8 "));
+}
+
+#[test]
+fn deleting_a_snapshot_frees_only_the_blocks_no_other_device_maps() {
+    let (_img, pool, thins) = replay();
+    drop(thins);
+    let used = |p: &ThinPool| p.status().split(' ').nth(2).unwrap().to_string();
+    assert_eq!(used(&pool), "27/512");
+    // kernel.xml: thin 1 alone maps data blocks 0 and 15 (thin 0 broke sharing of its
+    // virtual blocks 0 and 15) and 27, 28; the other 19 it maps are thin 0's too.
+    msg(&pool, "delete 1");
+    assert_eq!(used(&pool), "23/512");
+}
+
+#[test]
+fn read_only_pool_writes_in_place_but_refuses_to_provision_and_to_take_messages() {
+    let (img, pool, thins) = replay();
+    drop(thins);
+    drop(pool);
+    let pool = Arc::new(
+        ThinPool::over(
+            &pool_args("1 read_only"),
+            SectorCount(65536),
+            img.meta.clone(),
+            img.data.clone(),
+        )
+        .unwrap(),
+    );
+    assert!(pool.status().contains(" ro "));
+    let t = Thin::over(pool.clone(), 2, SectorCount(16 * 2048), None).unwrap();
+    // Block 16 of thin 2 is mapped and not shared: written in place.
+    t.write(Sector(16 * 128), &[7; 512]).unwrap();
+    // Block 17 is not mapped.
+    assert!(t.write(Sector(17 * 128), &[7; 512]).is_err());
+    assert!(pool.message(&["create_thin", "9"]).is_err());
+}
+
+#[test]
+fn partial_writes_to_new_blocks_are_zeroed_unless_skip_block_zeroing() {
+    for (features, zeroed) in [("0", true), ("1 skip_block_zeroing", false)] {
+        let meta = Arc::new(MemVolume::new(SectorCount(4 * 2048)).unwrap());
+        // Data full of 0xee: what a block holds before it is provisioned.
+        let data = Arc::new(MemVolume::from_bytes(vec![0xee; 32 << 20]).unwrap());
+        let pool =
+            Arc::new(ThinPool::over(&pool_args(features), SectorCount(65536), meta, data).unwrap());
+        msg(&pool, "create_thin 0");
+        let t = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
+        t.write(Sector(8), &[1; 4096]).unwrap();
+        let mut b = vec![0; 65536];
+        t.read(Sector(0), &mut b).unwrap();
+        assert!(b[4096..8192].iter().all(|&x| x == 1));
+        let rest_zero = b[..4096].iter().chain(&b[8192..]).all(|&x| x == 0);
+        let rest_old = b[..4096].iter().chain(&b[8192..]).all(|&x| x == 0xee);
+        assert!(if zeroed { rest_zero } else { rest_old }, "{features}");
+    }
+}
+
+#[test]
+fn out_of_data_space_fails_the_write_with_enospc() {
+    let meta = Arc::new(MemVolume::new(SectorCount(4 * 2048)).unwrap());
+    let meta_vol = meta.clone();
+    let data = Arc::new(MemVolume::new(SectorCount(4 * 128)).unwrap());
+    let pool = Arc::new(ThinPool::over(&pool_args("0"), SectorCount(512), meta, data).unwrap());
+    msg(&pool, "create_thin 0");
+    let t = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
+    for b in 0..4 {
+        t.write(Sector(b * 128), &[1; 512]).unwrap();
+    }
+    let e = t.write(Sector(4 * 128), &[1; 512]).unwrap_err();
+    assert_eq!(e.errno(), 28, "{e}");
+    // pool_status prints the mode instead of rw.
+    assert!(
+        pool.status().contains(" 4/4 - out_of_data_space "),
+        "{}",
+        pool.status()
+    );
+    // Blocks a discard frees in the same transaction are found after the commit the
+    // allocator makes before giving up; the pool leaves the mode.
+    t.discard(Sector(0), SectorCount(128)).unwrap();
+    t.write(Sector(4 * 128), &[1; 512]).unwrap();
+    assert!(pool.status().contains(" 4/4 - rw "), "{}", pool.status());
+    assert_consistent(&(meta_vol as SharedVolume));
+}
+
+#[test]
+fn discard_unmaps_whole_blocks_only_and_frees_unshared_data_blocks() {
+    let (img, pool, thins) = replay();
+    let (thin0, thin1) = (&thins[0].1, &thins[1].1);
+    // thin 1, virtual blocks 320 (its own, data 27) and 0 (its own, data 0), plus half of
+    // block 1 (shared with thin 0): the half block stays mapped.
+    thin1.discard(Sector(320 * 128), SectorCount(128)).unwrap();
+    thin1.discard(Sector(0), SectorCount(128 + 64)).unwrap();
+    let mut b = vec![0xffu8; 65536];
+    thin1.read(Sector(320 * 128), &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    thin1.read(Sector(128), &mut b).unwrap();
+    assert!(b.starts_with(b"thin0-A block 0016 "));
+    // 23 mapped blocks - 2; highest mapped is still 511.
+    assert_eq!(thin1.status(), format!("{} 65535", 21 * 128));
+    // Data blocks 0 and 27 are free now: 27 - 2 in use after the commit.
+    assert_eq!(pool.status().split(' ').nth(2).unwrap(), "25/512");
+    // thin 0's block 160 is shared with thin 1: unmapping it frees nothing.
+    thin0.discard(Sector(160 * 128), SectorCount(128)).unwrap();
+    assert_eq!(pool.status().split(' ').nth(2).unwrap(), "25/512");
+    // A discard not covering a whole block changes nothing.
+    thin0.discard(Sector(8), SectorCount(8)).unwrap();
+    thin0.read(Sector(0), &mut b[..4096]).unwrap();
+    assert!(b.starts_with(b"thin0-C block 0000 "));
+    // The 6.12 kernel did the same discards on the same pool (make-discard.sh).
+    let status = lines("discard-kernel.txt", "STATUS2");
+    let sha = lines("discard-kernel.txt", "SHA256");
+    for (name, t) in [("thin0", thin0), ("thin1", thin1)] {
+        assert_eq!(t.status(), status[name].splitn(4, ' ').nth(3).unwrap());
+        assert_eq!(sha256_of(t), sha[name], "{name}");
+    }
+    assert_eq!(
+        pool.status(),
+        status["pool"].splitn(4, ' ').nth(3).unwrap(),
+        "pool"
+    );
+    assert_consistent(&(img.meta.clone() as SharedVolume));
+}
+
+// ---- a pool the kernel left with a metadata snapshot held (make-snap.sh) ----
+
+fn snap_pool() -> (Arc<MemVolume>, Arc<ThinPool>, Arc<MemVolume>) {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("snap-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::from_bytes(gunzip("snap-data.img.gz")).unwrap());
+    let tokens: Vec<String> = ["m", "d", "128", "0"].map(str::to_string).to_vec();
+    let args = ThinPoolArgs::parse(&mut Args::new(&tokens)).unwrap();
+    let pool = ThinPool::over(&args, SectorCount(32768), meta.clone(), data.clone()).unwrap();
+    (meta, Arc::new(pool), data)
+}
+
+#[test]
+fn metadata_snapshot_dumps_as_thin_dump_and_thin_dump_m_print_it() {
+    let md = Metadata::open(Arc::new(
+        MemVolume::from_bytes(gunzip("snap-meta.img.gz")).unwrap(),
+    ))
+    .unwrap();
+    let read = |f: &str| std::fs::read_to_string(fixtures().join(f)).unwrap();
+    assert_eq!(md.dump_xml().unwrap(), read("snap.xml"));
+    assert_eq!(
+        md.metadata_snap().unwrap().unwrap().dump_xml().unwrap(),
+        read("snap-m.xml")
+    );
+}
+
+#[test]
+fn pool_with_a_held_metadata_snapshot_reports_it_and_reads_like_the_kernel() {
+    let (_meta, pool, _data) = snap_pool();
+    let status = lines("snap-kernel.txt", "STATUS");
+    assert_eq!(pool.status(), status["pool"].splitn(4, ' ').nth(3).unwrap());
+    let t = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
+    assert_eq!(t.status(), status["thin0"].splitn(4, ' ').nth(3).unwrap());
+    assert_eq!(sha256_of(&t), lines("snap-kernel.txt", "SHA256")["thin0"]);
+}
+
+#[test]
+fn changes_on_a_kernel_held_metadata_snapshot_keep_it_until_released() {
+    let (meta, pool, data) = snap_pool();
+    let t = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
+    t.write(Sector(128 * 9), &[5; 512]).unwrap();
+    msg(&pool, "create_thin 4");
+    let err = pool.message(&["reserve_metadata_snap"]).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    // Committed: the snapshot still dumps as thin_dump -m printed it from the kernel's.
+    let md = Metadata::open(meta.clone()).unwrap();
+    let snap = md.metadata_snap().unwrap().unwrap().dump_xml().unwrap();
+    let want = std::fs::read_to_string(fixtures().join("snap-m.xml")).unwrap();
+    assert_eq!(snap, want);
+    assert_ne!(md.superblock().held_root, 0);
+    assert_consistent(&(meta.clone() as SharedVolume));
+    // The 6.12 kernel on this pool (make-reserve.sh): same status and contents, and the
+    // same again after it released the snapshot and wrote 4 KiB into block 2.
+    let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
+    let tail = |l: String| l.splitn(4, ' ').nth(3).unwrap().to_string();
+    assert_eq!(pool.status(), tail(k("STATUS", "held-pool")));
+    assert_eq!(sha256_head(&t, 8192), k("SHA256", "held-t0"));
+    if std::env::var("DMEMU_THIN_WRITE_OUT").is_err() {
+        let r = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
+        msg(&pool, "release_metadata_snap");
+        let mut b = b"kernel after release".to_vec();
+        b.resize(4096, 0);
+        r.write(Sector(40 * 8), &b).unwrap();
+        assert_eq!(pool.status(), tail(k("STATUS", "held-released")));
+        return;
+    }
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(t);
+        drop(pool);
+        std::fs::write(format!("{dir}/held-meta.img"), meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/held-data.img"), data.to_vec()).unwrap();
+    }
+}
+
+#[test]
+fn releasing_a_held_metadata_snapshot_frees_it_and_a_second_release_fails() {
+    let (meta, pool, _data) = snap_pool();
+    msg(&pool, "release_metadata_snap");
+    let err = pool.message(&["release_metadata_snap"]).unwrap_err();
+    assert!(err.to_string().contains("nothing to release"), "{err}");
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.superblock().held_root, 0);
+    assert!(md.metadata_snap().unwrap().is_none());
+    assert!(pool.status().contains(" 2/256 - rw "), "{}", pool.status());
+}
+
+#[test]
+fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
+    let (img, pool, thins) = replay();
+    let before = Metadata::open(img.meta.clone())
+        .unwrap()
+        .dump_xml()
+        .unwrap();
+    msg(&pool, "reserve_metadata_snap");
+    wr(&thins[1].1, "after-snap", 32, 6000);
+    wr(&thins[0].1, "after-snap", 16, 0);
+    msg(&pool, "create_thin 9");
+    let held = pool.status().split(' ').nth(3).unwrap().to_string();
+    assert_ne!(held, "-");
+    let md = Metadata::open(img.meta.clone()).unwrap();
+    assert_eq!(md.superblock().held_root.to_string(), held);
+    let snap = md.metadata_snap().unwrap().unwrap();
+    // The copy: the live superblock of that moment with its space map roots wiped.
+    let live_then = before.replace(r#"nr_data_blocks="512""#, r#"nr_data_blocks="0""#);
+    assert_eq!(snap.dump_xml().unwrap(), live_then);
+    assert_ne!(md.dump_xml().unwrap(), before);
+    assert_consistent(&(img.meta.clone() as SharedVolume));
+    let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
+    let tail = |l: String| l.splitn(4, ' ').nth(3).unwrap().to_string();
+    assert_eq!(pool.status(), tail(k("STATUS", "reserve-pool")));
+    assert_eq!(sha256_head(&thins[0].1, 8192), k("SHA256", "reserve-t0"));
+    assert_eq!(sha256_head(&thins[1].1, 8192), k("SHA256", "reserve-t1"));
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(thins);
+        drop(pool);
+        std::fs::write(format!("{dir}/reserve-meta.img"), img.meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/reserve-data.img"), img.data.to_vec()).unwrap();
+        return;
+    }
+    msg(&pool, "release_metadata_snap");
+    let mut b = b"kernel after release".to_vec();
+    b.resize(4096, 0);
+    thins[0].1.write(Sector(40 * 8), &b).unwrap();
+    assert_eq!(pool.status(), tail(k("STATUS", "reserve-released")));
+}
