@@ -41,6 +41,8 @@ pub struct MappedDevice {
     starts: Vec<u64>,
     segments: Vec<Segment>,
     size: SectorCount,
+    /// Some line holds requests (delay): pieces of a request are served concurrently.
+    concurrent: bool,
 }
 
 impl MappedDevice {
@@ -95,6 +97,7 @@ impl MappedDevice {
         MappedDevice {
             name: name.to_string(),
             starts: segments.iter().map(|s| s.start.0).collect(),
+            concurrent: segments.iter().any(|s| s.target.holds_requests()),
             segments,
             table,
             mode,
@@ -166,11 +169,11 @@ impl MappedDevice {
 
     /// Call `op(segment, sector within segment, byte range of the request)` for each piece
     /// of `[sector, sector + count)`.
-    fn for_pieces(
-        &self,
+    fn for_pieces<'a>(
+        &'a self,
         sector: Sector,
         count: SectorCount,
-        mut op: impl FnMut(&Segment, Sector, SectorCount, usize) -> Result<()>,
+        mut op: impl FnMut(&'a Segment, Sector, SectorCount, usize) -> Result<()>,
     ) -> Result<()> {
         let mut at = sector;
         let end = sector + count;
@@ -189,6 +192,22 @@ impl MappedDevice {
     }
 }
 
+/// Run every job on its own thread and wait for all of them: the first error wins, a panic
+/// goes on to the caller. (The kernel's clones of a split bio proceed independently.)
+fn run_all<'a>(jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + 'a>>) -> Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs.into_iter().map(|job| s.spawn(job)).collect();
+        let mut first = Ok(());
+        for h in handles {
+            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
 impl Volume for MappedDevice {
     fn size(&self) -> SectorCount {
         self.size
@@ -204,6 +223,17 @@ impl Volume for MappedDevice {
         if rel.0 + count.0 <= seg.len.0 {
             return seg.target.read(rel, buf);
         }
+        if self.concurrent {
+            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
+            let mut rest = buf;
+            self.for_pieces(sector, count, |seg, rel, len, _| {
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(len.usize_bytes()?);
+                rest = tail;
+                jobs.push(Box::new(move || seg.target.read(rel, piece)));
+                Ok(())
+            })?;
+            return run_all(jobs);
+        }
         self.for_pieces(sector, count, |seg, rel, len, done| {
             let end = done + len.usize_bytes()?;
             seg.target.read(rel, &mut buf[done..end])
@@ -216,6 +246,15 @@ impl Volume for MappedDevice {
         if count.0 == 0 {
             return Ok(());
         }
+        if self.concurrent {
+            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
+            self.for_pieces(sector, count, |seg, rel, len, done| {
+                let piece = &buf[done..done + len.usize_bytes()?];
+                jobs.push(Box::new(move || seg.target.write(rel, piece)));
+                Ok(())
+            })?;
+            return run_all(jobs);
+        }
         self.for_pieces(sector, count, |seg, rel, len, done| {
             let end = done + len.usize_bytes()?;
             seg.target.write(rel, &buf[done..end])
@@ -223,6 +262,16 @@ impl Volume for MappedDevice {
     }
 
     fn flush(&self) -> Result<()> {
+        if self.concurrent && self.segments.len() > 1 {
+            return run_all(
+                self.segments
+                    .iter()
+                    .map(|seg| -> Box<dyn FnOnce() -> Result<()> + Send + '_> {
+                        Box::new(move || seg.target.flush())
+                    })
+                    .collect(),
+            );
+        }
         for seg in &self.segments {
             seg.target.flush()?;
         }

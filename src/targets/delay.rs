@@ -246,6 +246,10 @@ impl Target for Delay {
         let [r, w, f] = self.held();
         format!("{r} {w} {f}")
     }
+
+    fn holds_requests(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

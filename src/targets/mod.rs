@@ -55,6 +55,13 @@ pub trait Target: Volume + Any {
         })
     }
 
+    /// Whether the target holds requests for a while before serving them (delay). A mapped
+    /// device serves the pieces of a request that crosses into such a line at the same time,
+    /// as the kernel submits each clone without waiting for the one before.
+    fn holds_requests(&self) -> bool {
+        false
+    }
+
     /// The line's arguments as `dmsetup table` prints them once the target is built, when
     /// construction settles something the text left open (a snapshot's chunk size 0 becomes
     /// the size read from the COW header). None: print the parsed arguments.

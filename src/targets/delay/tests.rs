@@ -147,3 +147,42 @@ fn delay_through_registry_uses_registry_clock_and_checks_device_area() {
     let too_long = parse("disk 1 20").unwrap();
     assert!(Delay::new(&too_long, SectorCount(16), &reg).is_err());
 }
+
+#[test]
+fn request_across_two_delay_lines_is_held_once_with_both_pieces_side_by_side() {
+    use crate::table::{DeviceSpec, Table, TableMode};
+    let clock = ManualClock::shared();
+    let reg = Registry::new().with_clock(clock.clone());
+    let disk = Arc::new(MemVolume::new(SectorCount(32)).unwrap());
+    reg.insert_volume("disk", disk.clone());
+    let dev = reg
+        .create(&DeviceSpec {
+            name: "slow".into(),
+            uuid: String::new(),
+            minor: None,
+            mode: TableMode::ReadWrite,
+            table: Table::parse("0 8 delay disk 0 40\n8 8 delay disk 8 40").unwrap(),
+        })
+        .unwrap();
+    // A write from sector 4 to 12 is cut at sector 8 into one piece per line: the kernel
+    // holds both clones at once, so both wait the same 40 ms, not one after the other.
+    let d = Arc::clone(&dev);
+    let t = thread::spawn(move || d.write(Sector(4), &[7u8; 8 * 512]));
+    assert!(clock.wait_for_sleepers(2, Duration::from_secs(10)));
+    assert_eq!(dev.status_text(), "0 8 delay 0 1 0\n8 8 delay 0 1 0\n");
+    clock.advance(Duration::from_millis(40));
+    t.join().unwrap().unwrap();
+    assert!(disk.to_vec()[4 * 512..12 * 512].iter().all(|&b| b == 7));
+    // Reads are split the same way and land in the right halves of the buffer.
+    disk.write(Sector(8), &[9u8; 512]).unwrap();
+    let d = Arc::clone(&dev);
+    let t = thread::spawn(move || {
+        let mut b = vec![0u8; 8 * 512];
+        d.read(Sector(4), &mut b).map(|()| b)
+    });
+    assert!(clock.wait_for_sleepers(2, Duration::from_secs(10)));
+    clock.advance(Duration::from_millis(40));
+    let b = t.join().unwrap().unwrap();
+    let runs: Vec<(u8, usize)> = b.chunk_by(|x, y| x == y).map(|r| (r[0], r.len())).collect();
+    assert_eq!(runs, [(7, 4 * 512), (9, 512), (7, 3 * 512)]);
+}
