@@ -5,6 +5,8 @@
 // criterion_group! generates an undocumented pub fn.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +18,8 @@ use dmemu::targets::linear::Linear;
 use dmemu::targets::{Delay, DeviceAt, DeviceRef, Flakey};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
 
+use common::Aligned;
+
 const SIZE: SectorCount = SectorCount(64 * 2048); // 64 MiB
 const IO: usize = 4096;
 
@@ -24,11 +28,8 @@ const IO: usize = 4096;
 /// iteration count criterion asks for: the same estimator for every variant.
 fn reads(c: &mut Criterion, name: &str, v: &dyn Volume) {
     const BATCH: u64 = 32;
-    // 4096-aligned destination (DESIGN.md: copies into misaligned buffers run several times
-    // slower and far noisier on this CPU, which would drown the targets' own cost).
-    let mut raw = vec![0u8; IO + 4096];
-    let off = raw.as_ptr().align_offset(4096);
-    let buf = &mut raw[off..off + IO];
+    let mut aligned = Aligned::new(IO);
+    let buf = aligned.buf(IO);
     let steps = SIZE.0 / 8;
     let mut i = 0u64;
     let mut g = c.benchmark_group("fault_4k_read");

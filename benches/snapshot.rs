@@ -4,6 +4,8 @@
 //! copy, COW write, area commit) beside a write to a chunk that already has its exception.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,24 +15,11 @@ use dmemu::targets::snapshot::{OriginSnapshots, Snapshot, SnapshotDiscard, Store
 use dmemu::targets::{DeviceRef, Linear, SnapshotArgs, SnapshotKind};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
 
+use common::Aligned;
+
 const ORIGIN_SECTORS: u64 = 64 * 2048; // 64 MiB
 const CHUNK: u64 = 8; // 4 KiB chunks: one 4 KiB read is one chunk
 const CHUNKS: u64 = ORIGIN_SECTORS / CHUNK;
-
-struct Aligned {
-    raw: Vec<u8>,
-    off: usize,
-}
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let raw = vec![0u8; len + 4096];
-        let off = raw.as_ptr().align_offset(4096);
-        Aligned { raw, off }
-    }
-    fn buf(&mut self, len: usize) -> &mut [u8] {
-        &mut self.raw[self.off..self.off + len]
-    }
-}
 
 fn args(store: StoreType) -> SnapshotArgs {
     SnapshotArgs {

@@ -4,6 +4,8 @@
 //! volume; and the metadata load (superblock, space map checks, the device's mapping tree).
 #![allow(missing_docs)]
 
+mod common;
+
 use std::hint::black_box;
 use std::io::Read;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use dmemu::targets::linear::Linear;
 use dmemu::targets::thin::metadata::Metadata;
 use dmemu::targets::{Thin, ThinPool, ThinPoolArgs};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
+
+use common::Aligned;
 
 const BLOCK: u64 = 128;
 
@@ -27,22 +31,6 @@ fn metadata_bytes() -> Vec<u8> {
         .read_to_end(&mut out)
         .unwrap();
     out
-}
-
-/// A 4096-aligned buffer (unaligned buffers copy several times slower on this CPU).
-struct Aligned {
-    raw: Vec<u8>,
-    off: usize,
-}
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let raw = vec![0u8; len + 4096];
-        let off = raw.as_ptr().align_offset(4096);
-        Aligned { raw, off }
-    }
-    fn buf(&mut self, len: usize) -> &mut [u8] {
-        &mut self.raw[self.off..self.off + len]
-    }
 }
 
 fn xorshift() -> impl FnMut() -> u64 {
@@ -61,6 +49,19 @@ fn pool_args(meta: &str, data: &str) -> ThinPoolArgs {
     ThinPoolArgs::parse(&mut Args::new(&tokens)).unwrap()
 }
 
+/// The pool over `meta` and `data` (block size 128, no low-water mark), as its ctr builds it.
+fn open_pool(meta: &SharedVolume, data: &SharedVolume, len: SectorCount) -> Arc<ThinPool> {
+    Arc::new(
+        ThinPool::over(
+            &pool_args("m", "d"),
+            len,
+            Arc::clone(meta),
+            Arc::clone(data),
+        )
+        .unwrap(),
+    )
+}
+
 fn bench(c: &mut Criterion) {
     let meta_bytes = metadata_bytes();
     let meta: SharedVolume = Arc::new(MemVolume::from_bytes(meta_bytes.clone()).unwrap());
@@ -76,15 +77,7 @@ fn bench(c: &mut Criterion) {
         data.write(Sector(i * 2048), &chunk).unwrap();
     }
     let len = SectorCount(nr_data * BLOCK);
-    let pool = Arc::new(
-        ThinPool::over(
-            &pool_args("m", "d"),
-            len,
-            Arc::clone(&meta),
-            Arc::clone(&data),
-        )
-        .unwrap(),
-    );
+    let pool = open_pool(&meta, &data, len);
     let md = pool.metadata();
     let root = md.device_root(1).unwrap().unwrap();
     let mapped: Vec<u64> = md.mappings(root).unwrap().keys().copied().collect();
@@ -102,7 +95,7 @@ fn bench(c: &mut Criterion) {
             let v = mapped[usize::try_from(x % mapped.len() as u64).unwrap()];
             let s = v * BLOCK + (x >> 32) % (BLOCK / 8) * 8;
             thin.read(Sector(s), buf.buf(4096)).unwrap();
-            black_box(&buf.raw);
+            black_box(&buf);
         })
     });
     g.bench_function("linear", |b| {
@@ -113,7 +106,7 @@ fn bench(c: &mut Criterion) {
             let v = black_box(mapped[usize::try_from(x % mapped.len() as u64).unwrap()]) % nr_data;
             let s = v * BLOCK + (x >> 32) % (BLOCK / 8) * 8;
             linear.read(Sector(s), buf.buf(4096)).unwrap();
-            black_box(&buf.raw);
+            black_box(&buf);
         })
     });
     g.finish();
@@ -124,8 +117,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("thin_commit");
     g.bench_function("provision_commit_8000_mappings", |b| {
         let meta: SharedVolume = Arc::new(MemVolume::from_bytes(meta_bytes.clone()).unwrap());
-        let pool =
-            Arc::new(ThinPool::over(&pool_args("m", "d"), len, meta, Arc::clone(&data)).unwrap());
+        let pool = open_pool(&meta, &data, len);
         let t = Thin::over(Arc::clone(&pool), 9, SectorCount(1 << 30), None).unwrap();
         let v = 1_000_000u64;
         let block = vec![0x11u8; 65536];
@@ -141,15 +133,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("thin_metadata_load");
     g.bench_function("pool_open_8000_mappings_and_a_thin", |b| {
         b.iter(|| {
-            let pool = Arc::new(
-                ThinPool::over(
-                    &pool_args("m", "d"),
-                    len,
-                    Arc::clone(&meta),
-                    Arc::clone(&data),
-                )
-                .unwrap(),
-            );
+            let pool = open_pool(&meta, &data, len);
             black_box(Thin::over(pool, 1, virt, None).unwrap());
         })
     });

@@ -3,6 +3,8 @@
 //! reads over a read-only mapped image; segment lookup in a 100,000-line table.
 #![allow(missing_docs)]
 
+mod common;
+
 use std::hint::black_box;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -14,24 +16,10 @@ use dmemu::{
     Access, MappedDevice, MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume,
 };
 
+use common::Aligned;
+
 const IMAGE_SECTORS: u64 = 64 * 2048; // 64 MiB: stays in page cache
 const SIZES: [usize; 2] = [4096, 65536];
-
-/// A 4096-aligned buffer (unaligned large buffers copy several times slower on this CPU).
-struct Aligned {
-    raw: Vec<u8>,
-    off: usize,
-}
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let raw = vec![0u8; len + 4096];
-        let off = raw.as_ptr().align_offset(4096);
-        Aligned { raw, off }
-    }
-    fn buf(&mut self, len: usize) -> &mut [u8] {
-        &mut self.raw[self.off..self.off + len]
-    }
-}
 
 fn image() -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().unwrap();

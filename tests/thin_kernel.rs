@@ -3,41 +3,16 @@
 //! tables print back as `dmsetup table` printed them, the status lines equal
 //! `dmsetup status`, and every thin reads back with the sha256 the kernel computed.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+mod thin_support;
+
+use std::path::Path;
 use std::process::Command;
 
 use dmemu::registry::Registry;
 use dmemu::table::parse_concise;
-use dmemu::{Access, Keys, MappedDevice, Sector, Volume};
+use dmemu::{Access, Keys, MappedDevice};
 use sha2::{Digest, Sha256};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/thin")
-}
-
-fn gunzip(name: &str) -> Vec<u8> {
-    let f = std::fs::File::open(fixtures().join(name)).unwrap();
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-/// kernel.txt: `KIND NAME REST` lines.
-fn kernel(kind: &str) -> BTreeMap<String, String> {
-    std::fs::read_to_string(fixtures().join("kernel.txt"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(kind)?.strip_prefix(' ')?;
-            let (name, v) = rest.split_once(' ')?;
-            Some((name.to_string(), v.to_string()))
-        })
-        .collect()
-}
+use thin_support::{fixtures, gunzip, kernel, sha256_of};
 
 /// The images in a temp dir as meta.img, data.img, ext.img.
 fn images() -> tempfile::TempDir {
@@ -84,21 +59,6 @@ fn build(dir: &Path) -> (Registry, Vec<std::sync::Arc<MappedDevice>>) {
     (r, devs)
 }
 
-fn sha256_of(v: &dyn Volume) -> String {
-    let mut h = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    let total = v.size().0;
-    let mut at = 0;
-    while at < total {
-        let n = (total - at).min(2048);
-        let b = &mut buf[..usize::try_from(n * 512).unwrap()];
-        v.read(Sector(at), b).unwrap();
-        h.update(&*b);
-        at += n;
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn thins_over_kernel_metadata_read_back_with_the_kernels_sha256() {
     let t = images();
@@ -136,57 +96,44 @@ fn pool_and_thin_tables_print_back_as_dmsetup_table() {
     }
 }
 
-#[test]
-fn thin_over_a_missing_device_id_is_refused() {
+/// Creating `spec` over the kernel's images fails with an error containing `words`.
+fn assert_refused(spec: &str, words: &str) {
     let t = images();
     let r = registry(t.path());
+    let e = r.create_all(&parse_concise(spec).unwrap()).unwrap_err();
+    assert!(e.to_string().contains(words), "{e}");
+}
+
+#[test]
+fn thin_over_a_missing_device_id_is_refused() {
     let spec = concise().split(';').next().unwrap().to_string() + ";t,,,ro,0 8 thin pool 3";
-    let e = r.create_all(&parse_concise(&spec).unwrap()).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("Couldn't open thin internal device: device 3 does not exist"),
-        "{e}"
+    assert_refused(
+        &spec,
+        "Couldn't open thin internal device: device 3 does not exist",
     );
 }
 
 #[test]
 fn pool_with_another_block_size_than_the_metadata_is_refused() {
-    let t = images();
-    let r = registry(t.path());
-    let e = r
-        .create_all(&parse_concise("pool,,,rw,0 65536 thin-pool 254:0 254:16 256 16 0").unwrap())
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("changing the data block size (from 128 to 256) is not supported"),
-        "{e}"
+    assert_refused(
+        "pool,,,rw,0 65536 thin-pool 254:0 254:16 256 16 0",
+        "changing the data block size (from 128 to 256) is not supported",
     );
 }
 
 #[test]
 fn pool_shorter_than_its_data_space_map_is_refused() {
-    let t = images();
-    let r = registry(t.path());
-    let e = r
-        .create_all(&parse_concise("pool,,,rw,0 32768 thin-pool 254:0 254:16 128 16 0").unwrap())
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("pool target (256 blocks) too small: expected 512"),
-        "{e}"
+    assert_refused(
+        "pool,,,rw,0 32768 thin-pool 254:0 254:16 128 16 0",
+        "pool target (256 blocks) too small: expected 512",
     );
 }
 
 #[test]
 fn thin_naming_a_device_that_is_not_a_pool_is_refused() {
-    let t = images();
-    let r = registry(t.path());
-    let e = r
-        .create_all(&parse_concise("lin,,,ro,0 8 linear 254:16 0;t,,,ro,0 8 thin lin 0").unwrap())
-        .unwrap_err();
-    assert!(
-        e.to_string().contains("Couldn't get pool mapped device"),
-        "{e}"
+    assert_refused(
+        "lin,,,ro,0 8 linear 254:16 0;t,,,ro,0 8 thin lin 0",
+        "Couldn't get pool mapped device",
     );
 }
 
@@ -198,32 +145,44 @@ fn dmemu(args: &[&str], cwd: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// `dmemu ARGS` with the kernel's device numbers mapped to the images in `cwd`; it must
+/// succeed.
+fn dmemu_on_images(args: &[&str], cwd: &Path) {
+    let maps = [
+        "--map",
+        "254:0=meta.img",
+        "--map",
+        "254:16=data.img",
+        "--map",
+        "254:32=ext.img",
+    ];
+    assert_success(&dmemu(&[args, &maps].concat(), cwd));
+}
+
+/// The command exited 0; its stderr is the failure message otherwise.
+fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn cli_reads_a_thin_out_of_kernel_metadata_and_data() {
     let t = images();
     let spec = concise();
-    let out = dmemu(
+    dmemu_on_images(
         &[
             "read",
             "--concise",
             &spec,
             "--device",
             "thin1",
-            "--map",
-            "254:0=meta.img",
-            "--map",
-            "254:16=data.img",
-            "--map",
-            "254:32=ext.img",
             "-o",
             "thin1.img",
         ],
         t.path(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let got = std::fs::read(t.path().join("thin1.img")).unwrap();
     let hex: String = Sha256::digest(&got)
@@ -237,11 +196,7 @@ fn cli_reads_a_thin_out_of_kernel_metadata_and_data() {
 fn cli_thin_dump_prints_thin_dumps_xml_byte_for_byte() {
     let t = images();
     let out = dmemu(&["thin", "dump", "meta.img"], t.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let want = std::fs::read(fixtures().join("kernel.xml")).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -256,11 +211,7 @@ fn cli_thin_dump_prints_thin_dumps_xml_byte_for_byte() {
 fn cli_thin_ls_lists_each_device_as_the_kernels_thin_status_counts_it() {
     let t = images();
     let out = dmemu(&["thin", "ls", "meta.img"], t.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("pool table: 0 65536 thin-pool <metadata> <data> 128 0 0"),
@@ -287,24 +238,13 @@ fn rw_concise() -> String {
     concise().replace(",ro,", ",rw,")
 }
 
-fn maps() -> Vec<&'static str> {
-    vec![
-        "--map",
-        "254:0=meta.img",
-        "--map",
-        "254:16=data.img",
-        "--map",
-        "254:32=ext.img",
-    ]
-}
-
 #[test]
 fn cli_writes_through_a_thin_of_a_kernel_pool_and_commits_the_new_mapping() {
     let t = images();
     std::fs::write(t.path().join("in.bin"), vec![0xab; 8192]).unwrap();
     let spec = rw_concise();
     // 8 KiB into unmapped virtual block 300 of thin 1 (sector 300 * 128 + 16).
-    let mut args = vec![
+    let args = [
         "write",
         "--concise",
         &spec,
@@ -315,13 +255,7 @@ fn cli_writes_through_a_thin_of_a_kernel_pool_and_commits_the_new_mapping() {
         "-i",
         "in.bin",
     ];
-    args.extend(maps());
-    let out = dmemu(&args, t.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dmemu_on_images(&args, t.path());
     let out = dmemu(&["thin", "dump", "meta.img"], t.path());
     let xml = String::from_utf8(out.stdout).unwrap();
     // Allocation goes on from the first free block (the pool was reopened): 21.
@@ -333,7 +267,7 @@ fn cli_writes_through_a_thin_of_a_kernel_pool_and_commits_the_new_mapping() {
         xml.contains(r#"<device dev_id="1" mapped_blocks="24""#),
         "{xml}"
     );
-    let mut args = vec![
+    let args = [
         "read",
         "--concise",
         &spec,
@@ -346,13 +280,7 @@ fn cli_writes_through_a_thin_of_a_kernel_pool_and_commits_the_new_mapping() {
         "-o",
         "out.bin",
     ];
-    args.extend(maps());
-    let out = dmemu(&args, t.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dmemu_on_images(&args, t.path());
     let back = std::fs::read(t.path().join("out.bin")).unwrap();
     assert!(
         back[..8192].iter().all(|&b| b == 0),
@@ -366,7 +294,7 @@ fn cli_writes_through_a_thin_of_a_kernel_pool_and_commits_the_new_mapping() {
 fn cli_message_creates_a_thin_that_thin_ls_then_lists() {
     let t = images();
     let spec = rw_concise();
-    let mut args = vec![
+    let args = [
         "message",
         "--concise",
         &spec,
@@ -376,13 +304,7 @@ fn cli_message_creates_a_thin_that_thin_ls_then_lists() {
         "create_thin",
         "5",
     ];
-    args.extend(maps());
-    let out = dmemu(&args, t.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dmemu_on_images(&args, t.path());
     let out = dmemu(&["thin", "ls", "meta.img"], t.path());
     let text = String::from_utf8(out.stdout).unwrap();
     let row: Vec<&str> = text.lines().last().unwrap().split_whitespace().collect();
@@ -427,11 +349,7 @@ fn pool_longer_than_its_data_space_map_grows_it_like_maybe_resize_data_dev() {
 fn cli_thin_check_accepts_kernel_metadata_and_names_a_wrong_count() {
     let t = images();
     let out = dmemu(&["thin", "check", "meta.img"], t.path());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(out.stdout, b"ok\n");
     // Give data block 21 (free) a count of 1 in its bitmap, checksum fixed.
     let path = t.path().join("meta.img");

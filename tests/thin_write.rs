@@ -5,9 +5,8 @@
 //! thin status lines and data usage, and the mappings thin_dump showed for the kernel's
 //! metadata; the metadata dmemu commits reopens with the same contents.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::PathBuf;
+mod thin_support;
+
 use std::sync::Arc;
 
 use dmemu::table::args::Args;
@@ -15,29 +14,7 @@ use dmemu::targets::thin::metadata::Metadata;
 use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
 use sha2::{Digest, Sha256};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/thin")
-}
-
-fn gunzip(name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(fixtures().join(name)).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-fn kernel(kind: &str) -> BTreeMap<String, String> {
-    std::fs::read_to_string(fixtures().join("kernel.txt"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (name, v) = l.strip_prefix(kind)?.strip_prefix(' ')?.split_once(' ')?;
-            Some((name.to_string(), v.to_string()))
-        })
-        .collect()
-}
+use thin_support::{fixtures, gunzip, kernel, lines, sha256_of};
 
 fn pool_args(features: &str) -> ThinPoolArgs {
     let text = format!("meta data 128 16 {features}");
@@ -86,21 +63,6 @@ fn sha256_head(v: &dyn Volume, sectors: u64) -> String {
         .collect()
 }
 
-fn sha256_of(v: &dyn Volume) -> String {
-    let mut h = Sha256::new();
-    let mut buf = vec![0; 1 << 20];
-    let total = v.size().0;
-    let mut at = 0;
-    while at < total {
-        let n = (total - at).min(2048);
-        let b = &mut buf[..usize::try_from(n * 512).unwrap()];
-        v.read(Sector(at), b).unwrap();
-        h.update(&*b);
-        at += n;
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 struct Images {
     meta: Arc<MemVolume>,
     data: Arc<MemVolume>,
@@ -109,6 +71,30 @@ struct Images {
 
 const VSZ: SectorCount = SectorCount(32 * 2048);
 
+/// The pool over the images (block size 128, low water mark 16) with `features`.
+fn open_pool(img: &Images, features: &str) -> Arc<ThinPool> {
+    Arc::new(
+        ThinPool::over(
+            &pool_args(features),
+            SectorCount(65536),
+            img.meta.clone(),
+            img.data.clone(),
+        )
+        .unwrap(),
+    )
+}
+
+/// A `dmsetup status` line without its "<start> <len> <target>" head: what
+/// `Target::status` returns.
+fn tail(line: &str) -> &str {
+    line.splitn(4, ' ').nth(3).unwrap()
+}
+
+/// reserve-kernel.txt (make-reserve.sh): the kernel's `KIND NAME` value.
+fn reserve_kernel(kind: &str, name: &str) -> String {
+    lines("reserve-kernel.txt", kind)[name].clone()
+}
+
 /// Replay kernel.guest.sh on fresh images; the pool and the thins still open.
 fn replay() -> (Images, Arc<ThinPool>, Vec<(String, Thin)>) {
     let img = Images {
@@ -116,15 +102,7 @@ fn replay() -> (Images, Arc<ThinPool>, Vec<(String, Thin)>) {
         data: Arc::new(MemVolume::new(SectorCount(32 * 2048)).unwrap()),
         ext: Arc::new(MemVolume::from_bytes(gunzip("kernel-ext.img.gz")).unwrap()),
     };
-    let pool = Arc::new(
-        ThinPool::over(
-            &pool_args("0"),
-            SectorCount(65536),
-            img.meta.clone(),
-            img.data.clone(),
-        )
-        .unwrap(),
-    );
+    let pool = open_pool(&img, "0");
     msg(&pool, "create_thin 0");
     let thin0 = Thin::over(pool.clone(), 0, VSZ, None).unwrap();
     wr(&thin0, "thin0-A", 256, 0);
@@ -169,7 +147,7 @@ fn replayed_kernel_script_gives_the_kernels_thin_contents_and_status() {
     for (name, t) in &thins {
         assert_eq!(sha256_of(t), sha[name], "{name}");
         // "0 <len> thin <status>"
-        let want = status[name].splitn(4, ' ').nth(3).unwrap();
+        let want = tail(&status[name]);
         assert_eq!(t.status(), want, "{name}");
     }
     // Transaction id and data usage as the kernel's pool status; metadata usage differs
@@ -204,15 +182,7 @@ fn committed_pool_reopens_with_the_same_thin_contents() {
     drop(thins);
     drop(pool);
     assert_consistent(&(img.meta.clone() as SharedVolume));
-    let pool = Arc::new(
-        ThinPool::over(
-            &pool_args("0"),
-            SectorCount(65536),
-            img.meta.clone(),
-            img.data.clone(),
-        )
-        .unwrap(),
-    );
+    let pool = open_pool(&img, "0");
     for (i, (id, len, origin)) in [
         (0, VSZ, None),
         (1, VSZ, None),
@@ -224,17 +194,6 @@ fn committed_pool_reopens_with_the_same_thin_contents() {
         let t = Thin::over(pool.clone(), id, len, origin).unwrap();
         assert_eq!(sha256_of(&t), before[i], "thin {id}");
     }
-}
-
-fn lines(file: &str, kind: &str) -> BTreeMap<String, String> {
-    std::fs::read_to_string(fixtures().join(file))
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let (name, v) = l.strip_prefix(kind)?.strip_prefix(' ')?.split_once(' ')?;
-            Some((name.to_string(), v.to_string()))
-        })
-        .collect()
 }
 
 #[test]
@@ -379,15 +338,7 @@ fn read_only_pool_writes_in_place_but_refuses_to_provision_and_to_take_messages(
     let (img, pool, thins) = replay();
     drop(thins);
     drop(pool);
-    let pool = Arc::new(
-        ThinPool::over(
-            &pool_args("1 read_only"),
-            SectorCount(65536),
-            img.meta.clone(),
-            img.data.clone(),
-        )
-        .unwrap(),
-    );
+    let pool = open_pool(&img, "1 read_only");
     assert!(pool.status().contains(" ro "));
     let t = Thin::over(pool.clone(), 2, SectorCount(16 * 2048), None).unwrap();
     // Block 16 of thin 2 is mapped and not shared: written in place.
@@ -472,14 +423,10 @@ fn discard_unmaps_whole_blocks_only_and_frees_unshared_data_blocks() {
     let status = lines("discard-kernel.txt", "STATUS2");
     let sha = lines("discard-kernel.txt", "SHA256");
     for (name, t) in [("thin0", thin0), ("thin1", thin1)] {
-        assert_eq!(t.status(), status[name].splitn(4, ' ').nth(3).unwrap());
+        assert_eq!(t.status(), tail(&status[name]));
         assert_eq!(sha256_of(t), sha[name], "{name}");
     }
-    assert_eq!(
-        pool.status(),
-        status["pool"].splitn(4, ' ').nth(3).unwrap(),
-        "pool"
-    );
+    assert_eq!(pool.status(), tail(&status["pool"]), "pool");
     assert_consistent(&(img.meta.clone() as SharedVolume));
 }
 
@@ -512,9 +459,9 @@ fn metadata_snapshot_dumps_as_thin_dump_and_thin_dump_m_print_it() {
 fn pool_with_a_held_metadata_snapshot_reports_it_and_reads_like_the_kernel() {
     let (_meta, pool, _data) = snap_pool();
     let status = lines("snap-kernel.txt", "STATUS");
-    assert_eq!(pool.status(), status["pool"].splitn(4, ' ').nth(3).unwrap());
+    assert_eq!(pool.status(), tail(&status["pool"]));
     let t = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
-    assert_eq!(t.status(), status["thin0"].splitn(4, ' ').nth(3).unwrap());
+    assert_eq!(t.status(), tail(&status["thin0"]));
     assert_eq!(sha256_of(&t), lines("snap-kernel.txt", "SHA256")["thin0"]);
 }
 
@@ -535,17 +482,18 @@ fn changes_on_a_kernel_held_metadata_snapshot_keep_it_until_released() {
     assert_consistent(&(meta.clone() as SharedVolume));
     // The 6.12 kernel on this pool (make-reserve.sh): same status and contents, and the
     // same again after it released the snapshot and wrote 4 KiB into block 2.
-    let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
-    let tail = |l: String| l.splitn(4, ' ').nth(3).unwrap().to_string();
-    assert_eq!(pool.status(), tail(k("STATUS", "held-pool")));
-    assert_eq!(sha256_head(&t, 8192), k("SHA256", "held-t0"));
+    assert_eq!(pool.status(), tail(&reserve_kernel("STATUS", "held-pool")));
+    assert_eq!(sha256_head(&t, 8192), reserve_kernel("SHA256", "held-t0"));
     if std::env::var("DMEMU_THIN_WRITE_OUT").is_err() {
         let r = Thin::over(pool.clone(), 0, SectorCount(8192), None).unwrap();
         msg(&pool, "release_metadata_snap");
         let mut b = b"kernel after release".to_vec();
         b.resize(4096, 0);
         r.write(Sector(40 * 8), &b).unwrap();
-        assert_eq!(pool.status(), tail(k("STATUS", "held-released")));
+        assert_eq!(
+            pool.status(),
+            tail(&reserve_kernel("STATUS", "held-released"))
+        );
         return;
     }
     if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
@@ -589,11 +537,18 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     assert_eq!(snap.dump_xml().unwrap(), live_then);
     assert_ne!(md.dump_xml().unwrap(), before);
     assert_consistent(&(img.meta.clone() as SharedVolume));
-    let k = |kind: &str, name: &str| lines("reserve-kernel.txt", kind)[name].clone();
-    let tail = |l: String| l.splitn(4, ' ').nth(3).unwrap().to_string();
-    assert_eq!(pool.status(), tail(k("STATUS", "reserve-pool")));
-    assert_eq!(sha256_head(&thins[0].1, 8192), k("SHA256", "reserve-t0"));
-    assert_eq!(sha256_head(&thins[1].1, 8192), k("SHA256", "reserve-t1"));
+    assert_eq!(
+        pool.status(),
+        tail(&reserve_kernel("STATUS", "reserve-pool"))
+    );
+    assert_eq!(
+        sha256_head(&thins[0].1, 8192),
+        reserve_kernel("SHA256", "reserve-t0")
+    );
+    assert_eq!(
+        sha256_head(&thins[1].1, 8192),
+        reserve_kernel("SHA256", "reserve-t1")
+    );
     if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
         drop(thins);
         drop(pool);
@@ -605,5 +560,8 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     let mut b = b"kernel after release".to_vec();
     b.resize(4096, 0);
     thins[0].1.write(Sector(40 * 8), &b).unwrap();
-    assert_eq!(pool.status(), tail(k("STATUS", "reserve-released")));
+    assert_eq!(
+        pool.status(),
+        tail(&reserve_kernel("STATUS", "reserve-released"))
+    );
 }

@@ -72,6 +72,29 @@ fn snap(r: &Registry, store: &str) -> Arc<MappedDevice> {
     .unwrap()
 }
 
+/// `snap` again over `r`'s origin and cow in a fresh registry: the exception store as
+/// reloaded from the COW.
+fn reload(r: &Registry, store: &str) -> Arc<MappedDevice> {
+    create(
+        &again(r),
+        "again",
+        &format!("0 {ORIGIN} snapshot origin cow {store}"),
+    )
+    .unwrap()
+}
+
+/// A snapshot-origin over `r`'s origin.
+fn origin_dev(r: &Registry) -> Arc<MappedDevice> {
+    create(r, "orig", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap()
+}
+
+/// One 512-byte write of `byte` at the start of each of the first `chunks` 8-sector chunks.
+fn write_chunks(d: &dyn Volume, chunks: u64, byte: u8) {
+    for c in 0..chunks {
+        d.write(Sector(c * 8), &[byte; 512]).unwrap();
+    }
+}
+
 fn read(v: &dyn Volume, sector: u64, sectors: usize) -> Vec<u8> {
     let mut b = vec![0; sectors * 512];
     v.read(Sector(sector), &mut b).unwrap();
@@ -157,12 +180,7 @@ fn snapshot_view_survives_reload_from_the_cow() {
     d.write(Sector(4000), &[2; 4096]).unwrap();
     let before = read(&*d, 0, usize::try_from(ORIGIN).unwrap());
     drop(d);
-    let again = create(
-        &again(&r),
-        "again",
-        &format!("0 {ORIGIN} snapshot origin cow P 8"),
-    )
-    .unwrap();
+    let again = reload(&r, "P 8");
     assert_eq!(read(&*again, 0, usize::try_from(ORIGIN).unwrap()), before);
     assert_eq!(status(&again), "32/1024 16");
 }
@@ -171,7 +189,7 @@ fn snapshot_view_survives_reload_from_the_cow() {
 fn origin_write_copies_old_chunk_into_snapshot_first() {
     let (r, origin, _) = setup(1024);
     let s = snap(&r, "P 8");
-    let o = create(&r, "orig", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap();
+    let o = origin_dev(&r);
     let old = read(&*s, 40, 16);
     o.write(Sector(44), &[0x55; 4096]).unwrap();
     assert_eq!(read(&*origin, 44, 8), vec![0x55; 4096]);
@@ -185,9 +203,7 @@ fn full_area_spills_into_next_area_and_allocator_skips_it() {
     // chunk 8: 256 exceptions per area; area 1 is chunk 258.
     let (r, _, cow) = setup(4096);
     let d = snap(&r, "P 8");
-    for c in 0..257u64 {
-        d.write(Sector(c * 8), &[3; 512]).unwrap();
-    }
+    write_chunks(&*d, 257, 3);
     assert_eq!(
         entry(&cow, 1, 255),
         DiskException {
@@ -206,12 +222,7 @@ fn full_area_spills_into_next_area_and_allocator_skips_it() {
     assert_eq!(status(&d), "2080/4096 24");
     let view = read(&*d, 0, 4096);
     drop(d);
-    let again = create(
-        &again(&r),
-        "again",
-        &format!("0 {ORIGIN} snapshot origin cow P 0"),
-    )
-    .unwrap();
+    let again = reload(&r, "P 0");
     assert_eq!(read(&*again, 0, 4096), view);
     assert_eq!(status(&again), "2080/4096 24");
 }
@@ -221,21 +232,14 @@ fn persistent_overflow_invalidates_snapshot_on_disk() {
     // 16 chunks: header, area 0 and 14 data chunks.
     let (r, _, cow) = setup(128);
     let d = snap(&r, "P 8");
-    for c in 0..14u64 {
-        d.write(Sector(c * 8), &[1; 512]).unwrap();
-    }
+    write_chunks(&*d, 14, 1);
     let err = d.write(Sector(14 * 8), &[1; 512]).unwrap_err();
     assert_eq!(err.errno(), libc_eio());
     assert_eq!(status(&d), "Invalid");
     assert_eq!(header(&cow).valid, 0);
     assert!(d.read(Sector(0), &mut [0; 512]).is_err());
     drop(d);
-    let again = create(
-        &again(&r),
-        "again",
-        &format!("0 {ORIGIN} snapshot origin cow P 8"),
-    )
-    .unwrap();
+    let again = reload(&r, "P 8");
     assert_eq!(status(&again), "Invalid");
     assert!(again.read(Sector(0), &mut [0; 512]).is_err());
 }
@@ -248,9 +252,7 @@ fn libc_eio() -> i32 {
 fn overflow_store_reports_overflow_and_keeps_reads() {
     let (r, _, cow) = setup(128);
     let d = snap(&r, "PO 8");
-    for c in 0..14u64 {
-        d.write(Sector(c * 8), &[1; 512]).unwrap();
-    }
+    write_chunks(&*d, 14, 1);
     assert!(d.write(Sector(14 * 8), &[1; 512]).is_err());
     assert_eq!(status(&d), "Overflow");
     assert_eq!(header(&cow).valid, 1);
@@ -271,12 +273,7 @@ fn transient_store_allocates_from_chunk_zero_with_no_metadata() {
 fn table_with_chunk_zero_prints_the_header_chunk_size() {
     let (r, _, _) = setup(1024);
     drop(snap(&r, "P 16"));
-    let d = create(
-        &again(&r),
-        "zero",
-        &format!("0 {ORIGIN} snapshot origin cow P 0"),
-    )
-    .unwrap();
+    let d = reload(&r, "P 0");
     assert_eq!(
         d.table_text(crate::targets::Keys::Hidden),
         format!("0 {ORIGIN} snapshot origin cow P 16\n")
@@ -551,7 +548,7 @@ mod model {
             let mut r = reopen(&origin, &cow);
             let table = format!("0 {ORIGIN} snapshot origin cow P {chunk}");
             let mut s = create(&r, "s", &table).unwrap();
-            let mut o = create(&r, "o", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap();
+            let mut o = origin_dev(&r);
             for op in ops {
                 match op {
                     Op::Snap(at, n, b) => {
@@ -567,7 +564,7 @@ mod model {
                     Op::Reload => {
                         r = reopen(&origin, &cow);
                         s = create(&r, "s", &table).unwrap();
-                        o = create(&r, "o", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap();
+                        o = origin_dev(&r);
                     }
                 }
             }
@@ -582,7 +579,7 @@ fn concurrent_snapshot_and_origin_writers_keep_both_views() {
     let (r, origin, _) = setup(ORIGIN * 3);
     let before = origin.to_vec();
     let s = snap(&r, "P 8");
-    let o = create(&r, "orig", &format!("0 {ORIGIN} snapshot-origin origin")).unwrap();
+    let o = origin_dev(&r);
     // Thread 1 writes the origin's even chunks, thread 2 the snapshot's odd chunks; the
     // snapshot must still show the old origin everywhere it did not write.
     std::thread::scope(|t| {
@@ -668,14 +665,28 @@ impl Volume for CrashAfter {
     }
 }
 
-fn persistent(chunk: u32) -> SnapshotArgs {
-    SnapshotArgs {
+/// A persistent `kind` target with chunk size 1 over the whole origin, built directly (no
+/// registry), with links of its own.
+fn chunk1(
+    kind: SnapshotKind,
+    origin: SharedVolume,
+    cow: SharedVolume,
+) -> crate::error::Result<Arc<Snapshot>> {
+    let args = SnapshotArgs {
         origin: crate::targets::DeviceRef("origin".into()),
         cow: crate::targets::DeviceRef("cow".into()),
         store: StoreType::Persistent,
-        chunk_size: chunk,
+        chunk_size: 1,
         discard: SnapshotDiscard::Off,
-    }
+    };
+    Snapshot::over(
+        &args,
+        kind,
+        origin,
+        cow,
+        SectorCount(ORIGIN),
+        &Arc::new(OriginSnapshots::default()),
+    )
 }
 
 #[test]
@@ -700,30 +711,14 @@ fn crash_at_any_cow_write_leaves_a_state_of_completed_writes() {
             inner: Arc::clone(&inner),
             left: Arc::new(crash.into()),
         });
-        let links = Arc::new(OriginSnapshots::default());
         let o = Arc::clone(&origin) as SharedVolume;
-        if let Ok(s) = Snapshot::over(
-            &persistent(1),
-            SnapshotKind::Snapshot,
-            o,
-            cow,
-            SectorCount(ORIGIN),
-            &links,
-        ) {
+        if let Ok(s) = chunk1(SnapshotKind::Snapshot, o, cow) {
             for &(at, n, b) in &writes {
                 let _ = s.write(Sector(at), &vec![b; n * 512]);
             }
         }
         let o = Arc::clone(&origin) as SharedVolume;
-        let again = Snapshot::over(
-            &persistent(1),
-            SnapshotKind::Snapshot,
-            o,
-            inner,
-            SectorCount(ORIGIN),
-            &Arc::new(OriginSnapshots::default()),
-        )
-        .unwrap();
+        let again = chunk1(SnapshotKind::Snapshot, o, inner).unwrap();
         let view = read(&*again, 0, 204);
         assert!(
             states.contains(&view),
@@ -737,14 +732,10 @@ fn crash_during_merge_resumes_to_the_same_origin() {
     // 40 one-sector exceptions with chunk 1 (two areas), some consecutive.
     let (_, origin0, _) = setup(1);
     let cow0 = mem(1024);
-    let links = Arc::new(OriginSnapshots::default());
-    let s = Snapshot::over(
-        &persistent(1),
+    let s = chunk1(
         SnapshotKind::Snapshot,
         Arc::clone(&origin0) as SharedVolume,
         Arc::clone(&cow0) as SharedVolume,
-        SectorCount(ORIGIN),
-        &links,
     )
     .unwrap();
     for i in 0..40u64 {
@@ -754,16 +745,7 @@ fn crash_during_merge_resumes_to_the_same_origin() {
     }
     let want = read(&*s, 0, 300);
     drop(s);
-    let merge = |origin: SharedVolume, cow: SharedVolume| {
-        Snapshot::over(
-            &persistent(1),
-            SnapshotKind::Merge,
-            origin,
-            cow,
-            SectorCount(ORIGIN),
-            &Arc::new(OriginSnapshots::default()),
-        )
-    };
+    let merge = |origin, cow| chunk1(SnapshotKind::Merge, origin, cow);
     for crash in 0..60 {
         let origin = Arc::new(MemVolume::from_bytes(origin0.to_vec()).unwrap());
         let cow = Arc::new(MemVolume::from_bytes(cow0.to_vec()).unwrap());

@@ -5,7 +5,7 @@ use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use crate::error::{Error, Result};
 use crate::registry::Registry;
-use crate::targets::{DeviceAt, Target};
+use crate::targets::{DeviceAt, DeviceRef, Target};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, chunks, SharedVolume, Volume};
 
@@ -61,6 +61,22 @@ impl OriginSnapshots {
     }
 }
 
+/// The first `len` sectors of the origin device: how both `origin_ctr` and `snapshot_ctr`
+/// open it (`dm_get_device` of the whole origin; the target maps it from sector 0).
+pub(super) fn origin_area(
+    registry: &Registry,
+    device: &DeviceRef,
+    len: SectorCount,
+) -> Result<SharedVolume> {
+    registry.device_area(
+        &DeviceAt {
+            device: device.clone(),
+            offset: SectorCount(0),
+        },
+        len,
+    )
+}
+
 /// A constructed `snapshot-origin`.
 #[derive(Debug)]
 pub struct Origin {
@@ -72,13 +88,7 @@ pub struct Origin {
 impl Origin {
     /// `origin_ctr`.
     pub fn new(args: &OriginArgs, len: SectorCount, registry: &Registry) -> Result<Origin> {
-        let origin = registry.device_area(
-            &DeviceAt {
-                device: args.origin.clone(),
-                offset: SectorCount(0),
-            },
-            len,
-        )?;
+        let origin = origin_area(registry, &args.origin, len)?;
         let links = registry.origin_snapshots(&origin);
         Ok(Origin::over(origin, len, links))
     }

@@ -18,9 +18,10 @@ use crate::registry::Registry;
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
 
+use super::origin::origin_area;
 use super::store::{Loaded, PersistentStore, TransientStore, Usage};
 use super::{MergeStep, OriginSnapshots, SnapshotArgs, SnapshotDiscard, SnapshotKind, StoreType};
-use crate::targets::{DeviceAt, Target, TargetSpec};
+use crate::targets::{Target, TargetSpec};
 
 /// Multiplicative hash for chunk numbers (the kernel's `exception_hash` is a mask; a
 /// multiply spreads consecutive chunks over the table just as well and costs one cycle).
@@ -158,13 +159,7 @@ impl Snapshot {
         len: SectorCount,
         registry: &Registry,
     ) -> Result<Arc<Snapshot>> {
-        let origin = registry.device_area(
-            &DeviceAt {
-                device: args.origin.clone(),
-                offset: SectorCount(0),
-            },
-            len,
-        )?;
+        let origin = origin_area(registry, &args.origin, len)?;
         let cow = registry.volume(&args.cow)?;
         let links = registry.origin_snapshots(&origin);
         Snapshot::over(args, kind, origin, cow, len, &links)

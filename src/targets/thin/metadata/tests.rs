@@ -67,6 +67,18 @@ fn kernel_superblock_fields_decode() {
     assert!(!sb.needs_check());
 }
 
+/// The blocks `sm`'s bitmaps (and ref-count tree) count in use are as many as its root's
+/// `nr_allocated` says.
+fn assert_bitmaps_count_root(md: &Metadata, sm: &SpaceMap, what: &str) {
+    let mut n = 0;
+    sm.for_each_nonzero(md.dev(), &mut |_, _| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, sm.root.nr_allocated, "{what} {:?}", sm.kind());
+}
+
 #[test]
 fn space_map_counts_agree_with_their_roots() {
     // thin_restore 0.9 records one more allocated metadata block in the root than its
@@ -81,13 +93,7 @@ fn space_map_counts_agree_with_their_roots() {
             maps.push(md.metadata_space_map().unwrap());
         }
         for sm in maps {
-            let mut n = 0;
-            sm.for_each_nonzero(md.dev(), &mut |_, _| {
-                n += 1;
-                Ok(())
-            })
-            .unwrap();
-            assert_eq!(n, sm.root.nr_allocated, "{name} {:?}", sm.kind());
+            assert_bitmaps_count_root(&md, &sm, name);
         }
     }
 }
@@ -330,13 +336,7 @@ fn rewritten_metadata_dumps_the_same_and_its_space_maps_add_up() {
             md.data_space_map().unwrap(),
             md.metadata_space_map().unwrap(),
         ] {
-            let mut n = 0;
-            sm.for_each_nonzero(md.dev(), &mut |_, _| {
-                n += 1;
-                Ok(())
-            })
-            .unwrap();
-            assert_eq!(n, sm.root.nr_allocated, "{meta} {:?}", sm.kind());
+            assert_bitmaps_count_root(&md, &sm, meta);
         }
     }
 }

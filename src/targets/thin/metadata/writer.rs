@@ -105,6 +105,18 @@ fn build_tree(
     }
 }
 
+/// A space map's ref count btree (persistent-data's `sm_ll` ref_count_root): block numbers
+/// to little-endian u32 counts, for the blocks whose count is 3 or more.
+fn build_count_tree(
+    alloc: &mut Alloc,
+    out: &mut Vec<(u64, Vec<u8>)>,
+    counts: &[(u64, u32)],
+) -> Result<u64> {
+    let keys: Vec<u64> = counts.iter().map(|&(b, _)| b).collect();
+    let values: Vec<u8> = counts.iter().flat_map(|&(_, c)| c.to_le_bytes()).collect();
+    build_tree(alloc, out, &keys, &values, 4)
+}
+
 /// Set entry `e` of a bitmap to `v` (0..=3; the lower bit position holds the high bit).
 fn set_entry(bitmap: &mut [u8], e: usize, v: u32) {
     let off = BITMAP_HEADER + 8 * (e / 32);
@@ -211,12 +223,7 @@ impl Transaction {
             .filter(|&(_, &c)| c >= 3)
             .map(|(&b, &c)| (b, c))
             .collect();
-        let hk: Vec<u64> = held_overflow.iter().map(|&(b, _)| b).collect();
-        let hv: Vec<u8> = held_overflow
-            .iter()
-            .flat_map(|&(_, c)| c.to_le_bytes())
-            .collect();
-        let meta_rc_root = build_tree(&mut alloc, &mut out, &hk, &hv, 4)?;
+        let meta_rc_root = build_count_tree(&mut alloc, &mut out, &held_overflow)?;
 
         // Device trees, then the top level of the mapping tree and the details tree.
         let mut top_keys = Vec::new();
@@ -253,12 +260,7 @@ impl Transaction {
             &index_vals,
             INDEX_ENTRY_SIZE,
         )?;
-        let ov_keys: Vec<u64> = overflow.iter().map(|&(b, _)| b).collect();
-        let ov_vals: Vec<u8> = overflow
-            .iter()
-            .flat_map(|&(_, c)| c.to_le_bytes())
-            .collect();
-        let data_rc_root = build_tree(&mut alloc, &mut out, &ov_keys, &ov_vals, 4)?;
+        let data_rc_root = build_count_tree(&mut alloc, &mut out, &overflow)?;
 
         // Now every block is allocated: the metadata space map counts them and block 0.
         let mut meta_counts: BTreeMap<u64, u32> = alloc.used.iter().map(|&b| (b, 1)).collect();
