@@ -22,13 +22,14 @@ pub trait Clock: Send + Sync + fmt::Debug {
     /// Block the calling thread until `now() >= deadline`. Returns at once if it already is.
     fn sleep_until(&self, deadline: Duration);
 
-    /// Have `alarm` rung at `deadline` (and then at each deadline it returns), from a
-    /// background timer, for as long as it is alive. Returns `false` when the clock has no
-    /// timer: then `now()` is cheap enough to read on every request and callers should.
+    /// Have `alarm` rung at `deadline` (and then at each deadline it returns) for as long as
+    /// it is alive: the system clock from a background timer thread, the manual clock inside
+    /// `advance`/`set`. Returns `false` when the clock has no alarms (the default, for a
+    /// user's own clock): callers then read `now()` on every request instead.
     ///
-    /// The system clock has one so that flakey, which must know on every request whether it
-    /// is in its down window, reads a flag the timer keeps instead of the clock: reading the
-    /// clock costs several nanoseconds per request, the flag one load.
+    /// flakey, which must know on every request whether it is in its down window, uses this
+    /// to read a flag the alarm keeps instead of the clock: reading the system clock costs
+    /// several nanoseconds per request, the flag one load.
     fn set_alarm(&self, alarm: Weak<dyn Alarm>, deadline: Duration) -> bool {
         let _ = (alarm, deadline);
         false
@@ -206,11 +207,23 @@ impl Timer {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ManualState {
     now: Duration,
+    /// Alarms set on this clock, rung by `advance`/`set` when the time reaches them.
+    alarms: Vec<(Duration, Weak<dyn Alarm>)>,
     /// Deadlines of threads blocked in `sleep_until`, with how many threads wait on each.
     sleepers: BTreeMap<Duration, usize>,
+}
+
+impl fmt::Debug for ManualState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManualState")
+            .field("now", &self.now)
+            .field("sleepers", &self.sleepers)
+            .field("alarms", &self.alarms.len())
+            .finish()
+    }
 }
 
 impl ManualState {
@@ -275,6 +288,7 @@ impl ManualClock {
         s.now = s.now.saturating_add(by);
         self.publish(&s);
         drop(s);
+        self.ring_due();
         self.changed.notify_all();
     }
 
@@ -285,7 +299,33 @@ impl ManualClock {
         s.now = s.now.max(to);
         self.publish(&s);
         drop(s);
+        self.ring_due();
         self.changed.notify_all();
+    }
+
+    /// Alarms waiting on this clock (for tests).
+    #[cfg(test)]
+    pub(crate) fn state_alarms(&self) -> usize {
+        self.lock().alarms.len()
+    }
+
+    /// Ring every live alarm whose deadline has come, before `advance`/`set` returns, so a
+    /// test sees their effect (flakey's window) the moment it moves the clock. Alarms are
+    /// rung without the lock held and may ask again; dead ones are dropped.
+    fn ring_due(&self) {
+        loop {
+            let mut s = self.lock();
+            let now = s.now;
+            let Some(i) = s.alarms.iter().position(|(at, _)| *at <= now) else {
+                s.alarms.retain(|(_, a)| a.strong_count() > 0);
+                return;
+            };
+            let (_, alarm) = s.alarms.swap_remove(i);
+            drop(s);
+            if let Some(next) = alarm.upgrade().and_then(|a| a.ring(now)) {
+                self.lock().alarms.push((next, alarm));
+            }
+        }
     }
 
     /// Threads blocked in `sleep_until` whose deadline has not come yet. After `advance`
@@ -320,6 +360,12 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         Duration::from_nanos(self.now_ns.load(Ordering::Acquire))
+    }
+
+    fn set_alarm(&self, alarm: Weak<dyn Alarm>, deadline: Duration) -> bool {
+        self.lock().alarms.push((deadline, alarm));
+        self.ring_due();
+        true
     }
 
     fn sleep_until(&self, deadline: Duration) {

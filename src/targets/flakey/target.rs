@@ -94,9 +94,9 @@ pub struct Flakey {
     rng: AtomicU64,
 }
 
-/// The up/down schedule. On a clock with a timer (the system clock) the timer flips `down`
-/// at each window boundary and requests read only the flag; on a manual clock, whose reading
-/// is as cheap as the flag, each request reads the clock.
+/// The up/down schedule. On a clock with alarms (the system clock's timer thread, the manual
+/// clock's `advance`) the alarm flips `down` at each window boundary and requests read only
+/// the flag; on a clock without, each request reads the clock.
 #[derive(Debug)]
 struct Window {
     clock: SharedClock,
@@ -433,5 +433,38 @@ mod tests {
         };
         assert!(wait_for(true) >= Duration::from_secs(1));
         assert!(wait_for(false) >= Duration::from_secs(2));
+    }
+
+    /// A user's own clock: no alarms, so flakey reads it on every request.
+    #[derive(Debug)]
+    struct Plain(Arc<ManualClock>);
+    impl Clock for Plain {
+        fn now(&self) -> Duration {
+            self.0.now()
+        }
+        fn sleep_until(&self, deadline: Duration) {
+            self.0.sleep_until(deadline);
+        }
+    }
+
+    #[test]
+    fn flakey_window_follows_the_manual_clocks_alarms_and_a_plain_clocks_reading_alike() {
+        let manual = ManualClock::shared();
+        let plain = ManualClock::shared();
+        let with_alarms = Window::start(manual.clone(), 2, 3);
+        let without = Window::start(Arc::new(Plain(plain.clone())), 2, 3);
+        assert!(with_alarms.timed.load(Ordering::Acquire));
+        assert!(!without.timed.load(Ordering::Acquire));
+        for ms in [0, 1999, 2000, 4999, 5000, 6999, 7000, 123_456] {
+            manual.set(Duration::from_millis(ms));
+            plain.set(Duration::from_millis(ms));
+            let expect = ms >= 2000 && (ms / 1000) % 5 >= 2;
+            assert_eq!(with_alarms.is_down(), expect, "manual clock at {ms} ms");
+            assert_eq!(without.is_down(), expect, "plain clock at {ms} ms");
+        }
+        // A dropped window's alarm is forgotten on the next move of the clock.
+        drop(with_alarms);
+        manual.advance(Duration::from_secs(10));
+        assert_eq!(manual.state_alarms(), 0);
     }
 }
