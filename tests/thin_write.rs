@@ -90,6 +90,23 @@ fn tail(line: &str) -> &str {
     line.splitn(4, ' ').nth(3).unwrap()
 }
 
+/// Pool status `ours` equals the kernel's `theirs` but in metadata usage, where dmemu's
+/// commits (even packing of re-written leaves, nodes shared as committed) use no more
+/// blocks than the kernel's shadowing and splitting did.
+fn assert_status_but_metadata(ours: &str, theirs: &str) {
+    let (o, t): (Vec<&str>, Vec<&str>) = (ours.split(' ').collect(), theirs.split(' ').collect());
+    assert_eq!(o.len(), t.len(), "{ours} / {theirs}");
+    for (i, (a, b)) in o.iter().zip(&t).enumerate() {
+        if i == 1 {
+            let used = |s: &str| s.split('/').next().unwrap().parse::<u64>().unwrap();
+            assert!(used(a) <= used(b), "{ours} / {theirs}");
+            assert_eq!(a.split('/').nth(1), b.split('/').nth(1));
+        } else {
+            assert_eq!(a, b, "{ours} / {theirs}");
+        }
+    }
+}
+
 /// reserve-kernel.txt (make-reserve.sh): the kernel's `KIND NAME` value.
 fn reserve_kernel(kind: &str, name: &str) -> String {
     lines("reserve-kernel.txt", kind)[name].clone()
@@ -537,9 +554,9 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     assert_eq!(snap.dump_xml().unwrap(), live_then);
     assert_ne!(md.dump_xml().unwrap(), before);
     assert_consistent(&(img.meta.clone() as SharedVolume));
-    assert_eq!(
-        pool.status(),
-        tail(&reserve_kernel("STATUS", "reserve-pool"))
+    assert_status_but_metadata(
+        &pool.status(),
+        tail(&reserve_kernel("STATUS", "reserve-pool")),
     );
     assert_eq!(
         sha256_head(&thins[0].1, 8192),
@@ -560,8 +577,8 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     let mut b = b"kernel after release".to_vec();
     b.resize(4096, 0);
     thins[0].1.write(Sector(40 * 8), &b).unwrap();
-    assert_eq!(
-        pool.status(),
-        tail(&reserve_kernel("STATUS", "reserve-released"))
+    assert_status_but_metadata(
+        &pool.status(),
+        tail(&reserve_kernel("STATUS", "reserve-released")),
     );
 }
