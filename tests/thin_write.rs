@@ -7,9 +7,11 @@
 
 mod thin_support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use dmemu::table::args::Args;
+use dmemu::targets::thin::metadata::btree::walk_located;
 use dmemu::targets::thin::metadata::Metadata;
 use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
@@ -581,4 +583,132 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
         &pool.status(),
         tail(&reserve_kernel("STATUS", "reserve-released")),
     );
+}
+
+// ---- incremental commits over a kernel-made pool with shared subtrees ----
+
+/// The mapping tree of `dev_id` in `md`: its root and leaf blocks.
+fn tree_nodes(md: &Metadata, dev_id: u64) -> (u64, BTreeSet<u64>) {
+    let root = md.device_root(dev_id).unwrap().unwrap();
+    let mut leaves = BTreeSet::new();
+    walk_located(md.dev(), root, 8, &mut |_, _, at| {
+        leaves.insert(at.block);
+        Ok(())
+    })
+    .unwrap();
+    (root, leaves)
+}
+
+/// Metadata blocks in use by `md`'s space map.
+fn meta_used(md: &Metadata) -> u64 {
+    md.superblock().metadata_sm.nr_allocated
+}
+
+/// The 4 KiB metadata block `b` of `image`.
+fn block_of(image: &[u8], b: u64) -> &[u8] {
+    let at = usize::try_from(b).unwrap() * 4096;
+    &image[at..at + 4096]
+}
+
+const INCR_LEN: SectorCount = SectorCount(131_072);
+
+/// make-incremental.sh's scenario on the kernel's pool (incremental-kernel-meta.img.gz;
+/// its data device is all zeroes): three dmemu commits, each checked for kept nodes and
+/// consistent counts. The images and each thin's sha256 after the last commit.
+fn incremental() -> (Arc<MemVolume>, Arc<MemVolume>, BTreeMap<u64, String>) {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let before = meta.to_vec();
+    let md0 = Metadata::open(meta.clone()).unwrap();
+    // The kernel's sharing: the snapshots share one root, thin 0 shares all its leaves
+    // but the one the kernel wrote after the snapshots.
+    let (r1, leaves1) = tree_nodes(&md0, 1);
+    let (r2, _) = tree_nodes(&md0, 2);
+    let (r0, leaves0) = tree_nodes(&md0, 0);
+    assert_eq!(r1, r2);
+    assert_eq!(leaves1.len(), 3, "a root over three leaves");
+    assert_ne!(r0, r1);
+    assert_eq!(leaves0.intersection(&leaves1).count(), leaves1.len() - 1);
+    let used0 = meta_used(&md0);
+
+    let pool =
+        Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data.clone()).unwrap());
+    let thin = |id| Thin::over(pool.clone(), id, INCR_LEN, None).unwrap();
+
+    // Commit 1: one block of thin 0 (in a leaf all three devices share) rewritten.
+    let t0 = thin(0);
+    wr(&t0, "incr-1", 1, 16 * 10);
+    pool.commit().unwrap();
+    let after = meta.to_vec();
+    let md1 = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md1.check().unwrap(), Vec::<String>::new());
+    // The untouched snapshots: same root, same leaves, same bytes in them.
+    for id in [1, 2] {
+        let (r, leaves) = tree_nodes(&md1, id);
+        assert_eq!((r, &leaves), (r1, &leaves1), "thin {id}");
+        for &b in leaves.iter().chain([&r]) {
+            assert_eq!(block_of(&after, b), block_of(&before, b), "block {b}");
+        }
+    }
+    // Thin 0: a new root over its kept leaves and one re-packed leaf.
+    let (n0, new_leaves0) = tree_nodes(&md1, 0);
+    assert_ne!(n0, r0);
+    assert_eq!(new_leaves0.len(), leaves0.len());
+    assert_eq!(new_leaves0.difference(&leaves0).count(), 1);
+    // Space maps and the small trees are re-written in place of the old ones; the tree
+    // grows by its new root and leaf, less the old root no one references now.
+    let used1 = meta_used(&md1);
+    assert!(used1 <= used0 + 2, "{used0} -> {used1}");
+
+    // Commit 2: a write to snapshot 2 breaks its sharing of one block; thin 1 stays.
+    let t2 = thin(2);
+    wr(&t2, "incr-2", 2, 16 * 500);
+    pool.commit().unwrap();
+    let md2 = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md2.check().unwrap(), Vec::<String>::new());
+    assert_eq!(tree_nodes(&md2, 1), (r1, leaves1.clone()));
+    let (_, leaves2) = tree_nodes(&md2, 2);
+    assert_eq!(leaves2.difference(&leaves1).count(), 1);
+    assert!(
+        meta_used(&md2) <= used1 + 3,
+        "{used1} -> {}",
+        meta_used(&md2)
+    );
+
+    // Commit 3: a dmemu snapshot of thin 0 (sharing its root), then a discard in thin 1
+    // and a write in the new snapshot.
+    t0.flush().unwrap();
+    msg(&pool, "create_snap 3 0");
+    let t1 = thin(1);
+    t1.discard(Sector(128 * 20), SectorCount(128)).unwrap();
+    let t3 = thin(3);
+    wr(&t3, "incr-3", 1, 16 * 599);
+    pool.commit().unwrap();
+    let md3 = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md3.check().unwrap(), Vec::<String>::new());
+    let (_, leaves3) = tree_nodes(&md3, 3);
+    assert_eq!(tree_nodes(&md3, 0), tree_nodes(&md1, 0));
+    assert_eq!(leaves3.difference(&new_leaves0).count(), 1);
+
+    let mut sha = BTreeMap::new();
+    for (id, t) in [(0, &t0), (1, &t1), (2, &t2), (3, &t3)] {
+        sha.insert(id, sha256_of(t));
+    }
+    drop((t0, t1, t2, t3));
+    drop(pool);
+    (meta, data, sha)
+}
+
+#[test]
+fn incremental_commits_on_a_kernel_pool_keep_untouched_shared_nodes_and_add_up() {
+    let (meta, data, sha) = incremental();
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        std::fs::write(format!("{dir}/incremental-meta.img"), meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/incremental-data.img"), data.to_vec()).unwrap();
+        let lines: String = sha
+            .iter()
+            .map(|(id, s)| format!("SHA256 thin{id} {s}\n"))
+            .collect();
+        std::fs::write(format!("{dir}/incremental-sha.txt"), lines).unwrap();
+    }
 }
