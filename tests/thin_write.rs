@@ -712,3 +712,25 @@ fn incremental_commits_on_a_kernel_pool_keep_untouched_shared_nodes_and_add_up()
         std::fs::write(format!("{dir}/incremental-sha.txt"), lines).unwrap();
     }
 }
+
+#[test]
+fn incremental_commits_give_the_bytes_host_thin_check_and_the_kernel_accepted() {
+    // make-incremental.sh: host thin_check accepted these bytes and thin_dump printed
+    // incremental-dmemu.xml; the 6.12 kernel activated the pool, thin_check'ed it and
+    // read every thin with the sha256 dmemu reads.
+    let (meta, _data, sha) = incremental();
+    assert!(meta.to_vec() == gunzip("incremental-dmemu-meta.img.gz"));
+    let md = Metadata::open(meta.clone()).unwrap();
+    let want = std::fs::read_to_string(fixtures().join("incremental-dmemu.xml")).unwrap();
+    assert_eq!(md.dump_xml().unwrap(), want);
+    let on_kernel = lines("incremental-dmemu-kernel.txt", "SHA256");
+    let ours: BTreeMap<String, String> = sha
+        .into_iter()
+        .map(|(id, s)| (format!("thin{id}"), s))
+        .collect();
+    assert_eq!(on_kernel, ours);
+    let text = std::fs::read_to_string(fixtures().join("incremental-dmemu-kernel.txt")).unwrap();
+    for l in ["THIN_CHECK_BEFORE ok", "THIN_CHECK_AFTER ok"] {
+        assert!(text.lines().any(|x| x == l), "{l}");
+    }
+}
