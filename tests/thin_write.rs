@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use dmemu::table::args::Args;
-use dmemu::targets::thin::metadata::btree::walk_located;
+use dmemu::targets::thin::metadata::btree::{read_node, walk_located};
 use dmemu::targets::thin::metadata::Metadata;
 use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
@@ -732,5 +732,96 @@ fn incremental_commits_give_the_bytes_host_thin_check_and_the_kernel_accepted() 
     let text = std::fs::read_to_string(fixtures().join("incremental-dmemu-kernel.txt")).unwrap();
     for l in ["THIN_CHECK_BEFORE ok", "THIN_CHECK_AFTER ok"] {
         assert!(text.lines().any(|x| x == l), "{l}");
+    }
+}
+
+/// thin_check's fill rule: every non-root node of the tree at `block` holds at least a
+/// third of its `max_entries`; returns the tree's height.
+fn assert_filled(md: &Metadata, block: u64, root: bool) -> usize {
+    let node = read_node(md.dev(), block, 8).unwrap();
+    if !root {
+        assert!(
+            node.keys.len() >= node.max_entries / 3,
+            "node {block}: {} of {}",
+            node.keys.len(),
+            node.max_entries
+        );
+    }
+    if node.leaf {
+        return 1;
+    }
+    let heights: BTreeSet<usize> = (0..node.keys.len())
+        .map(|i| assert_filled(md, node.child(i), false))
+        .collect();
+    assert_eq!(heights.len(), 1, "node {block}: unbalanced");
+    1 + heights.first().unwrap()
+}
+
+#[test]
+fn random_writes_discards_and_snapshots_over_many_incremental_commits_stay_consistent() {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let open =
+        || Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data.clone()).unwrap());
+    let pool = open();
+    let mut ids: Vec<u64> = vec![0, 1, 2];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for round in 0..12 {
+        for _ in 0..120 {
+            let id = ids[usize::try_from(rnd(ids.len() as u64)).unwrap()];
+            let t = Thin::over(pool.clone(), id, INCR_LEN, None).unwrap();
+            let vb = rnd(1024);
+            match rnd(8) {
+                // Discards in runs, so leaves drain below a third and must merge.
+                0..=3 => t
+                    .discard(
+                        Sector(128 * vb),
+                        SectorCount(128 * (1 + rnd(40)).min(1024 - vb)),
+                    )
+                    .unwrap(),
+                _ => {
+                    if t.write(Sector(128 * vb), &[u8::try_from(round).unwrap(); 4096])
+                        .is_err()
+                    {
+                        continue;
+                    }
+                }
+            }
+        }
+        if round % 3 == 1 {
+            let new = 10 + round;
+            let origin = ids[usize::try_from(rnd(ids.len() as u64)).unwrap()];
+            msg(&pool, &format!("create_snap {new} {origin}"));
+            ids.push(u64::try_from(new).unwrap());
+        }
+        if round == 7 {
+            msg(&pool, &format!("delete {}", ids.remove(1)));
+        }
+        pool.commit().unwrap();
+        let md = Metadata::open(meta.clone()).unwrap();
+        assert_eq!(md.check().unwrap(), Vec::<String>::new(), "round {round}");
+        for (_, root) in md.device_roots().unwrap() {
+            assert_filled(&md, root, true);
+        }
+    }
+    let sha: Vec<String> = ids
+        .iter()
+        .map(|&id| sha256_of(&Thin::over(pool.clone(), id, INCR_LEN, None).unwrap()))
+        .collect();
+    drop(pool);
+    let pool = open();
+    for (&id, s) in ids.iter().zip(&sha) {
+        let t = Thin::over(pool.clone(), id, INCR_LEN, None).unwrap();
+        assert_eq!(&sha256_of(&t), s, "thin {id}");
+    }
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(pool);
+        std::fs::write(format!("{dir}/random-meta.img"), meta.to_vec()).unwrap();
     }
 }
