@@ -170,7 +170,7 @@ fn replayed_kernel_script_gives_the_kernels_thin_contents_and_status() {
         assert_eq!(t.status(), want, "{name}");
     }
     // Transaction id and data usage as the kernel's pool status; metadata usage differs
-    // (dmemu lays trees out afresh, the kernel shares and shadows nodes).
+    // (dmemu packs re-written leaves evenly, the kernel splits them as they fill).
     let ours: Vec<String> = pool.status().split(' ').map(str::to_string).collect();
     let theirs: Vec<&str> = status["pool"].split(' ').skip(3).collect();
     assert_eq!(ours[0], theirs[0]);

@@ -634,8 +634,8 @@ impl ThinPool {
             }
             "release_metadata_snap" => {
                 count(1)?;
-                // __release_metadata_snap. dmemu's next commit lays the metadata out
-                // afresh, so the snapshot's blocks simply stop being counted.
+                // __release_metadata_snap. dmemu's next commit counts references from
+                // the live trees only, so blocks just the snapshot held come out free.
                 if st.sb.held_root == 0 {
                     return Err(pool_error(
                         "No pool metadata snapshot found: nothing to release.".to_string(),
