@@ -96,15 +96,21 @@ fn old_leaves(
     md: &Metadata,
     root: u64,
     leaf: Option<bool>,
-    lo: u64,
-    hi: Option<u64>,
+    (lo, hi): (u64, Option<u64>),
     depth: usize,
+    seen: &mut HashSet<u64>,
     out: &mut Vec<(u64, u64, Option<u64>)>,
 ) -> Result<()> {
     if depth > super::btree::MAX_DEPTH {
         return Err(Error::invalid(
             "thin-pool metadata",
             "mapping tree too deep",
+        ));
+    }
+    if !seen.insert(root) {
+        return Err(Error::invalid(
+            "thin-pool metadata",
+            format!("mapping tree node {root} reached twice"),
         ));
     }
     if leaf == Some(true) {
@@ -116,7 +122,7 @@ fn old_leaves(
         Some((keys, kids, kleaf)) => {
             for (i, &c) in kids.iter().enumerate() {
                 let (l, h) = child_range(&keys, i, lo, hi);
-                old_leaves(md, c, Some(kleaf), l, h, depth + 1, out)?;
+                old_leaves(md, c, Some(kleaf), (l, h), depth + 1, seen, out)?;
             }
         }
     }
@@ -128,7 +134,15 @@ fn old_leaves(
 /// fewer than a third of a leaf (thin_check's fill rule for non-root nodes).
 fn plan_leaves(md: &Metadata, base: &Base, maps: &[(u64, BlockTime)]) -> Result<Vec<Seg>> {
     let mut leaves = Vec::new();
-    old_leaves(md, base.root, None, 0, None, 0, &mut leaves)?;
+    old_leaves(
+        md,
+        base.root,
+        None,
+        (0, None),
+        0,
+        &mut HashSet::new(),
+        &mut leaves,
+    )?;
     let dirty = |&(_, lo, hi): &(u64, u64, Option<u64>)| {
         base.changed
             .range(lo..)
