@@ -825,3 +825,24 @@ fn random_writes_discards_and_snapshots_over_many_incremental_commits_stay_consi
         std::fs::write(format!("{dir}/random-meta.img"), meta.to_vec()).unwrap();
     }
 }
+
+#[test]
+fn a_leaf_drained_below_a_third_is_merged_with_its_neighbour_and_the_last_leaf_kept() {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let (_, leaves) = tree_nodes(&Metadata::open(meta.clone()).unwrap(), 1);
+    let pool = Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data).unwrap());
+    let t1 = Thin::over(pool.clone(), 1, INCR_LEN, None).unwrap();
+    // Thin 1's three leaves hold 600 mappings; unmapping 0-189 leaves 10 in the first.
+    t1.discard(Sector(0), SectorCount(128 * 190)).unwrap();
+    pool.commit().unwrap();
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.check().unwrap(), Vec::<String>::new());
+    let (root, now) = tree_nodes(&md, 1);
+    assert_eq!(assert_filled(&md, root, true), 2);
+    assert_eq!(now.len(), 2);
+    assert_eq!(now.intersection(&leaves).count(), 1, "the last leaf kept");
+    let maps = md.mappings(root).unwrap();
+    assert_eq!(maps.len(), 410);
+    assert_eq!(maps.keys().next(), Some(&190));
+}
