@@ -846,3 +846,26 @@ fn a_leaf_drained_below_a_third_is_merged_with_its_neighbour_and_the_last_leaf_k
     assert_eq!(maps.len(), 410);
     assert_eq!(maps.keys().next(), Some(&190));
 }
+
+#[test]
+fn a_drained_last_leaf_merges_back_into_the_run_repacked_before_it() {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let pool = Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data).unwrap());
+    let t1 = Thin::over(pool.clone(), 1, INCR_LEN, None).unwrap();
+    // First leaf drained (merged with the middle one), last leaf drained too: the last
+    // run has no right neighbour and a re-packed run on its left.
+    t1.discard(Sector(0), SectorCount(128 * 190)).unwrap();
+    t1.discard(Sector(128 * 410), SectorCount(128 * 180))
+        .unwrap();
+    pool.commit().unwrap();
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.check().unwrap(), Vec::<String>::new());
+    let (root, _) = tree_nodes(&md, 1);
+    assert_eq!(
+        assert_filled(&md, root, true),
+        1,
+        "one leaf holds 230 mappings"
+    );
+    assert_eq!(md.mappings(root).unwrap().len(), 230);
+}

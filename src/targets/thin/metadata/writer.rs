@@ -159,8 +159,7 @@ fn plan_leaves(md: &Metadata, base: &Base, maps: &[(u64, BlockTime)]) -> Result<
             i += 1;
             continue;
         }
-        let lo = leaves[i].1;
-        let mut lo = lo;
+        let mut lo = leaves[i].1;
         let mut j = i + 1;
         while j < leaves.len() && dirty(&leaves[j]) {
             j += 1;
@@ -173,11 +172,18 @@ fn plan_leaves(md: &Metadata, base: &Base, maps: &[(u64, BlockTime)]) -> Result<
             }
             if j < leaves.len() {
                 j += 1;
-            } else if let Some(Seg::Old { lo: l, .. }) = out.last().copied() {
-                out.pop();
-                lo = l;
             } else {
-                break;
+                // The last run: widened leftwards, over a kept leaf or a re-packed run
+                // just before it (no mapping lies between its first key and `lo`).
+                match out.pop() {
+                    Some(Seg::Old { lo: l, .. }) => lo = l,
+                    Some(Seg::New { start, end }) => {
+                        if let Some(&(k, _)) = maps[start..end].first() {
+                            lo = lo.min(k);
+                        }
+                    }
+                    None => break,
+                }
             }
         }
         let hi = leaves.get(j).map(|l| l.1);
