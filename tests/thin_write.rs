@@ -7,9 +7,11 @@
 
 mod thin_support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use dmemu::table::args::Args;
+use dmemu::targets::thin::metadata::btree::{read_node, walk_located};
 use dmemu::targets::thin::metadata::Metadata;
 use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
@@ -90,6 +92,23 @@ fn tail(line: &str) -> &str {
     line.splitn(4, ' ').nth(3).unwrap()
 }
 
+/// Pool status `ours` equals the kernel's `theirs` but in metadata usage, where dmemu's
+/// commits (even packing of re-written leaves, nodes shared as committed) use no more
+/// blocks than the kernel's shadowing and splitting did.
+fn assert_status_but_metadata(ours: &str, theirs: &str) {
+    let (o, t): (Vec<&str>, Vec<&str>) = (ours.split(' ').collect(), theirs.split(' ').collect());
+    assert_eq!(o.len(), t.len(), "{ours} / {theirs}");
+    for (i, (a, b)) in o.iter().zip(&t).enumerate() {
+        if i == 1 {
+            let used = |s: &str| s.split('/').next().unwrap().parse::<u64>().unwrap();
+            assert!(used(a) <= used(b), "{ours} / {theirs}");
+            assert_eq!(a.split('/').nth(1), b.split('/').nth(1));
+        } else {
+            assert_eq!(a, b, "{ours} / {theirs}");
+        }
+    }
+}
+
 /// reserve-kernel.txt (make-reserve.sh): the kernel's `KIND NAME` value.
 fn reserve_kernel(kind: &str, name: &str) -> String {
     lines("reserve-kernel.txt", kind)[name].clone()
@@ -151,7 +170,7 @@ fn replayed_kernel_script_gives_the_kernels_thin_contents_and_status() {
         assert_eq!(t.status(), want, "{name}");
     }
     // Transaction id and data usage as the kernel's pool status; metadata usage differs
-    // (dmemu lays trees out afresh, the kernel shares and shadows nodes).
+    // (dmemu packs re-written leaves evenly, the kernel splits them as they fill).
     let ours: Vec<String> = pool.status().split(' ').map(str::to_string).collect();
     let theirs: Vec<&str> = status["pool"].split(' ').skip(3).collect();
     assert_eq!(ours[0], theirs[0]);
@@ -537,9 +556,9 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     assert_eq!(snap.dump_xml().unwrap(), live_then);
     assert_ne!(md.dump_xml().unwrap(), before);
     assert_consistent(&(img.meta.clone() as SharedVolume));
-    assert_eq!(
-        pool.status(),
-        tail(&reserve_kernel("STATUS", "reserve-pool"))
+    assert_status_but_metadata(
+        &pool.status(),
+        tail(&reserve_kernel("STATUS", "reserve-pool")),
     );
     assert_eq!(
         sha256_head(&thins[0].1, 8192),
@@ -560,8 +579,293 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     let mut b = b"kernel after release".to_vec();
     b.resize(4096, 0);
     thins[0].1.write(Sector(40 * 8), &b).unwrap();
-    assert_eq!(
-        pool.status(),
-        tail(&reserve_kernel("STATUS", "reserve-released"))
+    assert_status_but_metadata(
+        &pool.status(),
+        tail(&reserve_kernel("STATUS", "reserve-released")),
     );
+}
+
+// ---- incremental commits over a kernel-made pool with shared subtrees ----
+
+/// The mapping tree of `dev_id` in `md`: its root and leaf blocks.
+fn tree_nodes(md: &Metadata, dev_id: u64) -> (u64, BTreeSet<u64>) {
+    let root = md.device_root(dev_id).unwrap().unwrap();
+    let mut leaves = BTreeSet::new();
+    walk_located(md.dev(), root, 8, &mut |_, _, at| {
+        leaves.insert(at.block);
+        Ok(())
+    })
+    .unwrap();
+    (root, leaves)
+}
+
+/// Metadata blocks in use by `md`'s space map.
+fn meta_used(md: &Metadata) -> u64 {
+    md.superblock().metadata_sm.nr_allocated
+}
+
+/// The 4 KiB metadata block `b` of `image`.
+fn block_of(image: &[u8], b: u64) -> &[u8] {
+    let at = usize::try_from(b).unwrap() * 4096;
+    &image[at..at + 4096]
+}
+
+const INCR_LEN: SectorCount = SectorCount(131_072);
+
+/// make-incremental.sh's scenario on the kernel's pool (incremental-kernel-meta.img.gz;
+/// its data device is all zeroes): three dmemu commits, each checked for kept nodes and
+/// consistent counts. The images and each thin's sha256 after the last commit.
+fn incremental() -> (Arc<MemVolume>, Arc<MemVolume>, BTreeMap<u64, String>) {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let before = meta.to_vec();
+    let md0 = Metadata::open(meta.clone()).unwrap();
+    // The kernel's sharing: the snapshots share one root, thin 0 shares all its leaves
+    // but the one the kernel wrote after the snapshots.
+    let (r1, leaves1) = tree_nodes(&md0, 1);
+    let (r2, _) = tree_nodes(&md0, 2);
+    let (r0, leaves0) = tree_nodes(&md0, 0);
+    assert_eq!(r1, r2);
+    assert_eq!(leaves1.len(), 3, "a root over three leaves");
+    assert_ne!(r0, r1);
+    assert_eq!(leaves0.intersection(&leaves1).count(), leaves1.len() - 1);
+    let used0 = meta_used(&md0);
+
+    let pool =
+        Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data.clone()).unwrap());
+    let thin = |id| Thin::over(pool.clone(), id, INCR_LEN, None).unwrap();
+
+    // Commit 1: one block of thin 0 (in a leaf all three devices share) rewritten.
+    let t0 = thin(0);
+    wr(&t0, "incr-1", 1, 16 * 10);
+    pool.commit().unwrap();
+    let after = meta.to_vec();
+    let md1 = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md1.check().unwrap(), Vec::<String>::new());
+    // The untouched snapshots: same root, same leaves, same bytes in them.
+    for id in [1, 2] {
+        let (r, leaves) = tree_nodes(&md1, id);
+        assert_eq!((r, &leaves), (r1, &leaves1), "thin {id}");
+        for &b in leaves.iter().chain([&r]) {
+            assert_eq!(block_of(&after, b), block_of(&before, b), "block {b}");
+        }
+    }
+    // Thin 0: a new root over its kept leaves and one re-packed leaf.
+    let (n0, new_leaves0) = tree_nodes(&md1, 0);
+    assert_ne!(n0, r0);
+    assert_eq!(new_leaves0.len(), leaves0.len());
+    assert_eq!(new_leaves0.difference(&leaves0).count(), 1);
+    // Space maps and the small trees are re-written in place of the old ones; the tree
+    // grows by its new root and leaf, less the old root no one references now.
+    let used1 = meta_used(&md1);
+    assert!(used1 <= used0 + 2, "{used0} -> {used1}");
+
+    // Commit 2: a write to snapshot 2 breaks its sharing of one block; thin 1 stays.
+    let t2 = thin(2);
+    wr(&t2, "incr-2", 2, 16 * 500);
+    pool.commit().unwrap();
+    let md2 = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md2.check().unwrap(), Vec::<String>::new());
+    assert_eq!(tree_nodes(&md2, 1), (r1, leaves1.clone()));
+    let (_, leaves2) = tree_nodes(&md2, 2);
+    assert_eq!(leaves2.difference(&leaves1).count(), 1);
+    assert!(
+        meta_used(&md2) <= used1 + 3,
+        "{used1} -> {}",
+        meta_used(&md2)
+    );
+
+    // Commit 3: a dmemu snapshot of thin 0 (sharing its root), then a discard in thin 1
+    // and a write in the new snapshot.
+    t0.flush().unwrap();
+    msg(&pool, "create_snap 3 0");
+    let t1 = thin(1);
+    t1.discard(Sector(128 * 20), SectorCount(128)).unwrap();
+    let t3 = thin(3);
+    wr(&t3, "incr-3", 1, 16 * 599);
+    pool.commit().unwrap();
+    let md3 = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md3.check().unwrap(), Vec::<String>::new());
+    let (_, leaves3) = tree_nodes(&md3, 3);
+    assert_eq!(tree_nodes(&md3, 0), tree_nodes(&md1, 0));
+    assert_eq!(leaves3.difference(&new_leaves0).count(), 1);
+
+    let mut sha = BTreeMap::new();
+    for (id, t) in [(0, &t0), (1, &t1), (2, &t2), (3, &t3)] {
+        sha.insert(id, sha256_of(t));
+    }
+    drop((t0, t1, t2, t3));
+    drop(pool);
+    (meta, data, sha)
+}
+
+#[test]
+fn incremental_commits_on_a_kernel_pool_keep_untouched_shared_nodes_and_add_up() {
+    let (meta, data, sha) = incremental();
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        std::fs::write(format!("{dir}/incremental-meta.img"), meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/incremental-data.img"), data.to_vec()).unwrap();
+        let lines: String = sha
+            .iter()
+            .map(|(id, s)| format!("SHA256 thin{id} {s}\n"))
+            .collect();
+        std::fs::write(format!("{dir}/incremental-sha.txt"), lines).unwrap();
+    }
+}
+
+#[test]
+fn incremental_commits_give_the_bytes_host_thin_check_and_the_kernel_accepted() {
+    // make-incremental.sh: host thin_check accepted these bytes and thin_dump printed
+    // incremental-dmemu.xml; the 6.12 kernel activated the pool, thin_check'ed it and
+    // read every thin with the sha256 dmemu reads.
+    let (meta, _data, sha) = incremental();
+    assert!(meta.to_vec() == gunzip("incremental-dmemu-meta.img.gz"));
+    let md = Metadata::open(meta.clone()).unwrap();
+    let want = std::fs::read_to_string(fixtures().join("incremental-dmemu.xml")).unwrap();
+    assert_eq!(md.dump_xml().unwrap(), want);
+    let on_kernel = lines("incremental-dmemu-kernel.txt", "SHA256");
+    let ours: BTreeMap<String, String> = sha
+        .into_iter()
+        .map(|(id, s)| (format!("thin{id}"), s))
+        .collect();
+    assert_eq!(on_kernel, ours);
+    let text = std::fs::read_to_string(fixtures().join("incremental-dmemu-kernel.txt")).unwrap();
+    for l in ["THIN_CHECK_BEFORE ok", "THIN_CHECK_AFTER ok"] {
+        assert!(text.lines().any(|x| x == l), "{l}");
+    }
+}
+
+/// thin_check's fill rule: every non-root node of the tree at `block` holds at least a
+/// third of its `max_entries`; returns the tree's height.
+fn assert_filled(md: &Metadata, block: u64, root: bool) -> usize {
+    let node = read_node(md.dev(), block, 8).unwrap();
+    if !root {
+        assert!(
+            node.keys.len() >= node.max_entries / 3,
+            "node {block}: {} of {}",
+            node.keys.len(),
+            node.max_entries
+        );
+    }
+    if node.leaf {
+        return 1;
+    }
+    let heights: BTreeSet<usize> = (0..node.keys.len())
+        .map(|i| assert_filled(md, node.child(i), false))
+        .collect();
+    assert_eq!(heights.len(), 1, "node {block}: unbalanced");
+    1 + heights.first().unwrap()
+}
+
+#[test]
+fn random_writes_discards_and_snapshots_over_many_incremental_commits_stay_consistent() {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let open =
+        || Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data.clone()).unwrap());
+    let pool = open();
+    let mut ids: Vec<u64> = vec![0, 1, 2];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for round in 0..12 {
+        for _ in 0..120 {
+            let id = ids[usize::try_from(rnd(ids.len() as u64)).unwrap()];
+            let t = Thin::over(pool.clone(), id, INCR_LEN, None).unwrap();
+            let vb = rnd(1024);
+            match rnd(8) {
+                // Discards in runs, so leaves drain below a third and must merge.
+                0..=3 => t
+                    .discard(
+                        Sector(128 * vb),
+                        SectorCount(128 * (1 + rnd(40)).min(1024 - vb)),
+                    )
+                    .unwrap(),
+                _ => {
+                    if t.write(Sector(128 * vb), &[u8::try_from(round).unwrap(); 4096])
+                        .is_err()
+                    {
+                        continue;
+                    }
+                }
+            }
+        }
+        if round % 3 == 1 {
+            let new = 10 + round;
+            let origin = ids[usize::try_from(rnd(ids.len() as u64)).unwrap()];
+            msg(&pool, &format!("create_snap {new} {origin}"));
+            ids.push(u64::try_from(new).unwrap());
+        }
+        if round == 7 {
+            msg(&pool, &format!("delete {}", ids.remove(1)));
+        }
+        pool.commit().unwrap();
+        let md = Metadata::open(meta.clone()).unwrap();
+        assert_eq!(md.check().unwrap(), Vec::<String>::new(), "round {round}");
+        for (_, root) in md.device_roots().unwrap() {
+            assert_filled(&md, root, true);
+        }
+    }
+    let sha: Vec<String> = ids
+        .iter()
+        .map(|&id| sha256_of(&Thin::over(pool.clone(), id, INCR_LEN, None).unwrap()))
+        .collect();
+    drop(pool);
+    let pool = open();
+    for (&id, s) in ids.iter().zip(&sha) {
+        let t = Thin::over(pool.clone(), id, INCR_LEN, None).unwrap();
+        assert_eq!(&sha256_of(&t), s, "thin {id}");
+    }
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(pool);
+        std::fs::write(format!("{dir}/random-meta.img"), meta.to_vec()).unwrap();
+    }
+}
+
+#[test]
+fn a_leaf_drained_below_a_third_is_merged_with_its_neighbour_and_the_last_leaf_kept() {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let (_, leaves) = tree_nodes(&Metadata::open(meta.clone()).unwrap(), 1);
+    let pool = Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data).unwrap());
+    let t1 = Thin::over(pool.clone(), 1, INCR_LEN, None).unwrap();
+    // Thin 1's three leaves hold 600 mappings; unmapping 0-189 leaves 10 in the first.
+    t1.discard(Sector(0), SectorCount(128 * 190)).unwrap();
+    pool.commit().unwrap();
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.check().unwrap(), Vec::<String>::new());
+    let (root, now) = tree_nodes(&md, 1);
+    assert_eq!(assert_filled(&md, root, true), 2);
+    assert_eq!(now.len(), 2);
+    assert_eq!(now.intersection(&leaves).count(), 1, "the last leaf kept");
+    let maps = md.mappings(root).unwrap();
+    assert_eq!(maps.len(), 410);
+    assert_eq!(maps.keys().next(), Some(&190));
+}
+
+#[test]
+fn a_drained_last_leaf_merges_back_into_the_run_repacked_before_it() {
+    let meta = Arc::new(MemVolume::from_bytes(gunzip("incremental-kernel-meta.img.gz")).unwrap());
+    let data = Arc::new(MemVolume::new(INCR_LEN).unwrap());
+    let pool = Arc::new(ThinPool::over(&pool_args("0"), INCR_LEN, meta.clone(), data).unwrap());
+    let t1 = Thin::over(pool.clone(), 1, INCR_LEN, None).unwrap();
+    // First leaf drained (merged with the middle one), last leaf drained too: the last
+    // run has no right neighbour and a re-packed run on its left.
+    t1.discard(Sector(0), SectorCount(128 * 190)).unwrap();
+    t1.discard(Sector(128 * 410), SectorCount(128 * 180))
+        .unwrap();
+    pool.commit().unwrap();
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(md.check().unwrap(), Vec::<String>::new());
+    let (root, _) = tree_nodes(&md, 1);
+    assert_eq!(
+        assert_filled(&md, root, true),
+        1,
+        "one leaf holds 230 mappings"
+    );
+    assert_eq!(md.mappings(root).unwrap().len(), 230);
 }

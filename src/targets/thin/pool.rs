@@ -8,7 +8,7 @@
 //! `metadata::writer`: new blocks, flush, superblock last. I/O to the pool device itself
 //! goes to the data device, as `pool_map` remaps every bio there.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -20,7 +20,7 @@ use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
 use super::metadata::block::{MetaDev, BLOCK_SECTORS};
 use super::metadata::superblock::Superblock;
-use super::metadata::writer::{format, free_metadata_blocks, Devices, Transaction};
+use super::metadata::writer::{format, free_metadata_blocks, Base, Devices, Transaction};
 use super::metadata::{BlockTime, DeviceDetails, Metadata};
 use super::{ThinPoolArgs, MAX_DEV_ID};
 use crate::targets::{DeviceAt, Target};
@@ -58,6 +58,10 @@ pub(super) struct DevState {
     pub(super) map: BlockMap,
     pub(super) highest: Option<u64>,
     pub(super) details: DeviceDetails,
+    /// The committed mapping tree `map` derives from (none: a device created since).
+    pub(super) base: Option<u64>,
+    /// Keys whose mapping changed since `base`.
+    pub(super) changed: BTreeSet<u64>,
 }
 
 pub(super) type Dev = Arc<RwLock<DevState>>;
@@ -190,6 +194,7 @@ impl ThinPool {
                 details: details.get(&id).copied().ok_or_else(|| {
                     pool_error(format!("device {id} has a mapping tree but no details"))
                 })?,
+                base: Some(root),
                 ..DevState::default()
             };
             md.for_each_mapping(root, &mut |k, bt| {
@@ -323,6 +328,7 @@ impl ThinPool {
         let mut st = lock(&self.state);
         let mut d = write(dev);
         let old = d.map.insert(vblock, BlockTime { block, time });
+        d.changed.insert(vblock);
         match old {
             Some(o) => {
                 let r = &mut st.refs[usize_of(o.block)?];
@@ -343,6 +349,7 @@ impl ThinPool {
         let Some(old) = d.map.remove(&vblock) else {
             return Ok(None);
         };
+        d.changed.insert(vblock);
         d.details.mapped_blocks = d.details.mapped_blocks.saturating_sub(1);
         if d.highest == Some(vblock) {
             d.highest = d.map.keys().copied().max();
@@ -387,6 +394,7 @@ impl ThinPool {
         }
         self.data.flush()?;
         let mut devices: Devices = BTreeMap::new();
+        let mut bases = BTreeMap::new();
         let mut refs: BTreeMap<u64, u32> = BTreeMap::new();
         for (&id, dev) in &st.devices {
             let d = read(dev);
@@ -394,6 +402,15 @@ impl ThinPool {
             maps.sort_unstable_by_key(|&(k, _)| k);
             for (_, bt) in &maps {
                 *refs.entry(bt.block).or_insert(0) += 1;
+            }
+            if let Some(root) = d.base {
+                bases.insert(
+                    id,
+                    Base {
+                        root,
+                        changed: d.changed.clone(),
+                    },
+                );
             }
             devices.insert(id, (d.details, maps));
         }
@@ -409,9 +426,15 @@ impl ThinPool {
             .into_iter()
             .filter(|b| !held.meta.contains_key(b))
             .collect();
-        let tx = Transaction::build(&st.sb, free, &devices, &refs, &held.meta)?;
+        let tx = Transaction::build(&st.sb, free, &devices, &bases, Some(&st.committed))?;
         tx.commit(st.committed.dev())?;
         let md = Metadata::open(Arc::clone(&self.meta))?;
+        let roots = md.device_roots()?;
+        for (id, dev) in &st.devices {
+            let mut d = write(dev);
+            d.base = roots.get(id).copied();
+            d.changed.clear();
+        }
         st.sb = md.superblock().clone();
         st.committed = md;
         st.committed_used.fill(false);
@@ -558,6 +581,9 @@ impl ThinPool {
                 let snap = DevState {
                     map: o.map.clone(),
                     highest: o.highest,
+                    // __create_snap shares the origin's root: so does the next commit.
+                    base: o.base,
+                    changed: o.changed.clone(),
                     details: DeviceDetails {
                         mapped_blocks: o.details.mapped_blocks,
                         transaction_id: st.sb.transaction_id,
@@ -608,8 +634,8 @@ impl ThinPool {
             }
             "release_metadata_snap" => {
                 count(1)?;
-                // __release_metadata_snap. dmemu's next commit lays the metadata out
-                // afresh, so the snapshot's blocks simply stop being counted.
+                // __release_metadata_snap. dmemu's next commit counts references from
+                // the live trees only, so blocks just the snapshot held come out free.
                 if st.sb.held_root == 0 {
                     return Err(pool_error(
                         "No pool metadata snapshot found: nothing to release.".to_string(),

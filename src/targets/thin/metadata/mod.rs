@@ -186,20 +186,25 @@ impl Metadata {
         if held_root == 0 {
             return Ok(None);
         }
+        let mut rc = RefCounts::default();
+        let mut seen = std::collections::HashSet::new();
+        self.snapshot_refs_into(held_root, &mut rc, &mut seen)?;
+        Ok(Some(rc))
+    }
+
+    /// `snapshot_refs` adding into `rc`, skipping the children of nodes already in `seen`
+    /// (a node shared with trees counted before counts its children once).
+    pub fn snapshot_refs_into(
+        &self,
+        held_root: u64,
+        rc: &mut RefCounts,
+        seen: &mut std::collections::HashSet<u64>,
+    ) -> Result<()> {
         let buf = self.dev.read(held_root, Kind::Superblock)?;
         let copy = Superblock::parse(&buf, held_root)?;
-        let mut rc = RefCounts::default();
         *rc.meta.entry(held_root).or_insert(0) += 1;
-        let mut seen = std::collections::HashSet::new();
-        self.count_node(copy.data_mapping_root, Level::Top, 0, &mut rc, &mut seen)?;
-        self.count_node(
-            copy.device_details_root,
-            Level::Details,
-            0,
-            &mut rc,
-            &mut seen,
-        )?;
-        Ok(Some(rc))
+        self.count_node(copy.data_mapping_root, Level::Top, 0, rc, seen)?;
+        self.count_node(copy.device_details_root, Level::Details, 0, rc, seen)
     }
 
     fn count_node(

@@ -297,21 +297,11 @@ fn model(md: &Metadata) -> (writer::Devices, BTreeMap<u64, u32>) {
 fn rewrite(image: Vec<u8>) -> Vec<u8> {
     let vol = Arc::new(MemVolume::from_bytes(image).unwrap());
     let md = Metadata::open(vol.clone()).unwrap();
-    let (devs, mut refs) = model(&md);
-    // As the pool's commit does: a held snapshot's references are kept.
-    let held = md
-        .snapshot_refs(md.superblock().held_root)
-        .unwrap()
-        .unwrap_or_default();
-    for (&b, &c) in &held.data {
-        *refs.entry(b).or_insert(0) += c;
-    }
-    let free: Vec<u64> = writer::free_metadata_blocks(&md)
-        .unwrap()
-        .into_iter()
-        .filter(|b| !held.meta.contains_key(b))
-        .collect();
-    let tx = writer::Transaction::build(md.superblock(), free, &devs, &refs, &held.meta).unwrap();
+    let (devs, _) = model(&md);
+    // Laid out afresh (no device names a committed base); a held snapshot is kept.
+    let free: Vec<u64> = writer::free_metadata_blocks(&md).unwrap();
+    let tx = writer::Transaction::build(md.superblock(), free, &devs, &BTreeMap::new(), Some(&md))
+        .unwrap();
     tx.commit(md.dev()).unwrap();
     vol.to_vec()
 }
