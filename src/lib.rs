@@ -24,6 +24,7 @@
 //! # Ok::<(), dmemu::Error>(())
 //! ```
 
+mod block_map;
 pub mod cli;
 pub mod clock;
 pub mod error;

@@ -8,8 +8,6 @@
 //! one exception. An origin write takes each snapshot's store lock in turn before it writes
 //! the origin, so it waits for a snapshot write that is copying the same chunk.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -23,27 +21,7 @@ use super::store::{Loaded, PersistentStore, TransientStore, Usage};
 use super::{MergeStep, OriginSnapshots, SnapshotArgs, SnapshotDiscard, SnapshotKind, StoreType};
 use crate::targets::{Target, TargetSpec};
 
-/// Multiplicative hash for chunk numbers (the kernel's `exception_hash` is a mask; a
-/// multiply spreads consecutive chunks over the table just as well and costs one cycle).
-#[derive(Default)]
-pub(crate) struct ChunkHasher(u64);
-
-impl Hasher for ChunkHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ 0x5555_5555_5555_5555).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 ^= self.0 >> 29;
-    }
-}
-
-type ExceptionMap = HashMap<u64, u64, BuildHasherDefault<ChunkHasher>>;
+type ExceptionMap = crate::block_map::BlockMap<u64>;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

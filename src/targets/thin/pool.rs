@@ -8,8 +8,7 @@
 //! `metadata::writer`: new blocks, flush, superblock last. I/O to the pool device itself
 //! goes to the data device, as `pool_map` remaps every bio there.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
@@ -29,27 +28,7 @@ use crate::targets::{DeviceAt, Target};
 /// not used.
 const METADATA_MAX_SECTORS: u64 = 255 * ((1 << 14) - 64) * BLOCK_SECTORS;
 
-/// A multiplicative (Fibonacci) hash for block numbers: the index sits on the 4 KiB read
-/// path, where SipHash would cost more than the lookup (keys are virtual block numbers of
-/// one device; the table's size is bounded by the metadata).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct BlockHasher(u64);
-
-impl Hasher for BlockHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-pub(super) type BlockMap = HashMap<u64, BlockTime, BuildHasherDefault<BlockHasher>>;
+pub(super) type BlockMap = crate::block_map::BlockMap<BlockTime>;
 
 /// One thin device's mappings (the in-memory index of its btree) and details; shared by
 /// the pool and the thin targets open on it.

@@ -7,30 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 
-/// Hash block indexes are small integers: a multiplicative hash is enough and much cheaper
-/// than SipHash on this hot path (the keys are not attacker-chosen in a useful way: they are
-/// positions the tree geometry allows).
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct BlockHasher(u64);
-
-impl std::hash::Hasher for BlockHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type Build = std::hash::BuildHasherDefault<BlockHasher>;
-
 /// Cached blocks by hash block index, and their insertion order.
-type CacheMap = (HashMap<u64, Arc<[u8]>, Build>, VecDeque<u64>);
+type CacheMap = (crate::block_map::BlockMap<Arc<[u8]>>, VecDeque<u64>);
 
 /// A bounded FIFO of verified hash blocks.
 #[derive(Debug)]
