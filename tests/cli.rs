@@ -1,20 +1,9 @@
 //! End-to-end tests of the `dmemu` command: exit status, stdout, stderr.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
-fn dmemu(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dmemu"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
+mod cli_support;
+use cli_support::dmemu;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -1,9 +1,12 @@
 //! `dmemu luks ...` end to end on the cryptsetup/kernel fixtures of tests/fixtures/luks:
 //! passphrase sources as cryptsetup reads them, dump and table output, read and write.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+mod cli_support;
+use cli_support::dmemu;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luks")
@@ -18,18 +21,6 @@ fn unpack(tmp: &Path, name: &str) -> PathBuf {
     let p = tmp.join(name);
     std::fs::write(&p, out).unwrap();
     p
-}
-
-fn dmemu(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dmemu"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {

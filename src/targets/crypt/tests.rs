@@ -5,10 +5,10 @@ use super::*;
 use crate::table::parse_line_params;
 use crate::targets::{Keys, TargetSpec};
 
-const KEY256: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\
+pub(super) const KEY256: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\
                       202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f";
 
-fn parse(len: u64, params: &str) -> crate::Result<CryptArgs> {
+pub(super) fn parse(len: u64, params: &str) -> crate::Result<CryptArgs> {
     match parse_line_params("crypt", SectorCount(len), params)? {
         TargetSpec::Crypt(a) => Ok(a),
         other => panic!("not crypt: {other:?}"),
