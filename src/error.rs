@@ -96,6 +96,24 @@ pub enum Error {
     /// A device reference that no file, mapping or defined device satisfies (ENODEV).
     #[error("unknown device {0:?}")]
     NoDevice(String),
+    /// The device or image is in use: opened by another process or device, or held by a
+    /// live table (EBUSY, as the kernel answers a remove of an open device).
+    #[error("{what}: {reason}")]
+    Busy {
+        /// The device name or image path.
+        what: String,
+        /// Why it is busy, in the kernel's words where it has them.
+        reason: String,
+    },
+    /// A device with that name or uuid already exists (EEXIST, dm-ioctl's `dm_hash_insert`).
+    #[error("{what} already exists")]
+    Exists {
+        /// `name NAME` or `uuid UUID`.
+        what: String,
+    },
+    /// No mapped device with that name, uuid or number (ENXIO, dm-ioctl's `find_device`).
+    #[error("{0}: no such device")]
+    NoSuchDevice(String),
     /// Here the kernel would restart or panic the machine (dm-verity's `restart_on_*` /
     /// `panic_on_*`). dmemu never does; the I/O fails with this error (EIO) so the caller can
     /// tell it apart from an ordinary failure and decide.
@@ -162,6 +180,12 @@ pub mod errno {
     pub const EROFS: i32 = 30;
     /// Operation not supported.
     pub const EOPNOTSUPP: i32 = 95;
+    /// Device or resource busy.
+    pub const EBUSY: i32 = 16;
+    /// File exists.
+    pub const EEXIST: i32 = 17;
+    /// No such device or address.
+    pub const ENXIO: i32 = 6;
 }
 
 impl Error {
@@ -181,6 +205,9 @@ impl Error {
             Error::ReadOnly { .. } => errno::EROFS,
             Error::Unsupported { .. } => errno::EOPNOTSUPP,
             Error::NoDevice(_) => errno::ENODEV,
+            Error::Busy { .. } => errno::EBUSY,
+            Error::Exists { .. } => errno::EEXIST,
+            Error::NoSuchDevice(_) => errno::ENXIO,
         }
     }
 

@@ -37,6 +37,83 @@ pub trait Volume: Send + Sync + fmt::Debug {
     /// The range's contents are no longer needed (REQ_OP_DISCARD). What a later read returns
     /// is documented per implementation; volumes that cannot discard return `Unsupported`.
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()>;
+
+    /// A write with force-unit-access (REQ_FUA): `buf` is durable when this returns. The
+    /// default writes and then flushes, which is what the block layer does for a device
+    /// without native FUA.
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        self.write(sector, buf)?;
+        self.flush()
+    }
+
+    /// Make `[sector, sector + count)` read as zeros (REQ_OP_WRITE_ZEROES). With
+    /// `Unmap::Allowed` the volume may deallocate the range instead of writing zeros
+    /// (NBD_CMD_WRITE_ZEROES without NBD_CMD_FLAG_NO_HOLE); with `Unmap::Forbidden` the range
+    /// stays allocated. The default writes zero buffers of at most `ZERO_CHUNK` bytes.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
+        let _ = unmap;
+        check_range(self.size(), sector, count)?;
+        write_zero_buffers(self, sector, count)
+    }
+
+    /// How `[sector, sector + count)` is allocated (NBD's `base:allocation` context):
+    /// extents in order from `sector`, adjacent extents of equal state merged, covering at
+    /// least one sector and at most the range. An implementation may stop early (after a
+    /// bounded number of extents), so callers loop from where the answer ends. The default
+    /// says the whole range is data.
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.size(), sector, count)?;
+        Ok(vec![Extent {
+            len: count,
+            state: Allocation::Data,
+        }])
+    }
+}
+
+/// Whether `write_zeroes` may deallocate the range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmap {
+    /// The volume may punch a hole or unmap blocks, as long as the range reads as zeros.
+    Allowed,
+    /// The range must stay allocated (NBD_CMD_FLAG_NO_HOLE, REQ_NOUNMAP).
+    Forbidden,
+}
+
+/// The allocation state of an extent (NBD `base:allocation` flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// Allocated; contents may be anything (flags 0).
+    Data,
+    /// Allocated and known to read as zeros (NBD_STATE_ZERO).
+    Zero,
+    /// Not allocated, reads as zeros (NBD_STATE_HOLE | NBD_STATE_ZERO).
+    Hole,
+}
+
+/// A run of sectors in one allocation state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Length of the run.
+    pub len: SectorCount,
+    /// Its state.
+    pub state: Allocation,
+}
+
+/// Largest zero buffer the default `write_zeroes` writes at once (1 MiB).
+pub const ZERO_CHUNK: usize = 1 << 20;
+
+/// Write zeros over `[sector, sector + count)` in buffers of at most `ZERO_CHUNK` bytes.
+pub fn write_zero_buffers<V: Volume + ?Sized>(
+    volume: &V,
+    sector: Sector,
+    count: SectorCount,
+) -> Result<()> {
+    let chunk = SectorCount::floor_bytes(ZERO_CHUNK as u64);
+    let zeros = vec![0u8; ZERO_CHUNK.min(count.usize_bytes().unwrap_or(ZERO_CHUNK))];
+    for (at, len) in chunks(sector, count, chunk) {
+        volume.write(at, &zeros[..len.usize_bytes()?])?;
+    }
+    Ok(())
 }
 
 /// A volume shared between targets and threads.
