@@ -118,7 +118,11 @@ fn bench_reads(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("raw_pread", len), |b| {
             b.iter(|| raw.read_exact_at(buf.buf(len), next() * 512).unwrap())
         });
-        let targets: [(&str, &dyn Volume); 5] = [
+        // The live table alone beside the device: the device's own cost (suspend gate,
+        // live-table lookup) is the difference, measured in the same run.
+        let linear_mem_table = linear_mem.live_table().unwrap();
+        let targets: [(&str, &dyn Volume); 6] = [
+            ("linear_mem_table_only", &*linear_mem_table),
             ("linear_file", &*linear_file),
             ("striped_file", &*striped_file),
             ("linear_mmap", &*mapped),
@@ -169,6 +173,7 @@ fn bench_lookup(c: &mut Criterion) {
         text.push_str(&format!("{} 8 zero\n", i * 8));
     }
     let dev = device(&Registry::new(), &text, TableMode::ReadWrite);
+    let table = dev.live_table().unwrap();
     // A fixed pseudo-random walk over the device (xorshift), so lookups miss the cache as a
     // real workload's would.
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -184,7 +189,7 @@ fn bench_lookup(c: &mut Criterion) {
     c.bench_function("segment_lookup_100k_lines", |b| {
         b.iter(|| {
             i = (i + 1) & 4095;
-            black_box(dev.segment_index(sectors[i]))
+            black_box(table.segment_index(sectors[i]))
         })
     });
     let mut buf = Aligned::new(512);
@@ -196,5 +201,36 @@ fn bench_lookup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_reads, bench_lookup);
+/// load + resume of a linear table on a device while another thread issues 4 KiB random
+/// reads to it without pause.
+fn bench_swap(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let r = Registry::new();
+    r.insert_volume(
+        "m",
+        Arc::new(MemVolume::new(SectorCount(IMAGE_SECTORS)).unwrap()),
+    );
+    let line = format!("0 {IMAGE_SECTORS} linear m 0");
+    let dev = device(&r, &line, TableMode::ReadWrite);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = Aligned::new(4096);
+            let mut next = offsets(4096, IMAGE_SECTORS);
+            while !stop.load(Ordering::Relaxed) {
+                dev.read(Sector(next()), buf.buf(4096)).unwrap();
+            }
+        });
+        c.bench_function("table_swap_under_4k_random_reads", |b| {
+            b.iter(|| {
+                r.load("bench", Table::parse(&line).unwrap(), TableMode::ReadWrite)
+                    .unwrap();
+                r.resume("bench").unwrap();
+            })
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
+criterion_group!(benches, bench_reads, bench_lookup, bench_swap);
 criterion_main!(benches);

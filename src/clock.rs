@@ -34,6 +34,57 @@ pub trait Clock: Send + Sync + fmt::Debug {
         let _ = (alarm, deadline);
         false
     }
+
+    /// Like `sleep_until`, but return early once `stop` is raised (a suspend releasing
+    /// delay's held requests). The raiser calls `stop.raise(clock)`. The default, for a
+    /// user's own clock, cannot be interrupted and sleeps to the deadline.
+    fn sleep_until_or(&self, deadline: Duration, stop: &Stop) {
+        let _ = stop;
+        self.sleep_until(deadline);
+    }
+
+    /// Wake threads blocked in `sleep_until_or` so they look at their `Stop` again.
+    fn wake_sleepers(&self) {}
+}
+
+/// A flag that ends `Clock::sleep_until_or` early: raised by `presuspend`, lowered by
+/// `resume`.
+#[derive(Debug, Default)]
+pub struct Stop {
+    raised: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    /// Whether the flag is up.
+    #[must_use]
+    pub fn is_raised(&self) -> bool {
+        *self.raised.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Raise the flag and wake every sleeper on `clock`.
+    pub fn raise(&self, clock: &dyn Clock) {
+        *self.raised.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.changed.notify_all();
+        clock.wake_sleepers();
+    }
+
+    /// Lower the flag.
+    pub fn lower(&self) {
+        *self.raised.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    }
+
+    /// Wait in real time until raised or `timeout` passes.
+    fn wait_timeout(&self, timeout: Duration) {
+        let g = self.raised.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*g {
+            drop(
+                self.changed
+                    .wait_timeout(g, timeout)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+    }
 }
 
 /// Something a clock's timer calls at deadlines (see `Clock::set_alarm`).
@@ -97,6 +148,16 @@ impl Clock for SystemClock {
                 return;
             }
             std::thread::sleep(deadline - now);
+        }
+    }
+
+    fn sleep_until_or(&self, deadline: Duration, stop: &Stop) {
+        loop {
+            let now = self.now();
+            if now >= deadline || stop.is_raised() {
+                return;
+            }
+            stop.wait_timeout(deadline - now);
         }
     }
 
@@ -369,14 +430,24 @@ impl Clock for ManualClock {
     }
 
     fn sleep_until(&self, deadline: Duration) {
+        self.sleep_until_or(deadline, &Stop::default());
+    }
+
+    fn wake_sleepers(&self) {
+        // Take the lock so a sleeper between its check and its wait is not missed.
+        drop(self.lock());
+        self.changed.notify_all();
+    }
+
+    fn sleep_until_or(&self, deadline: Duration, stop: &Stop) {
         let mut s = self.lock();
-        if s.now >= deadline {
+        if s.now >= deadline || stop.is_raised() {
             return;
         }
         *s.sleepers.entry(deadline).or_insert(0) += 1;
         // Tell `wait_for_sleepers` a thread is now held.
         self.changed.notify_all();
-        while s.now < deadline {
+        while s.now < deadline && !stop.is_raised() {
             s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
         if let Some(n) = s.sleepers.get_mut(&deadline) {

@@ -145,7 +145,8 @@ fn command(dev: &MappedDevice, words: &[&str]) -> Result<String> {
         "seed" => {
             arity(words, 2, "seed <n>")?;
             let seed = number(words, 1, "seed")?;
-            for seg in dev.segments() {
+            let live = dev.live_table();
+            for seg in live.iter().flat_map(|t| t.segments()) {
                 let any: Arc<dyn std::any::Any + Send + Sync> =
                     Arc::clone(&seg.target) as Arc<dyn Target>;
                 if let Ok(f) = any.downcast::<Flakey>() {

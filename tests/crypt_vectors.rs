@@ -145,7 +145,7 @@ fn crypt_tables_are_refused_and_accepted_with_the_kernels_words() {
         let (len, params, kernel) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
         let len = SectorCount(len.parse().unwrap());
         let ours = parse_line_params("crypt", len, params)
-            .and_then(|spec| spec.build(len, &registry).map(|_| spec));
+            .and_then(|spec| spec.build(len, &registry.context()).map(|_| spec));
         match (kernel.split_once(' ').unwrap(), ours) {
             (("ERR", msg), Err(e)) if e.to_string().contains(msg) => {}
             (("OK", printed), Ok(spec)) => {

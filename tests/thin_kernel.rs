@@ -66,7 +66,12 @@ fn thins_over_kernel_metadata_read_back_with_the_kernels_sha256() {
     let want = kernel("SHA256");
     assert_eq!(want.len(), 3);
     for d in devs.iter().filter(|d| d.name() != "pool") {
-        assert_eq!(sha256_of(d.as_ref()), want[d.name()], "{}", d.name());
+        assert_eq!(
+            sha256_of(d.as_ref()),
+            want[d.name().as_str()],
+            "{}",
+            d.name()
+        );
     }
 }
 
@@ -78,7 +83,7 @@ fn pool_and_thin_status_lines_equal_dmsetup_status() {
     for d in &devs {
         assert_eq!(
             d.status_text(),
-            format!("{}\n", want[d.name()]),
+            format!("{}\n", want[d.name().as_str()]),
             "{}",
             d.name()
         );
@@ -92,7 +97,12 @@ fn pool_and_thin_tables_print_back_as_dmsetup_table() {
     let want = kernel("TABLE");
     for d in &devs {
         let ours = d.table_text(Keys::Hidden).replace(" pool ", " 253:0 ");
-        assert_eq!(ours, format!("{}\n", want[d.name()]), "{}", d.name());
+        assert_eq!(
+            ours,
+            format!("{}\n", want[d.name().as_str()]),
+            "{}",
+            d.name()
+        );
     }
 }
 

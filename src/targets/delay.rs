@@ -19,10 +19,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Stop};
 use crate::error::Result;
-use crate::registry::Registry;
 use crate::table::args::{ArgResult, Args};
+use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
@@ -147,16 +147,19 @@ pub struct Delay {
     classes: [LiveClass; 3],
     clock: SharedClock,
     size: SectorCount,
+    /// Raised from presuspend to resume (`may_delay` false): held requests are released and
+    /// new ones pass at once.
+    stop: Stop,
 }
 
 impl Delay {
     /// Resolve the devices of each class (in the kernel's order: read, write, flush) and check
     /// that each mapped range lies on its device; time comes from the registry's clock.
-    pub fn new(args: &DelayArgs, len: SectorCount, registry: &Registry) -> Result<Delay> {
+    pub fn new(args: &DelayArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Delay> {
         let [r, w, f] = args.classes();
         let live = |c: &DelayClass| -> Result<LiveClass> {
             Ok(LiveClass {
-                device: registry.device_area(&c.dest, len)?,
+                device: device_area(ctx, &c.dest, len)?,
                 offset: c.dest.offset,
                 delay: Duration::from_millis(u64::from(c.delay_ms)),
                 held: AtomicU32::new(0),
@@ -164,8 +167,9 @@ impl Delay {
         };
         Ok(Delay {
             classes: [live(r)?, live(w)?, live(f)?],
-            clock: registry.clock(),
+            clock: ctx.clock(),
             size: len,
+            stop: Stop::default(),
         })
     }
 
@@ -190,19 +194,20 @@ impl Delay {
             classes: [live(r)?, live(w)?, live(f)?],
             clock,
             size: len,
+            stop: Stop::default(),
         })
     }
 
     /// Hold the calling request for its class's delay (`delay_bio`), then return the class.
     fn hold(&self, class: Class) -> &LiveClass {
         let c = &self.classes[class as usize];
-        if c.delay.is_zero() {
+        if c.delay.is_zero() || self.stop.is_raised() {
             return c;
         }
         let deadline = self.clock.now().saturating_add(c.delay);
         c.held.fetch_add(1, Ordering::AcqRel);
         let _held = Held(&c.held);
-        self.clock.sleep_until(deadline);
+        self.clock.sleep_until_or(deadline, &self.stop);
         c
     }
 
@@ -249,6 +254,17 @@ impl Target for Delay {
 
     fn holds_requests(&self) -> bool {
         true
+    }
+
+    /// `delay_presuspend`: every held request goes on at once, and new ones are not held
+    /// until resume (`may_delay = false`).
+    fn presuspend(&self) {
+        self.stop.raise(&*self.clock);
+    }
+
+    /// `delay_resume`: requests are held again.
+    fn resume(&self) {
+        self.stop.lower();
     }
 }
 

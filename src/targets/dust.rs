@@ -25,8 +25,8 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
-use crate::registry::Registry;
 use crate::table::args::{scan_llu, ArgResult, Args};
+use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount, SECTOR_SHIFT};
 use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
 
@@ -159,8 +159,8 @@ fn msg_error(reason: impl Into<String>) -> Error {
 
 impl Dust {
     /// The kernel's ctr: resolve the device and check the range.
-    pub fn new(args: &DustArgs, len: SectorCount, registry: &Registry) -> Result<Dust> {
-        let device = registry.device_area(&args.dest, len)?;
+    pub fn new(args: &DustArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Dust> {
+        let device = device_area(ctx, &args.dest, len)?;
         Dust::over(device, args, len)
     }
 

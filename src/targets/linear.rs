@@ -6,8 +6,8 @@
 use std::fmt;
 
 use crate::error::Result;
-use crate::registry::Registry;
 use crate::table::args::{ArgResult, Args};
+use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
@@ -53,8 +53,8 @@ pub struct Linear {
 
 impl Linear {
     /// Resolve the device and check that `[offset, offset + len)` lies on it.
-    pub fn new(args: &LinearArgs, len: SectorCount, registry: &Registry) -> Result<Linear> {
-        let device = registry.device_area(&args.dest, len)?;
+    pub fn new(args: &LinearArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Linear> {
+        let device = device_area(ctx, &args.dest, len)?;
         Ok(Linear {
             device,
             offset: args.dest.offset,

@@ -9,12 +9,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::registry::Registry;
 use crate::table::args::{ArgResult, Args};
 use crate::table::lexer::escape;
+use crate::targets::context::BuildContext;
 use crate::units::SectorCount;
 use crate::volume::Volume;
 
+pub mod context;
 pub mod crypt;
 pub mod delay;
 pub mod dust;
@@ -61,6 +62,25 @@ pub trait Target: Volume + Any {
     fn holds_requests(&self) -> bool {
         false
     }
+
+    /// `presuspend`: the device is about to suspend; new I/O will wait and in-flight I/O
+    /// must be able to finish (delay releases every held request).
+    fn presuspend(&self) {}
+
+    /// `postsuspend`: the device is suspended and no I/O is in flight (thin-pool commits
+    /// its metadata, crypt accepts key messages). A failure is reported, the suspend stands.
+    fn postsuspend(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// `preresume`: the table is about to go live (again); an error aborts the resume and
+    /// the device stays suspended (crypt without a key: EAGAIN).
+    fn preresume(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// `resume`: the table is live and I/O flows again.
+    fn resume(&self) {}
 
     /// The line's arguments as `dmsetup table` prints them once the target is built, when
     /// construction settles something the text left open (a snapshot's chunk size 0 becomes
@@ -274,23 +294,53 @@ impl TargetSpec {
         }
     }
 
+    /// The devices the line names, in argument order (what `dmsetup deps` lists).
+    #[must_use]
+    pub fn device_refs(&self) -> Vec<String> {
+        let at = |d: &DeviceAt| d.device.0.clone();
+        match self {
+            TargetSpec::Linear(a) => vec![at(&a.dest)],
+            TargetSpec::Striped(a) => a.stripes.iter().map(at).collect(),
+            TargetSpec::Crypt(a) => vec![at(&a.dest)],
+            TargetSpec::Verity(a) => {
+                let mut v = vec![a.data_dev.0.clone(), a.hash_dev.0.clone()];
+                v.extend(a.fec.iter().map(|f| f.device.0.clone()));
+                v
+            }
+            TargetSpec::Delay(a) => a.classes().iter().map(|c| at(&c.dest)).collect(),
+            TargetSpec::Flakey(a) => vec![at(&a.dest)],
+            TargetSpec::Dust(a) => vec![at(&a.dest)],
+            TargetSpec::Snapshot(a) | TargetSpec::SnapshotMerge(a) => {
+                vec![a.origin.0.clone(), a.cow.0.clone()]
+            }
+            TargetSpec::SnapshotOrigin(a) => vec![a.origin.0.clone()],
+            TargetSpec::ThinPool(a) => vec![a.metadata.0.clone(), a.data.0.clone()],
+            TargetSpec::Thin(a) => {
+                let mut v = vec![a.pool.0.clone()];
+                v.extend(a.external_origin.iter().map(|o| o.0.clone()));
+                v
+            }
+            TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
+        }
+    }
+
     /// Construct the target (the kernel's ctr) for a line of `len` sectors.
-    pub fn build(&self, len: SectorCount, registry: &Registry) -> Result<Arc<dyn Target>> {
+    pub fn build(&self, len: SectorCount, ctx: &dyn BuildContext) -> Result<Arc<dyn Target>> {
         Ok(match self {
-            TargetSpec::Linear(a) => Arc::new(Linear::new(a, len, registry)?),
-            TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, registry)?),
-            TargetSpec::Crypt(a) => Arc::new(Crypt::new(a, len, registry)?),
+            TargetSpec::Linear(a) => Arc::new(Linear::new(a, len, ctx)?),
+            TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, ctx)?),
+            TargetSpec::Crypt(a) => Arc::new(Crypt::new(a, len, ctx)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),
-            TargetSpec::Verity(a) => Arc::new(Verity::new(a, len, registry)?),
-            TargetSpec::Delay(a) => Arc::new(Delay::new(a, len, registry)?),
-            TargetSpec::Flakey(a) => Arc::new(Flakey::new(a, len, registry)?),
-            TargetSpec::Dust(a) => Arc::new(Dust::new(a, len, registry)?),
-            TargetSpec::Snapshot(a) => Snapshot::new(a, SnapshotKind::Snapshot, len, registry)?,
-            TargetSpec::SnapshotMerge(a) => Snapshot::new(a, SnapshotKind::Merge, len, registry)?,
-            TargetSpec::SnapshotOrigin(a) => Arc::new(Origin::new(a, len, registry)?),
-            TargetSpec::ThinPool(a) => Arc::new(ThinPool::new(a, len, registry)?),
-            TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, registry)?),
+            TargetSpec::Verity(a) => Arc::new(Verity::new(a, len, ctx)?),
+            TargetSpec::Delay(a) => Arc::new(Delay::new(a, len, ctx)?),
+            TargetSpec::Flakey(a) => Arc::new(Flakey::new(a, len, ctx)?),
+            TargetSpec::Dust(a) => Arc::new(Dust::new(a, len, ctx)?),
+            TargetSpec::Snapshot(a) => Snapshot::new(a, SnapshotKind::Snapshot, len, ctx)?,
+            TargetSpec::SnapshotMerge(a) => Snapshot::new(a, SnapshotKind::Merge, len, ctx)?,
+            TargetSpec::SnapshotOrigin(a) => Arc::new(Origin::new(a, len, ctx)?),
+            TargetSpec::ThinPool(a) => Arc::new(ThinPool::new(a, len, ctx)?),
+            TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, ctx)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

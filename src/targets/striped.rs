@@ -10,8 +10,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::Result;
-use crate::registry::Registry;
 use crate::table::args::{ArgResult, Args};
+use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
 
@@ -96,7 +96,7 @@ pub struct Striped {
 
 impl Striped {
     /// Resolve every stripe's device and check each holds `len / stripes` sectors.
-    pub fn new(args: &StripedArgs, len: SectorCount, registry: &Registry) -> Result<Striped> {
+    pub fn new(args: &StripedArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Striped> {
         let n = args.stripes.len() as u64;
         let width = SectorCount(len.0 / n);
         let stripes = args
@@ -104,7 +104,7 @@ impl Striped {
             .iter()
             .map(|d| {
                 Ok(Stripe {
-                    device: registry.device_area(d, width)?,
+                    device: device_area(ctx, d, width)?,
                     offset: d.offset,
                     label: d.device.to_string(),
                     failed: AtomicBool::new(false),

@@ -8,7 +8,7 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
@@ -141,10 +141,10 @@ impl fmt::Debug for Crypt {
 
 impl Crypt {
     /// Construct like `crypt_ctr`: resolve the device (which must hold `[offset, offset +
-    /// len)`), key the transforms. Keyring keys come from `registry.keyring()`.
-    pub fn new(args: &CryptArgs, len: SectorCount, registry: &Registry) -> Result<Crypt> {
-        let device = registry.device_area(&args.dest, len)?;
-        Crypt::over(device, args, len, registry.keyring())
+    /// len)`), key the transforms. Keyring keys come from `ctx.keyring()`.
+    pub fn new(args: &CryptArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Crypt> {
+        let device = device_area(ctx, &args.dest, len)?;
+        Crypt::over(device, args, len, ctx.keyring())
     }
 
     /// Construct over an already-open device (library use, tests, benches).

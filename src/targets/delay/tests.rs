@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::clock::ManualClock;
+use crate::registry::Registry;
 use crate::volume::MemVolume;
 
 fn parse(s: &str) -> ArgResult<DelayArgs> {
@@ -137,7 +138,7 @@ fn delay_through_registry_uses_registry_clock_and_checks_device_area() {
     let reg = Registry::new().with_clock(clock.clone());
     reg.insert_volume("disk", Arc::new(MemVolume::new(SectorCount(16)).unwrap()));
     let args = parse("disk 0 20").unwrap();
-    let d = Arc::new(Delay::new(&args, SectorCount(16), &reg).unwrap());
+    let d = Arc::new(Delay::new(&args, SectorCount(16), &reg.context()).unwrap());
     let d2 = Arc::clone(&d);
     let t = thread::spawn(move || d2.write(Sector(0), &[3u8; 512]));
     assert!(clock.wait_for_sleepers(1, Duration::from_secs(10)));
@@ -145,7 +146,7 @@ fn delay_through_registry_uses_registry_clock_and_checks_device_area() {
     clock.advance(Duration::from_millis(20));
     t.join().unwrap().unwrap();
     let too_long = parse("disk 1 20").unwrap();
-    assert!(Delay::new(&too_long, SectorCount(16), &reg).is_err());
+    assert!(Delay::new(&too_long, SectorCount(16), &reg.context()).is_err());
 }
 
 /// `dmsetup status` of the 6.12 kernel while one 4 KiB `op` from sector 4 was held by the

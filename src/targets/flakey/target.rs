@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::clock::{Alarm, SharedClock};
 use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
@@ -177,9 +177,9 @@ fn failed(reason: &str) -> Error {
 impl Flakey {
     /// The kernel's ctr: resolve the device, check the range, start the up/down schedule on
     /// the registry's clock.
-    pub fn new(args: &FlakeyArgs, len: SectorCount, registry: &Registry) -> Result<Flakey> {
-        let device = registry.device_area(&args.dest, len)?;
-        Flakey::over(device, args, len, registry.clock())
+    pub fn new(args: &FlakeyArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Flakey> {
+        let device = device_area(ctx, &args.dest, len)?;
+        Flakey::over(device, args, len, ctx.clock())
     }
 
     /// A flakey mapping over an already-open volume (library use); `args.dest.device` is only

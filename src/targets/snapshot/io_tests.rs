@@ -112,7 +112,7 @@ fn entry(cow: &MemVolume, chunk: u64, i: usize) -> DiskException {
 }
 
 fn status(d: &MappedDevice) -> String {
-    d.segments()[0].target.status()
+    d.single_target().unwrap().status()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::targets::context::{device_area, BuildContext};
 use crate::targets::{DeviceAt, DeviceRef, Target};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, chunks, SharedVolume, Volume};
@@ -64,11 +64,12 @@ impl OriginSnapshots {
 /// The first `len` sectors of the origin device: how both `origin_ctr` and `snapshot_ctr`
 /// open it (`dm_get_device` of the whole origin; the target maps it from sector 0).
 pub(super) fn origin_area(
-    registry: &Registry,
+    ctx: &dyn BuildContext,
     device: &DeviceRef,
     len: SectorCount,
 ) -> Result<SharedVolume> {
-    registry.device_area(
+    device_area(
+        ctx,
         &DeviceAt {
             device: device.clone(),
             offset: SectorCount(0),
@@ -87,9 +88,9 @@ pub struct Origin {
 
 impl Origin {
     /// `origin_ctr`.
-    pub fn new(args: &OriginArgs, len: SectorCount, registry: &Registry) -> Result<Origin> {
-        let origin = origin_area(registry, &args.origin, len)?;
-        let links = registry.origin_snapshots(&origin);
+    pub fn new(args: &OriginArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Origin> {
+        let origin = origin_area(ctx, &args.origin, len)?;
+        let links = ctx.origin_snapshots(&origin);
         Ok(Origin::over(origin, len, links))
     }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::targets::context::BuildContext;
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
 
@@ -135,11 +135,11 @@ impl Snapshot {
         args: &SnapshotArgs,
         kind: SnapshotKind,
         len: SectorCount,
-        registry: &Registry,
+        ctx: &dyn BuildContext,
     ) -> Result<Arc<Snapshot>> {
-        let origin = origin_area(registry, &args.origin, len)?;
-        let cow = registry.volume(&args.cow)?;
-        let links = registry.origin_snapshots(&origin);
+        let origin = origin_area(ctx, &args.origin, len)?;
+        let cow = ctx.volume(&args.cow)?;
+        let links = ctx.origin_snapshots(&origin);
         Snapshot::over(args, kind, origin, cow, len, &links)
     }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::targets::context::{typed_target, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
 
@@ -33,12 +33,11 @@ pub struct Thin {
 impl Thin {
     /// `thin_ctr`: find the pool through the registry, open the thin device in its
     /// metadata, open the external origin.
-    pub fn new(args: &ThinArgs, len: SectorCount, registry: &Registry) -> Result<Thin> {
-        let pool = registry
-            .target::<ThinPool>(&args.pool)
+    pub fn new(args: &ThinArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Thin> {
+        let pool = typed_target::<ThinPool>(ctx, &args.pool)
             .map_err(|e| Error::invalid("thin", format!("Couldn't get pool mapped device: {e}")))?;
         let origin = match &args.external_origin {
-            Some(o) => Some(registry.volume(o).map_err(|e| {
+            Some(o) => Some(ctx.volume(o).map_err(|e| {
                 Error::invalid("thin", format!("Error opening origin device: {e}"))
             })?),
             None => None,

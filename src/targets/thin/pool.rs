@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
-use crate::registry::Registry;
 use crate::table::args::parse_kstrtoull;
+use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
@@ -102,9 +102,10 @@ impl ThinPool {
     /// `pool_ctr` + `pool_preresume` for metadata that already exists: open the metadata,
     /// refuse a block size other than the superblock's and a pool smaller than its data
     /// space map.
-    pub fn new(args: &ThinPoolArgs, len: SectorCount, registry: &Registry) -> Result<ThinPool> {
-        let meta = registry.volume(&args.metadata)?;
-        let data = registry.device_area(
+    pub fn new(args: &ThinPoolArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<ThinPool> {
+        let meta = ctx.volume(&args.metadata)?;
+        let data = device_area(
+            ctx,
             &DeviceAt {
                 device: args.data.clone(),
                 offset: SectorCount(0),
@@ -706,6 +707,14 @@ impl Target for ThinPool {
         self.process_message(argv)?;
         self.commit()?;
         Ok(String::new())
+    }
+
+    /// `pool_postsuspend`: the metadata is committed once no I/O is in flight.
+    fn postsuspend(&self) -> Result<()> {
+        if self.read_only() {
+            return Ok(());
+        }
+        self.commit()
     }
 }
 

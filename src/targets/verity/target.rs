@@ -13,7 +13,7 @@ use super::hash::{BlockHasher, MAX_DIGEST};
 use super::hash_tree::Geometry;
 use super::{CorruptionMode, ErrorMode, VerityArgs};
 use crate::error::{Error, HaltAction, Result};
-use crate::registry::Registry;
+use crate::targets::context::{device_area, BuildContext};
 use crate::targets::{DeviceAt, Target};
 use crate::units::{Sector, SectorCount, SECTOR_SIZE};
 use crate::volume::{check_io, SharedVolume, Volume};
@@ -57,17 +57,18 @@ use cache::{AtomicBitmap, HashCache};
 
 impl Verity {
     /// The kernel's ctr: resolve both devices and check that they are large enough.
-    pub fn new(args: &VerityArgs, len: SectorCount, registry: &Registry) -> Result<Verity> {
-        let data = registry.device_area(
+    pub fn new(args: &VerityArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Verity> {
+        let data = device_area(
+            ctx,
             &DeviceAt {
                 device: args.data_dev.clone(),
                 offset: SectorCount(0),
             },
             len,
         )?;
-        let hash = registry.volume(&args.hash_dev)?;
+        let hash = ctx.volume(&args.hash_dev)?;
         let fec = match &args.fec {
-            Some(f) => Some(registry.volume(&f.device)?),
+            Some(f) => Some(ctx.volume(&f.device)?),
             None => None,
         };
         Verity::over_with_fec(args, len, data, hash, fec)

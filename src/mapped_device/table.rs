@@ -1,13 +1,15 @@
-//! `MappedDevice`: a live table as one `Volume`. A request is routed to the line holding its
-//! first sector by binary search and split where it crosses into the next line.
+//! `LoadedTable`: a table whose targets are constructed (the kernel's `struct dm_table`), as
+//! one `Volume`. A request is routed to the line holding its first sector by binary search and
+//! split where it crosses into the next line.
 
 use std::fmt;
 use std::sync::Arc;
 
+use super::{MappedDevice, OpenGuard};
 use crate::error::{Error, Result};
-use crate::registry::Registry;
 use crate::table::{Table, TableMode};
-use crate::targets::{Keys, Target};
+use crate::targets::context::{BuildContext, TableEvents};
+use crate::targets::{Keys, Target, IMMUTABLE_TYPES};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, Volume};
 
@@ -30,9 +32,9 @@ impl fmt::Debug for Segment {
     }
 }
 
-/// A mapped device: a name, a table and its constructed targets.
-#[derive(Debug)]
-pub struct MappedDevice {
+/// A table with its constructed targets. What it holds open (the mapped devices its lines
+/// name) stays open while it lives; dropping it is the kernel's `dm_table_destroy`.
+pub struct LoadedTable {
     name: String,
     table: Table,
     mode: TableMode,
@@ -43,30 +45,41 @@ pub struct MappedDevice {
     size: SectorCount,
     /// Some line holds requests (delay): pieces of a request are served concurrently.
     concurrent: bool,
+    /// What the table keeps open (open-count guards of the mapped devices it uses).
+    holds: Vec<OpenGuard>,
+    /// The hook its targets raise events through.
+    events: TableEvents,
 }
 
-impl MappedDevice {
+impl fmt::Debug for LoadedTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedTable")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .field("segments", &self.segments)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedTable {
     /// Construct every target of `table` (the kernel's table load), resolving devices through
-    /// `registry`.
+    /// `ctx`. `name` names the device in error messages.
     pub fn new(
         name: &str,
         table: Table,
         mode: TableMode,
-        registry: &Registry,
-    ) -> Result<MappedDevice> {
+        ctx: &dyn BuildContext,
+    ) -> Result<LoadedTable> {
         table.validate()?;
         table.check_mode(mode)?;
         let mut segments = Vec::with_capacity(table.lines.len());
         let mut settled = Vec::new();
         for (i, line) in table.lines.iter().enumerate() {
-            let target = line
-                .spec
-                .build(line.len, registry)
-                .map_err(|e| Error::Table {
-                    line: i + 1,
-                    token: None,
-                    reason: format!("{} target: {e}", line.spec.target_type()),
-                })?;
+            let target = line.spec.build(line.len, ctx).map_err(|e| Error::Table {
+                line: i + 1,
+                token: None,
+                reason: format!("{} target: {e}", line.spec.target_type()),
+            })?;
             // A target may settle what the text left open (snapshot chunk size 0); the
             // table then prints what the kernel prints.
             if let Some(spec) = target.table_spec() {
@@ -82,7 +95,9 @@ impl MappedDevice {
         for (i, spec) in settled {
             table.lines[i].spec = spec;
         }
-        Ok(MappedDevice::from_segments(name, table, mode, segments))
+        let mut loaded = LoadedTable::from_segments(name, table, mode, segments);
+        loaded.events = ctx.events();
+        Ok(loaded)
     }
 
     /// Assemble a device from already-built segments (they must tile `table`).
@@ -92,9 +107,11 @@ impl MappedDevice {
         table: Table,
         mode: TableMode,
         segments: Vec<Segment>,
-    ) -> MappedDevice {
+    ) -> LoadedTable {
         let size = table.size();
-        MappedDevice {
+        LoadedTable {
+            holds: Vec::new(),
+            events: TableEvents::new(),
             name: name.to_string(),
             starts: segments.iter().map(|s| s.start.0).collect(),
             concurrent: segments.iter().any(|s| s.target.holds_requests()),
@@ -105,10 +122,36 @@ impl MappedDevice {
         }
     }
 
-    /// The device name.
+    /// Keep the device of `guard` open as long as the table lives.
+    pub fn hold(&mut self, guard: OpenGuard) {
+        self.holds.push(guard);
+    }
+
+    /// The mapped devices the table uses (`dmsetup deps`), in the order first named.
+    pub fn uses(&self) -> impl Iterator<Item = &Arc<MappedDevice>> {
+        self.holds.iter().map(OpenGuard::device)
+    }
+
+    /// The hook its targets raise events through.
     #[must_use]
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn events(&self) -> &TableEvents {
+        &self.events
+    }
+
+    /// The table's immutable target type (`dm_table_get_immutable_target_type`), if any.
+    #[must_use]
+    pub fn immutable_type(&self) -> Option<&str> {
+        self.table
+            .lines
+            .iter()
+            .map(|l| l.spec.target_type())
+            .find(|t| IMMUTABLE_TYPES.contains(t))
+    }
+
+    /// The table mode it was loaded with.
+    #[must_use]
+    pub fn mode(&self) -> TableMode {
+        self.mode
     }
 
     /// The table it was loaded with.
@@ -156,6 +199,37 @@ impl MappedDevice {
         check_range(self.size, sector, SectorCount(1))?;
         let seg = &self.segments[self.segment_index(sector)];
         seg.target.message(argv)
+    }
+
+    /// `dm_table_presuspend_targets`.
+    pub fn presuspend(&self) {
+        for seg in &self.segments {
+            seg.target.presuspend();
+        }
+    }
+
+    /// `dm_table_postsuspend_targets`: every target, the first error reported.
+    pub fn postsuspend(&self) -> Result<()> {
+        let mut first = Ok(());
+        for seg in &self.segments {
+            let r = seg.target.postsuspend();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// `dm_table_resume_targets`: preresume every target (the first error aborts the resume
+    /// and is returned as the target gave it), then resume every target.
+    pub fn resume(&self) -> Result<()> {
+        for seg in &self.segments {
+            seg.target.preresume()?;
+        }
+        for seg in &self.segments {
+            seg.target.resume();
+        }
+        Ok(())
     }
 
     fn writable(&self) -> Result<()> {
@@ -208,7 +282,7 @@ fn run_all<'a>(jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + 'a>>) -> Result
     })
 }
 
-impl Volume for MappedDevice {
+impl Volume for LoadedTable {
     fn size(&self) -> SectorCount {
         self.size
     }
