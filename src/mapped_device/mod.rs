@@ -319,12 +319,38 @@ impl MappedDevice {
             .unwrap_or(Table { lines: Vec::new() })
     }
 
-    /// `DM_TARGET_MSG`: deliver to the live table's target covering `sector`.
+    /// `DM_TARGET_MSG`: messages starting with `@` are for dm core (`message_for_md`:
+    /// `@cancel_deferred_remove`); the rest go to the live table's target covering `sector`.
     pub fn message(&self, sector: Sector, argv: &[&str]) -> Result<String> {
-        let t = self.live_table().ok_or_else(|| {
-            Error::invalid("message", "Target message sent to device without table")
-        })?;
+        if let Some(first) = argv.first().filter(|w| w.starts_with('@')) {
+            if first.eq_ignore_ascii_case("@cancel_deferred_remove") {
+                if argv.len() != 1 {
+                    return Err(Error::invalid(
+                        "message",
+                        "Invalid arguments for @cancel_deferred_remove",
+                    ));
+                }
+                self.set_deferred_remove(false);
+                return Ok(String::new());
+            }
+            return Err(Error::invalid(
+                "message",
+                format!("Unsupported message sent to DM core: {first}"),
+            ));
+        }
+        if argv.is_empty() {
+            return Err(Error::invalid("message", "Empty message received."));
+        }
+        let t = self
+            .live_table()
+            .ok_or_else(|| Error::invalid("message", "The device has no table."))?;
         t.message(sector, argv)
+    }
+
+    /// Whether a deferred remove is pending.
+    #[must_use]
+    pub fn deferred_remove(&self) -> bool {
+        self.deferred_remove.load(Ordering::Acquire)
     }
 
     /// The single target of a one-line live table.
@@ -417,6 +443,9 @@ impl MappedDevice {
                 lock(&self.inactive).get_or_insert(new);
                 return Err(e);
             }
+            // `dm_swap_table` refuses a table whose ranges do not fit their devices; the
+            // inactive table is gone and the device stays suspended, as in the kernel.
+            new.check_fit()?;
             old = self.swap_live(new);
         }
         if let Some(t) = &old {

@@ -49,6 +49,8 @@ pub struct LoadedTable {
     holds: Vec<OpenGuard>,
     /// The hook its targets raise events through.
     events: TableEvents,
+    /// Why the table may not go live (a mapped range off its device), if it may not.
+    unfit: Option<Error>,
 }
 
 impl fmt::Debug for LoadedTable {
@@ -112,6 +114,7 @@ impl LoadedTable {
         LoadedTable {
             holds: Vec::new(),
             events: TableEvents::new(),
+            unfit: None,
             name: name.to_string(),
             starts: segments.iter().map(|s| s.start.0).collect(),
             concurrent: segments.iter().any(|s| s.target.holds_requests()),
@@ -130,6 +133,23 @@ impl LoadedTable {
     /// The mapped devices the table uses (`dmsetup deps`), in the order first named.
     pub fn uses(&self) -> impl Iterator<Item = &Arc<MappedDevice>> {
         self.holds.iter().map(OpenGuard::device)
+    }
+
+    /// Refuse to make this table live, for `reason` (see `BuildContext::area_error`).
+    pub fn refuse_resume(&mut self, reason: Error) {
+        self.unfit = Some(reason);
+    }
+
+    /// Whether the table may go live (`dm_calculate_queue_limits` at `dm_swap_table`).
+    pub fn check_fit(&self) -> Result<()> {
+        match &self.unfit {
+            None => Ok(()),
+            Some(Error::InvalidArgument { what, reason }) => Err(Error::InvalidArgument {
+                what,
+                reason: reason.clone(),
+            }),
+            Some(e) => Err(Error::invalid("table", e.to_string())),
+        }
     }
 
     /// The hook its targets raise events through.

@@ -253,11 +253,11 @@ impl Registry {
             }
         }
         let minor = match minor {
+            // `specific_minor`: a taken minor is ENXIO (seen on 6.12), not EBUSY.
             Some(m) if hash.minors.contains(&m) => {
-                return Err(Error::Busy {
-                    what: format!("{DM_MAJOR}:{m}"),
-                    reason: "minor number in use".to_string(),
-                })
+                return Err(Error::NoSuchDevice(format!(
+                    "{name} ({DM_MAJOR}:{m}): minor number in use"
+                )))
             }
             Some(m) => m,
             None => {
@@ -281,8 +281,23 @@ impl Registry {
         Ok(dev)
     }
 
+    /// Remove the devices whose deferred remove is due (no longer open). The kernel does
+    /// it at the last close; here the next registry call does it.
+    fn sweep_deferred(&self) {
+        let due: Vec<String> = lock(&self.hash)
+            .by_name
+            .values()
+            .filter(|d| d.deferred_remove() && d.open_count() == 0)
+            .map(|d| d.name())
+            .collect();
+        for name in due {
+            let _ = self.remove(&name, RemoveMode::Normal);
+        }
+    }
+
     /// A mapped device by name, `/dev/mapper/NAME` or `253:N` (ENXIO when there is none).
     pub fn device(&self, name: &str) -> Result<Arc<MappedDevice>> {
+        self.sweep_deferred();
         self.mapped(name)
             .ok_or_else(|| Error::NoSuchDevice(name.to_string()))
     }
@@ -347,6 +362,9 @@ impl Registry {
         }
         for g in holds {
             loaded.hold(g);
+        }
+        if let Some(e) = lock(&ctx.area_errors).drain(..).next() {
+            loaded.refuse_resume(e);
         }
         Ok(loaded)
     }
@@ -543,6 +561,7 @@ impl Registry {
     /// `DM_LIST_DEVICES`: names and numbers, by name.
     #[must_use]
     pub fn list(&self) -> Vec<(String, (u32, u32))> {
+        self.sweep_deferred();
         lock(&self.hash)
             .by_name
             .iter()

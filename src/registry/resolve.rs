@@ -133,6 +133,8 @@ pub(super) struct LoadContext<'a> {
     pub(super) events: TableEvents,
     pub(super) holds: Mutex<Vec<OpenGuard>>,
     pub(super) seen: Mutex<BTreeSet<u32>>,
+    /// Mapped ranges that do not fit their devices: the resume fails with the first.
+    pub(super) area_errors: Mutex<Vec<Error>>,
 }
 
 impl<'a> LoadContext<'a> {
@@ -143,6 +145,7 @@ impl<'a> LoadContext<'a> {
             events: TableEvents::new(),
             holds: Mutex::new(Vec::new()),
             seen: Mutex::new(BTreeSet::new()),
+            area_errors: Mutex::new(Vec::new()),
         }
     }
 
@@ -196,5 +199,13 @@ impl BuildContext for LoadContext<'_> {
 
     fn events(&self) -> TableEvents {
         self.events.clone()
+    }
+
+    fn area_error(&self, error: Error) -> Result<()> {
+        if self.target_minor.is_none() {
+            return Err(error);
+        }
+        lock(&self.area_errors).push(error);
+        Ok(())
     }
 }

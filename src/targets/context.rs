@@ -39,14 +39,21 @@ pub trait BuildContext {
 
     /// The event hook of the table being built (`dm_table_event`).
     fn events(&self) -> TableEvents;
+
+    /// A mapped range does not lie on its device. The kernel finds this when the table
+    /// goes live (`dm_calculate_queue_limits` at resume), not at load: a registry records
+    /// `error` and refuses the resume; the default fails the construction at once.
+    fn area_error(&self, error: Error) -> Result<()> {
+        Err(error)
+    }
 }
 
 /// Resolve `d` through `ctx` and check that `[offset, offset + len)` lies on it (the
-/// kernel's `device_area_is_invalid`).
+/// kernel's `device_area_is_invalid`; see `BuildContext::area_error` for when it fails).
 pub fn device_area(ctx: &dyn BuildContext, d: &DeviceAt, len: SectorCount) -> Result<SharedVolume> {
     let v = ctx.volume(&d.device)?;
-    check_range(v.size(), Sector(d.offset.0), len).map_err(|_| {
-        Error::invalid(
+    if check_range(v.size(), Sector(d.offset.0), len).is_err() {
+        ctx.area_error(Error::invalid(
             "device",
             format!(
                 "{} too small for target: start={}, len={}, dev_size={}",
@@ -55,8 +62,8 @@ pub fn device_area(ctx: &dyn BuildContext, d: &DeviceAt, len: SectorCount) -> Re
                 len,
                 v.size()
             ),
-        )
-    })?;
+        ))?;
+    }
     Ok(v)
 }
 

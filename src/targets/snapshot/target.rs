@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
-use crate::targets::context::BuildContext;
+use crate::targets::context::{BuildContext, TableEvents};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
 
@@ -126,6 +126,8 @@ pub struct Snapshot {
     pub(super) overflowed: AtomicBool,
     pub(super) merge_failed: AtomicBool,
     pub(super) links: Arc<OriginSnapshots>,
+    /// Invalidation is a table event (`__invalidate_snapshot` → `dm_table_event`).
+    events: Mutex<TableEvents>,
 }
 
 impl Snapshot {
@@ -140,7 +142,13 @@ impl Snapshot {
         let origin = origin_area(ctx, &args.origin, len)?;
         let cow = ctx.volume(&args.cow)?;
         let links = ctx.origin_snapshots(&origin);
-        Snapshot::over(args, kind, origin, cow, len, &links)
+        let snap = Snapshot::over(args, kind, origin, cow, len, &links)?;
+        // Still the only owner apart from the origin's weak link: set the event hook.
+        *snap
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ctx.events();
+        Ok(snap)
     }
 
     /// Build over already-open volumes (library use, tests, benches): `links` is the origin's
@@ -224,6 +232,7 @@ impl Snapshot {
             overflowed: AtomicBool::new(false),
             merge_failed: AtomicBool::new(false),
             links: Arc::clone(links),
+            events: Mutex::new(TableEvents::new()),
         });
         links.register(&snap);
         Ok(snap)
@@ -273,6 +282,10 @@ impl Snapshot {
     pub(super) fn invalidate(&self, store: &mut Store) {
         if self.valid.swap(false, Ordering::AcqRel) {
             store.drop_snapshot(self.cow.as_ref());
+            self.events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .raise();
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::error::{Error, Result};
 use crate::table::args::parse_kstrtoull;
-use crate::targets::context::{device_area, BuildContext};
+use crate::targets::context::{device_area, BuildContext, TableEvents};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
@@ -88,6 +88,8 @@ pub struct ThinPool {
     /// Serialises provisioning (allocate, zero or copy, write, remap) so two writes never
     /// provision one virtual block twice (the kernel's bio prison cells).
     provision: Mutex<()>,
+    /// Mode changes are table events (`set_pool_mode` → `dm_table_event`).
+    events: TableEvents,
 }
 
 fn pool_error(reason: String) -> Error {
@@ -112,7 +114,9 @@ impl ThinPool {
             },
             len,
         )?;
-        ThinPool::over(args, len, meta, data)
+        let mut pool = ThinPool::over(args, len, meta, data)?;
+        pool.events = ctx.events();
+        Ok(pool)
     }
 
     /// A pool over already-open volumes (library use, tests, benches).
@@ -206,6 +210,7 @@ impl ThinPool {
                 out_of_data_space: false,
             }),
             provision: Mutex::new(()),
+            events: TableEvents::new(),
         };
         // The kernel commits the resize at once; on metadata dmemu cannot write (a
         // read-only image) the pool works on and the commit is retried later.
@@ -279,7 +284,10 @@ impl ThinPool {
         if let Some(b) = self.try_alloc()? {
             return Ok(b);
         }
-        lock(&self.state).out_of_data_space = true;
+        let switched = !std::mem::replace(&mut lock(&self.state).out_of_data_space, true);
+        if switched {
+            self.events.raise();
+        }
         Err(Error::NoSpace {
             target: "thin-pool",
         })
