@@ -6,9 +6,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Output};
 
 use sha2::{Digest, Sha256};
+
+mod cli_support;
+use cli_support::{dmemu_in, spawn};
 
 /// dmemu's exit status for EBUSY.
 const EBUSY: i32 = 16;
@@ -24,15 +27,7 @@ impl Holder {
     /// Start `dmemu shell ARGS` in `dir` and wait for its answer to `status`: the devices
     /// are built, so every image it uses is open and locked.
     fn start(dir: &Path, args: &[&str]) -> Holder {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dmemu"))
-            .current_dir(dir)
-            .arg("shell")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(dir, &[&["shell"], args].concat());
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let mut h = Holder {
@@ -70,24 +65,6 @@ impl Holder {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "shell: {}", self.stderr());
     }
-}
-
-/// Run `dmemu ARGS` in `dir` with `stdin`.
-fn run(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dmemu"))
-        .current_dir(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A refused run exits before reading its input.
-    match child.stdin.take().unwrap().write_all(stdin) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        r => r.unwrap(),
-    }
-    child.wait_with_output().unwrap()
 }
 
 fn ok(o: &Output) -> Vec<u8> {
@@ -129,7 +106,7 @@ fn pool(dir: &Path) {
     sparse(dir, "meta.img", 4 << 20);
     sparse(dir, "data.img", 64 << 20);
     for id in ["0", "1"] {
-        ok(&run(
+        ok(&dmemu_in(
             dir,
             &["message", "--concise", POOL, "0", "create_thin", id],
             b"",
@@ -146,18 +123,25 @@ fn second_process_writing_another_thin_of_a_held_pool_gets_ebusy_and_writes_noth
     a.command("flush");
     let before = hashes(d.path(), &["meta.img", "data.img"]);
     let data1 = vec![0x5a; 1 << 20];
-    let b = run(d.path(), &["write", "--concise", &thin(1)], &data1);
+    let b = dmemu_in(d.path(), &["write", "--concise", &thin(1)], &data1);
     assert_busy(&b, "meta.img");
     // A reader of the pool's metadata is refused too: it would read what A is changing.
-    assert_busy(&run(d.path(), &["thin", "ls", "meta.img"], b""), "meta.img");
+    assert_busy(
+        &dmemu_in(d.path(), &["thin", "ls", "meta.img"], b""),
+        "meta.img",
+    );
     assert_eq!(hashes(d.path(), &["meta.img", "data.img"]), before);
     a.finish();
-    ok(&run(d.path(), &["write", "--concise", &thin(1)], &data1));
-    let read = |id| ok(&run(d.path(), &["read", "--concise", &thin(id)], b""));
+    ok(&dmemu_in(
+        d.path(),
+        &["write", "--concise", &thin(1)],
+        &data1,
+    ));
+    let read = |id| ok(&dmemu_in(d.path(), &["read", "--concise", &thin(id)], b""));
     let t0 = read(0);
     assert_eq!(&t0[..1 << 20], &vec![171; 1 << 20][..]);
     assert_eq!(&read(1)[..1 << 20], &data1[..]);
-    let ls = String::from_utf8(ok(&run(d.path(), &["thin", "ls", "meta.img"], b""))).unwrap();
+    let ls = String::from_utf8(ok(&dmemu_in(d.path(), &["thin", "ls", "meta.img"], b""))).unwrap();
     assert!(ls.contains("data blocks 32/1024 used"), "{ls}");
 }
 
@@ -176,11 +160,11 @@ fn second_process_on_a_held_snapshot_cow_store_gets_ebusy_and_changes_nothing() 
     a.command("flush");
     let files = ["origin.img", "cow.img"];
     let before = hashes(d.path(), &files);
-    let b = run(d.path(), &["write", "--table", "s.table"], &[1; 4096]);
+    let b = dmemu_in(d.path(), &["write", "--table", "s.table"], &[1; 4096]);
     assert_busy(&b, "origin.img");
     // The COW store alone, read-only: refused while A writes it.
     std::fs::write(d.path().join("cow.table"), "0 2048 linear cow.img 0\n").unwrap();
-    let b = run(
+    let b = dmemu_in(
         d.path(),
         &["read", "--read-only", "--table", "cow.table"],
         b"",
@@ -188,9 +172,13 @@ fn second_process_on_a_held_snapshot_cow_store_gets_ebusy_and_changes_nothing() 
     assert_busy(&b, "cow.img");
     assert_eq!(hashes(d.path(), &files), before);
     a.finish();
-    let b = ok(&run(d.path(), &["write", "--table", "s.table"], &[1; 4096]));
+    let b = ok(&dmemu_in(
+        d.path(),
+        &["write", "--table", "s.table"],
+        &[1; 4096],
+    ));
     assert!(b.is_empty());
-    let snap = ok(&run(d.path(), &["read", "--table", "s.table"], b""));
+    let snap = ok(&dmemu_in(d.path(), &["read", "--table", "s.table"], b""));
     let mut want = vec![0u8; 1 << 20];
     want[..4096].fill(1);
     want[4096..8192].fill(66);
@@ -206,14 +194,14 @@ fn plain_image_one_writer_or_many_readers() {
 
     // A reader: other readers share the image, a writer is refused.
     let reader = Holder::start(d.path(), &["--read-only", "--table", "t"]);
-    let r = ok(&run(
+    let r = ok(&dmemu_in(
         d.path(),
         &["read", "--read-only", "--table", "t"],
         b"",
     ));
     assert_eq!(r, vec![9u8; 1 << 20]);
     assert_busy(
-        &run(d.path(), &["write", "--table", "t"], &[1; 512]),
+        &dmemu_in(d.path(), &["write", "--table", "t"], &[1; 512]),
         "disk.img",
     );
     assert_eq!(hashes(d.path(), &["disk.img"]), before);
@@ -222,17 +210,17 @@ fn plain_image_one_writer_or_many_readers() {
     // A writer: readers and writers are refused.
     let writer = Holder::start(d.path(), &["--table", "t"]);
     assert_busy(
-        &run(d.path(), &["read", "--read-only", "--table", "t"], b""),
+        &dmemu_in(d.path(), &["read", "--read-only", "--table", "t"], b""),
         "disk.img",
     );
     assert_busy(
-        &run(d.path(), &["write", "--table", "t"], &[1; 512]),
+        &dmemu_in(d.path(), &["write", "--table", "t"], &[1; 512]),
         "disk.img",
     );
     assert_eq!(hashes(d.path(), &["disk.img"]), before);
     writer.finish();
 
-    ok(&run(d.path(), &["write", "--table", "t"], &[1; 512]));
+    ok(&dmemu_in(d.path(), &["write", "--table", "t"], &[1; 512]));
     let mut want = vec![9u8; 1 << 20];
     want[..512].fill(1);
     assert_eq!(std::fs::read(d.path().join("disk.img")).unwrap(), want);
@@ -257,15 +245,15 @@ fn luks_commands_respect_the_lock_of_another_process() {
     // The image's sectors through a linear table: 2162688 bytes.
     std::fs::write(d.path().join("t"), format!("0 4224 linear {path} 0\n")).unwrap();
     let before = sha256_file(&img);
-    let plain = ok(&run(d.path(), &["luks", "read", path], b"alpha\n"));
+    let plain = ok(&dmemu_in(d.path(), &["luks", "read", path], b"alpha\n"));
 
     let reader = Holder::start(d.path(), &["--read-only", "--table", "t"]);
     assert_eq!(
-        ok(&run(d.path(), &["luks", "read", path], b"alpha\n")),
+        ok(&dmemu_in(d.path(), &["luks", "read", path], b"alpha\n")),
         plain
     );
     assert_busy(
-        &run(
+        &dmemu_in(
             d.path(),
             &["luks", "write", path, "-i", "/dev/null"],
             b"alpha\n",
@@ -275,17 +263,20 @@ fn luks_commands_respect_the_lock_of_another_process() {
     reader.finish();
 
     let writer = Holder::start(d.path(), &["--table", "t"]);
-    assert_busy(&run(d.path(), &["luks", "read", path], b"alpha\n"), path);
-    assert_busy(&run(d.path(), &["luks", "dump", path], b""), path);
+    assert_busy(
+        &dmemu_in(d.path(), &["luks", "read", path], b"alpha\n"),
+        path,
+    );
+    assert_busy(&dmemu_in(d.path(), &["luks", "dump", path], b""), path);
     let data = d.path().join("data");
     std::fs::write(&data, vec![0xee; 4096]).unwrap();
     let w = ["luks", "write", path, "-i", data.to_str().unwrap()];
-    assert_busy(&run(d.path(), &w, b"alpha\n"), path);
+    assert_busy(&dmemu_in(d.path(), &w, b"alpha\n"), path);
     assert_eq!(sha256_file(&img), before);
     writer.finish();
 
-    ok(&run(d.path(), &w, b"alpha\n"));
-    let after = ok(&run(d.path(), &["luks", "read", path], b"alpha\n"));
+    ok(&dmemu_in(d.path(), &w, b"alpha\n"));
+    let after = ok(&dmemu_in(d.path(), &["luks", "read", path], b"alpha\n"));
     assert_eq!(&after[..4096], &vec![0xee; 4096][..]);
     assert_eq!(&after[4096..], &plain[4096..]);
 }
@@ -299,12 +290,53 @@ fn read_output_onto_an_image_in_use_is_refused_before_truncating_it() {
     std::fs::write(d.path().join("o"), "0 8 linear other.img 0\n").unwrap();
     let before = hashes(d.path(), &["disk.img"]);
     let a = Holder::start(d.path(), &["--table", "t"]);
-    let b = run(
+    let b = dmemu_in(
         d.path(),
         &["read", "--read-only", "--table", "o", "-o", "disk.img"],
         b"",
     );
     assert_busy(&b, "disk.img");
     assert_eq!(hashes(d.path(), &["disk.img"]), before);
+    a.finish();
+}
+
+/// The `Root hash:` line of `verity format` output.
+fn root_hash(out: &[u8]) -> String {
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    let line = text.lines().find(|l| l.starts_with("Root hash:")).unwrap();
+    line.split_whitespace().last().unwrap().to_string()
+}
+
+#[test]
+fn verity_format_with_the_tree_on_the_data_image_opens_it_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut img = vec![0u8; 2 << 20];
+    img[..1 << 20].fill(0x42);
+    std::fs::write(d.path().join("v.img"), img).unwrap();
+    let opts = [
+        "--hash-offset",
+        "1048576",
+        "--data-blocks",
+        "256",
+        "--salt",
+        "-",
+    ];
+    let args = [&["verity", "format", "v.img", "v.img"][..], &opts].concat();
+    let root = root_hash(&ok(&dmemu_in(d.path(), &args, b"")));
+    let args = [&["verity", "verify", "v.img", "v.img", &root][..], &opts].concat();
+    ok(&dmemu_in(d.path(), &args, b""));
+}
+
+#[test]
+fn verity_format_into_a_hash_image_in_use_is_refused_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("data.img"), vec![0x42; 1 << 20]).unwrap();
+    std::fs::write(d.path().join("hash.img"), vec![7; 1 << 16]).unwrap();
+    std::fs::write(d.path().join("t"), "0 128 linear hash.img 0\n").unwrap();
+    let before = hashes(d.path(), &["hash.img"]);
+    let a = Holder::start(d.path(), &["--read-only", "--table", "t"]);
+    let b = dmemu_in(d.path(), &["verity", "format", "data.img", "hash.img"], b"");
+    assert_busy(&b, "hash.img");
+    assert_eq!(hashes(d.path(), &["hash.img"]), before);
     a.finish();
 }
