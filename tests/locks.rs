@@ -340,3 +340,31 @@ fn verity_format_into_a_hash_image_in_use_is_refused_and_writes_nothing() {
     assert_eq!(hashes(d.path(), &["hash.img"]), before);
     a.finish();
 }
+
+/// In one process, the same image opened by two registries (and as a read-only mapping) is
+/// one handle: no EBUSY, and a write through one device is what the others read.
+#[test]
+fn one_process_opening_an_image_twice_shares_it() {
+    use dmemu::table::parse_concise;
+    use dmemu::{MmapVolume, Registry, Sector, Volume};
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let spec = parse_concise(&format!("a,,,rw,0 2048 linear {} 0", img.display())).unwrap();
+    let (r1, r2) = (Registry::new(), Registry::new());
+    let a = r1.create(&spec[0]).unwrap();
+    let b = r2.create(&spec[0]).unwrap();
+    let map = MmapVolume::open(&img).unwrap();
+    a.write(Sector(8), &[0xab; 512]).unwrap();
+    let mut back = [0u8; 512];
+    b.read(Sector(8), &mut back).unwrap();
+    assert_eq!(back, [0xab; 512]);
+    map.read(Sector(8), &mut back).unwrap();
+    assert_eq!(back, [0xab; 512]);
+    // Another process is refused while this one holds it, and let in once all are dropped.
+    std::fs::write(d.path().join("t"), "0 2048 linear disk.img 0\n").unwrap();
+    let read = ["read", "--read-only", "--table", "t", "--sectors", "1"];
+    assert_busy(&dmemu_in(d.path(), &read, b""), "disk.img");
+    drop((a, b, map, r1, r2));
+    assert_eq!(ok(&dmemu_in(d.path(), &read, b"")), vec![0u8; 512]);
+}
