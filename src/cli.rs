@@ -14,7 +14,7 @@ use crate::registry::Registry;
 use crate::table::{concise::format_concise, parse_concise, parse_table, DeviceSpec, TableMode};
 use crate::targets::Keys;
 use crate::units::{Sector, SectorCount, SECTOR_SIZE};
-use crate::volume::{Access, Volume};
+use crate::volume::{Access, ImageFile, Volume};
 
 /// A userspace device-mapper: kernel dm tables executed over image files.
 #[derive(Debug, Parser)]
@@ -312,8 +312,9 @@ fn cmd_read(
         })?,
     };
     crate::volume::check_range(size, Sector(start), SectorCount(count))?;
-    let mut out: Box<dyn Write> = match &output {
-        Some(p) => Box::new(File::create(p).map_err(Error::io(&p.display()))?),
+    let image = output.as_ref().map(ImageFile::create_output).transpose()?;
+    let mut out: Box<dyn Write> = match &image {
+        Some(f) => Box::new(f.file()),
         None => Box::new(io::stdout().lock()),
     };
     let out_name = output

@@ -18,7 +18,7 @@ use super::Luks;
 use crate::error::{Error, Result};
 use crate::targets::Keys;
 use crate::units::{Sector, SectorCount, SECTOR_SIZE};
-use crate::volume::{Access, Volume};
+use crate::volume::{Access, ImageFile, Volume};
 
 /// cryptsetup's `DEFAULT_KEYFILE_SIZE_MAXKB`: 8 MiB.
 const MAX_KEYFILE: u64 = 8 << 20;
@@ -213,10 +213,8 @@ fn read_volume(vol: &dyn Volume, output: Option<PathBuf>) -> Result<()> {
     let name = output
         .as_ref()
         .map_or_else(|| "stdout".into(), |p| p.display().to_string());
-    let file = match &output {
-        Some(p) => Some(File::create(p).map_err(Error::io(&name))?),
-        None => None,
-    };
+    let image = output.as_ref().map(ImageFile::create_output).transpose()?;
+    let file = image.as_ref().map(ImageFile::file);
     // Whole 4 KiB-aligned chunks go through a second, O_DIRECT handle when the file system
     // allows it: a bulk copy then does not push a gigabyte through the page cache (on the
     // test machine that halved the system time of `luks read -o`).

@@ -77,10 +77,15 @@ impl LoadedTable {
         let mut segments = Vec::with_capacity(table.lines.len());
         let mut settled = Vec::new();
         for (i, line) in table.lines.iter().enumerate() {
-            let target = line.spec.build(line.len, ctx).map_err(|e| Error::Table {
-                line: i + 1,
-                token: None,
-                reason: format!("{} target: {e}", line.spec.target_type()),
+            let target = line.spec.build(line.len, ctx).map_err(|e| match e {
+                // A constructor's errno is the table load's (dm_table_add_target
+                // returns it): an image in use elsewhere stays EBUSY.
+                Error::Busy { .. } => e,
+                e => Error::Table {
+                    line: i + 1,
+                    token: None,
+                    reason: format!("{} target: {e}", line.spec.target_type()),
+                },
             })?;
             // A target may settle what the text left open (snapshot chunk size 0); the
             // table then prints what the kernel prints.

@@ -1,12 +1,13 @@
-//! `FileVolume`: a regular file or block device used through pread/pwrite.
+//! `FileVolume`: a regular file or block device used through pread/pwrite, locked against
+//! other processes (see `lock`).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{fallocate, FallocateFlags};
 
-use super::{check_io, check_range, Volume};
+use super::{check_io, check_range, ImageFile, Volume};
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
@@ -20,30 +21,41 @@ pub enum Access {
 }
 
 /// A file as a volume. Its size is the file length rounded down to whole sectors, taken at
-/// open. Discard punches a hole (reads of the range then return zeros).
+/// open. Discard punches a hole (reads of the range then return zeros). The file stays
+/// locked (shared when read-only, exclusive when read-write) while the volume lives.
 #[derive(Debug)]
 pub struct FileVolume {
-    file: File,
+    file: ImageFile,
     path: PathBuf,
     size: SectorCount,
     access: Access,
 }
 
 impl FileVolume {
-    /// Open `path` with the given access.
+    /// Open `path` with the given access. Fails with `Busy` when another process holds the
+    /// file locked against it (or this process holds it read-only and `access` is
+    /// `ReadWrite`); opening it again in this process shares the open handle.
     pub fn open(path: impl AsRef<Path>, access: Access) -> Result<FileVolume> {
         let path = path.as_ref().to_path_buf();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(access == Access::ReadWrite)
-            .open(&path)
-            .map_err(Error::io(&path.display()))?;
-        FileVolume::from_file(file, path, access)
+        let file = ImageFile::open(&path, access)?;
+        FileVolume::over(file, path, access)
     }
 
-    /// Wrap an open file; `path` is used in error messages only.
+    /// Wrap an open file, taking it into the process's image table (and locking it) as
+    /// `open` does; `path` is used in error messages only.
     pub fn from_file(file: File, path: PathBuf, access: Access) -> Result<FileVolume> {
-        let len = block_len(&file).map_err(Error::io(&path.display()))?;
+        let file = ImageFile::adopt(file, &path, access)?;
+        FileVolume::over(file, path, access)
+    }
+
+    /// A volume over an image handle; `access` may be narrower than the handle's.
+    pub fn over(file: ImageFile, path: PathBuf, access: Access) -> Result<FileVolume> {
+        if access == Access::ReadWrite && file.access() == Access::ReadOnly {
+            return Err(Error::ReadOnly {
+                target: path.display().to_string(),
+            });
+        }
+        let len = block_len(file.file()).map_err(Error::io(&path.display()))?;
         Ok(FileVolume {
             file,
             path,
@@ -91,6 +103,7 @@ impl Volume for FileVolume {
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         check_io(self.size, sector, buf.len())?;
         self.file
+            .file()
             .read_exact_at(buf, sector.byte_offset())
             .map_err(Error::io(&self.path.display()))
     }
@@ -99,6 +112,7 @@ impl Volume for FileVolume {
         check_io(self.size, sector, buf.len())?;
         self.writable()?;
         self.file
+            .file()
             .write_all_at(buf, sector.byte_offset())
             .map_err(Error::io(&self.path.display()))
     }
@@ -108,6 +122,7 @@ impl Volume for FileVolume {
             return Ok(());
         }
         self.file
+            .file()
             .sync_data()
             .map_err(Error::io(&self.path.display()))
     }
@@ -119,7 +134,7 @@ impl Volume for FileVolume {
             return Ok(());
         }
         fallocate(
-            &self.file,
+            self.file.file(),
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             sector.byte_offset(),
             count.bytes(),

@@ -2,35 +2,38 @@
 //!
 //! Copying 4 KiB out of a populated mapping is several times faster than pread here, which is
 //! what read-mostly users (verity, forensics) want. This is one of the two modules where
-//! `unsafe` is allowed.
+//! `unsafe` is allowed. The file is locked shared while mapped (see `lock`).
 #![allow(unsafe_code)]
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{check_io, check_range, Volume};
+use super::{check_io, check_range, Access, ImageFile, Volume};
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
 /// A read-only mapping of a file. Writes and discards fail with `ReadOnly`.
 ///
 /// The file must not be truncated while mapped: the mapping would then fault (SIGBUS) on
-/// access past the new end. dmemu never truncates images; other writers are the user's
-/// responsibility, as with any mmap reader.
+/// access past the new end. dmemu never truncates images, and no other dmemu process can
+/// open the file read-write while it is mapped (the shared lock); writers that ignore
+/// `flock` are the user's responsibility, as with any mmap reader.
 #[derive(Debug)]
 pub struct MmapVolume {
     map: Option<Mmap>,
     path: PathBuf,
     size: SectorCount,
+    /// Holds the shared lock (or this process's read-write handle) while mapped.
+    _file: ImageFile,
 }
 
 impl MmapVolume {
-    /// Map `path` read-only.
+    /// Map `path` read-only. Fails with `Busy` when another process has it open read-write.
     pub fn open(path: impl AsRef<Path>) -> Result<MmapVolume> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(Error::io(&path.display()))?;
+        let image = ImageFile::open(&path, Access::ReadOnly)?;
+        let file = image.file();
         let len = file.metadata().map_err(Error::io(&path.display()))?.len();
         let size = SectorCount::floor_bytes(len);
         // An empty file cannot be mapped; it is a valid zero-sized volume.
@@ -39,9 +42,14 @@ impl MmapVolume {
         } else {
             // SAFETY: the map is read-only and private to this volume; the documented
             // precondition above (no concurrent truncation) is the usual one for mmap readers.
-            Some(unsafe { Mmap::map(&file) }.map_err(Error::io(&path.display()))?)
+            Some(unsafe { Mmap::map(file) }.map_err(Error::io(&path.display()))?)
         };
-        Ok(MmapVolume { map, path, size })
+        Ok(MmapVolume {
+            map,
+            path,
+            size,
+            _file: image,
+        })
     }
 
     fn readonly(&self) -> Error {

@@ -10,10 +10,12 @@ use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
 mod file;
+mod lock;
 mod memory;
 mod mmap;
 
 pub use file::{Access, FileVolume};
+pub use lock::ImageFile;
 pub use memory::MemVolume;
 pub use mmap::MmapVolume;
 

@@ -1,19 +1,35 @@
 //! Running the `dmemu` binary from integration tests.
 
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, dead_code)]
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 
-/// Run `dmemu ARGS` with `stdin` on its standard input; its exit status and output.
-pub fn dmemu(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dmemu"))
+/// Start `dmemu ARGS` in `dir` with its standard streams piped.
+pub fn spawn(dir: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_dmemu"))
+        .current_dir(dir)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+        .unwrap()
+}
+
+/// Run `dmemu ARGS` in `dir` with `stdin` on its standard input; its exit status and
+/// output. A run that exits before reading all of `stdin` (a refused command) is fine.
+pub fn dmemu_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = spawn(dir, args);
+    match child.stdin.take().unwrap().write_all(stdin) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r.unwrap(),
+    }
     child.wait_with_output().unwrap()
+}
+
+/// Run `dmemu ARGS` in the current directory with `stdin` on its standard input.
+pub fn dmemu(args: &[&str], stdin: &[u8]) -> Output {
+    dmemu_in(Path::new("."), args, stdin)
 }

@@ -1,7 +1,6 @@
 //! `dmemu verity format|verify|dump|table`: veritysetup's commands over image files, with
 //! its option names and its output layout.
 
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +13,7 @@ use super::superblock::{Superblock, Uuid};
 use super::FecArgs;
 use crate::error::{Error, Result};
 use crate::targets::DeviceRef;
-use crate::volume::{Access, FileVolume, Volume};
+use crate::volume::{Access, FileVolume, ImageFile, Volume};
 
 /// veritysetup's subcommands.
 #[derive(Debug, Subcommand)]
@@ -287,34 +286,29 @@ fn print(s: &str) -> Result<()> {
 pub fn run(cmd: VerityCommand) -> Result<()> {
     match cmd {
         VerityCommand::Format { data, hash, opts } => {
+            // The images written are opened (and locked exclusive) first: the data or hash
+            // image may be the same file as one written (--hash-offset, --fec-offset), and
+            // its read-only opens then share the read-write handle.
+            let hash_file = ImageFile::create(&hash)?;
+            let fec_file = opts
+                .fec_device
+                .as_ref()
+                .map(ImageFile::create)
+                .transpose()?;
             let dv = open(&data)?;
             let p = opts.params(&dv)?;
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&hash)
-                .map_err(Error::io(&hash.display()))?;
-            let root = format(&p, &dv, &file)?;
-            drop(file);
-            let fec = match &opts.fec_device {
-                None => None,
-                Some(path) => {
+            let root = format(&p, &dv, hash_file.file())?;
+            let fec = match (&opts.fec_device, &fec_file) {
+                (Some(path), Some(f)) => {
                     let hv = open(&hash)?;
                     let g = opts.fec(&p, &hv)?;
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(path)
-                        .map_err(Error::io(&path.display()))?;
                     if let Some(g) = &g {
-                        encode(g, &dv, &hv, &f, opts.fec_offset)?;
-                        f.sync_data().map_err(Error::io(&path.display()))?;
+                        encode(g, &dv, &hv, f.file(), opts.fec_offset)?;
+                        f.file().sync_data().map_err(Error::io(&path.display()))?;
                     }
                     g
                 }
+                _ => None,
             };
             print(&header(&hash, &p, Some(&root), fec.as_ref())?)
         }
