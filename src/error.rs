@@ -93,7 +93,7 @@ pub enum Error {
         /// The operation.
         op: &'static str,
     },
-    /// A device reference that no file, mapping or defined device satisfies (ENODEV).
+    /// A device reference that no file, mapping or defined device satisfies (ENOENT).
     #[error("unknown device {0:?}")]
     NoDevice(String),
     /// The device or image is in use: opened by another process or device, or held by a
@@ -172,6 +172,8 @@ pub mod errno {
     pub const EIO: i32 = 5;
     /// No such device.
     pub const ENODEV: i32 = 19;
+    /// No such file or directory.
+    pub const ENOENT: i32 = 2;
     /// Invalid argument.
     pub const EINVAL: i32 = 22;
     /// No space left on device.
@@ -204,7 +206,9 @@ impl Error {
             Error::NoSpace { .. } => errno::ENOSPC,
             Error::ReadOnly { .. } => errno::EROFS,
             Error::Unsupported { .. } => errno::EOPNOTSUPP,
-            Error::NoDevice(_) => errno::ENODEV,
+            // dm_get_device: the path lookup fails (ENOENT), as the 6.12 kernel answers a
+            // table naming a missing device.
+            Error::NoDevice(_) => errno::ENOENT,
             Error::Busy { .. } => errno::EBUSY,
             Error::Exists { .. } => errno::EEXIST,
             Error::NoSuchDevice(_) => errno::ENXIO,

@@ -27,6 +27,7 @@
 mod block_map;
 pub mod cli;
 pub mod clock;
+pub mod dmsetup;
 pub mod error;
 pub mod luks;
 pub mod mapped_device;

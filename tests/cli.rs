@@ -115,7 +115,8 @@ fn read_to_file_with_map_binding() {
 #[test]
 fn unbound_major_minor_is_a_clear_error() {
     let out = dmemu(&["read", "--table", "-"], b"0 8 linear 8:16 0\n");
-    assert_eq!(out.status.code(), Some(22));
+    // ENOENT, as the kernel's dm_get_device answers a device it cannot find.
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("--map 8:16=PATH"),
         "{}",
@@ -193,7 +194,8 @@ fn status_and_table_print_dmsetup_lines() {
 #[test]
 fn message_to_target_without_messages_is_refused() {
     let out = dmemu(&["message", "--table", "-", "0", "hello"], b"0 8 zero\n");
-    assert_eq!(out.status.code(), Some(95));
+    // EINVAL, "Target type does not support messages" (6.12, tests/fixtures/lifecycle).
+    assert_eq!(out.status.code(), Some(22));
 }
 
 #[test]

@@ -79,8 +79,9 @@ impl LoadedTable {
         for (i, line) in table.lines.iter().enumerate() {
             let target = line.spec.build(line.len, ctx).map_err(|e| match e {
                 // A constructor's errno is the table load's (dm_table_add_target
-                // returns it): an image in use elsewhere stays EBUSY.
-                Error::Busy { .. } => e,
+                // returns it): an image in use elsewhere stays EBUSY, a missing device
+                // ENOENT. Only EINVAL errors get the line added.
+                e if e.errno() != crate::error::errno::EINVAL => e,
                 e => Error::Table {
                     line: i + 1,
                     token: None,

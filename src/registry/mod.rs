@@ -419,7 +419,9 @@ impl Registry {
     /// are suspended first when the device was not (thin-pool commits), and every request
     /// still waiting fails with ENXIO.
     pub fn remove(&self, name: &str, mode: RemoveMode) -> Result<()> {
-        let dev = self.device(name)?;
+        let dev = self
+            .mapped(name)
+            .ok_or_else(|| Error::NoSuchDevice(name.to_string()))?;
         if mode == RemoveMode::Force && dev.open_count() > 0 {
             self.load_error_table(&dev)?;
         }

@@ -50,10 +50,10 @@ pub trait Target: Volume + Any {
     /// Handle `dmsetup message` words; the reply text (often empty).
     fn message(&self, argv: &[&str]) -> Result<String> {
         let _ = argv;
-        Err(Error::Unsupported {
-            target: "this target",
-            op: "message",
-        })
+        Err(Error::invalid(
+            "message",
+            "Target type does not support messages",
+        ))
     }
 
     /// Whether the target holds requests for a while before serving them (delay). A mapped
