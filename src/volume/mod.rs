@@ -99,6 +99,100 @@ pub struct Extent {
     pub state: Allocation,
 }
 
+/// Most extents one `allocation` answer holds before it stops early (callers loop).
+pub const MAX_EXTENTS: usize = 1024;
+
+/// Most blocks or chunks an `allocation` answer walks (thin blocks, snapshot chunks, stripe
+/// chunks) before it stops early, so one call's work is bounded on a huge device.
+pub const MAX_WALK: u64 = 1 << 16;
+
+/// An `allocation` answer being built: appends merge with the last extent of the same
+/// state; it is full at `MAX_EXTENTS` extents.
+#[derive(Debug, Default)]
+pub struct Extents {
+    list: Vec<Extent>,
+    covered: SectorCount,
+}
+
+impl Extents {
+    /// An empty answer.
+    #[must_use]
+    pub fn new() -> Extents {
+        Extents::default()
+    }
+
+    /// Whether another extent of a new state would exceed `MAX_EXTENTS`.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.list.len() >= MAX_EXTENTS
+    }
+
+    /// Sectors covered so far.
+    #[must_use]
+    pub fn covered(&self) -> SectorCount {
+        self.covered
+    }
+
+    /// Append `len` sectors in `state`; returns false (and appends nothing) when that would
+    /// start an extent past `MAX_EXTENTS`. Zero lengths are ignored.
+    pub fn push(&mut self, len: SectorCount, state: Allocation) -> bool {
+        if len.0 == 0 {
+            return true;
+        }
+        let full = self.is_full();
+        match self.list.last_mut() {
+            Some(last) if last.state == state => last.len.0 += len.0,
+            _ if full => return false,
+            _ => self.list.push(Extent { len, state }),
+        }
+        self.covered.0 += len.0;
+        true
+    }
+
+    /// Append `volume`'s answer for `[sector, sector + count)`, asking again where an answer
+    /// stops early. Returns false when this answer filled up before covering the range.
+    /// A lower answer that covers nothing or reaches past what was asked is an error (it
+    /// would otherwise loop forever or misplace extents).
+    pub fn append_from(
+        &mut self,
+        volume: &(impl Volume + ?Sized),
+        sector: Sector,
+        count: SectorCount,
+    ) -> Result<bool> {
+        let mut done = 0u64;
+        while done < count.0 {
+            let rest = SectorCount(count.0 - done);
+            let answer = volume.allocation(Sector(sector.0 + done), rest)?;
+            let got = answer.iter().try_fold(0u64, |n, e| n.checked_add(e.len.0));
+            let got = match got {
+                Some(n) if n > 0 && n <= rest.0 => n,
+                _ => {
+                    return Err(Error::invalid(
+                        "allocation",
+                        format!(
+                            "answer for sectors [{}, +{rest}) covers {got:?} sectors",
+                            sector.0 + done
+                        ),
+                    ))
+                }
+            };
+            for e in answer {
+                if !self.push(e.len, e.state) {
+                    return Ok(false);
+                }
+            }
+            done += got;
+        }
+        Ok(true)
+    }
+
+    /// The extents.
+    #[must_use]
+    pub fn into_vec(self) -> Vec<Extent> {
+        self.list
+    }
+}
+
 /// Largest zero buffer the default `write_zeroes` writes at once (1 MiB).
 pub const ZERO_CHUNK: usize = 1 << 20;
 
