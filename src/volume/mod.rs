@@ -10,10 +10,12 @@ use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
 mod file;
+mod io;
 mod memory;
 mod mmap;
 
 pub use file::{Access, FileVolume};
+pub use io::VolumeIo;
 pub use memory::MemVolume;
 pub use mmap::MmapVolume;
 
