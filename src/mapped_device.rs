@@ -324,17 +324,17 @@ impl Volume for MappedDevice {
     }
 
     /// Each line's answer for its piece, merged across line edges; stops where one line's
-    /// answer fills the list.
+    /// answer stops early or fills the list.
     fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
         check_range(self.size, sector, count)?;
         let mut out = Extents::new();
         if count.0 == 0 {
             return Ok(Vec::new());
         }
-        let mut full = false;
+        let mut stopped = false;
         self.for_pieces(sector, count, |seg, rel, len, _| {
-            if !full {
-                full = !out.append_from(&*seg.target, rel, len)?;
+            if !stopped {
+                stopped = !out.append_from(&*seg.target, rel, len)?;
             }
             Ok(())
         })?;

@@ -300,3 +300,43 @@ fn flakey_corrupt_bio_byte_with_the_fua_flag_corrupts_fua_writes_only() {
     assert_eq!(back[512], 7, "the FUA write must be corrupted");
     assert!(back[513..].iter().all(|&b| b == 1));
 }
+
+#[test]
+fn flakey_drop_writes_drops_fua_writes_and_error_writes_fails_them() {
+    let r = Registry::new();
+    let disk = mem(64);
+    r.insert_volume("disk", Arc::clone(&disk));
+    let drop = create(&r, "d", "0 64 flakey disk 0 0 1 1 drop_writes");
+    drop.write_fua(Sector(0), &[1u8; 512]).unwrap();
+    drop.write_zeroes(Sector(0), SectorCount(1), Unmap::Forbidden)
+        .unwrap();
+    let fail = create(&r, "e", "0 64 flakey disk 0 0 1 1 error_writes");
+    assert_eq!(
+        fail.write_fua(Sector(0), &[1u8; 512]).unwrap_err().errno(),
+        5
+    );
+    let mut back = [9u8; 512];
+    disk.read(Sector(0), &mut back).unwrap();
+    assert_eq!(
+        back, [0u8; 512],
+        "a dropped or failed FUA write reached the disk"
+    );
+}
+
+#[test]
+fn thin_allocation_walks_a_bounded_number_of_blocks_per_answer() {
+    let r = Registry::new();
+    let p = pool(&r);
+    p.message(Sector(0), &["create_thin", "4"]).unwrap();
+    let blocks = dmemu::volume::MAX_WALK + 100;
+    let thin = create(&r, "t", &format!("0 {} thin pool 4", blocks * 128));
+    thin.write(Sector((blocks - 1) * 128), &[1u8; 512]).unwrap();
+    let first = thin.allocation(Sector(0), thin.size()).unwrap();
+    assert_eq!(first, [ext(dmemu::volume::MAX_WALK * 128, Hole)]);
+    // The rest, asked from where the first answer ended (not read back: 4 GiB of zeros).
+    let rest_at = dmemu::volume::MAX_WALK * 128;
+    let rest = thin
+        .allocation(Sector(rest_at), SectorCount(thin.size().0 - rest_at))
+        .unwrap();
+    assert_eq!(rest, [ext(99 * 128, Hole), ext(128, Data)]);
+}
