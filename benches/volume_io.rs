@@ -1,6 +1,7 @@
 //! Criterion benches of the remapping hot path: linear and striped 4 KiB / 64 KiB reads and
 //! writes over file and memory backings, beside a raw pread of the same file; linear 4 KiB
-//! reads over a read-only mapped image; segment lookup in a 100,000-line table.
+//! reads over a read-only mapped image; segment lookup in a 100,000-line table; the
+//! allocation map of a sparse file with 2,048 extents (SEEK_DATA/SEEK_HOLE).
 #![allow(missing_docs)]
 
 mod common;
@@ -13,7 +14,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use dmemu::registry::Backing;
 use dmemu::table::DeviceSpec;
 use dmemu::{
-    Access, MappedDevice, MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume,
+    Access, FileVolume, MappedDevice, MemVolume, Registry, Sector, SectorCount, Table, TableMode,
+    Volume,
 };
 
 use common::Aligned;
@@ -232,5 +234,34 @@ fn bench_swap(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_reads, bench_lookup, bench_swap);
+/// One `allocation` answer (the 1,024-extent cap) and the whole map (two answers) of a
+/// 16 MiB file holding 4 KiB of data every 8 KiB.
+fn bench_allocation(c: &mut Criterion) {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(16 << 20).unwrap();
+    for i in 0..1024u64 {
+        f.as_file().write_all_at(&[0x5a; 4096], i * 8192).unwrap();
+    }
+    let v = FileVolume::open(f.path(), Access::ReadOnly).unwrap();
+    c.bench_function("file_allocation_2048_extents", |b| {
+        b.iter(|| {
+            let mut at = 0;
+            while at < v.size().0 {
+                let answer = v
+                    .allocation(Sector(at), SectorCount(v.size().0 - at))
+                    .unwrap();
+                at += answer.iter().map(|e| e.len.0).sum::<u64>();
+            }
+            black_box(at)
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_reads,
+    bench_lookup,
+    bench_swap,
+    bench_allocation
+);
 criterion_main!(benches);

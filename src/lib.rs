@@ -46,4 +46,7 @@ pub use registry::Registry;
 pub use table::{Table, TableLine, TableMode};
 pub use targets::{Keys, Target, TargetSpec};
 pub use units::{Sector, SectorCount, SECTOR_SIZE};
-pub use volume::{Access, FileVolume, MemVolume, MmapVolume, SharedVolume, Volume};
+pub use volume::{
+    Access, Allocation, Extent, FileVolume, MemVolume, MmapVolume, SharedVolume, Unmap, Volume,
+    VolumeIo,
+};

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use dmemu::table::DeviceSpec;
 use dmemu::testing::conformance;
+use dmemu::volume::{Allocation, Extent, Unmap};
 use dmemu::{
     Access, Error, FileVolume, MappedDevice, MemVolume, MmapVolume, Registry, Sector, SectorCount,
     SharedVolume, Table, TableMode, Volume,
@@ -221,4 +222,141 @@ fn thin_device_conforms_through_a_fresh_pool() {
     // at block edges and read back across mapped and unmapped blocks.
     let thin = device(&r, "0 2048 thin pool 7", TableMode::ReadWrite);
     conformance::check_read_write(&*thin);
+}
+
+fn sparse_file(sectors: u64) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(sectors * 512).unwrap();
+    f
+}
+
+#[test]
+fn sparse_file_volume_conforms() {
+    // 1 MiB, mostly hole, data in two places: every extension method meets holes.
+    let f = sparse_file(2048);
+    let v = FileVolume::open(f.path(), Access::ReadWrite).unwrap();
+    v.write(Sector(128), &[1u8; 4096]).unwrap();
+    v.write(Sector(1024), &[2u8; 8192]).unwrap();
+    conformance::check_read_write(&v);
+}
+
+#[test]
+fn thin_device_with_external_origin_conforms() {
+    let r = Registry::new();
+    r.insert_volume("meta", mem(4 * 2048));
+    r.insert_volume("data", mem(8 * 2048));
+    r.insert_volume(
+        "ext",
+        Arc::new(MemVolume::from_bytes(conformance::pattern(0, 1000 * 512, 5)).unwrap()),
+    );
+    let pool = named(
+        &r,
+        "pool",
+        "0 16384 thin-pool meta data 128 0",
+        TableMode::ReadWrite,
+    );
+    pool.message(Sector(0), &["create_thin", "3"]).unwrap();
+    // The origin covers part of the device only: reads past it are zeros.
+    let thin = device(&r, "0 2048 thin pool 3 ext", TableMode::ReadWrite);
+    conformance::check_read_write(&*thin);
+}
+
+#[test]
+fn snapshot_devices_conform_over_memory() {
+    for store in ["N", "P"] {
+        let r = Registry::new();
+        r.insert_volume(
+            "origin",
+            Arc::new(MemVolume::from_bytes(conformance::pattern(0, 256 * 512, 1)).unwrap()),
+        );
+        r.insert_volume("cow", mem(1024));
+        let snap = named(
+            &r,
+            "snap",
+            &format!("0 256 snapshot origin cow {store} 8"),
+            TableMode::ReadWrite,
+        );
+        conformance::check_read_write(&*snap);
+    }
+}
+
+#[test]
+fn snapshot_origin_conforms_and_keeps_its_snapshot() {
+    let r = Registry::new();
+    let before = conformance::pattern(0, 256 * 512, 2);
+    r.insert_volume(
+        "base",
+        Arc::new(MemVolume::from_bytes(before.clone()).unwrap()),
+    );
+    r.insert_volume("cow", mem(1024));
+    let snap = named(
+        &r,
+        "snap",
+        "0 256 snapshot base cow P 8",
+        TableMode::ReadWrite,
+    );
+    let origin = named(
+        &r,
+        "orig",
+        "0 256 snapshot-origin base",
+        TableMode::ReadWrite,
+    );
+    conformance::check_read_write(&*origin);
+    let mut back = vec![0u8; before.len()];
+    snap.read(Sector(0), &mut back).unwrap();
+    assert!(
+        back == before,
+        "origin write_zeroes or write_fua skipped the copy-out"
+    );
+}
+
+#[test]
+fn delay_flakey_dust_and_crypt_conform() {
+    let key = "0123456789abcdef".repeat(4);
+    for table in [
+        "0 64 delay disk 0 0".to_string(),
+        "0 64 flakey disk 0 1 0".to_string(),
+        "0 64 dust disk 0 512".to_string(),
+        format!("0 64 crypt aes-xts-plain64 {key} 0 disk 0"),
+    ] {
+        let r = Registry::new();
+        r.insert_volume("disk", mem(64));
+        conformance::check_read_write(&*device(&r, &table, TableMode::ReadWrite));
+    }
+}
+
+#[test]
+fn zero_target_extensions_drop_and_answer_holes() {
+    let r = Registry::new();
+    let dev = device(&r, "0 64 zero", TableMode::ReadWrite);
+    dev.write_fua(Sector(1), &[3u8; 512]).unwrap();
+    for unmap in [Unmap::Allowed, Unmap::Forbidden] {
+        dev.write_zeroes(Sector(0), SectorCount(64), unmap).unwrap();
+    }
+    let extents = conformance::allocation_is_well_formed(&*dev, Sector(0), SectorCount(64));
+    assert_eq!(
+        extents,
+        [Extent {
+            len: SectorCount(64),
+            state: Allocation::Hole
+        }]
+    );
+    conformance::extended_out_of_range_changes_nothing(&*dev);
+}
+
+#[test]
+fn error_target_fails_the_extensions_with_eio() {
+    let r = Registry::new();
+    let dev = device(&r, "0 64 error", TableMode::ReadWrite);
+    for e in [
+        dev.write_fua(Sector(0), &[0u8; 512]).unwrap_err(),
+        dev.write_zeroes(Sector(0), SectorCount(1), Unmap::Allowed)
+            .unwrap_err(),
+        dev.write_zeroes(Sector(63), SectorCount(1), Unmap::Forbidden)
+            .unwrap_err(),
+        dev.allocation(Sector(0), SectorCount(64)).unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::TargetFailed { .. }), "{e}");
+        assert_eq!(e.errno(), 5);
+    }
 }

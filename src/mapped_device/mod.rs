@@ -13,7 +13,7 @@ use crate::table::{Table, TableMode};
 use crate::targets::context::EventCounter;
 use crate::targets::{Keys, Target};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{Extent, Unmap, Volume};
+use crate::volume::{check_io, check_range, Extent, Unmap, Volume};
 
 pub mod table;
 
@@ -572,6 +572,7 @@ impl Volume for MappedDevice {
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         self.with_live(|t| {
+            check_io(t.size(), sector, buf.len())?;
             self.writable(t)?;
             t.write(sector, buf)
         })
@@ -583,6 +584,7 @@ impl Volume for MappedDevice {
 
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         self.with_live(|t| {
+            check_range(t.size(), sector, count)?;
             self.writable(t)?;
             t.discard(sector, count)
         })
@@ -590,6 +592,7 @@ impl Volume for MappedDevice {
 
     fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         self.with_live(|t| {
+            check_io(t.size(), sector, buf.len())?;
             self.writable(t)?;
             t.write_fua(sector, buf)
         })
@@ -597,6 +600,7 @@ impl Volume for MappedDevice {
 
     fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
         self.with_live(|t| {
+            check_range(t.size(), sector, count)?;
             self.writable(t)?;
             t.write_zeroes(sector, count, unmap)
         })

@@ -11,7 +11,7 @@ use crate::table::{Table, TableMode};
 use crate::targets::context::{BuildContext, TableEvents};
 use crate::targets::{Keys, Target, IMMUTABLE_TYPES};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, Volume};
+use crate::volume::{check_io, check_range, Extent, Extents, Unmap, Volume};
 
 /// A constructed line: where it sits and the target serving it.
 pub struct Segment {
@@ -387,5 +387,57 @@ impl Volume for LoadedTable {
         self.for_pieces(sector, count, |seg, rel, len, _| {
             seg.target.discard(rel, len)
         })
+    }
+
+    /// Split like `write`; each piece is a FUA write to its line.
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.writable()?;
+        if count.0 == 0 {
+            return Ok(());
+        }
+        if self.concurrent {
+            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
+            self.for_pieces(sector, count, |seg, rel, len, done| {
+                let piece = &buf[done..done + len.usize_bytes()?];
+                jobs.push(Box::new(move || seg.target.write_fua(rel, piece)));
+                Ok(())
+            })?;
+            return run_all(jobs);
+        }
+        self.for_pieces(sector, count, |seg, rel, len, done| {
+            let end = done + len.usize_bytes()?;
+            seg.target.write_fua(rel, &buf[done..end])
+        })
+    }
+
+    /// Split like `discard`; each line zeroes its piece its own way.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        self.writable()?;
+        if count.0 == 0 {
+            return Ok(());
+        }
+        self.for_pieces(sector, count, |seg, rel, len, _| {
+            seg.target.write_zeroes(rel, len, unmap)
+        })
+    }
+
+    /// Each line's answer for its piece, merged across line edges; stops where one line's
+    /// answer stops early or fills the list.
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.size, sector, count)?;
+        let mut out = Extents::new();
+        if count.0 == 0 {
+            return Ok(Vec::new());
+        }
+        let mut stopped = false;
+        self.for_pieces(sector, count, |seg, rel, len, _| {
+            if !stopped {
+                stopped = !out.append_from(&*seg.target, rel, len)?;
+            }
+            Ok(())
+        })?;
+        Ok(out.into_vec())
     }
 }

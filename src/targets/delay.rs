@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::table::args::{ArgResult, Args};
 use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, SharedVolume, Volume};
+use crate::volume::{check_io, check_range, SharedVolume, Unmap, Volume};
 
 use super::{DeviceAt, DeviceRef, Target};
 
@@ -242,6 +242,21 @@ impl Volume for Delay {
         check_range(self.size, sector, count)?;
         let c = self.hold(Class::Write);
         c.device.discard(sector + c.offset, count)
+    }
+    /// A REQ_FUA write without REQ_PREFLUSH is in the write class (`delay_map`), passed
+    /// down with its FUA.
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        let c = self.hold(Class::Write);
+        c.device.write_fua(sector + c.offset, buf)
+    }
+    /// 6.12 dm-delay takes no REQ_OP_WRITE_ZEROES: the block layer sends zero writes, all
+    /// in flight at once, each held in the write class. So the zeroing is held once, then
+    /// handed to the write device.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        let c = self.hold(Class::Write);
+        c.device.write_zeroes(sector + c.offset, count, unmap)
     }
 }
 

@@ -304,6 +304,17 @@ impl Volume for Dust {
         self.map_write(sector)?;
         self.device.discard(sector + self.args.dest.offset, count)
     }
+    /// A FUA write is one write bio per block (`dust_map_write`), passed down with its FUA;
+    /// not a write followed by a flush, which dust would see as a write to block 0.
+    /// (`write_zeroes` is the default: 6.12 dm-dust takes no REQ_OP_WRITE_ZEROES, so the
+    /// block layer sends zero writes, which bad blocks fail as they fail writes.)
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        let device = &self.device;
+        self.pieces(sector, count, Dust::map_write, |at, range| {
+            device.write_fua(at, &buf[range])
+        })
+    }
 }
 
 mod message;

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::table::args::{ArgResult, Args};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, Volume};
+use crate::volume::{check_io, check_range, Extent, Unmap, Volume};
 
 use super::Target;
 
@@ -56,6 +56,17 @@ impl Volume for ErrorTarget {
         Err(fail())
     }
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        Err(fail())
+    }
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        self.write(sector, buf)
+    }
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, _unmap: Unmap) -> Result<()> {
+        self.discard(sector, count)
+    }
+    /// Not an I/O in the kernel, but every read fails, so no answer is given either.
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
         check_range(self.size, sector, count)?;
         Err(fail())
     }

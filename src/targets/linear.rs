@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::table::args::{ArgResult, Args};
 use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, SharedVolume, Volume};
+use crate::volume::{check_io, check_range, Extent, SharedVolume, Unmap, Volume};
 
 use super::{DeviceAt, DeviceRef, Target};
 
@@ -91,6 +91,19 @@ impl Volume for Linear {
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.size, sector, count)?;
         self.device.discard(sector + self.offset, count)
+    }
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        self.device.write_fua(sector + self.offset, buf)
+    }
+    /// linear_ctr sets `num_write_zeroes_bios = 1`: the request goes down remapped.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        self.device.write_zeroes(sector + self.offset, count, unmap)
+    }
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.size, sector, count)?;
+        self.device.allocation(sector + self.offset, count)
     }
 }
 

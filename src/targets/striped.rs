@@ -13,7 +13,9 @@ use crate::error::Result;
 use crate::table::args::{ArgResult, Args};
 use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
+use crate::volume::{
+    check_io, check_range, chunks, Extent, Extents, SharedVolume, Unmap, Volume, MAX_WALK,
+};
 
 use super::{DeviceAt, DeviceRef, Target};
 
@@ -184,6 +186,36 @@ impl Volume for Striped {
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.size, sector, count)?;
         self.each_piece(sector, count, |s, at, len, _| s.device.discard(at, len))
+    }
+
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.each_piece(sector, count, |s, at, len, done| {
+            let end = done + len.usize_bytes()?;
+            s.device.write_fua(at, &buf[done..end])
+        })
+    }
+
+    /// stripe_ctr sets `num_write_zeroes_bios = stripes`: each stripe gets its part.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        self.each_piece(sector, count, |s, at, len, _| {
+            s.device.write_zeroes(at, len, unmap)
+        })
+    }
+
+    /// Each chunk's answer from its stripe, merged; at most `MAX_WALK` chunks per answer.
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.size, sector, count)?;
+        let mut out = Extents::new();
+        for ((at, len), _) in chunks(sector, count, self.chunk).zip(0..MAX_WALK) {
+            let (i, dev_sector) = self.map(at);
+            let stripe = &self.stripes[i];
+            if !out.append_from(&*stripe.device, dev_sector + stripe.offset, len)? {
+                break;
+            }
+        }
+        Ok(out.into_vec())
     }
 }
 

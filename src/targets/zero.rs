@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::table::args::{ArgResult, Args};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, Volume};
+use crate::volume::{check_io, check_range, Allocation, Extent, Unmap, Volume};
 
 use super::Target;
 
@@ -51,6 +51,19 @@ impl Volume for Zero {
     /// Discards are accepted and do nothing (reads stay zero).
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.size, sector, count)
+    }
+    /// 6.12 dm-zero takes no REQ_OP_WRITE_ZEROES, so the block layer sends zero writes,
+    /// which it drops: a no-op that succeeds. (`write_fua` is the default: a dropped write.)
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, _unmap: Unmap) -> Result<()> {
+        check_range(self.size, sector, count)
+    }
+    /// Nothing is allocated and everything reads zeros.
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.size, sector, count)?;
+        Ok(vec![Extent {
+            len: count,
+            state: Allocation::Hole,
+        }])
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::RwLock;
 
-use super::{check_io, check_range, Volume};
+use super::{check_io, check_range, Unmap, Volume};
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
@@ -91,5 +91,10 @@ impl Volume for MemVolume {
         let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
         data[range].fill(0);
         Ok(())
+    }
+
+    /// Zeroes in place (memory has nothing to unmap); `allocation` is the default: data.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, _unmap: Unmap) -> Result<()> {
+        self.discard(sector, count)
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{check_io, check_range, Access, ImageFile, Volume};
+use super::{check_io, check_range, Access, ImageFile, Unmap, Volume};
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
@@ -89,5 +89,11 @@ impl Volume for MmapVolume {
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.size, sector, count)?;
         Err(self.readonly())
+    }
+
+    /// Refused like every write, even for an empty range; `write_fua` fails in its write
+    /// and `allocation` is the default (data).
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, _unmap: Unmap) -> Result<()> {
+        self.discard(sector, count)
     }
 }

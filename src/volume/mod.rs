@@ -10,11 +10,13 @@ use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
 mod file;
+mod io;
 mod lock;
 mod memory;
 mod mmap;
 
 pub use file::{Access, FileVolume};
+pub use io::VolumeIo;
 pub use lock::ImageFile;
 pub use memory::MemVolume;
 pub use mmap::MmapVolume;
@@ -101,6 +103,99 @@ pub struct Extent {
     pub state: Allocation,
 }
 
+/// Most extents one `allocation` answer holds before it stops early (callers loop).
+pub const MAX_EXTENTS: usize = 1024;
+
+/// Most blocks or chunks an `allocation` answer walks (thin blocks, snapshot chunks, stripe
+/// chunks) before it stops early, so one call's work is bounded on a huge device.
+pub const MAX_WALK: u64 = 1 << 16;
+
+/// An `allocation` answer being built: appends merge with the last extent of the same
+/// state; it is full at `MAX_EXTENTS` extents.
+#[derive(Debug, Default)]
+pub struct Extents {
+    list: Vec<Extent>,
+    covered: SectorCount,
+}
+
+impl Extents {
+    /// An empty answer.
+    #[must_use]
+    pub fn new() -> Extents {
+        Extents::default()
+    }
+
+    /// Whether another extent of a new state would exceed `MAX_EXTENTS`.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        self.list.len() >= MAX_EXTENTS
+    }
+
+    /// Sectors covered so far.
+    #[must_use]
+    pub fn covered(&self) -> SectorCount {
+        self.covered
+    }
+
+    /// Append `len` sectors in `state`; returns false (and appends nothing) when that would
+    /// start an extent past `MAX_EXTENTS`. Zero lengths are ignored.
+    pub fn push(&mut self, len: SectorCount, state: Allocation) -> bool {
+        if len.0 == 0 {
+            return true;
+        }
+        let full = self.is_full();
+        match self.list.last_mut() {
+            Some(last) if last.state == state => last.len.0 += len.0,
+            _ if full => return false,
+            _ => self.list.push(Extent { len, state }),
+        }
+        self.covered.0 += len.0;
+        true
+    }
+
+    /// Append `volume`'s answer for `[sector, sector + count)`. Returns false when this
+    /// answer should stop here: it filled up, or the lower answer itself stopped early (so
+    /// one call's work stays bounded through a stack of volumes; the caller asks again).
+    /// A lower answer that covers nothing or reaches past what was asked is an error (it
+    /// would otherwise loop forever or misplace extents).
+    pub fn append_from(
+        &mut self,
+        volume: &(impl Volume + ?Sized),
+        sector: Sector,
+        count: SectorCount,
+    ) -> Result<bool> {
+        if count.0 == 0 {
+            return Ok(true);
+        }
+        let answer = volume.allocation(sector, count)?;
+        let got = answer.iter().try_fold(0u64, |n, e| n.checked_add(e.len.0));
+        let got = match got {
+            Some(n) if n > 0 && n <= count.0 => n,
+            _ => {
+                return Err(Error::invalid(
+                    "allocation",
+                    format!(
+                        "answer for sectors [{}, +{count}) covers {got:?} sectors",
+                        sector.0
+                    ),
+                ))
+            }
+        };
+        for e in answer {
+            if !self.push(e.len, e.state) {
+                return Ok(false);
+            }
+        }
+        Ok(got == count.0)
+    }
+
+    /// The extents.
+    #[must_use]
+    pub fn into_vec(self) -> Vec<Extent> {
+        self.list
+    }
+}
+
 /// Largest zero buffer the default `write_zeroes` writes at once (1 MiB).
 pub const ZERO_CHUNK: usize = 1 << 20;
 
@@ -179,6 +274,81 @@ mod tests {
                 (Sector(16), SectorCount(2))
             ]
         );
+    }
+
+    /// A volume whose `allocation` answers whatever it was given.
+    #[derive(Debug)]
+    struct Answers(Vec<Extent>);
+    impl Volume for Answers {
+        fn size(&self) -> SectorCount {
+            SectorCount(100)
+        }
+        fn read(&self, _: Sector, _: &mut [u8]) -> Result<()> {
+            Ok(())
+        }
+        fn write(&self, _: Sector, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+        fn discard(&self, _: Sector, _: SectorCount) -> Result<()> {
+            Ok(())
+        }
+        fn allocation(&self, _: Sector, _: SectorCount) -> Result<Vec<Extent>> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn ext(len: u64, state: Allocation) -> Extent {
+        Extent {
+            len: SectorCount(len),
+            state,
+        }
+    }
+
+    #[test]
+    fn extents_merge_equal_neighbours_and_stop_at_the_cap() {
+        let mut e = Extents::new();
+        assert!(e.push(SectorCount(2), Allocation::Data));
+        assert!(e.push(SectorCount(0), Allocation::Hole));
+        assert!(e.push(SectorCount(3), Allocation::Data));
+        assert_eq!(e.covered(), SectorCount(5));
+        for i in 1..MAX_EXTENTS {
+            let state = [Allocation::Data, Allocation::Hole][i % 2];
+            assert!(e.push(SectorCount(1), state));
+        }
+        assert!(e.is_full());
+        // The last extent still grows; a new one does not start.
+        let last = e.list[MAX_EXTENTS - 1].state;
+        assert!(e.push(SectorCount(1), last));
+        assert!(!e.push(SectorCount(1), Allocation::Zero));
+        let v = e.into_vec();
+        assert_eq!(v.len(), MAX_EXTENTS);
+        assert_eq!(v[0], ext(5, Allocation::Data));
+    }
+
+    #[test]
+    fn append_from_asks_again_where_an_answer_stops_and_refuses_bad_answers() {
+        let mut e = Extents::new();
+        // A lower answer that stops early stops this one too, after what it said.
+        let partial = Answers(vec![ext(2, Allocation::Hole)]);
+        assert!(e.append_from(&partial, Sector(0), SectorCount(2)).unwrap());
+        assert!(!e.append_from(&partial, Sector(2), SectorCount(20)).unwrap());
+        assert_eq!(e.into_vec(), [ext(4, Allocation::Hole)]);
+        for bad in [
+            vec![],
+            vec![ext(0, Allocation::Data)],
+            vec![ext(21, Allocation::Data)],
+        ] {
+            let err = Extents::new()
+                .append_from(&Answers(bad), Sector(3), SectorCount(20))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("answer for sectors [3, +20)"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

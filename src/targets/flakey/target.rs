@@ -34,6 +34,9 @@ use super::{CorruptBioByte, Direction, DownWrites, FlakeyArgs, PROBABILITY_BASE}
 /// `bi_opf` of dmemu's read and write requests (`REQ_OP_READ`, `REQ_OP_WRITE`, no flags).
 const READ_OPF: u32 = 0;
 const WRITE_OPF: u32 = 1;
+/// `REQ_FUA` (bit `__REQ_FUA` = 17 in 6.12's blk_types.h), set on `write_fua` requests so
+/// `corrupt_bio_byte`'s flag mask can select them.
+const REQ_FUA: u32 = 1 << 17;
 
 /// The largest write the kernel corrupts as one clone: `UIO_MAXIOV << PAGE_SHIFT`.
 const MAX_CLONE_BYTES: usize = 1024 * 4096;
@@ -313,41 +316,13 @@ impl Volume for Flakey {
     }
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        check_io(self.size, sector, buf.len())?;
-        let mut at = sector + self.args.dest.offset;
-        let mut rest = buf;
-        // Each pass is one flakey_map call: the whole bio, or what is left of it after a
-        // 4 MiB corrupted clone was accepted.
-        loop {
-            if !self.is_down() {
-                return self.device.write(at, rest);
-            }
-            if let Some(verdict) = self.down_write_verdict() {
-                return verdict;
-            }
-            if rest.is_empty() {
-                return self.device.write(at, rest);
-            }
-            let fixed = self.fixed(Direction::Write, WRITE_OPF);
-            let random = self.fires(self.args.random_write_corrupt);
-            if fixed.is_none() && !random {
-                return self.device.write(at, rest);
-            }
-            let (piece, after) = rest.split_at(rest.len().min(MAX_CLONE_BYTES));
-            let mut clone = piece.to_vec();
-            if let Some(c) = fixed {
-                corrupt_nth(&mut clone, c);
-            }
-            if random {
-                self.corrupt_random(&mut clone);
-            }
-            self.device.write(at, &clone)?;
-            at += SectorCount::from_bytes(piece.len())?;
-            rest = after;
-            if rest.is_empty() {
-                return Ok(());
-            }
-        }
+        self.write_op(sector, buf, WRITE_OPF)
+    }
+
+    /// A write with REQ_FUA in its `bi_opf`: dropped, failed or corrupted while down like any
+    /// write (`flakey_map` looks at the direction), passed down as a FUA write.
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        self.write_op(sector, buf, WRITE_OPF | REQ_FUA)
     }
 
     fn flush(&self) -> Result<()> {
@@ -367,6 +342,57 @@ impl Volume for Flakey {
             }
         }
         self.device.discard(sector + self.args.dest.offset, count)
+    }
+    // `write_zeroes` is the default: 6.12 dm-flakey takes no REQ_OP_WRITE_ZEROES, so the
+    // block layer sends zero writes, which flakey drops, fails or corrupts as writes.
+    // `allocation` is the default (data): reads while down may be corrupted.
+}
+
+impl Flakey {
+    /// `flakey_map` for a write whose `bi_opf` is `opf`.
+    fn write_op(&self, sector: Sector, buf: &[u8], opf: u32) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        let lower = |at: Sector, data: &[u8]| {
+            if opf & REQ_FUA != 0 {
+                self.device.write_fua(at, data)
+            } else {
+                self.device.write(at, data)
+            }
+        };
+        let mut at = sector + self.args.dest.offset;
+        let mut rest = buf;
+        // Each pass is one flakey_map call: the whole bio, or what is left of it after a
+        // 4 MiB corrupted clone was accepted.
+        loop {
+            if !self.is_down() {
+                return lower(at, rest);
+            }
+            if let Some(verdict) = self.down_write_verdict() {
+                return verdict;
+            }
+            if rest.is_empty() {
+                return lower(at, rest);
+            }
+            let fixed = self.fixed(Direction::Write, opf);
+            let random = self.fires(self.args.random_write_corrupt);
+            if fixed.is_none() && !random {
+                return lower(at, rest);
+            }
+            let (piece, after) = rest.split_at(rest.len().min(MAX_CLONE_BYTES));
+            let mut clone = piece.to_vec();
+            if let Some(c) = fixed {
+                corrupt_nth(&mut clone, c);
+            }
+            if random {
+                self.corrupt_random(&mut clone);
+            }
+            lower(at, &clone)?;
+            at += SectorCount::from_bytes(piece.len())?;
+            rest = after;
+            if rest.is_empty() {
+                return Ok(());
+            }
+        }
     }
 }
 

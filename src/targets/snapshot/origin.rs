@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::targets::context::{device_area, BuildContext};
 use crate::targets::{DeviceAt, DeviceRef, Target};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, chunks, SharedVolume, Volume};
+use crate::volume::{check_io, check_range, chunks, Extent, SharedVolume, Unmap, Volume};
 
 use super::target::{OnFull, Snapshot};
 use super::{OriginArgs, SnapshotKind};
@@ -127,6 +127,23 @@ impl Volume for Origin {
             target: "snapshot-origin",
             op: "discard",
         })
+    }
+    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.links.before_origin_write(sector, count);
+        self.origin.write_fua(sector, buf)
+    }
+    /// origin_ctr takes no REQ_OP_WRITE_ZEROES: the block layer sends zero writes, which
+    /// copy out to the snapshots first. The same order here, then the origin zeroes its
+    /// own way.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
+        check_range(self.size, sector, count)?;
+        self.links.before_origin_write(sector, count);
+        self.origin.write_zeroes(sector, count, unmap)
+    }
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.size, sector, count)?;
+        self.origin.allocation(sector, count)
     }
 }
 

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use crate::error::{Error, Result};
 use crate::targets::context::{BuildContext, TableEvents};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
+use crate::volume::{
+    check_io, check_range, chunks, Allocation, Extent, Extents, SharedVolume, Volume, MAX_WALK,
+};
 
 use super::origin::origin_area;
 use super::store::{Loaded, PersistentStore, TransientStore, Usage};
@@ -515,6 +517,42 @@ impl Volume for Snapshot {
             self.origin.discard(sector, count)?;
         }
         Ok(())
+    }
+
+    /// A chunk with an exception is data (it lives in the COW); one without reads the
+    /// origin, so the origin's answer stands for it. At most `MAX_WALK` chunks per answer.
+    /// (`write_zeroes` is the default: dm-snap takes no REQ_OP_WRITE_ZEROES, so zero writes
+    /// make exceptions like any write.)
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.size, sector, count)?;
+        if !self.valid() {
+            return match self.kind {
+                SnapshotKind::Merge => self.origin.allocation(sector, count),
+                SnapshotKind::Snapshot => Err(self.failed()),
+            };
+        }
+        let mut out = Extents::new();
+        // Chunks without exceptions, not yet asked of the origin: [start, start + len).
+        let mut run: Option<(Sector, SectorCount)> = None;
+        for ((s, n), _) in chunks(sector, count, SectorCount(self.chunk)).zip(0..MAX_WALK) {
+            if self.lookup(s.0 >> self.shift).is_none() {
+                let (start, len) = run.get_or_insert((s, SectorCount(0)));
+                *len = SectorCount(s.0 + n.0 - start.0);
+                continue;
+            }
+            if let Some((start, len)) = run.take() {
+                if !out.append_from(&*self.origin, start, len)? {
+                    return Ok(out.into_vec());
+                }
+            }
+            if !out.push(n, Allocation::Data) {
+                return Ok(out.into_vec());
+            }
+        }
+        if let Some((start, len)) = run {
+            out.append_from(&*self.origin, start, len)?;
+        }
+        Ok(out.into_vec())
     }
 }
 

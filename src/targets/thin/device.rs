@@ -8,7 +8,10 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::targets::context::{typed_target, BuildContext};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, chunks, SharedVolume, Volume};
+use crate::volume::{
+    check_io, check_range, chunks, write_zero_buffers, Allocation, Extent, Extents, SharedVolume,
+    Unmap, Volume, MAX_WALK,
+};
 
 use super::metadata::BlockTime;
 use super::pool::{read, Dev, ThinPool};
@@ -190,6 +193,29 @@ impl Thin {
     }
 }
 
+impl Thin {
+    /// Append the unmapped view of `[start, start + len)`: the external origin's answer
+    /// where it has sectors, holes past its end (or everywhere without one).
+    fn unmapped_allocation(
+        &self,
+        out: &mut Extents,
+        start: Sector,
+        len: SectorCount,
+    ) -> Result<bool> {
+        let inside = match &self.origin {
+            Some(origin) => {
+                let inside = SectorCount(origin.size().0.saturating_sub(start.0).min(len.0));
+                if inside.0 > 0 && !out.append_from(&**origin, start, inside)? {
+                    return Ok(false);
+                }
+                inside
+            }
+            None => SectorCount(0),
+        };
+        Ok(out.push(SectorCount(len.0 - inside.0), Allocation::Hole))
+    }
+}
+
 impl Volume for Thin {
     fn size(&self) -> SectorCount {
         self.len
@@ -260,6 +286,59 @@ impl Volume for Thin {
                         Err(e) => return Err(e),
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// From the mapping index: a mapped block is data; an unmapped one is a hole, or with
+    /// an external origin, the origin's answer for those sectors (holes past its end). At
+    /// most `MAX_WALK` blocks per answer.
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        check_range(self.len, sector, count)?;
+        let mut out = Extents::new();
+        let mut run: Option<(Sector, SectorCount)> = None;
+        for ((s, n), _) in chunks(sector, count, SectorCount(self.block)).zip(0..MAX_WALK) {
+            if self.lookup(self.split(s.0).0).is_none() {
+                let (start, len) = run.get_or_insert((s, SectorCount(0)));
+                *len = SectorCount(s.0 + n.0 - start.0);
+                continue;
+            }
+            if let Some((start, len)) = run.take() {
+                if !self.unmapped_allocation(&mut out, start, len)? {
+                    return Ok(out.into_vec());
+                }
+            }
+            if !out.push(n, Allocation::Data) {
+                return Ok(out.into_vec());
+            }
+        }
+        if let Some((start, len)) = run {
+            self.unmapped_allocation(&mut out, start, len)?;
+        }
+        Ok(out.into_vec())
+    }
+
+    /// 6.12 dm-thin sets no `num_write_zeroes_bios`, so the block layer sends zero writes,
+    /// which provision blocks: that is what `Unmap::Forbidden` does. With `Unmap::Allowed`
+    /// and no external origin, whole blocks are unmapped as a discard unmaps them (they
+    /// then read zeros; passdown as configured) when the pool takes discards and is
+    /// writable, and partial blocks get zeros written unless they are unmapped already.
+    /// With an external origin an unmapped block reads the origin, so zeros are written.
+    fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
+        check_range(self.len, sector, count)?;
+        let (discards, _) = self.pool.discards();
+        if unmap == Unmap::Forbidden || self.origin.is_some() || !discards || self.pool.read_only()
+        {
+            return write_zero_buffers(self, sector, count);
+        }
+        self.discard(sector, count)?;
+        let first = sector.0.div_ceil(self.block) * self.block;
+        let end = sector.0 + count.0;
+        let last = (end / self.block * self.block).max(first);
+        for (at, n) in [(sector.0, first.min(end)), (last.max(sector.0), end)] {
+            if n > at && self.lookup(self.split(at).0).is_some() {
+                write_zero_buffers(self, Sector(at), SectorCount(n - at))?;
             }
         }
         Ok(())
