@@ -1,6 +1,6 @@
 //! Running the `dmemu` binary from integration tests.
 
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, dead_code)] // each test binary uses a part
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -16,4 +16,20 @@ pub fn dmemu(args: &[&str], stdin: &[u8]) -> Output {
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Decompress the fixture `tests/fixtures/<rel>.gz` into `dir`; the path written.
+pub fn unpack_fixture(dir: &std::path::Path, rel: &str) -> std::path::PathBuf {
+    use std::io::Read;
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{rel}.gz"));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&src).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    let name = std::path::Path::new(rel).file_name().unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, out).unwrap();
+    p
 }

@@ -12,6 +12,7 @@ use super::format::{format, read_superblock, verify, FormatParams};
 use super::hash::{from_hex, to_hex, HashAlg};
 use super::superblock::{Superblock, Uuid};
 use super::FecArgs;
+use crate::cli::transfer::Counted;
 use crate::error::{Error, Result};
 use crate::targets::DeviceRef;
 use crate::volume::{Access, FileVolume, Volume};
@@ -296,7 +297,10 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
                 .truncate(false)
                 .open(&hash)
                 .map_err(Error::io(&hash.display()))?;
-            let root = format(&p, &dv, &file)?;
+            // A progress bar (on a terminal) over the data read for the first level.
+            let counted = Counted::new(&dv);
+            let root = format(&p, &counted, &file)?;
+            counted.finish();
             drop(file);
             let fec = match &opts.fec_device {
                 None => None,
@@ -327,7 +331,10 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
             let (dv, hv) = (open(&data)?, open(&hash)?);
             let p = opts.existing(&dv, &hv)?;
             let r = parse_root(&root, p.algorithm)?;
-            verify(&p, &dv, &hv, &r)
+            let counted = Counted::new(&dv);
+            let verified = verify(&p, &counted, &hv, &r);
+            counted.finish();
+            verified
         }
         VerityCommand::Dump { hash, hash_offset } => {
             let sb: Superblock = read_superblock(&open(&hash)?, hash_offset)?;
