@@ -38,7 +38,7 @@ echo "== a thin volume out of kernel-written pool metadata + data (no kernel, no
 fx=tests/fixtures
 gunzip -c "$fx/thin/kernel-meta.img.gz" > "$work/meta.img"
 gunzip -c "$fx/thin/kernel-data.img.gz" > "$work/data.img"
-"$dmemu" thin ls "$work/meta.img"
+"$dmemu" thin ls "$work/meta.img" "$work/data.img"
 # The pool is loaded with `read_only`: extraction can never change the metadata.
 pool="pool,,,rw,0 65536 thin-pool $work/meta.img $work/data.img 128 0 1 read_only"
 "$dmemu" read --concise "$pool;t1,,,ro,0 65536 thin pool 1" --device t1 -o "$work/thin1.img"
