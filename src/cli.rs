@@ -388,23 +388,6 @@ fn run_command(cli: Cli) -> Result<()> {
     }
 }
 
-/// One line: the error and its causes, `: `-separated (a cause the message already ends
-/// with, as an I/O error's OS error, is not repeated).
-#[must_use]
-pub fn error_chain(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        let c_text = c.to_string();
-        if !s.ends_with(&c_text) {
-            s.push_str(": ");
-            s.push_str(&c_text);
-        }
-        src = c.source();
-    }
-    s
-}
-
 /// Parse the command line, run, and return the process exit status.
 #[must_use]
 pub fn run() -> i32 {
@@ -413,7 +396,7 @@ pub fn run() -> i32 {
         Ok(()) => 0,
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
-            eprintln!("dmemu: {}", error_chain(&e));
+            eprintln!("dmemu: {}", e.chain());
             e.errno()
         }
     }

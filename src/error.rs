@@ -221,6 +221,23 @@ impl Error {
         }
     }
 
+    /// One line: the message and its causes, `: `-separated (a cause the message already
+    /// ends with, as an I/O error's OS error, is not repeated). What `dmemu` prints.
+    #[must_use]
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(c) = src {
+            let c_text = c.to_string();
+            if !s.ends_with(&c_text) {
+                s.push_str(": ");
+                s.push_str(&c_text);
+            }
+            src = c.source();
+        }
+        s
+    }
+
     /// `map_err` helper that names the device: `.map_err(Error::io(&path))`.
     pub fn io(device: &impl fmt::Display) -> impl FnOnce(io::Error) -> Error + '_ {
         move |source| Error::Io {
