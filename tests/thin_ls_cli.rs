@@ -95,7 +95,7 @@ fn listing_specs_read_each_thin_as_the_kernel_wrote_it() {
             .find_map(|l| l.strip_prefix(&format!("SHA256 thin{id} ")))
             .unwrap();
         assert_eq!(
-            format!("{:x}", sha2::Sha256::digest(&img)),
+            dmemu::targets::verity::hash::to_hex(&sha2::Sha256::digest(&img)),
             want,
             "thin{id}"
         );
