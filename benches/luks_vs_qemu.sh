@@ -14,8 +14,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-$(mktemp -d /var/tmp/luksbench.XXXXXX)}
 trap 'rm -rf "$WORK"' EXIT
 SIZE_MIB=${SIZE_MIB:-1024}
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
-DMEMU="$ROOT/target/release/dmemu"
+. "$ROOT/scripts/cargo-paths.sh"
+DMEMU=$(dmemu_bin)
 OFF=32768  # 16 MiB payload offset, cryptsetup's LUKS2 default
 for v in 1 2; do
   truncate -s $(( (SIZE_MIB + 16) * 1024 * 1024 )) "$WORK/l$v.img"

@@ -6,12 +6,16 @@
 #   segment lookup in a 100,000-line table        < 50 ns
 #   parse + validate a 100,000-line table         < 100 ms
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+. scripts/cargo-paths.sh
+TARGET_DIR=$(target_dir)
+export TARGET_DIR
 cargo bench --bench volume_io --bench table_parse -- --warm-up-time 1 --measurement-time 4 >/dev/null
 python3 - <<'PY'
-import json
+import json, os
 def ns(name):
-    return json.load(open(f"target/criterion/{name}/new/estimates.json"))["mean"]["point_estimate"]
+    return json.load(open(f"{os.environ['TARGET_DIR']}/criterion/{name}/new/estimates.json"))["mean"]["point_estimate"]
 raw4, raw64 = ns("read/raw_pread/4096"), ns("read/raw_pread/65536")
 for n in ["linear_file", "striped_file", "linear_mmap", "linear_mem", "striped_mem"]:
     for size, raw in [(4096, raw4), (65536, raw64)]:

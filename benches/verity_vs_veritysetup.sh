@@ -10,8 +10,8 @@ RUNS=${RUNS:-3}
 W=${TMPDIR:-/tmp}/verity-bench.$$
 mkdir -p "$W"
 trap 'rm -rf "$W"' EXIT
-(cd "$ROOT" && cargo build --release --quiet)
-DMEMU=$ROOT/target/release/dmemu
+. "$ROOT/scripts/cargo-paths.sh"
+DMEMU=$(dmemu_bin)
 head -c $((MIB << 20)) /dev/urandom > "$W/data.img"
 touch "$W/hash.img"
 R=$(veritysetup format "$W/data.img" "$W/hash.img" | awk '/^Root hash:/ {print $3}')

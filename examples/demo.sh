@@ -4,11 +4,14 @@
 # write through the stack, read it back, and show `dmsetup table` / `status` output. Then
 # open what the real kernel wrote (shipped fixtures made on Linux 6.12): a thin volume out of
 # pool metadata + data files, and an old-style snapshot out of its origin + COW files, each
-# checked against the sha256 the kernel printed.
+# checked against the sha256 the kernel printed; a LUKS2 image cryptsetup made, unlocked
+# (the crypt table next to the one the kernel loaded) and read; a verity tree veritysetup
+# made, verified, and a flipped byte caught. Linux only (pread/pwrite, O_DIRECT).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo build --release --quiet
-dmemu=target/release/dmemu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+. scripts/cargo-paths.sh
+dmemu=$(dmemu_bin)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -35,7 +38,8 @@ echo "== a thin volume out of kernel-written pool metadata + data (no kernel, no
 fx=tests/fixtures
 gunzip -c "$fx/thin/kernel-meta.img.gz" > "$work/meta.img"
 gunzip -c "$fx/thin/kernel-data.img.gz" > "$work/data.img"
-"$dmemu" thin ls "$work/meta.img"
+"$dmemu" thin ls "$work/meta.img" "$work/data.img"
+# The pool is loaded with `read_only`: extraction can never change the metadata.
 pool="pool,,,rw,0 65536 thin-pool $work/meta.img $work/data.img 128 0 1 read_only"
 "$dmemu" read --concise "$pool;t1,,,ro,0 65536 thin pool 1" --device t1 -o "$work/thin1.img"
 echo "thin 1 sha256 (dmemu):  $(sha256sum < "$work/thin1.img" | cut -d' ' -f1)"
@@ -48,3 +52,20 @@ snap="snapA,,,ro,0 8192 snapshot $work/origin.img $work/cow.img P 8"
 "$dmemu" read --concise "$snap" -o "$work/snap.img"
 echo "snapshot sha256 (dmemu):  $(sha256sum < "$work/snap.img" | cut -d' ' -f1)"
 echo "snapshot sha256 (kernel): $(awk '$1 == "sha256" && $2 == "snapA:" {s = $3} END {print s}' "$fx/snapshot/kernel-writes.out")"
+
+echo "== a LUKS2 image made by cryptsetup 2.6 (argon2id), data written by the 6.12 kernel"
+gunzip -c "$fx/luks/l2-argon2id.img.gz" > "$work/luks.img"
+"$dmemu" luks dump "$work/luks.img" | sed -n '1,12p'
+echo "crypt line (dmemu, passphrase 'alpha'): $(printf alpha | "$dmemu" luks table "$work/luks.img" --key-file - --showkeys | cut -c1-60)..."
+echo "crypt line (kernel's dmsetup table):     $(awk '$1 == "l2-argon2id" && $6 !~ /^:/ {sub(/^[^ ]* /, ""); print}' "$fx/luks/tables.txt" | cut -c1-60)..."
+printf alpha | "$dmemu" luks read "$work/luks.img" --key-file - -o "$work/plain.bin"
+echo "first plaintext bytes (the kernel wrote byte i = i mod 251 xor i/4096):"
+od -A d -t x1 -N 16 "$work/plain.bin"
+
+echo "== a dm-verity tree made by veritysetup 2.6: verified, then one flipped byte is caught"
+gunzip -c "$fx/verity/data-a.img.gz" > "$work/vdata.img"
+gunzip -c "$fx/verity/hash-v1-sha256-4k.img.gz" > "$work/vhash.img"
+root=$(awk '$1 == "v1-sha256-4k" {print $13}' "$fx/verity/cases.txt")
+"$dmemu" verity verify "$work/vdata.img" "$work/vhash.img" "$root" && echo "verify: ok (root $root)"
+printf '\xff' | dd of="$work/vdata.img" bs=1 seek=40000 conv=notrunc status=none
+"$dmemu" verity verify "$work/vdata.img" "$work/vhash.img" "$root" || echo "verify after flipping byte 40000: refused, exit $?"

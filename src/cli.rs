@@ -1,24 +1,45 @@
 //! The `dmemu` command line: clap structs and one function per subcommand. Library errors
 //! become one stderr line (with the cause chain) and an exit status equal to their errno.
 
-use std::fs::File;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+
+pub mod transfer;
+
+use transfer::{read_out, write_in, ReadArgs, WriteArgs};
 
 use crate::error::{Error, Result};
 use crate::mapped_device::MappedDevice;
 use crate::registry::Registry;
 use crate::table::{concise::format_concise, parse_concise, parse_table, DeviceSpec, TableMode};
 use crate::targets::Keys;
-use crate::units::{Sector, SectorCount, SECTOR_SIZE};
-use crate::volume::{Access, ImageFile, Volume};
+use crate::units::{Sector, SECTOR_SIZE};
+use crate::volume::Access;
+
+/// The exit status, as `--help` prints it (README's "Exit status" says the same).
+const EXIT_STATUS: &str = "\
+Exit status: 0 on success; otherwise the errno of the failure, as the kernel or the OS
+reported it (the message names the cause, e.g. \"a.img: Permission denied\"):
+   1 EPERM       wrong passphrase, key file or volume key
+   2 ENOENT      no such file, or a device a table names that nothing satisfies
+  13 EACCES      permission denied (any OS error keeps its errno)
+   5 EIO         I/O error; a read the target fails (error, flakey, verity mismatch,
+                 invalid snapshot); a request beyond the end of the device
+   6 ENXIO       no mapped device of that name
+  16 EBUSY       image locked, device in use, or name/uuid taken
+  22 EINVAL      bad table, argument or input; corrupt header, metadata or verity tree
+  28 ENOSPC      thin pool out of data space          30 EROFS   write to read-only
+  95 EOPNOTSUPP  operation the target does not have
+dmemu luks and dmemu verity keep this rule; cryptsetup and veritysetup use their own
+codes instead (1 bad parameters or not LUKS, 2 wrong passphrase or verification failed,
+4 missing device, 5 busy or exists).";
 
 /// A userspace device-mapper: kernel dm tables executed over image files.
 #[derive(Debug, Parser)]
-#[command(name = "dmemu", version, about)]
+#[command(name = "dmemu", version, about, after_help = EXIT_STATUS)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,9 +47,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate a table file; exit 0, or print `line N: <reason>` and fail.
+    /// Validate a table; exit 0, or print `line N: <reason>` and fail.
     Check {
-        /// Table file, or `-` for stdin.
+        /// Table text (starts with a digit and holds a space), a table file, or `-` for stdin.
         #[arg(default_value = "-")]
         file: String,
         /// The input is `dmsetup create --concise` text.
@@ -40,7 +61,7 @@ enum Command {
     },
     /// Print the canonical `dmsetup table` form; opens no device.
     Fmt {
-        /// Table file, or `-` for stdin.
+        /// Table text (starts with a digit and holds a space), a table file, or `-` for stdin.
         #[arg(default_value = "-")]
         file: String,
         /// The input is `dmsetup create --concise` text (printed back in concise form).
@@ -50,30 +71,20 @@ enum Command {
         #[arg(long)]
         showkeys: bool,
     },
-    /// Read the device's contents to stdout or a file.
+    /// Read the device's contents to stdout or a file (sparse when the file is new).
     Read {
         #[command(flatten)]
         spec: SpecArgs,
-        /// First sector to read.
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// Number of sectors (default: to the end of the device).
-        #[arg(long)]
-        sectors: Option<u64>,
-        /// Output file (default stdout).
-        #[arg(short = 'o', long)]
-        output: Option<PathBuf>,
+        #[command(flatten)]
+        out: ReadArgs,
     },
-    /// Write data (whole sectors) into the device.
+    /// Write data (whole sectors) into the device; an input larger than the device is
+    /// refused before anything is written.
     Write {
         #[command(flatten)]
         spec: SpecArgs,
-        /// First sector to write.
-        #[arg(long, default_value_t = 0)]
-        start: u64,
-        /// Input file (default stdin).
-        #[arg(short = 'i', long)]
-        input: Option<PathBuf>,
+        #[command(flatten)]
+        input: WriteArgs,
     },
     /// Print `dmsetup status` lines.
     Status {
@@ -124,8 +135,10 @@ enum Command {
 /// Which devices to build and which one to act on.
 #[derive(Debug, ClapArgs)]
 pub struct SpecArgs {
-    /// Table file for one device (`-` for stdin).
-    #[arg(long, conflicts_with_all = ["concise", "concise_file"])]
+    /// One device's table, as dmsetup's `--table` takes it: table text (anything that
+    /// starts with a digit and holds a space, lines separated by newlines), else a table
+    /// file, or `-` for stdin.
+    #[arg(long, value_name = "TEXT|FILE|-", conflicts_with_all = ["concise", "concise_file"])]
     table: Option<String>,
     /// Several devices in `dmsetup create --concise` form.
     #[arg(long, conflicts_with = "concise_file")]
@@ -160,6 +173,31 @@ fn read_input(file: &str) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Whether a `--table` argument is table text rather than a path: it starts with a digit
+/// (a table line's start sector) and holds a space. A path that looks like this cannot be
+/// given directly; `./0 8` can.
+#[must_use]
+pub fn is_table_text(arg: &str) -> bool {
+    arg.starts_with(|c: char| c.is_ascii_digit()) && arg.contains([' ', '\t'])
+}
+
+/// The table a `--table`-style argument gives: its text, stdin for `-`, else the file.
+fn table_input(arg: &str) -> Result<Vec<u8>> {
+    if is_table_text(arg) {
+        return Ok(arg.as_bytes().to_vec());
+    }
+    if arg == "-" {
+        return read_input(arg);
+    }
+    std::fs::read(arg).map_err(|source| Error::Io {
+        device: format!(
+            "table {arg:?} (not table text, which starts with a digit and holds a space; \
+             so read as a file)"
+        ),
+        source,
+    })
+}
+
 fn utf8(bytes: Vec<u8>, what: &'static str) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
         Error::invalid(
@@ -177,7 +215,7 @@ impl SpecArgs {
             TableMode::ReadWrite
         };
         if let Some(t) = &self.table {
-            let table = parse_table(&read_input(t)?)?;
+            let table = parse_table(&table_input(t)?)?;
             return Ok(vec![DeviceSpec {
                 name: "dmemu".into(),
                 uuid: String::new(),
@@ -260,140 +298,6 @@ impl std::ops::Deref for Opened {
     }
 }
 
-/// A buffer whose data starts on a 4096-byte boundary (copies into and out of misaligned
-/// large buffers run several times slower on this class of CPU).
-struct AlignedBuf {
-    raw: Vec<u8>,
-    offset: usize,
-    len: usize,
-}
-
-const ALIGN: usize = 4096;
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let raw = vec![0u8; len + ALIGN];
-        let offset = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        AlignedBuf { raw, offset, len }
-    }
-    fn get(&mut self, n: usize) -> &mut [u8] {
-        &mut self.raw[self.offset..self.offset + n.min(self.len)]
-    }
-}
-
-const IO_CHUNK: usize = 1 << 20;
-
-fn progress(total_bytes: u64) -> indicatif::ProgressBar {
-    if total_bytes < 64 << 20 || !io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total_bytes);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
-}
-
-fn cmd_read(
-    dev: &MappedDevice,
-    start: u64,
-    sectors: Option<u64>,
-    output: Option<PathBuf>,
-) -> Result<()> {
-    let size = dev.size();
-    let count = match sectors {
-        Some(n) => n,
-        None => size.0.checked_sub(start).ok_or(Error::OutOfRange {
-            sector: Sector(start),
-            count: SectorCount(0),
-            size,
-        })?,
-    };
-    crate::volume::check_range(size, Sector(start), SectorCount(count))?;
-    let image = output.as_ref().map(ImageFile::create_output).transpose()?;
-    let mut out: Box<dyn Write> = match &image {
-        Some(f) => Box::new(f.file()),
-        None => Box::new(io::stdout().lock()),
-    };
-    let out_name = output
-        .as_ref()
-        .map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
-    let bar = progress(SectorCount(count).bytes());
-    let mut buf = AlignedBuf::new(IO_CHUNK);
-    let chunk_sectors = (IO_CHUNK / SECTOR_SIZE) as u64;
-    let mut at = start;
-    let end = start + count;
-    while at < end {
-        let n = (end - at).min(chunk_sectors);
-        let bytes = SectorCount(n).usize_bytes()?;
-        let b = buf.get(bytes);
-        dev.read(Sector(at), b)?;
-        out.write_all(b).map_err(Error::io(&out_name))?;
-        bar.inc(bytes as u64);
-        at += n;
-    }
-    out.flush().map_err(Error::io(&out_name))?;
-    bar.finish_and_clear();
-    Ok(())
-}
-
-fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn cmd_write(dev: &MappedDevice, start: u64, input: Option<PathBuf>) -> Result<()> {
-    let in_name = input
-        .as_ref()
-        .map_or_else(|| "stdin".to_string(), |p| p.display().to_string());
-    let mut reader: Box<dyn Read> = match &input {
-        Some(p) => {
-            let f = File::open(p).map_err(Error::io(&p.display()))?;
-            let len = f.metadata().map_err(Error::io(&p.display()))?.len();
-            // Check a regular file up front so a bad input writes nothing.
-            if f.metadata().is_ok_and(|m| m.is_file()) {
-                let bytes = usize::try_from(len).unwrap_or(usize::MAX);
-                let count = SectorCount::from_bytes(bytes)?;
-                crate::volume::check_range(dev.size(), Sector(start), count)?;
-            }
-            Box::new(f)
-        }
-        None => Box::new(io::stdin().lock()),
-    };
-    let mut buf = AlignedBuf::new(IO_CHUNK);
-    let mut at = start;
-    loop {
-        let b = buf.get(IO_CHUNK);
-        let n = fill(&mut reader, b).map_err(Error::io(&in_name))?;
-        if n == 0 {
-            break;
-        }
-        if n % SECTOR_SIZE != 0 {
-            return Err(Error::invalid(
-                "input",
-                format!(
-                    "{in_name} ends with a partial sector ({} bytes); {} whole sectors were written",
-                    n % SECTOR_SIZE,
-                    at - start
-                ),
-            ));
-        }
-        dev.write(Sector(at), &b[..n])?;
-        at += (n / SECTOR_SIZE) as u64;
-    }
-    dev.flush()
-}
-
 fn run_command(cli: Cli) -> Result<()> {
     let mut stdout = io::stdout().lock();
     let out = |s: &str, stdout: &mut io::StdoutLock<'_>| {
@@ -407,7 +311,11 @@ fn run_command(cli: Cli) -> Result<()> {
             concise,
             read_only,
         } => {
-            let text = read_input(&file)?;
+            let text = if concise {
+                read_input(&file)?
+            } else {
+                table_input(&file)?
+            };
             if concise {
                 let specs = parse_concise(utf8(text, "input")?.trim_end_matches('\n'))?;
                 for s in &specs {
@@ -434,7 +342,11 @@ fn run_command(cli: Cli) -> Result<()> {
             showkeys,
         } => {
             let keys = if showkeys { Keys::Shown } else { Keys::Hidden };
-            let text = read_input(&file)?;
+            let text = if concise {
+                read_input(&file)?
+            } else {
+                table_input(&file)?
+            };
             if concise {
                 let specs = parse_concise(utf8(text, "input")?.trim_end_matches('\n'))?;
                 out(&format!("{}\n", format_concise(&specs, keys)), &mut stdout)
@@ -442,16 +354,11 @@ fn run_command(cli: Cli) -> Result<()> {
                 out(&parse_table(&text)?.to_text(keys), &mut stdout)
             }
         }
-        Command::Read {
-            spec,
-            start,
-            sectors,
-            output,
-        } => {
+        Command::Read { spec, out } => {
             drop(stdout);
-            cmd_read(&*spec.open()?, start, sectors, output)
+            read_out(&*spec.open()?, &out)
         }
-        Command::Write { spec, start, input } => cmd_write(&*spec.open()?, start, input),
+        Command::Write { spec, input } => write_in(&*spec.open()?, &input, SECTOR_SIZE),
         Command::Status { spec } => out(&spec.open()?.status_text(), &mut stdout),
         Command::Table { spec, showkeys } => {
             let keys = if showkeys { Keys::Shown } else { Keys::Hidden };
@@ -482,19 +389,6 @@ fn run_command(cli: Cli) -> Result<()> {
     }
 }
 
-/// One line: the error and its causes, `: `-separated.
-#[must_use]
-pub fn error_chain(e: &Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 /// Parse the command line, run, and return the process exit status.
 #[must_use]
 pub fn run() -> i32 {
@@ -503,7 +397,7 @@ pub fn run() -> i32 {
         Ok(()) => 0,
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
-            eprintln!("dmemu: {}", error_chain(&e));
+            eprintln!("dmemu: {}", e.chain());
             e.errno()
         }
     }

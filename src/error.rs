@@ -45,8 +45,10 @@ pub enum Error {
         /// The offending length in bytes.
         len: usize,
     },
-    /// A lower device failed; the source is kept (EIO to our caller).
-    #[error("I/O error on {device}")]
+    /// A file or lower device failed; the OS error is kept (also as the `source`), shown
+    /// after the name (as in `a.img: No such file or directory (os error 2)`), and is the
+    /// errno (EIO when it has none).
+    #[error("{device}: {source}")]
     Io {
         /// The device or file.
         device: String,
@@ -114,6 +116,10 @@ pub enum Error {
     /// No mapped device with that name, uuid or number (ENXIO, dm-ioctl's `find_device`).
     #[error("{0}: no such device")]
     NoSuchDevice(String),
+    /// A passphrase, key file or volume key that opens no key slot (EPERM, as cryptsetup's
+    /// "No key available with this passphrase").
+    #[error("{0}")]
+    KeyRejected(String),
     /// Here the kernel would restart or panic the machine (dm-verity's `restart_on_*` /
     /// `panic_on_*`). dmemu never does; the I/O fails with this error (EIO) so the caller can
     /// tell it apart from an ordinary failure and decide.
@@ -188,21 +194,25 @@ pub mod errno {
     pub const EEXIST: i32 = 17;
     /// No such device or address.
     pub const ENXIO: i32 = 6;
+    /// Operation not permitted.
+    pub const EPERM: i32 = 1;
 }
 
 impl Error {
-    /// The errno the kernel would complete this request or ioctl with.
+    /// The errno the kernel would complete this request or ioctl with; for a file the OS
+    /// refused, the OS's errno. This is also the `dmemu` command's exit status.
     #[must_use]
     pub fn errno(&self) -> i32 {
         match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(errno::EIO),
+            Error::KeyRejected(_) => errno::EPERM,
             Error::Table { .. }
             | Error::InvalidArgument { .. }
             | Error::Misaligned { .. }
             | Error::Corrupt { .. } => errno::EINVAL,
-            Error::OutOfRange { .. }
-            | Error::TargetFailed { .. }
-            | Error::Io { .. }
-            | Error::Halt { .. } => errno::EIO,
+            Error::OutOfRange { .. } | Error::TargetFailed { .. } | Error::Halt { .. } => {
+                errno::EIO
+            }
             Error::NoSpace { .. } => errno::ENOSPC,
             Error::ReadOnly { .. } => errno::EROFS,
             Error::Unsupported { .. } => errno::EOPNOTSUPP,
@@ -213,6 +223,23 @@ impl Error {
             Error::Exists { .. } => errno::EEXIST,
             Error::NoSuchDevice(_) => errno::ENXIO,
         }
+    }
+
+    /// One line: the message and its causes, `: `-separated (a cause the message already
+    /// ends with, as an I/O error's OS error, is not repeated). What `dmemu` prints.
+    #[must_use]
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(c) = src {
+            let c_text = c.to_string();
+            if !s.ends_with(&c_text) {
+                s.push_str(": ");
+                s.push_str(&c_text);
+            }
+            src = c.source();
+        }
+        s
     }
 
     /// `map_err` helper that names the device: `.map_err(Error::io(&path))`.

@@ -47,7 +47,7 @@ pub fn run(dev: &MappedDevice, input: impl BufRead, mut out: impl Write) -> Resu
                 "error: {}: line {}: {}\n",
                 errno_name(e.errno()),
                 i + 1,
-                crate::cli::error_chain(&e)
+                e.chain()
             ),
         };
         out.write_all(reply.as_bytes())

@@ -204,3 +204,55 @@ fn unexecuted_target_is_refused_clearly() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("parsed and printed, not executed"));
 }
+
+#[test]
+fn table_option_takes_text_a_file_or_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = image(dir.path(), "d.img", 16, 0x5a);
+    let table = format!("0 8 linear {disk} 8\n8 8 zero");
+    let tf = dir.path().join("t");
+    std::fs::write(&tf, &table).unwrap();
+    let want = format!("0 8 linear {disk} 8\n8 8 zero \n");
+    for (arg, stdin) in [
+        (table.as_str(), &b""[..]),
+        (tf.to_str().unwrap(), &b""[..]),
+        ("-", table.as_bytes()),
+    ] {
+        let out = dmemu(&["table", "--table", arg], stdin);
+        assert!(out.status.success(), "{arg}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), want, "--table {arg}");
+    }
+    // Every command with a device spec takes it; text is parsed as a table, not opened.
+    let out = dmemu(&["read", "--table", "0 8 linear", "--sectors", "1"], b"");
+    assert_eq!(out.status.code(), Some(22), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 1"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = dmemu(&["read", "--table", &table, "--sectors", "8"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, vec![0x5a; 8 * 512]);
+    // check and fmt take the same forms as their positional argument.
+    let out = dmemu(&["fmt", "0 8   zero"], b"");
+    assert_eq!(text(&out.stdout), "0 8 zero \n");
+    let out = dmemu(&["check", "0 8 linear"], b"");
+    assert_eq!(out.status.code(), Some(22));
+}
+
+#[test]
+fn table_option_that_is_neither_text_nor_a_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("vg.table");
+    let missing = missing.to_str().unwrap();
+    let out = dmemu(&["status", "--table", missing], b"");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(missing), "{err}");
+    assert!(err.contains("not table text"), "{err}");
+    assert!(err.contains("No such file or directory"), "{err}");
+    // "zero 0 8" starts with no digit: a path, so the same error, not a parse of text.
+    let out = dmemu(&["status", "--table", "zero 0 8"], b"");
+    assert!(text(&out.stderr).contains("No such file or directory"));
+}

@@ -231,6 +231,7 @@ fn cli_thin_ls_lists_each_device_as_the_kernels_thin_status_counts_it() {
     let rows: Vec<Vec<&str>> = text
         .lines()
         .skip(3)
+        .take_while(|l| !l.is_empty())
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(rows.len(), 3, "{text}");
@@ -238,7 +239,7 @@ fn cli_thin_ls_lists_each_device_as_the_kernels_thin_status_counts_it() {
         // kernel thin status: "<start> <len> thin <mapped sectors> <highest sector>"
         let st: Vec<&str> = status[&format!("thin{}", row[0])].split(' ').collect();
         let mapped: u64 = row[1].parse().unwrap();
-        let highest: u64 = row[2].parse().unwrap();
+        let highest: u64 = row[4].parse().unwrap();
         assert_eq!(mapped * 128, st[3].parse::<u64>().unwrap());
         assert_eq!((highest + 1) * 128 - 1, st[4].parse::<u64>().unwrap());
     }
@@ -317,9 +318,15 @@ fn cli_message_creates_a_thin_that_thin_ls_then_lists() {
     dmemu_on_images(&args, t.path());
     let out = dmemu(&["thin", "ls", "meta.img"], t.path());
     let text = String::from_utf8(out.stdout).unwrap();
-    let row: Vec<&str> = text.lines().last().unwrap().split_whitespace().collect();
-    // dev 5: nothing mapped, created at transaction 7 and time 1.
-    assert_eq!(row, ["5", "0", "-", "7", "1", "1"], "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // dev 5: nothing mapped (none exclusive or shared), created at transaction 7, time 1.
+    assert_eq!(row, ["5", "0", "0", "0", "-", "7", "1", "1"], "{text}");
 }
 
 #[test]

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
-use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -15,17 +14,15 @@ use super::kdf::{
 };
 use super::unlock::VolumeKey;
 use super::Luks;
+use crate::cli::transfer::{read_out, write_in, ReadArgs, WriteArgs};
 use crate::error::{Error, Result};
 use crate::targets::Keys;
-use crate::units::{Sector, SectorCount, SECTOR_SIZE};
-use crate::volume::{Access, ImageFile, Volume};
+use crate::volume::Access;
 
 /// cryptsetup's `DEFAULT_KEYFILE_SIZE_MAXKB`: 8 MiB.
 const MAX_KEYFILE: u64 = 8 << 20;
 /// cryptsetup's `DEFAULT_PASSPHRASE_SIZE_MAX`.
 const MAX_PASSPHRASE: usize = 512;
-/// Bytes moved per read or write call.
-const CHUNK: usize = 4 << 20;
 
 /// LUKS subcommands.
 #[derive(Debug, Subcommand)]
@@ -50,26 +47,25 @@ pub enum LuksCommand {
         #[arg(long)]
         keyring: bool,
     },
-    /// Unlock and write the decrypted volume to stdout or a file.
+    /// Unlock and write the decrypted volume (or `--start/--sectors` of it, in 512-byte
+    /// sectors) to stdout or a file.
     Read {
         /// Image and unlock options.
         #[command(flatten)]
         unlock: UnlockArgs,
-        /// Output file (default stdout).
-        #[arg(short = 'o', long)]
-        output: Option<PathBuf>,
+        /// Range and output.
+        #[command(flatten)]
+        out: ReadArgs,
     },
-    /// Unlock and encrypt data (whole crypt sectors) into the volume.
+    /// Unlock and encrypt data (whole crypt sectors) into the volume; an input larger than
+    /// the volume is refused before anything is written.
     Write {
         /// Image and unlock options.
         #[command(flatten)]
         unlock: UnlockArgs,
-        /// Input file (default stdin).
-        #[arg(short = 'i', long)]
-        input: Option<PathBuf>,
-        /// First 512-byte sector of the decrypted volume to write.
-        #[arg(long, default_value_t = 0)]
-        start: u64,
+        /// Input and first 512-byte sector of the decrypted volume to write.
+        #[command(flatten)]
+        input: WriteArgs,
     },
 }
 
@@ -199,123 +195,6 @@ impl UnlockArgs {
     }
 }
 
-/// A 4096-aligned buffer (see docs/design.md: misaligned large copies are 5x slower).
-fn aligned(len: usize) -> Buf {
-    let v = Zeroizing::new(vec![0u8; len + 4096]);
-    let off = v.as_ptr().align_offset(4096).min(4096);
-    (v, off)
-}
-
-/// Buffers in flight between the decrypting thread and the writer.
-const IN_FLIGHT: usize = 3;
-
-fn read_volume(vol: &dyn Volume, output: Option<PathBuf>) -> Result<()> {
-    let name = output
-        .as_ref()
-        .map_or_else(|| "stdout".into(), |p| p.display().to_string());
-    let image = output.as_ref().map(ImageFile::create_output).transpose()?;
-    let file = image.as_ref().map(ImageFile::file);
-    // Whole 4 KiB-aligned chunks go through a second, O_DIRECT handle when the file system
-    // allows it: a bulk copy then does not push a gigabyte through the page cache (on the
-    // test machine that halved the system time of `luks read -o`).
-    let direct = output.as_ref().and_then(|p| open_direct(p));
-    let total = vol.size().0;
-    let step = (CHUNK / SECTOR_SIZE) as u64;
-    // Decrypt on one thread (which itself splits large requests over two), write on
-    // another, so the output's write cost overlaps the decryption.
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, usize, Buf)>(IN_FLIGHT);
-    let (free_tx, free_rx) = std::sync::mpsc::channel::<Buf>();
-    for _ in 0..IN_FLIGHT {
-        let _ = free_tx.send(aligned(CHUNK));
-    }
-    std::thread::scope(|s| {
-        let producer = s.spawn(move || -> Result<()> {
-            let mut at = 0u64;
-            while at < total {
-                let n = (total - at).min(step);
-                let Ok(mut buf) = free_rx.recv() else {
-                    return Ok(()); // the writer stopped; its error is reported
-                };
-                let len = SectorCount(n).usize_bytes()?;
-                vol.read(Sector(at), &mut buf.0[buf.1..buf.1 + len])?;
-                if full_tx.send((at, len, buf)).is_err() {
-                    return Ok(());
-                }
-                at += n;
-            }
-            Ok(())
-        });
-        let mut stdout = io::stdout().lock();
-        let mut result = Ok(());
-        for (at, len, buf) in full_rx {
-            let b = &buf.0[buf.1..buf.1 + len];
-            let pos = at * SECTOR_SIZE as u64;
-            let w = match (&direct, &file) {
-                (Some(d), _) if len % 4096 == 0 && pos % 4096 == 0 => d.write_all_at(b, pos),
-                (_, Some(f)) => f.write_all_at(b, pos),
-                (_, None) => stdout.write_all(b),
-            };
-            if let Err(e) = w {
-                result = Err(Error::io(&name)(e));
-                break;
-            }
-            let _ = free_tx.send(buf);
-        }
-        drop(free_tx);
-        let produced = producer
-            .join()
-            .unwrap_or_else(|_| Err(Error::invalid("read", "decrypting thread panicked")));
-        result?;
-        produced?;
-        stdout.flush().map_err(Error::io(&name))
-    })
-}
-
-/// `path` opened again for writing with O_DIRECT, if the file system supports it.
-fn open_direct(path: &std::path::Path) -> Option<File> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC;
-    rustix::fs::open(path, flags, Mode::empty())
-        .ok()
-        .map(File::from)
-}
-
-/// A zeroizing buffer and the offset of its 4096-aligned start.
-type Buf = (Zeroizing<Vec<u8>>, usize);
-
-fn write_volume(vol: &dyn Volume, input: Option<PathBuf>, start: u64) -> Result<()> {
-    let name = input
-        .as_ref()
-        .map_or_else(|| "stdin".into(), |p| p.display().to_string());
-    let mut reader: Box<dyn Read> = match &input {
-        Some(p) => Box::new(File::open(p).map_err(Error::io(&name))?),
-        None => Box::new(io::stdin().lock()),
-    };
-    let (mut buf, off) = aligned(CHUNK);
-    let mut at = start;
-    loop {
-        let b = &mut buf[off..off + CHUNK];
-        let mut n = 0;
-        while n < b.len() {
-            match reader.read(&mut b[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(&name)(e)),
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        vol.write(Sector(at), &b[..n])?;
-        at += SectorCount::from_bytes(n)?.0;
-        if n < CHUNK {
-            break;
-        }
-    }
-    vol.flush()
-}
-
 /// Run a `dmemu luks` subcommand.
 pub fn run(cmd: LuksCommand) -> Result<()> {
     match cmd {
@@ -341,17 +220,18 @@ pub fn run(cmd: LuksCommand) -> Result<()> {
             println!("{line}");
             Ok(())
         }
-        LuksCommand::Read { unlock, output } => {
+        LuksCommand::Read { unlock, out } => {
             let (luks, vk) = unlock.open(Access::ReadOnly)?;
-            read_volume(&luks.volume(&vk)?, output)
+            read_out(&luks.volume(&vk)?, &out)
         }
-        LuksCommand::Write {
-            unlock,
-            input,
-            start,
-        } => {
+        LuksCommand::Write { unlock, input } => {
             let (luks, vk) = unlock.open(Access::ReadWrite)?;
-            write_volume(&luks.volume(&vk)?, input, start)
+            let sector_size = luks
+                .crypt_args(&vk, "luks-data", false)?
+                .1
+                .options
+                .sector_size;
+            write_in(&luks.volume(&vk)?, &input, sector_size as usize)
         }
     }
 }

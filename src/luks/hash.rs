@@ -71,11 +71,11 @@ impl Hash {
     pub fn pbkdf2(self, password: &[u8], salt: &[u8], rounds: u32, out: &mut [u8]) {
         use pbkdf2::pbkdf2_hmac as p;
         match self {
-            Hash::Sha1 => p::<sha1_v11::Sha1>(password, salt, rounds, out),
-            Hash::Sha224 => p::<sha2_v11::Sha224>(password, salt, rounds, out),
-            Hash::Sha256 => p::<sha2_v11::Sha256>(password, salt, rounds, out),
-            Hash::Sha384 => p::<sha2_v11::Sha384>(password, salt, rounds, out),
-            Hash::Sha512 => p::<sha2_v11::Sha512>(password, salt, rounds, out),
+            Hash::Sha1 => p::<sha1::Sha1>(password, salt, rounds, out),
+            Hash::Sha224 => p::<sha2::Sha224>(password, salt, rounds, out),
+            Hash::Sha256 => p::<sha2::Sha256>(password, salt, rounds, out),
+            Hash::Sha384 => p::<sha2::Sha384>(password, salt, rounds, out),
+            Hash::Sha512 => p::<sha2::Sha512>(password, salt, rounds, out),
             Hash::Ripemd160 => p::<ripemd::Ripemd160>(password, salt, rounds, out),
         }
     }
@@ -83,7 +83,7 @@ impl Hash {
     /// The digest of the concatenation of `parts`, first `out.len()` bytes (at most
     /// [`Hash::digest_len`]) written to `out`.
     pub fn digest_into(self, parts: &[&[u8]], out: &mut [u8]) {
-        fn run<D: sha2_v11::Digest>(parts: &[&[u8]], out: &mut [u8]) {
+        fn run<D: sha2::Digest>(parts: &[&[u8]], out: &mut [u8]) {
             let mut d = D::new();
             for p in parts {
                 d.update(p);
@@ -93,11 +93,11 @@ impl Hash {
             out[..n].copy_from_slice(&r[..n]);
         }
         match self {
-            Hash::Sha1 => run::<sha1_v11::Sha1>(parts, out),
-            Hash::Sha224 => run::<sha2_v11::Sha224>(parts, out),
-            Hash::Sha256 => run::<sha2_v11::Sha256>(parts, out),
-            Hash::Sha384 => run::<sha2_v11::Sha384>(parts, out),
-            Hash::Sha512 => run::<sha2_v11::Sha512>(parts, out),
+            Hash::Sha1 => run::<sha1::Sha1>(parts, out),
+            Hash::Sha224 => run::<sha2::Sha224>(parts, out),
+            Hash::Sha256 => run::<sha2::Sha256>(parts, out),
+            Hash::Sha384 => run::<sha2::Sha384>(parts, out),
+            Hash::Sha512 => run::<sha2::Sha512>(parts, out),
             Hash::Ripemd160 => run::<ripemd::Ripemd160>(parts, out),
         }
     }

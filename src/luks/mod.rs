@@ -22,6 +22,7 @@
 //! [`Crypt`]: crate::targets::crypt::Crypt
 
 pub mod activate;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod dump;
 pub mod hash;

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use sha2_v11::Digest as _;
+use sha2::Digest as _;
 
 use super::kdf::KdfLimits;
 use super::Luks;
@@ -43,7 +43,7 @@ fn be64(b: &[u8], at: usize) -> usize {
 fn reseal(img: &mut [u8], off: usize) {
     let size = be64(img, off + 8);
     img[off + 448..off + 512].fill(0);
-    let sum = sha2_v11::Sha256::digest(&img[off..off + size]);
+    let sum = sha2::Sha256::digest(&img[off..off + size]);
     img[off + 448..off + 448 + 32].copy_from_slice(&sum);
 }
 

@@ -44,10 +44,7 @@ impl fmt::Debug for VolumeKey {
 /// Why a passphrase did not open the image (cryptsetup: "No key available with this
 /// passphrase.").
 fn no_key(extra: &str) -> Error {
-    Error::invalid(
-        "passphrase",
-        format!("no key available with this passphrase{extra}"),
-    )
+    Error::KeyRejected(format!("no key available with this passphrase{extra}"))
 }
 
 /// Decrypt `material` (ciphertext, a whole number of sectors) with `cipher` keyed by
@@ -326,7 +323,7 @@ impl Luks {
     /// digest confirms it.
     pub fn check_volume_key(&self, key: &[u8]) -> Result<VolumeKey> {
         let limits = KdfLimits::default();
-        let wrong = || Error::invalid("volume key", "does not match the header's digest");
+        let wrong = || Error::KeyRejected("volume key does not match the header's digest".into());
         match &self.header {
             Header::V1(h) => {
                 if key.len() != h.key_bytes as usize

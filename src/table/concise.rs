@@ -30,6 +30,54 @@ pub struct DeviceSpec {
     pub table: Table,
 }
 
+impl DeviceSpec {
+    /// A read-write device `name` (no uuid, any minor) with `table` (table text, lines
+    /// separated by newlines) parsed: `DeviceSpec::new("top", "0 64 linear disk 0")?`.
+    pub fn new(name: impl Into<String>, table: &str) -> Result<DeviceSpec> {
+        Ok(DeviceSpec {
+            name: name.into(),
+            uuid: String::new(),
+            minor: None,
+            mode: TableMode::ReadWrite,
+            table: parse_table(table.as_bytes())?,
+        })
+    }
+
+    /// The same device, loaded read-only.
+    #[must_use]
+    pub fn read_only(mut self) -> DeviceSpec {
+        self.mode = TableMode::ReadOnly;
+        self
+    }
+
+    /// The same device with a uuid.
+    #[must_use]
+    pub fn with_uuid(mut self, uuid: impl Into<String>) -> DeviceSpec {
+        self.uuid = uuid.into();
+        self
+    }
+}
+
+/// One device in `dmsetup create --concise` form, `name,uuid,minor,flags,table` (tables
+/// lines separated by `,`); several devices are [`parse_concise`]'s.
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<DeviceSpec> {
+        let mut specs = parse_concise(s)?;
+        if specs.len() != 1 {
+            return Err(Error::invalid(
+                "device spec",
+                format!(
+                    "{} devices; one is parsed this way (parse_concise takes several)",
+                    specs.len()
+                ),
+            ));
+        }
+        Ok(specs.remove(0))
+    }
+}
+
 fn concise_error(device: usize, reason: impl Into<String>) -> Error {
     Error::Table {
         line: device,
@@ -352,6 +400,20 @@ fn parse_boot_line(entry: &str, line: usize) -> Result<TableLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_device_from_a_line_or_a_table() {
+        let d: DeviceSpec = "a,u-1,,ro,0 8 zero,8 8 error".parse().unwrap();
+        assert_eq!((d.name.as_str(), d.uuid.as_str()), ("a", "u-1"));
+        assert_eq!((d.mode, d.table.lines.len()), (TableMode::ReadOnly, 2));
+        let e = "a,,,rw,0 8 zero;b,,,rw,0 8 zero".parse::<DeviceSpec>();
+        assert!(e.unwrap_err().to_string().contains("2 devices"));
+        let t = DeviceSpec::new("t", "0 8 zero\n8 8 error").unwrap();
+        assert_eq!(t.mode, TableMode::ReadWrite);
+        assert_eq!(t.clone().read_only().mode, TableMode::ReadOnly);
+        assert_eq!(t.with_uuid("x").uuid, "x");
+        assert!(DeviceSpec::new("t", "0 8 zer0").is_err());
+    }
 
     #[test]
     fn concise_two_devices_with_escapes() {

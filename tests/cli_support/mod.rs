@@ -33,3 +33,19 @@ pub fn dmemu_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
 pub fn dmemu(args: &[&str], stdin: &[u8]) -> Output {
     dmemu_in(Path::new("."), args, stdin)
 }
+
+/// Decompress the fixture `tests/fixtures/<rel>.gz` into `dir`; the path written.
+pub fn unpack_fixture(dir: &std::path::Path, rel: &str) -> std::path::PathBuf {
+    use std::io::Read;
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{rel}.gz"));
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&src).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    let name = std::path::Path::new(rel).file_name().unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, out).unwrap();
+    p
+}

@@ -4,8 +4,8 @@
 //! cipher `cipher[:keycount]-chainmode-ivmode[:ivopts]` or `capi:<api>-ivmode[:ivopts]`, key
 //! hex, `-` (none) or `:<size>:<type>:<desc>` (kernel keyring). Options (any order in, the
 //! kernel's order out): allow_discards same_cpu_crypt high_priority submit_from_crypt_cpus
-//! no_read_workqueue no_write_workqueue integrity:<n>:<type> sector_size:<n>
-//! iv_large_sectors integrity_key_size:<n>.
+//! no_read_workqueue no_write_workqueue `integrity:<n>:<type>` `sector_size:<n>`
+//! iv_large_sectors `integrity_key_size:<n>`.
 
 use std::fmt;
 

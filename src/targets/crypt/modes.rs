@@ -9,7 +9,6 @@
 use aes::cipher::consts::U16;
 use aes::cipher::{Array, Block, BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use md5::Digest as _;
-use sha2::Digest as _;
 use zeroize::Zeroizing;
 
 use super::adiantum::Adiantum;

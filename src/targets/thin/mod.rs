@@ -211,6 +211,7 @@ impl fmt::Display for ThinArgs {
     }
 }
 
+#[cfg(feature = "cli")]
 pub mod cli;
 mod device;
 pub mod metadata;

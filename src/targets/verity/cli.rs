@@ -11,6 +11,7 @@ use super::format::{format, read_superblock, verify, FormatParams};
 use super::hash::{from_hex, to_hex, HashAlg};
 use super::superblock::{Superblock, Uuid};
 use super::FecArgs;
+use crate::cli::transfer::Counted;
 use crate::error::{Error, Result};
 use crate::targets::DeviceRef;
 use crate::volume::{Access, FileVolume, ImageFile, Volume};
@@ -297,7 +298,10 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
                 .transpose()?;
             let dv = open(&data)?;
             let p = opts.params(&dv)?;
-            let root = format(&p, &dv, hash_file.file())?;
+            // A progress bar (on a terminal) over the data read for the first level.
+            let counted = Counted::new(&dv);
+            let root = format(&p, &counted, hash_file.file())?;
+            counted.finish();
             let fec = match (&opts.fec_device, &fec_file) {
                 (Some(path), Some(f)) => {
                     let hv = open(&hash)?;
@@ -321,7 +325,10 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
             let (dv, hv) = (open(&data)?, open(&hash)?);
             let p = opts.existing(&dv, &hv)?;
             let r = parse_root(&root, p.algorithm)?;
-            verify(&p, &dv, &hv, &r)
+            let counted = Counted::new(&dv);
+            let verified = verify(&p, &counted, &hv, &r);
+            counted.finish();
+            verified
         }
         VerityCommand::Dump { hash, hash_offset } => {
             let sb: Superblock = read_superblock(&open(&hash)?, hash_offset)?;

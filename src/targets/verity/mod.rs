@@ -15,6 +15,7 @@ use crate::units::SectorCount;
 
 use super::DeviceRef;
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod fec;
 pub mod format;
