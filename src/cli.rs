@@ -216,13 +216,21 @@ impl SpecArgs {
             registry = registry.with_access(Access::ReadOnly);
         }
         for m in &self.maps {
-            let (dev, path) = m
-                .split_once('=')
-                .ok_or_else(|| Error::invalid("--map", format!("{m:?} is not MAJ:MIN=PATH")))?;
+            let (dev, path) = m.split_once('=').ok_or_else(|| {
+                Error::invalid(
+                    "--map",
+                    format!("{} is not MAJ:MIN=PATH", crate::error::quote(m)),
+                )
+            })?;
             registry.bind(dev, path)?;
         }
         for k in &self.key_files {
-            let bad = || Error::invalid("--key-file", format!("{k:?} is not TYPE:DESC=PATH"));
+            let bad = || {
+                Error::invalid(
+                    "--key-file",
+                    format!("{} is not TYPE:DESC=PATH", crate::error::quote(k)),
+                )
+            };
             let (name, path) = k.split_once('=').ok_or_else(bad)?;
             let (key_type, desc) = name.split_once(':').ok_or_else(bad)?;
             let key = zeroize::Zeroizing::new(std::fs::read(path).map_err(Error::io(&path))?);

@@ -84,7 +84,8 @@ fn number(words: &[&str], i: usize, what: &'static str) -> Result<u64> {
     let w = words
         .get(i)
         .ok_or_else(|| Error::invalid(what, "missing"))?;
-    parse_llu(w).ok_or_else(|| Error::invalid(what, format!("{w:?} is not a number")))
+    parse_llu(w)
+        .ok_or_else(|| Error::invalid(what, format!("{} is not a number", crate::error::quote(w))))
 }
 
 fn arity(words: &[&str], n: usize, usage: &str) -> Result<()> {
@@ -168,8 +169,9 @@ fn command(dev: &MappedDevice, words: &[&str], sleep: &mut dyn FnMut(Duration)) 
         other => Err(Error::invalid(
             "command",
             format!(
-                "unknown {other:?} (message, read, write, flush, discard, status, table, \
-                 sleep, seed)"
+                "unknown {} (message, read, write, flush, discard, status, table, \
+                 sleep, seed)",
+                crate::error::quote(other)
             ),
         )),
     }

@@ -33,7 +33,9 @@ pub mod unlock;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use self::kdf::{Kdf, KdfLimits, DEFAULT_MAX_KDF_MEMORY_KIB};
+pub use self::kdf::{
+    Kdf, KdfBudget, KdfLimits, DEFAULT_MAX_KDF_MEMORY_KIB, DEFAULT_MAX_TOTAL_WORK,
+};
 pub use self::luks1::Luks1Header;
 pub use self::luks2::Luks2Header;
 pub use self::unlock::VolumeKey;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::hash::{af_merge, Hash};
-use super::kdf::{Kdf, KdfLimits};
+use super::kdf::{pbkdf2_cost, Kdf, KdfBudget, KdfLimits};
 use super::luks2::json::{Keyslot, Luks2Keyslot};
 use super::{read_at, Header, Luks};
 use crate::error::{Error, Result};
@@ -50,11 +50,21 @@ fn no_key(extra: &str) -> Error {
     )
 }
 
+/// Whether `e` is the attempt's budget running out (which ends the attempt; other slot
+/// errors let the next slot be tried).
+fn is_budget(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument { what, .. } if *what == "key derivation budget")
+}
+
 /// Decrypt `material` (ciphertext, a whole number of sectors) with `cipher` keyed by
 /// `key`, 512-byte sectors numbered from 0, through the crypt target itself.
 fn decrypt_area(cipher: &str, key: &[u8], material: Vec<u8>) -> Result<Zeroizing<Vec<u8>>> {
-    let spec = CipherSpec::parse(cipher, false)
-        .map_err(|e| Error::invalid("key slot cipher", format!("{cipher:?}: {e}")))?;
+    let spec = CipherSpec::parse(cipher, false).map_err(|e| {
+        Error::invalid(
+            "key slot cipher",
+            format!("{}: {e}", crate::error::quote(cipher)),
+        )
+    })?;
     let args = CryptArgs {
         cipher: spec,
         key: CryptKey::Hex(Zeroizing::new(key.to_vec())),
@@ -92,8 +102,9 @@ fn open_slot(
     af_hash: Hash,
     offset: u64,
     limits: &KdfLimits,
+    budget: &mut KdfBudget,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let dk = kdf.derive(pass, salt, slot_key_len, limits)?;
+    let dk = kdf.derive(pass, salt, slot_key_len, limits, budget)?;
     let stripes = usize::try_from(stripes).map_err(|_| Error::invalid("stripes", "too many"))?;
     let n = vk_len * stripes;
     let material = read_at(&*luks.header_dev, offset, n.div_ceil(512) * 512)?;
@@ -112,8 +123,13 @@ fn digest_ok(
     iterations: u32,
     want: &[u8],
     limits: &KdfLimits,
+    budget: &mut KdfBudget,
 ) -> Result<bool> {
     limits.check_iterations(iterations, "the volume key digest")?;
+    budget.spend(
+        pbkdf2_cost(hash, iterations, want.len()),
+        "the volume key digest",
+    )?;
     let mut got = Zeroizing::new(vec![0u8; want.len()]);
     hash.pbkdf2(vk, salt, iterations, &mut got);
     // Timing need not be constant: the digest is public in the header.
@@ -122,12 +138,36 @@ fn digest_ok(
 
 impl Luks {
     /// Unlock with `passphrase`: the key slot `slot`, or every usable one in
-    /// cryptsetup's order until one opens.
+    /// cryptsetup's order until one opens. All key derivations and digest checks of the
+    /// attempt together cost at most `limits.max_total_work`; past it the attempt stops
+    /// with an error naming the budget.
     pub fn unlock(
         &self,
         passphrase: &[u8],
         slot: Option<u32>,
         limits: &KdfLimits,
+    ) -> Result<VolumeKey> {
+        self.unlock_counted(passphrase, slot, limits).0
+    }
+
+    /// [`Luks::unlock`], also returning how many key derivations and digest checks ran.
+    pub fn unlock_counted(
+        &self,
+        passphrase: &[u8],
+        slot: Option<u32>,
+        limits: &KdfLimits,
+    ) -> (Result<VolumeKey>, u32) {
+        let mut budget = KdfBudget::new(limits);
+        let r = self.unlock_within(passphrase, slot, limits, &mut budget);
+        (r, budget.runs())
+    }
+
+    fn unlock_within(
+        &self,
+        passphrase: &[u8],
+        slot: Option<u32>,
+        limits: &KdfLimits,
+        budget: &mut KdfBudget,
     ) -> Result<VolumeKey> {
         match &self.header {
             Header::V1(h) => {
@@ -172,8 +212,10 @@ impl Luks {
                         h.hash,
                         u64::from(k.material_offset) * 512,
                         limits,
+                        budget,
                     ) {
                         Ok(vk) => vk,
+                        Err(e) if is_budget(&e) => return Err(e),
                         Err(e) => {
                             first_err.get_or_insert(e);
                             continue;
@@ -186,6 +228,7 @@ impl Luks {
                         h.mk_digest_iterations,
                         &h.mk_digest,
                         limits,
+                        budget,
                     )? {
                         return Ok(VolumeKey {
                             bytes: vk,
@@ -215,7 +258,8 @@ impl Luks {
                             return Err(Error::invalid(
                                 "--key-slot",
                                 format!(
-                                    "key slot {s} has type {kind:?}, which holds no passphrase key"
+                                    "key slot {s} has type {}, which holds no passphrase key",
+                                    crate::error::quote(kind)
                                 ),
                             ));
                         }
@@ -241,9 +285,10 @@ impl Luks {
                     let Some(Keyslot::Luks2(k)) = m.keyslots.get(&id) else {
                         continue;
                     };
-                    match self.try_luks2_slot(id, k, passphrase, limits) {
+                    match self.try_luks2_slot(id, k, passphrase, limits, budget) {
                         Ok(Some(vk)) => return Ok(vk),
                         Ok(None) => {}
+                        Err(e) if is_budget(&e) => return Err(e),
                         Err(e) => {
                             first_err.get_or_insert(e);
                         }
@@ -282,6 +327,7 @@ impl Luks {
         k: &Luks2Keyslot,
         pass: &[u8],
         limits: &KdfLimits,
+        budget: &mut KdfBudget,
     ) -> Result<Option<VolumeKey>> {
         let Header::V2(h) = &self.header else {
             return Ok(None);
@@ -298,9 +344,10 @@ impl Luks {
             k.af_hash,
             k.area_offset,
             limits,
+            budget,
         )
         .map_err(|e| match e {
-            Error::InvalidArgument { what, reason } => {
+            Error::InvalidArgument { what, reason } if what != "key derivation budget" => {
                 Error::invalid(what, format!("key slot {id}: {reason}"))
             }
             e => e,
@@ -310,7 +357,15 @@ impl Luks {
         for (&did, d) in &h.meta.digests {
             if d.keyslots.contains(&id)
                 && d.segments.contains(&0)
-                && digest_ok(d.hash, &vk, &d.salt, d.iterations, &d.digest, limits)?
+                && digest_ok(
+                    d.hash,
+                    &vk,
+                    &d.salt,
+                    d.iterations,
+                    &d.digest,
+                    limits,
+                    budget,
+                )?
             {
                 return Ok(Some(VolumeKey {
                     bytes: vk,
@@ -326,6 +381,7 @@ impl Luks {
     /// digest confirms it.
     pub fn check_volume_key(&self, key: &[u8]) -> Result<VolumeKey> {
         let limits = KdfLimits::default();
+        let budget = &mut KdfBudget::new(&limits);
         let wrong = || Error::invalid("volume key", "does not match the header's digest");
         match &self.header {
             Header::V1(h) => {
@@ -337,6 +393,7 @@ impl Luks {
                         h.mk_digest_iterations,
                         &h.mk_digest,
                         &limits,
+                        budget,
                     )?
                 {
                     return Err(wrong());
@@ -350,7 +407,15 @@ impl Luks {
             Header::V2(h) => {
                 for (&did, d) in &h.meta.digests {
                     if d.segments.contains(&0)
-                        && digest_ok(d.hash, key, &d.salt, d.iterations, &d.digest, &limits)?
+                        && digest_ok(
+                            d.hash,
+                            key,
+                            &d.salt,
+                            d.iterations,
+                            &d.digest,
+                            &limits,
+                            budget,
+                        )?
                     {
                         return Ok(VolumeKey {
                             bytes: Zeroizing::new(key.to_vec()),

@@ -214,6 +214,7 @@ fn fuzz_kdf_limits() -> crate::luks::KdfLimits {
         max_memory_kib: 64,
         max_iterations: 2000,
         max_argon2_work: 256,
+        max_total_work: 50_000,
     }
 }
 
