@@ -178,13 +178,17 @@ impl SpecArgs {
         };
         if let Some(t) = &self.table {
             let table = parse_table(&read_input(t)?)?;
-            return Ok(vec![DeviceSpec {
+            let mut spec = DeviceSpec {
                 name: "dmemu".into(),
                 uuid: String::new(),
                 minor: None,
                 mode,
                 table,
-            }]);
+            };
+            if self.read_only {
+                spec.make_read_only();
+            }
+            return Ok(vec![spec]);
         }
         let text = match (&self.concise, &self.concise_file) {
             (Some(c), _) => c.clone(),
@@ -201,9 +205,7 @@ impl SpecArgs {
         };
         let mut specs = parse_concise(text.trim_end_matches('\n'))?;
         if self.read_only {
-            for s in &mut specs {
-                s.mode = TableMode::ReadOnly;
-            }
+            specs.iter_mut().for_each(DeviceSpec::make_read_only);
         }
         Ok(specs)
     }

@@ -111,6 +111,15 @@ pub enum Error {
         /// `name NAME` or `uuid UUID`.
         what: String,
     },
+    /// The operation would write what the user marked read-only (EPERM, as the kernel
+    /// refuses a read_only thin-pool over blank metadata it would have to format).
+    #[error("{what}: {}", Escaped(.reason))]
+    NotPermitted {
+        /// Target type or device.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// No mapped device with that name, uuid or number (ENXIO, dm-ioctl's `find_device`).
     #[error("{}: no such device", Escaped(.0))]
     NoSuchDevice(String),
@@ -222,6 +231,8 @@ pub fn quote(s: &str) -> String {
 
 /// errno values used by [`Error::errno`].
 pub mod errno {
+    /// Operation not permitted.
+    pub const EPERM: i32 = 1;
     /// I/O error.
     pub const EIO: i32 = 5;
     /// No such device.
@@ -262,6 +273,7 @@ impl Error {
             Error::Busy { .. } => errno::EBUSY,
             Error::Exists { .. } => errno::EEXIST,
             Error::NoSuchDevice(_) => errno::ENXIO,
+            Error::NotPermitted { .. } => errno::EPERM,
         }
     }
 

@@ -30,6 +30,25 @@ pub struct DeviceSpec {
     pub table: Table,
 }
 
+impl DeviceSpec {
+    /// Make the device read-only as `dmemu --read-only` asks: the table mode becomes
+    /// read-only, except that a table with thin-pool lines (a target the kernel allows only
+    /// in writable tables) keeps its mode and each pool gets the `read_only` feature, so
+    /// the pool loads without ever writing its metadata.
+    pub fn make_read_only(&mut self) {
+        let mut has_pool = false;
+        for l in &mut self.table.lines {
+            if let crate::targets::TargetSpec::ThinPool(a) = &mut l.spec {
+                a.features.read_only = true;
+                has_pool = true;
+            }
+        }
+        if !has_pool {
+            self.mode = TableMode::ReadOnly;
+        }
+    }
+}
+
 fn concise_error(device: usize, reason: impl Into<String>) -> Error {
     Error::Table {
         line: device,
