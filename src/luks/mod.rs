@@ -109,7 +109,7 @@ impl Luks {
             return Err(corrupt(
                 "LUKS header",
                 0,
-                format!("the device has only {dev_bytes} bytes"),
+                format!("the device has only {dev_bytes} bytes, a LUKS header needs at least 1024"),
             ));
         }
         let first = read_at(&*header_dev, 0, 1024)?;
