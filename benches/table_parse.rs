@@ -2,7 +2,9 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dmemu::table::parse_table;
+use dmemu::table::concise::format_concise;
+use dmemu::table::{parse_concise, parse_table};
+use dmemu::Keys;
 
 fn bench_parse(c: &mut Criterion) {
     let mut text = String::new();
@@ -32,5 +34,33 @@ fn bench_parse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse);
+/// 100,000 concise devices: parse (including the duplicate-name check), check and format.
+/// Each step is one pass over the text or the devices, so this grows linearly.
+fn bench_concise(c: &mut Criterion) {
+    let text: Vec<String> = (0..100_000u64)
+        .map(|i| {
+            format!(
+                "vol{i},uuid-{i},,ro,0 2048 linear 8:{} {},2048 8 zero",
+                i % 64,
+                i * 8
+            )
+        })
+        .collect();
+    let text = text.join(";");
+    let mut g = c.benchmark_group("concise");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(100_000));
+    g.bench_function("parse_check_fmt_100k_devices", |b| {
+        b.iter(|| {
+            let d = parse_concise(&text).unwrap();
+            for s in &d {
+                s.table.check_mode(s.mode).unwrap();
+            }
+            format_concise(&d, Keys::Shown)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_concise);
 criterion_main!(benches);

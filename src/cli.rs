@@ -216,13 +216,17 @@ impl SpecArgs {
         };
         if let Some(t) = &self.table {
             let table = parse_table(&table_input(t)?)?;
-            return Ok(vec![DeviceSpec {
+            let mut spec = DeviceSpec {
                 name: "dmemu".into(),
                 uuid: String::new(),
                 minor: None,
                 mode,
                 table,
-            }]);
+            };
+            if self.read_only {
+                spec.make_read_only();
+            }
+            return Ok(vec![spec]);
         }
         let text = match (&self.concise, &self.concise_file) {
             (Some(c), _) => c.clone(),
@@ -239,9 +243,7 @@ impl SpecArgs {
         };
         let mut specs = parse_concise(text.trim_end_matches('\n'))?;
         if self.read_only {
-            for s in &mut specs {
-                s.mode = TableMode::ReadOnly;
-            }
+            specs.iter_mut().for_each(DeviceSpec::make_read_only);
         }
         Ok(specs)
     }
@@ -254,13 +256,21 @@ impl SpecArgs {
             registry = registry.with_access(Access::ReadOnly);
         }
         for m in &self.maps {
-            let (dev, path) = m
-                .split_once('=')
-                .ok_or_else(|| Error::invalid("--map", format!("{m:?} is not MAJ:MIN=PATH")))?;
+            let (dev, path) = m.split_once('=').ok_or_else(|| {
+                Error::invalid(
+                    "--map",
+                    format!("{} is not MAJ:MIN=PATH", crate::error::quote(m)),
+                )
+            })?;
             registry.bind(dev, path)?;
         }
         for k in &self.key_files {
-            let bad = || Error::invalid("--key-file", format!("{k:?} is not TYPE:DESC=PATH"));
+            let bad = || {
+                Error::invalid(
+                    "--key-file",
+                    format!("{} is not TYPE:DESC=PATH", crate::error::quote(k)),
+                )
+            };
             let (name, path) = k.split_once('=').ok_or_else(bad)?;
             let (key_type, desc) = name.split_once(':').ok_or_else(bad)?;
             let key = zeroize::Zeroizing::new(std::fs::read(path).map_err(Error::io(&path))?);

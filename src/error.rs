@@ -22,7 +22,7 @@ pub enum Error {
         reason: String,
     },
     /// A bad argument outside table text (CLI values, library calls).
-    #[error("invalid {what}: {reason}")]
+    #[error("invalid {what}: {}", Escaped(.reason))]
     InvalidArgument {
         /// Which argument.
         what: &'static str,
@@ -48,7 +48,7 @@ pub enum Error {
     /// A file or lower device failed; the OS error is kept (also as the `source`), shown
     /// after the name (as in `a.img: No such file or directory (os error 2)`), and is the
     /// errno (EIO when it has none).
-    #[error("{device}: {source}")]
+    #[error("{}: {source}", Escaped(.device))]
     Io {
         /// The device or file.
         device: String,
@@ -58,7 +58,7 @@ pub enum Error {
     },
     /// The target fails this I/O by design: the error target, flakey's down phase, a verity
     /// mismatch, an invalidated snapshot (EIO).
-    #[error("{target}: {reason}")]
+    #[error("{target}: {}", Escaped(.reason))]
     TargetFailed {
         /// Target type name.
         target: &'static str,
@@ -72,13 +72,13 @@ pub enum Error {
         target: &'static str,
     },
     /// Write refused because the device or table is read-only (EROFS at load, EIO for I/O).
-    #[error("{target} is read-only")]
+    #[error("{} is read-only", Escaped(.target))]
     ReadOnly {
         /// Device or target name.
         target: String,
     },
     /// On-disk data is damaged or not what it claims to be (bad magic, checksum, structure).
-    #[error("corrupt {what} at offset {offset}: {detail}")]
+    #[error("corrupt {what} at offset {offset}: {}", Escaped(.detail))]
     Corrupt {
         /// Which structure or field.
         what: &'static str,
@@ -96,11 +96,11 @@ pub enum Error {
         op: &'static str,
     },
     /// A device reference that no file, mapping or defined device satisfies (ENOENT).
-    #[error("unknown device {0:?}")]
+    #[error("unknown device {}", quote(.0))]
     NoDevice(String),
     /// The device or image is in use: opened by another process or device, or held by a
     /// live table (EBUSY, as the kernel answers a remove of an open device).
-    #[error("{what}: {reason}")]
+    #[error("{}: {}", Escaped(.what), Escaped(.reason))]
     Busy {
         /// The device name or image path.
         what: String,
@@ -108,14 +108,36 @@ pub enum Error {
         reason: String,
     },
     /// A device with that name or uuid already exists (EEXIST, dm-ioctl's `dm_hash_insert`).
-    #[error("{what} already exists")]
+    #[error("{} already exists", Escaped(.what))]
     Exists {
         /// `name NAME` or `uuid UUID`.
         what: String,
     },
+    /// The operation would write what the user marked read-only (EPERM, as the kernel
+    /// refuses a read_only thin-pool over blank metadata it would have to format).
+    #[error("{what}: {}", Escaped(.reason))]
+    NotPermitted {
+        /// Target type or device.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// No mapped device with that name, uuid or number (ENXIO, dm-ioctl's `find_device`).
-    #[error("{0}: no such device")]
+    #[error("{}: no such device", Escaped(.0))]
     NoSuchDevice(String),
+    /// A target constructor failed with an error of its own errno (not EINVAL): the line
+    /// and target type are added, the errno stays the constructor's, as
+    /// `dm_table_add_target` returns it.
+    #[error("line {line}: {target_type} target: {source}")]
+    InLine {
+        /// 1-based table line.
+        line: usize,
+        /// The line's target type.
+        target_type: String,
+        /// What the constructor said.
+        #[source]
+        source: Box<Error>,
+    },
     /// A passphrase, key file or volume key that opens no key slot (EPERM, as cryptsetup's
     /// "No key available with this passphrase").
     #[error("{0}")]
@@ -123,7 +145,7 @@ pub enum Error {
     /// Here the kernel would restart or panic the machine (dm-verity's `restart_on_*` /
     /// `panic_on_*`). dmemu never does; the I/O fails with this error (EIO) so the caller can
     /// tell it apart from an ordinary failure and decide.
-    #[error("{target}: the kernel would {action} here: {reason}")]
+    #[error("{target}: the kernel would {action} here: {}", Escaped(.reason))]
     Halt {
         /// Target type name.
         target: &'static str,
@@ -166,14 +188,70 @@ impl fmt::Display for TableErrorDisplay<'_> {
         };
         write!(f, "line {line}: ")?;
         if let Some((n, text)) = token {
-            write!(f, "token {n} {text:?}: ")?;
+            write!(f, "token {n} {}: ", quote(text))?;
         }
-        f.write_str(reason)
+        Escaped(reason).fmt(f)
     }
+}
+
+/// Longest part of a user-given token an error message quotes, in bytes.
+pub const MAX_QUOTED_BYTES: usize = 64;
+
+/// Text shown in an error message with every control character escaped (`\n`, `\t`, `\r`,
+/// `\x1b`, `\u{85}`), so a message printed to a terminal or a log is always one line of
+/// visible text, whatever bytes the input held.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(char::is_control) {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\t' => f.write_str("\\t")?,
+                '\r' => f.write_str("\\r")?,
+                c if u32::from(c) < 0x80 => write!(f, "\\x{:02x}", u32::from(c))?,
+                c => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// A user-given token as an error message quotes it: in double quotes, `"` and `\` and
+/// control characters escaped, and when it is longer than [`MAX_QUOTED_BYTES`] only its
+/// start, followed by `...` and its length (`"aaaa"... (5000 bytes)`).
+#[must_use]
+pub fn quote(s: &str) -> String {
+    let mut end = s.len().min(MAX_QUOTED_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &s[..end];
+    let mut out = String::with_capacity(end + 24);
+    out.push('"');
+    for c in head.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&Escaped(c.encode_utf8(&mut [0; 4])).to_string()),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    if end < s.len() {
+        out.push_str(&format!("... ({} bytes)", s.len()));
+    }
+    out
 }
 
 /// errno values used by [`Error::errno`].
 pub mod errno {
+    /// Operation not permitted.
+    pub const EPERM: i32 = 1;
     /// I/O error.
     pub const EIO: i32 = 5;
     /// No such device.
@@ -194,8 +272,6 @@ pub mod errno {
     pub const EEXIST: i32 = 17;
     /// No such device or address.
     pub const ENXIO: i32 = 6;
-    /// Operation not permitted.
-    pub const EPERM: i32 = 1;
 }
 
 impl Error {
@@ -222,6 +298,8 @@ impl Error {
             Error::Busy { .. } => errno::EBUSY,
             Error::Exists { .. } => errno::EEXIST,
             Error::NoSuchDevice(_) => errno::ENXIO,
+            Error::InLine { source, .. } => source.errno(),
+            Error::NotPermitted { .. } => errno::EPERM,
         }
     }
 
@@ -261,3 +339,67 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_token_is_quoted_by_its_start_and_length_and_control_bytes_are_escaped() {
+        let token = format!("\x1b[2J{}", "a".repeat(5000));
+        let line = format!("0 8 {token} x\n");
+        let e = crate::table::parse_table(line.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("\"\\x1b[2J{}\"... (5004 bytes)", "a".repeat(60),)),
+            "{e}"
+        );
+        assert!(e.len() < 300, "{} bytes: {e}", e.len());
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+    }
+
+    #[test]
+    fn every_message_field_escapes_control_characters() {
+        let nasty = "a\nb\r\x07\u{85}\u{9b}c";
+        let errors = [
+            Error::invalid("x", nasty),
+            Error::Corrupt {
+                what: "x",
+                offset: 0,
+                detail: nasty.into(),
+            },
+            Error::TargetFailed {
+                target: "x",
+                reason: nasty.into(),
+            },
+            Error::ReadOnly {
+                target: nasty.into(),
+            },
+            Error::NoDevice(nasty.into()),
+            Error::Busy {
+                what: nasty.into(),
+                reason: nasty.into(),
+            },
+            Error::Exists { what: nasty.into() },
+            Error::NoSuchDevice(nasty.into()),
+            Error::Io {
+                device: nasty.into(),
+                source: io::Error::other("x"),
+            },
+            Error::Table {
+                line: 1,
+                token: Some((3, nasty.into())),
+                reason: nasty.into(),
+            },
+        ];
+        for e in errors {
+            let m = e.to_string();
+            assert!(!m.chars().any(char::is_control), "{m:?}");
+            assert!(m.contains("a\\nb\\r\\x07\\u{85}\\u{9b}c"), "{m}");
+        }
+        assert_eq!(quote("a\"b\\"), "\"a\\\"b\\\\\"");
+        let multibyte = "é".repeat(40);
+        assert!(quote(&multibyte).ends_with("\"... (80 bytes)"));
+    }
+}

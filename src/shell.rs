@@ -34,14 +34,25 @@ const MAX_IO_SECTORS: u64 = 131_072;
 const MAX_RUNS: usize = 16;
 
 /// Run the commands read from `input` against `dev`, writing replies to `out`.
-pub fn run(dev: &MappedDevice, input: impl BufRead, mut out: impl Write) -> Result<()> {
+pub fn run(dev: &MappedDevice, input: impl BufRead, out: impl Write) -> Result<()> {
+    run_with_sleep(dev, input, out, std::thread::sleep)
+}
+
+/// [`run`] with `sleep <ms>` handed to `sleep` (a manual clock's advance in tests and the
+/// fuzz driver, so a script never waits on the system clock).
+pub fn run_with_sleep(
+    dev: &MappedDevice,
+    input: impl BufRead,
+    mut out: impl Write,
+    mut sleep: impl FnMut(Duration),
+) -> Result<()> {
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(Error::io(&"stdin"))?;
         let words: Vec<&str> = line.split_whitespace().collect();
         if words.is_empty() || words[0].starts_with('#') {
             continue;
         }
-        let reply = match command(dev, &words) {
+        let reply = match command(dev, &words, &mut sleep) {
             Ok(r) => r,
             Err(e) => format!(
                 "error: {}: line {}: {}\n",
@@ -73,7 +84,8 @@ fn number(words: &[&str], i: usize, what: &'static str) -> Result<u64> {
     let w = words
         .get(i)
         .ok_or_else(|| Error::invalid(what, "missing"))?;
-    parse_llu(w).ok_or_else(|| Error::invalid(what, format!("{w:?} is not a number")))
+    parse_llu(w)
+        .ok_or_else(|| Error::invalid(what, format!("{} is not a number", crate::error::quote(w))))
 }
 
 fn arity(words: &[&str], n: usize, usage: &str) -> Result<()> {
@@ -94,7 +106,7 @@ fn io_len(count: u64) -> Result<usize> {
     SectorCount(count).usize_bytes()
 }
 
-fn command(dev: &MappedDevice, words: &[&str]) -> Result<String> {
+fn command(dev: &MappedDevice, words: &[&str], sleep: &mut dyn FnMut(Duration)) -> Result<String> {
     match words[0] {
         "message" => {
             if words.len() < 3 {
@@ -139,7 +151,7 @@ fn command(dev: &MappedDevice, words: &[&str]) -> Result<String> {
         "table" => Ok(dev.table_text(Keys::Hidden)),
         "sleep" => {
             arity(words, 2, "sleep <ms>")?;
-            std::thread::sleep(Duration::from_millis(number(words, 1, "ms")?));
+            sleep(Duration::from_millis(number(words, 1, "ms")?));
             Ok(String::new())
         }
         "seed" => {
@@ -158,8 +170,9 @@ fn command(dev: &MappedDevice, words: &[&str]) -> Result<String> {
         other => Err(Error::invalid(
             "command",
             format!(
-                "unknown {other:?} (message, read, write, flush, discard, status, table, \
-                 sleep, seed)"
+                "unknown {} (message, read, write, flush, discard, status, table, \
+                 sleep, seed)",
+                crate::error::quote(other)
             ),
         )),
     }

@@ -113,3 +113,37 @@ fn cli_origin_write_in_a_concise_spec_copies_out_to_the_specs_snapshot() {
     let origin = std::fs::read(d.path().join("o.img")).unwrap();
     assert_eq!(&origin[16 * 512..24 * 512], &[0xab; 4096][..]);
 }
+
+/// A blank COW is formatted (header written) only when the user allows writes: with
+/// `--read-only` the snapshot is refused and the COW stays all zeros.
+#[test]
+fn read_only_snapshot_over_a_blank_cow_is_refused_without_writing_it() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("origin.img"), vec![7u8; 8192 * 512]).unwrap();
+    std::fs::write(d.path().join("cow.img"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(
+        d.path().join("s.table"),
+        "0 8192 snapshot origin.img cow.img P 8\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dmemu"))
+        .current_dir(d.path())
+        .args(["status", "--read-only", "--table", "s.table"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("snapshot") && err.contains("read-only"),
+        "{err}"
+    );
+    let cow = std::fs::read(d.path().join("cow.img")).unwrap();
+    assert!(
+        cow.iter().all(|&b| b == 0),
+        "the read-only snapshot wrote its COW"
+    );
+    // Writable, the same table formats the store (magic "SnAp" at the start, as the kernel).
+    dmemu(d.path(), &["status", "--table", "s.table"]);
+    let cow = std::fs::read(d.path().join("cow.img")).unwrap();
+    assert_eq!(&cow[..4], &0x7041_6e53u32.to_le_bytes());
+}

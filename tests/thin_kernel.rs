@@ -390,3 +390,99 @@ fn cli_thin_check_accepts_kernel_metadata_and_names_a_wrong_count() {
         "{err}"
     );
 }
+
+/// readonly-blank-kernel.txt (make-readonly-blank.sh): the 6.12 kernel refuses a read_only
+/// pool over all-zero metadata with EPERM and leaves the metadata zero; dmemu does the same.
+#[test]
+fn read_only_pool_over_blank_metadata_is_refused_with_eperm_as_the_kernel_does() {
+    let k = std::fs::read_to_string(fixtures().join("readonly-blank-kernel.txt")).unwrap();
+    assert!(
+        k.contains("DMESG thin-pool: Error creating metadata object (-EPERM)"),
+        "{k}"
+    );
+    assert!(k.contains("failed: Operation not permitted"), "{k}");
+    assert!(k.contains("ZERO_AFTER_RO 0"), "{k}");
+    let t = tempfile::tempdir().unwrap();
+    for f in ["meta", "data"] {
+        std::fs::write(t.path().join(format!("{f}.img")), vec![0u8; 4 << 20]).unwrap();
+    }
+    let r = registry_with(t.path(), Access::ReadWrite);
+    let table = "0 8192 thin-pool 254:0 254:16 128 0 1 read_only";
+    let ro = parse_concise(&format!("pool,,,rw,{table}")).unwrap();
+    let e = r.create_all(&ro).unwrap_err();
+    assert!(
+        e.to_string().contains("Error creating metadata object"),
+        "{e}"
+    );
+    // The pool constructor's own error is the kernel's EPERM, over a writable file too.
+    let dmemu::TargetSpec::ThinPool(args) = &ro[0].table.lines[0].spec else {
+        panic!("a thin-pool line")
+    };
+    let file = |f: &str| -> dmemu::SharedVolume {
+        std::sync::Arc::new(
+            dmemu::FileVolume::open(t.path().join(format!("{f}.img")), Access::ReadWrite).unwrap(),
+        )
+    };
+    let e =
+        dmemu::targets::ThinPool::over(args, dmemu::SectorCount(8192), file("meta"), file("data"))
+            .unwrap_err();
+    assert_eq!(e.errno(), 1, "{e}");
+    let meta = std::fs::read(t.path().join("meta.img")).unwrap();
+    assert!(
+        meta.iter().all(|&b| b == 0),
+        "the read_only pool wrote its metadata"
+    );
+    // Without read_only the pool formats it, and reports what the kernel's status did.
+    let rw = parse_concise("pool,,,rw,0 8192 thin-pool 254:0 254:16 128 0").unwrap();
+    let devs = r.create_all(&rw).unwrap();
+    let status = k.lines().find_map(|l| l.strip_prefix("STATUS ")).unwrap();
+    assert_eq!(devs[0].status_text().trim_end(), status.trim_end());
+}
+
+/// `dmemu --read-only` on the kernel's pool and thins: the pool loads as a read_only pool
+/// (the kernel allows thin-pool only in writable tables) over files opened read-only, the
+/// thins read back the kernel's contents and no image changes.
+#[test]
+fn read_only_specs_load_the_kernels_pool_as_a_read_only_pool() {
+    use dmemu::Volume as _;
+    let t = images();
+    let before: Vec<Vec<u8>> = ["meta", "data"]
+        .map(|f| std::fs::read(t.path().join(format!("{f}.img"))).unwrap())
+        .to_vec();
+    let mut specs = parse_concise(&concise()).unwrap();
+    specs
+        .iter_mut()
+        .for_each(dmemu::table::DeviceSpec::make_read_only);
+    let r = registry_with(t.path(), Access::ReadOnly);
+    let devs = r.create_all(&specs).unwrap();
+    let pool = devs.iter().find(|d| d.name() == "pool").unwrap();
+    assert!(
+        pool.table_text(Keys::Hidden).contains(" read_only"),
+        "{}",
+        pool.table_text(Keys::Hidden)
+    );
+    assert!(
+        pool.status_text().contains(" ro "),
+        "{}",
+        pool.status_text()
+    );
+    let want = kernel("SHA256");
+    for d in devs.iter().filter(|d| d.name() != "pool") {
+        assert_eq!(
+            sha256_of(d.as_ref()),
+            want[d.name().as_str()],
+            "{}",
+            d.name()
+        );
+        assert!(d.write(dmemu::Sector(0), &[1; 512]).is_err());
+    }
+    drop(devs);
+    drop(r);
+    for (f, b) in ["meta", "data"].iter().zip(before) {
+        assert_eq!(
+            std::fs::read(t.path().join(format!("{f}.img"))).unwrap(),
+            b,
+            "{f}.img changed"
+        );
+    }
+}

@@ -48,11 +48,17 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<M
     let m = &h.meta;
     if let Some(r) = m.config.requirements.first() {
         let what = if r.starts_with("online-reencrypt") {
-            format!("online re-encryption in progress (mandatory requirement {r:?})")
+            format!(
+                "online re-encryption in progress (mandatory requirement {})",
+                crate::error::quote(r)
+            )
         } else if r.contains("opal") {
-            format!("OPAL hardware encryption (mandatory requirement {r:?})")
+            format!(
+                "OPAL hardware encryption (mandatory requirement {})",
+                crate::error::quote(r)
+            )
         } else {
-            format!("the mandatory requirement {r:?}")
+            format!("the mandatory requirement {}", crate::error::quote(r))
         };
         return Err(refuse(&what));
     }
@@ -70,7 +76,8 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<M
     }
     if let Some(i) = &seg.integrity {
         return Err(refuse(&format!(
-            "an integrity-protected segment (integrity {i:?}, needs dm-integrity)"
+            "an integrity-protected segment (integrity {}, needs dm-integrity)",
+            crate::error::quote(i)
         )));
     }
     let unit = u64::from(seg.sector_size / 512);

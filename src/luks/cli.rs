@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::kdf::{
     KdfLimits, DEFAULT_MAX_ARGON2_WORK, DEFAULT_MAX_ITERATIONS, DEFAULT_MAX_KDF_MEMORY_KIB,
+    DEFAULT_MAX_TOTAL_WORK,
 };
 use super::unlock::VolumeKey;
 use super::Luks;
@@ -101,6 +102,10 @@ pub struct UnlockArgs {
     /// Largest Argon2 work to run, in KiB × passes.
     #[arg(long, default_value_t = DEFAULT_MAX_ARGON2_WORK)]
     max_kdf_work: u64,
+    /// Largest total key-derivation work of one unlock attempt, every key slot and digest
+    /// together, in hash compressions (the default is about 8 s here).
+    #[arg(long, default_value_t = DEFAULT_MAX_TOTAL_WORK)]
+    max_kdf_total: u64,
 }
 
 fn read_limited(r: &mut dyn Read, limit: u64, name: &str) -> Result<Zeroizing<Vec<u8>>> {
@@ -189,6 +194,7 @@ impl UnlockArgs {
             max_memory_kib: self.max_kdf_memory,
             max_iterations: self.max_kdf_iterations,
             max_argon2_work: self.max_kdf_work,
+            max_total_work: self.max_kdf_total,
         };
         let vk = luks.unlock(&pass, self.key_slot, &limits)?;
         Ok((luks, vk))

@@ -139,8 +139,9 @@ pub fn af_merge(src: &[u8], stripes: usize, hash: Hash, out: &mut [u8]) {
 }
 
 /// `AF_split` with caller-given random stripes 0..stripes-2 in `dst` (tests build key
-/// material with it; the last stripe is computed here).
-#[cfg(test)]
+/// material with it, the fuzz driver checks merge against it; the last stripe is computed
+/// here).
+#[cfg(any(test, feature = "testing"))]
 pub fn af_split(key: &[u8], dst: &mut [u8], stripes: usize, hash: Hash) {
     let n = key.len();
     let mut acc = vec![0u8; n];

@@ -69,6 +69,16 @@ pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000_000;
 /// Default Argon2 work cap, in KiB × passes: 64 GiB-passes (e.g. 4 GiB × 16).
 pub const DEFAULT_MAX_ARGON2_WORK: u64 = 64 << 20;
 
+/// Default total key-derivation work of one unlock attempt, in [`Kdf::cost`] units
+/// (SHA-256 compressions): about 14 s measured on the 2-core reference machine under a
+/// load of 12, well under 10 s unloaded (docs/design.md, "Hardening"), so a wrong
+/// passphrase on any header costs at most that, however many key slots it has.
+pub const DEFAULT_MAX_TOTAL_WORK: u64 = 20_000_000;
+
+/// [`Kdf::cost`] units of one Argon2 block (1 KiB) pass: it measured the time of about ten
+/// SHA-256 compressions here (argon2 0.6, one thread).
+const ARGON2_BLOCK_COST: u64 = 10;
+
 /// Resource limits applied before any key derivation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KdfLimits {
@@ -78,6 +88,9 @@ pub struct KdfLimits {
     pub max_iterations: u32,
     /// Largest Argon2 `time × memory` (KiB × passes).
     pub max_argon2_work: u64,
+    /// Largest total [`Kdf::cost`] of one unlock attempt: every key slot's KDF and every
+    /// digest check together.
+    pub max_total_work: u64,
 }
 
 impl Default for KdfLimits {
@@ -86,6 +99,7 @@ impl Default for KdfLimits {
             max_memory_kib: DEFAULT_MAX_KDF_MEMORY_KIB,
             max_iterations: DEFAULT_MAX_ITERATIONS,
             max_argon2_work: DEFAULT_MAX_ARGON2_WORK,
+            max_total_work: DEFAULT_MAX_TOTAL_WORK,
         }
     }
 }
@@ -107,7 +121,82 @@ impl KdfLimits {
     }
 }
 
+/// What one unlock attempt has spent of [`KdfLimits::max_total_work`].
+#[derive(Debug)]
+pub struct KdfBudget {
+    left: u64,
+    total: u64,
+    runs: u32,
+}
+
+impl KdfBudget {
+    /// The whole budget of `limits`, nothing spent.
+    #[must_use]
+    pub fn new(limits: &KdfLimits) -> KdfBudget {
+        KdfBudget {
+            left: limits.max_total_work,
+            total: limits.max_total_work,
+            runs: 0,
+        }
+    }
+
+    /// Take `cost` for the derivation `what` before running it, or refuse it when the
+    /// attempt's budget would be exceeded.
+    pub fn spend(&mut self, cost: u64, what: &str) -> Result<()> {
+        if cost > self.left {
+            return Err(Error::invalid(
+                "key derivation budget",
+                format!(
+                    "{what} would cost {cost} units, more than the {} left of this unlock \
+                     attempt's {} after {} key derivations (raise it with --max-kdf-total)",
+                    self.left, self.total, self.runs
+                ),
+            ));
+        }
+        self.left -= cost;
+        self.runs += 1;
+        Ok(())
+    }
+
+    /// Key derivations and digest checks run so far.
+    #[must_use]
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+}
+
+/// [`Kdf::cost`] of PBKDF2 with `hash` and `iterations` for `len` output bytes.
+#[must_use]
+pub fn pbkdf2_cost(hash: Hash, iterations: u32, len: usize) -> u64 {
+    let blocks = len.div_ceil(hash.digest_len()).max(1) as u64;
+    // HMAC = two compressions per iteration, weighted by their time measured against
+    // SHA-256's here (RustCrypto sha1 0.11 and ripemd 0.2 have no SHA-NI path).
+    let per = match hash {
+        Hash::Sha224 | Hash::Sha256 => 2,
+        Hash::Sha1 => 4,
+        Hash::Sha384 | Hash::Sha512 => 6,
+        Hash::Ripemd160 => 11,
+    };
+    u64::from(iterations)
+        .saturating_mul(blocks)
+        .saturating_mul(per)
+}
+
 impl Kdf {
+    /// The work of deriving `len` bytes, in hash compressions (the unit of
+    /// [`KdfLimits::max_total_work`]).
+    #[must_use]
+    pub fn cost(&self, len: usize) -> u64 {
+        match *self {
+            Kdf::Pbkdf2 { hash, iterations } => pbkdf2_cost(hash, iterations, len),
+            Kdf::Argon2 {
+                time, memory_kib, ..
+            } => u64::from(time)
+                .saturating_mul(u64::from(memory_kib))
+                .saturating_mul(ARGON2_BLOCK_COST),
+        }
+    }
+
     /// Check the parameters against `limits` and against what the algorithm accepts,
     /// without running it.
     pub fn check(&self, limits: &KdfLimits) -> Result<()> {
@@ -166,8 +255,10 @@ impl Kdf {
         salt: &[u8],
         len: usize,
         limits: &KdfLimits,
+        budget: &mut KdfBudget,
     ) -> Result<Zeroizing<Vec<u8>>> {
         self.check(limits)?;
+        budget.spend(self.cost(len), &format!("{self}"))?;
         let mut out = Zeroizing::new(vec![0u8; len]);
         match *self {
             Kdf::Pbkdf2 { hash, iterations } => hash.pbkdf2(passphrase, salt, iterations, &mut out),
@@ -205,7 +296,13 @@ mod tests {
             cpus: 1,
         };
         let e = kdf
-            .derive(b"x", &[0; 32], 32, &KdfLimits::default())
+            .derive(
+                b"x",
+                &[0; 32],
+                32,
+                &KdfLimits::default(),
+                &mut KdfBudget::new(&KdfLimits::default()),
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("more than the limit"), "{e}");
@@ -222,7 +319,13 @@ mod tests {
             cpus: 1,
         };
         let out = kdf
-            .derive(b"password", b"somesalt", 32, &KdfLimits::default())
+            .derive(
+                b"password",
+                b"somesalt",
+                32,
+                &KdfLimits::default(),
+                &mut KdfBudget::new(&KdfLimits::default()),
+            )
             .unwrap();
         let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(

@@ -122,7 +122,10 @@ impl Luks1Header {
             corrupt(
                 "LUKS1 hashSpec",
                 72,
-                format!("unknown hash {hash_spec:?} (known: {HASH_NAMES})"),
+                format!(
+                    "unknown hash {} (known: {HASH_NAMES})",
+                    crate::error::quote(&hash_spec)
+                ),
             )
         })?;
         let payload_offset = be32(b, 104);

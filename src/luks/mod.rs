@@ -34,7 +34,9 @@ pub mod unlock;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use self::kdf::{Kdf, KdfLimits, DEFAULT_MAX_KDF_MEMORY_KIB};
+pub use self::kdf::{
+    Kdf, KdfBudget, KdfLimits, DEFAULT_MAX_KDF_MEMORY_KIB, DEFAULT_MAX_TOTAL_WORK,
+};
 pub use self::luks1::Luks1Header;
 pub use self::luks2::Luks2Header;
 pub use self::unlock::VolumeKey;
@@ -108,7 +110,7 @@ impl Luks {
             return Err(corrupt(
                 "LUKS header",
                 0,
-                format!("the device has only {dev_bytes} bytes"),
+                format!("the device has only {dev_bytes} bytes, a LUKS header needs at least 1024"),
             ));
         }
         let first = read_at(&*header_dev, 0, 1024)?;

@@ -354,6 +354,7 @@ fn random_header_corruption_never_panics() {
         max_memory_kib: 1024,
         max_iterations: 5000,
         max_argon2_work: 4096,
+        max_total_work: u64::MAX,
     };
     let l1 = fixture("l1-xts256.img.gz");
     let l2 = fixture("l2-argon2i.img.gz");
@@ -410,4 +411,63 @@ fn persistent_flags_become_crypt_options_in_kernel_order() {
     let opts = "7 allow_discards same_cpu_crypt high_priority submit_from_crypt_cpus \
                 no_read_workqueue no_write_workqueue sector_size:4096";
     assert!(line.ends_with(&format!("d 4096 {opts}")), "{line}");
+}
+
+/// cryptsetup's l2-essiv header with its one key slot (PBKDF2-SHA512, 1000 iterations)
+/// copied into 32 slots, all named by the digest: a wrong passphrase runs 32 key
+/// derivations and 32 digest checks unless the attempt's budget stops it.
+fn thirty_two_slots() -> (Luks, u64) {
+    let mut img = fixture("l2-essiv.img.gz");
+    let area = 131_072u64;
+    edit_json(&mut img, |v| {
+        let slot = v["keyslots"]["0"].clone();
+        for i in 0..32u64 {
+            let mut s = slot.clone();
+            s["area"]["offset"] = json!((32_768 + i * area).to_string());
+            v["keyslots"][i.to_string()] = s;
+        }
+        v["digests"]["0"]["keyslots"] =
+            json!((0..32).map(|i: u32| i.to_string()).collect::<Vec<_>>());
+        v["config"]["keyslots_size"] = json!((32 * area).to_string());
+        v["segments"]["0"]["offset"] = json!((32_768 + 32 * area).to_string());
+    });
+    img.resize(usize::try_from(32_768 + 33 * area).unwrap(), 0);
+    let luks = open(img).unwrap();
+    let super::Header::V2(h) = &luks.header else {
+        panic!("LUKS2")
+    };
+    assert_eq!(h.meta.keyslots.len(), 32);
+    let super::luks2::json::Keyslot::Luks2(k) = &h.meta.keyslots[&0] else {
+        panic!("a luks2 key slot")
+    };
+    let d = &h.meta.digests[&0];
+    let per_slot = k.kdf.cost(k.area_key_size as usize)
+        + super::kdf::pbkdf2_cost(d.hash, d.iterations, d.digest.len());
+    (luks, per_slot)
+}
+
+#[test]
+fn a_wrong_passphrase_on_32_slots_stops_at_the_attempts_kdf_budget() {
+    let (luks, per_slot) = thirty_two_slots();
+    // Room for 5 slots (KDF + digest each) and half of the 6th slot's KDF.
+    let limits = KdfLimits {
+        max_total_work: 5 * per_slot + per_slot / 4,
+        ..KdfLimits::default()
+    };
+    let (r, runs) = luks.unlock_counted(b"wrong", None, &limits);
+    let e = r.unwrap_err().to_string();
+    assert!(
+        e.contains("key derivation budget") && e.contains("after 10 key derivations"),
+        "{e}"
+    );
+    assert!(e.contains("--max-kdf-total"), "{e}");
+    assert_eq!(runs, 10);
+    // With room for all of them every slot is tried: 32 KDFs and 32 digest checks.
+    let all = KdfLimits {
+        max_total_work: 32 * per_slot,
+        ..KdfLimits::default()
+    };
+    let (r, runs) = luks.unlock_counted(b"wrong", None, &all);
+    assert!(r.unwrap_err().to_string().contains("no key available"));
+    assert_eq!(runs, 64);
 }

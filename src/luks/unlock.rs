@@ -12,7 +12,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::hash::{af_merge, Hash};
-use super::kdf::{Kdf, KdfLimits};
+use super::kdf::{pbkdf2_cost, Kdf, KdfBudget, KdfLimits};
 use super::luks2::json::{Keyslot, Luks2Keyslot};
 use super::{read_at, Header, Luks};
 use crate::error::{Error, Result};
@@ -47,11 +47,21 @@ fn no_key(extra: &str) -> Error {
     Error::KeyRejected(format!("no key available with this passphrase{extra}"))
 }
 
+/// Whether `e` is the attempt's budget running out (which ends the attempt; other slot
+/// errors let the next slot be tried).
+fn is_budget(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument { what, .. } if *what == "key derivation budget")
+}
+
 /// Decrypt `material` (ciphertext, a whole number of sectors) with `cipher` keyed by
 /// `key`, 512-byte sectors numbered from 0, through the crypt target itself.
 fn decrypt_area(cipher: &str, key: &[u8], material: Vec<u8>) -> Result<Zeroizing<Vec<u8>>> {
-    let spec = CipherSpec::parse(cipher, false)
-        .map_err(|e| Error::invalid("key slot cipher", format!("{cipher:?}: {e}")))?;
+    let spec = CipherSpec::parse(cipher, false).map_err(|e| {
+        Error::invalid(
+            "key slot cipher",
+            format!("{}: {e}", crate::error::quote(cipher)),
+        )
+    })?;
     let args = CryptArgs {
         cipher: spec,
         key: CryptKey::Hex(Zeroizing::new(key.to_vec())),
@@ -89,8 +99,9 @@ fn open_slot(
     af_hash: Hash,
     offset: u64,
     limits: &KdfLimits,
+    budget: &mut KdfBudget,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let dk = kdf.derive(pass, salt, slot_key_len, limits)?;
+    let dk = kdf.derive(pass, salt, slot_key_len, limits, budget)?;
     let stripes = usize::try_from(stripes).map_err(|_| Error::invalid("stripes", "too many"))?;
     let n = vk_len * stripes;
     let material = read_at(&*luks.header_dev, offset, n.div_ceil(512) * 512)?;
@@ -109,8 +120,13 @@ fn digest_ok(
     iterations: u32,
     want: &[u8],
     limits: &KdfLimits,
+    budget: &mut KdfBudget,
 ) -> Result<bool> {
     limits.check_iterations(iterations, "the volume key digest")?;
+    budget.spend(
+        pbkdf2_cost(hash, iterations, want.len()),
+        "the volume key digest",
+    )?;
     let mut got = Zeroizing::new(vec![0u8; want.len()]);
     hash.pbkdf2(vk, salt, iterations, &mut got);
     // Timing need not be constant: the digest is public in the header.
@@ -119,12 +135,36 @@ fn digest_ok(
 
 impl Luks {
     /// Unlock with `passphrase`: the key slot `slot`, or every usable one in
-    /// cryptsetup's order until one opens.
+    /// cryptsetup's order until one opens. All key derivations and digest checks of the
+    /// attempt together cost at most `limits.max_total_work`; past it the attempt stops
+    /// with an error naming the budget.
     pub fn unlock(
         &self,
         passphrase: &[u8],
         slot: Option<u32>,
         limits: &KdfLimits,
+    ) -> Result<VolumeKey> {
+        self.unlock_counted(passphrase, slot, limits).0
+    }
+
+    /// [`Luks::unlock`], also returning how many key derivations and digest checks ran.
+    pub fn unlock_counted(
+        &self,
+        passphrase: &[u8],
+        slot: Option<u32>,
+        limits: &KdfLimits,
+    ) -> (Result<VolumeKey>, u32) {
+        let mut budget = KdfBudget::new(limits);
+        let r = self.unlock_within(passphrase, slot, limits, &mut budget);
+        (r, budget.runs())
+    }
+
+    fn unlock_within(
+        &self,
+        passphrase: &[u8],
+        slot: Option<u32>,
+        limits: &KdfLimits,
+        budget: &mut KdfBudget,
     ) -> Result<VolumeKey> {
         match &self.header {
             Header::V1(h) => {
@@ -169,8 +209,10 @@ impl Luks {
                         h.hash,
                         u64::from(k.material_offset) * 512,
                         limits,
+                        budget,
                     ) {
                         Ok(vk) => vk,
+                        Err(e) if is_budget(&e) => return Err(e),
                         Err(e) => {
                             first_err.get_or_insert(e);
                             continue;
@@ -183,6 +225,7 @@ impl Luks {
                         h.mk_digest_iterations,
                         &h.mk_digest,
                         limits,
+                        budget,
                     )? {
                         return Ok(VolumeKey {
                             bytes: vk,
@@ -212,7 +255,8 @@ impl Luks {
                             return Err(Error::invalid(
                                 "--key-slot",
                                 format!(
-                                    "key slot {s} has type {kind:?}, which holds no passphrase key"
+                                    "key slot {s} has type {}, which holds no passphrase key",
+                                    crate::error::quote(kind)
                                 ),
                             ));
                         }
@@ -238,9 +282,10 @@ impl Luks {
                     let Some(Keyslot::Luks2(k)) = m.keyslots.get(&id) else {
                         continue;
                     };
-                    match self.try_luks2_slot(id, k, passphrase, limits) {
+                    match self.try_luks2_slot(id, k, passphrase, limits, budget) {
                         Ok(Some(vk)) => return Ok(vk),
                         Ok(None) => {}
+                        Err(e) if is_budget(&e) => return Err(e),
                         Err(e) => {
                             first_err.get_or_insert(e);
                         }
@@ -279,6 +324,7 @@ impl Luks {
         k: &Luks2Keyslot,
         pass: &[u8],
         limits: &KdfLimits,
+        budget: &mut KdfBudget,
     ) -> Result<Option<VolumeKey>> {
         let Header::V2(h) = &self.header else {
             return Ok(None);
@@ -295,9 +341,10 @@ impl Luks {
             k.af_hash,
             k.area_offset,
             limits,
+            budget,
         )
         .map_err(|e| match e {
-            Error::InvalidArgument { what, reason } => {
+            Error::InvalidArgument { what, reason } if what != "key derivation budget" => {
                 Error::invalid(what, format!("key slot {id}: {reason}"))
             }
             e => e,
@@ -307,7 +354,15 @@ impl Luks {
         for (&did, d) in &h.meta.digests {
             if d.keyslots.contains(&id)
                 && d.segments.contains(&0)
-                && digest_ok(d.hash, &vk, &d.salt, d.iterations, &d.digest, limits)?
+                && digest_ok(
+                    d.hash,
+                    &vk,
+                    &d.salt,
+                    d.iterations,
+                    &d.digest,
+                    limits,
+                    budget,
+                )?
             {
                 return Ok(Some(VolumeKey {
                     bytes: vk,
@@ -323,6 +378,7 @@ impl Luks {
     /// digest confirms it.
     pub fn check_volume_key(&self, key: &[u8]) -> Result<VolumeKey> {
         let limits = KdfLimits::default();
+        let budget = &mut KdfBudget::new(&limits);
         let wrong = || Error::KeyRejected("volume key does not match the header's digest".into());
         match &self.header {
             Header::V1(h) => {
@@ -334,6 +390,7 @@ impl Luks {
                         h.mk_digest_iterations,
                         &h.mk_digest,
                         &limits,
+                        budget,
                     )?
                 {
                     return Err(wrong());
@@ -347,7 +404,15 @@ impl Luks {
             Header::V2(h) => {
                 for (&did, d) in &h.meta.digests {
                     if d.segments.contains(&0)
-                        && digest_ok(d.hash, key, &d.salt, d.iterations, &d.digest, &limits)?
+                        && digest_ok(
+                            d.hash,
+                            key,
+                            &d.salt,
+                            d.iterations,
+                            &d.digest,
+                            &limits,
+                            budget,
+                        )?
                     {
                         return Ok(VolumeKey {
                             bytes: Zeroizing::new(key.to_vec()),

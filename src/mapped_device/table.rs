@@ -81,7 +81,11 @@ impl LoadedTable {
                 // A constructor's errno is the table load's (dm_table_add_target
                 // returns it): an image in use elsewhere stays EBUSY, a missing device
                 // ENOENT. Only EINVAL errors get the line added.
-                e if e.errno() != crate::error::errno::EINVAL => e,
+                e if e.errno() != crate::error::errno::EINVAL => Error::InLine {
+                    line: i + 1,
+                    target_type: line.spec.target_type().to_string(),
+                    source: Box::new(e),
+                },
                 e => Error::Table {
                     line: i + 1,
                     token: None,

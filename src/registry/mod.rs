@@ -177,7 +177,10 @@ impl Registry {
         if !is_major_minor(major_minor) {
             return Err(Error::invalid(
                 "--map",
-                format!("{major_minor:?} is not <major>:<minor>"),
+                format!(
+                    "{} is not <major>:<minor>",
+                    crate::error::quote(major_minor)
+                ),
             ));
         }
         self.bindings.insert(major_minor.to_string(), path.into());

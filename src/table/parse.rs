@@ -58,6 +58,17 @@ fn parse_one(raw: &[u8], line_no: usize) -> Result<Option<TableLine>> {
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
     }
+    // dmsetup and the ioctl pass the line as a C string: a NUL would silently cut it.
+    if let Some(col) = raw.iter().position(|&b| b == 0) {
+        return Err(table_error(
+            line_no,
+            None,
+            format!(
+                "column {}: a NUL byte (dmsetup and the kernel would cut the line there)",
+                col + 1
+            ),
+        ));
+    }
     let mut rest = line;
     let mut field = || -> Option<&str> {
         let s = rest.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
@@ -143,3 +154,17 @@ pub fn parse_line_params(target_type: &str, len: SectorCount, params: &str) -> R
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod nul_tests {
+    #[test]
+    fn a_nul_in_a_table_line_is_refused_with_its_line_and_column() {
+        let e = super::parse_table(b"0 8 zero\n8 8 li\0near x 0\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "line 2: column 7: a NUL byte (dmsetup and the kernel would cut the line there)"
+        );
+    }
+}

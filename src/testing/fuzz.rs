@@ -202,3 +202,375 @@ pub fn thin_metadata(data: &[u8]) {
         }
     }
 }
+
+/// The smallest LUKS device the LUKS drivers build: the fixtures' 2 MiB payload offset
+/// plus 64 KiB of payload, so the fixtures' headers, key slots and segments all fit.
+const LUKS_DEVICE_BYTES: usize = (2 << 20) + (64 << 10);
+
+/// KDF limits for the LUKS drivers: the fixtures' slots (PBKDF2 1000 iterations, Argon2
+/// 32 KiB × 4 passes) run, anything costlier is refused before it runs.
+fn fuzz_kdf_limits() -> crate::luks::KdfLimits {
+    crate::luks::KdfLimits {
+        max_memory_kib: 64,
+        max_iterations: 2000,
+        max_argon2_work: 256,
+        max_total_work: 50_000,
+    }
+}
+
+/// Open a LUKS device made of `img` (zero-padded to [`LUKS_DEVICE_BYTES`]), then dump it,
+/// unlock it with the fixtures' passphrase `alpha` and a wrong one, check a zero volume
+/// key, and read the start of the decrypted volume when a key opened it.
+fn luks_image(mut img: Vec<u8>) {
+    use std::sync::Arc;
+
+    use crate::luks::Luks;
+    use crate::volume::{MemVolume, SharedVolume, Volume};
+    use crate::Sector;
+
+    img.resize(img.len().max(LUKS_DEVICE_BYTES).div_ceil(512) * 512, 0);
+    let dev: SharedVolume = Arc::new(MemVolume::from_bytes(img).expect("device"));
+    let Ok(luks) = Luks::open(dev, None) else {
+        return;
+    };
+    let _ = luks.dump("fuzz.img");
+    let _ = luks.warnings();
+    let limits = fuzz_kdf_limits();
+    let _ = luks.unlock(b"wrong", None, &limits);
+    let _ = luks.check_volume_key(&[0; 32]);
+    if let Ok(key) = luks.unlock(b"alpha", None, &limits) {
+        let _ = luks.table_line(&key, "fuzz.img", crate::Keys::Hidden, false);
+        if let Ok(vol) = luks.volume(&key) {
+            let mut buf = vec![0; 4096.min(vol.size().usize_bytes().unwrap_or(0))];
+            let _ = vol.read(Sector(0), &mut buf);
+        }
+    }
+}
+
+/// A LUKS1 device's first bytes (header, key slots, key material): never panic, and an
+/// unlock attempt costs at most the drivers' KDF limits.
+pub fn luks1_header(data: &[u8]) {
+    luks_image(data.to_vec());
+}
+
+/// A LUKS2 device's first bytes (binary header pair, JSON areas, key-slot areas). The first
+/// byte's bits 0 and 1 re-seal the primary / secondary copy's checksum after the fuzzer's
+/// changes (over the `hdr_size` each copy declares, when it fits), so the fuzzer reaches
+/// the copy selection and the JSON behind the checksums.
+pub fn luks2_header(data: &[u8]) {
+    let Some((&flags, img)) = data.split_first() else {
+        return;
+    };
+    let mut img = img.to_vec();
+    img.resize(img.len().max(LUKS_DEVICE_BYTES).div_ceil(512) * 512, 0);
+    if flags & 1 != 0 {
+        seal_luks2_copy(&mut img, 0);
+    }
+    if flags & 2 != 0 {
+        let hdr = read_be64(&img, 8);
+        if let Ok(at) = usize::try_from(hdr) {
+            seal_luks2_copy(&mut img, at);
+        }
+    }
+    luks_image(img);
+}
+
+/// LUKS2 JSON metadata: the input's bytes up to its first NUL are the JSON text, the rest is
+/// the key-slot area. The driver frames the text in a valid binary header pair (hdr_size
+/// 16 KiB, or the smallest that holds the text), so every input reaches the JSON parser and
+/// the header validation.
+pub fn luks2_json(data: &[u8]) {
+    use crate::luks::luks2::header::{BIN_SIZE, HDR_SIZES};
+
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let (json, rest) = (&data[..split], data.get(split + 1..).unwrap_or(&[]));
+    let Some(&hdr) = HDR_SIZES
+        .iter()
+        .find(|&&h| usize::try_from(h).is_ok_and(|h| h - BIN_SIZE > json.len()))
+    else {
+        return;
+    };
+    let hdr = usize::try_from(hdr).expect("fits");
+    let mut img = vec![0u8; 2 * hdr];
+    for (copy, magic) in [(0, &b"LUKS\xba\xbe"[..]), (hdr, &b"SKUL\xba\xbe"[..])] {
+        let b = &mut img[copy..copy + hdr];
+        b[..6].copy_from_slice(magic);
+        b[6..8].copy_from_slice(&2u16.to_be_bytes());
+        b[8..16].copy_from_slice(&(hdr as u64).to_be_bytes());
+        b[16..24].copy_from_slice(&1u64.to_be_bytes());
+        b[72..78].copy_from_slice(b"sha256");
+        b[168..204].copy_from_slice(b"1d3e5c5e-8a9e-4b5e-9d63-0b8a2b1f7c11");
+        b[256..264].copy_from_slice(&(copy as u64).to_be_bytes());
+        b[BIN_SIZE..BIN_SIZE + json.len()].copy_from_slice(json);
+        seal_luks2_copy(&mut img, copy);
+    }
+    img.extend_from_slice(rest);
+    luks_image(img);
+}
+
+fn read_be64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .map_or(0, |w| u64::from_be_bytes(w.try_into().expect("8 bytes")))
+}
+
+/// Recompute the checksum of the LUKS2 header copy at byte `at` of `img` as cryptsetup
+/// writes it: the `checksum_alg` digest of the `hdr_size` bytes with the csum field zeroed.
+/// Copies that do not fit or name an unknown algorithm are left alone.
+fn seal_luks2_copy(img: &mut [u8], at: usize) {
+    use crate::luks::hash::Hash;
+
+    let hdr = read_be64(img, at + 8);
+    let Some(end) = usize::try_from(hdr)
+        .ok()
+        .filter(|&h| h >= 4096)
+        .and_then(|h| at.checked_add(h))
+        .filter(|&e| e <= img.len())
+    else {
+        return;
+    };
+    let alg = &img[at + 72..at + 104];
+    let alg = String::from_utf8_lossy(&alg[..alg.iter().position(|&c| c == 0).unwrap_or(32)]);
+    let Some(hash) = Hash::from_name(&alg) else {
+        return;
+    };
+    let copy = &mut img[at..end];
+    copy[448..512].fill(0);
+    let mut sum = [0u8; 64];
+    hash.digest_into(&[copy], &mut sum[..hash.digest_len()]);
+    copy[448..512].copy_from_slice(&sum);
+}
+
+/// The anti-forensic splitter and the digests: byte 0 picks the hash, bytes 1..3 the
+/// stripe count (1..=4000), byte 3 the key length (1..=64); the rest is the key material.
+/// Merging never panics, and splitting the merged key over the same material's first
+/// stripes merges back to it (cryptsetup's AF_split / AF_merge are inverses).
+pub fn af_digest(data: &[u8]) {
+    use crate::luks::hash::{af_merge, af_split, Hash};
+
+    const HASHES: [Hash; 6] = [
+        Hash::Sha1,
+        Hash::Sha224,
+        Hash::Sha256,
+        Hash::Sha384,
+        Hash::Sha512,
+        Hash::Ripemd160,
+    ];
+    let [h, s0, s1, k, material @ ..] = data else {
+        return;
+    };
+    let hash = HASHES[usize::from(*h) % HASHES.len()];
+    let stripes = usize::from(u16::from_le_bytes([*s0, *s1])) % 4000 + 1;
+    let key_len = usize::from(*k) % 64 + 1;
+    let mut src = material.to_vec();
+    src.resize(src.len().max(stripes * key_len), 0);
+    let mut key = vec![0u8; key_len];
+    af_merge(&src, stripes, hash, &mut key);
+    let mut split = src.clone();
+    af_split(&key, &mut split, stripes, hash);
+    let mut back = vec![0u8; key_len];
+    af_merge(&split, stripes, hash, &mut back);
+    assert_eq!(
+        back, key,
+        "AF merge(split(k)) != k for {hash}, {stripes} stripes"
+    );
+    // The digests: PBKDF2 over the key (LUKS1 mkDigest, LUKS2 digests) and the plain one.
+    let mut d = vec![0u8; hash.digest_len()];
+    hash.pbkdf2(&key, material.get(..32).unwrap_or(material), 2, &mut d);
+    hash.digest_into(&[&key, material], &mut d);
+}
+
+/// Verity's superblock and hash tree: byte 0 is the root hash's length n, bytes 1..=n the
+/// root hash, the rest the hash device (superblock at 0, then the tree). The data device is
+/// the fixtures' data image (data-b for 512-byte data blocks, data-a otherwise), so the
+/// seeds verify. Reading the superblock, `verity verify` and a verity target over it
+/// (reads of every block, status) never panic, and the target never returns bytes that
+/// differ from the data device's.
+pub fn verity_tree(data: &[u8]) {
+    use std::sync::{Arc, OnceLock};
+
+    use crate::targets::verity::format::{read_superblock, verify, FormatParams};
+    use crate::targets::verity::Verity;
+    use crate::targets::Target;
+    use crate::volume::{MemVolume, SharedVolume, Volume};
+    use crate::{Sector, SectorCount};
+
+    /// The fixtures' data images (tests/fixtures/verity/make.sh): block i = sha256("block
+    /// i") repeated, the listed blocks zero.
+    fn pattern(size: usize, bs: usize, zeros: &[usize]) -> Vec<u8> {
+        use sha2::Digest;
+        let mut out = Vec::with_capacity(size);
+        for i in 0..size / bs {
+            if zeros.contains(&i) {
+                out.resize(out.len() + bs, 0);
+            } else {
+                let d = sha2::Sha256::digest(format!("block {i}").as_bytes());
+                for _ in 0..bs / 32 {
+                    out.extend_from_slice(&d);
+                }
+            }
+        }
+        out
+    }
+    static DATA: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    let (a, b) =
+        DATA.get_or_init(|| (pattern(1 << 20, 4096, &[5, 200]), pattern(10240, 512, &[3])));
+
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let n = usize::from(n).min(64).min(rest.len());
+    let (root, hash) = rest.split_at(n);
+    let mut hash = hash.to_vec();
+    hash.resize(hash.len().div_ceil(512).max(1) * 512, 0);
+    let hash: SharedVolume = Arc::new(MemVolume::from_bytes(hash).expect("hash"));
+    let Ok(sb) = read_superblock(&*hash, 0) else {
+        return;
+    };
+    let p = FormatParams::from_superblock(&sb, 0);
+    if p.check().is_err() {
+        return;
+    }
+    let bytes = if p.data_block_size == 512 { b } else { a };
+    let data: SharedVolume = Arc::new(MemVolume::from_bytes(bytes.clone()).expect("data"));
+    let _ = verify(&p, &*data, &*hash, root);
+    let args = p.table_args("data", "hash", root);
+    let Some(len) = p
+        .data_blocks
+        .checked_mul(u64::from(p.data_block_size) / 512)
+        .filter(|&s| s <= data.size().0)
+    else {
+        return;
+    };
+    let Ok(v) = Verity::over(&args, SectorCount(len), data.clone(), hash) else {
+        return;
+    };
+    let v = v.with_cache_blocks(4);
+    let step = (u64::from(p.data_block_size) / 512).max(1);
+    let mut buf = vec![0u8; usize::try_from(step * 512).expect("block")];
+    let mut want = buf.clone();
+    let mut s = 0;
+    while s < len {
+        if v.read(Sector(s), &mut buf).is_ok() {
+            data.read(Sector(s), &mut want).expect("data");
+            assert_eq!(
+                buf, want,
+                "verity returned other bytes than the data at sector {s}"
+            );
+        }
+        s += step;
+    }
+    let _ = v.status();
+}
+
+/// Reed-Solomon decoding (dm-verity FEC, RS(255, 255 - roots) over GF(2^8)): byte 0 picks
+/// roots (2..=24). First, the next 255 bytes as a codeword and the rest as erasure
+/// positions: decoding never panics, and what it returns as corrected is a codeword
+/// (decoding it again changes nothing). Then the same bytes as a message, encoded, with
+/// errors at positions taken from the input within the code's capacity (2 × errors +
+/// erasures ≤ roots): decoding must give the message back.
+pub fn fec_decode(data: &[u8]) {
+    use crate::targets::verity::rs::Rs;
+
+    let Some((&r, rest)) = data.split_first() else {
+        return;
+    };
+    let roots = usize::from(r) % 23 + 2;
+    let rs = Rs::new(roots);
+    let rsn = rs.rsn();
+    let mut cw = [0u8; 255];
+    let n = rest.len().min(255);
+    cw[..n].copy_from_slice(&rest[..n]);
+    let tail = rest.get(255..).unwrap_or(&[]);
+    let mut erasures: Vec<usize> = tail.iter().map(|&b| usize::from(b) % 255).collect();
+    erasures.sort_unstable();
+    erasures.dedup();
+    erasures.truncate(roots + 1);
+    let mut arbitrary = cw;
+    if rs.decode(&mut arbitrary, &erasures).is_ok() {
+        let mut again = arbitrary;
+        assert_eq!(
+            rs.decode(&mut again, &[]),
+            Ok(0),
+            "a decoded word is not a codeword"
+        );
+        assert_eq!(again, arbitrary);
+    }
+    // Within capacity: a message, its parity, damage the decoder must undo.
+    let mut word = [0u8; 255];
+    word[..rsn].copy_from_slice(&cw[..rsn]);
+    let (msg, parity) = word.split_at_mut(rsn);
+    rs.encode(msg, parity);
+    let good = word;
+    let mut eras = erasures.clone();
+    eras.truncate(roots);
+    let errors = (roots - eras.len()) / 2;
+    let mut positions: Vec<usize> = cw[rsn..]
+        .iter()
+        .map(|&b| usize::from(b) % 255)
+        .filter(|p| !eras.contains(p))
+        .collect();
+    positions.sort_unstable();
+    positions.dedup();
+    positions.truncate(errors);
+    for (i, &p) in eras.iter().chain(&positions).enumerate() {
+        word[p] ^= u8::try_from(i % 255 + 1).expect("byte");
+    }
+    assert!(
+        rs.decode(&mut word, &eras).is_ok(),
+        "{} errors and {} erasures with {roots} roots were not corrected",
+        positions.len(),
+        eras.len()
+    );
+    assert_eq!(
+        word, good,
+        "decoding within capacity did not restore the codeword"
+    );
+}
+
+/// `dmemu shell` scripts: byte 0 picks the device's table (dust, flakey, linear + zero +
+/// error, striped, delay), the rest are the script's lines (invalid UTF-8 replaced). The
+/// device's clock is a manual clock that `sleep` advances, so no line waits. Never panics.
+pub fn shell_lines(data: &[u8]) {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::clock::ManualClock;
+    use crate::registry::Registry;
+    use crate::table::{DeviceSpec, Table, TableMode};
+    use crate::volume::MemVolume;
+    use crate::SectorCount;
+
+    const TABLES: [&str; 5] = [
+        "0 64 dust disk 0 512",
+        "0 64 flakey disk 0 1 1 1 drop_writes",
+        "0 32 linear disk 0\n32 16 zero\n48 16 error",
+        "0 64 striped 2 8 disk 0 disk2 0",
+        "0 64 delay disk 0 0",
+    ];
+    let Some((&pick, script)) = data.split_first() else {
+        return;
+    };
+    let clock = ManualClock::shared();
+    let reg = Registry::new().with_clock(clock.clone());
+    for name in ["disk", "disk2"] {
+        reg.insert_volume(
+            name,
+            Arc::new(MemVolume::new(SectorCount(64)).expect("disk")),
+        );
+    }
+    let dev = reg
+        .create(&DeviceSpec {
+            name: "fuzz".into(),
+            uuid: String::new(),
+            minor: None,
+            mode: TableMode::ReadWrite,
+            table: Table::parse(TABLES[usize::from(pick) % TABLES.len()]).expect("table"),
+        })
+        .expect("device");
+    let text = String::from_utf8_lossy(script);
+    let mut out = Vec::new();
+    crate::shell::run_with_sleep(&dev, text.as_bytes(), &mut out, |d: Duration| {
+        clock.advance(d);
+    })
+    .expect("in-memory script");
+}

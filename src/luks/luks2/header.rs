@@ -120,7 +120,10 @@ pub fn read_copy(dev: &dyn Volume, offset: u64, primary: bool) -> Result<BinHead
         corrupt(
             "LUKS2 checksum_alg",
             offset + 72,
-            format!("unknown checksum algorithm {checksum_alg:?}"),
+            format!(
+                "unknown checksum algorithm {}",
+                crate::error::quote(&checksum_alg)
+            ),
         )
     })?;
     let json_len = usize::try_from(hdr_size).unwrap_or(usize::MAX) - BIN_SIZE;

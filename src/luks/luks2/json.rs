@@ -198,7 +198,13 @@ fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
     let area = o.obj("area")?;
     let area_type = area.str("type")?;
     if area_type != "raw" {
-        return Err(area.err("type", format!("{area_type:?} (only raw areas hold keys)")));
+        return Err(area.err(
+            "type",
+            format!(
+                "{} (only raw areas hold keys)",
+                crate::error::quote(area_type)
+            ),
+        ));
     }
     let area_key_size = area.u32n("key_size", 1)?;
     if area_key_size > MAX_KEY_BYTES {
@@ -223,7 +229,10 @@ fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
         t => {
             return Err(k.err(
                 "type",
-                format!("unknown KDF {t:?} (known: pbkdf2, argon2i, argon2id)"),
+                format!(
+                    "unknown KDF {} (known: pbkdf2, argon2i, argon2id)",
+                    crate::error::quote(t)
+                ),
             ))
         }
     };
@@ -289,7 +298,13 @@ fn segment(o: &Obj<'_>) -> Result<Segment> {
 fn digest(o: &Obj<'_>) -> Result<Digest> {
     let t = o.str("type")?;
     if t != "pbkdf2" {
-        return Err(o.err("type", format!("unknown digest type {t:?} (known: pbkdf2)")));
+        return Err(o.err(
+            "type",
+            format!(
+                "unknown digest type {} (known: pbkdf2)",
+                crate::error::quote(t)
+            ),
+        ));
     }
     let hash = o.hash("hash")?;
     let digest = o.b64("digest")?;

@@ -57,7 +57,10 @@ impl<'a> Obj<'a> {
     pub(super) fn u64s(&self, key: &str) -> Result<u64> {
         let s = self.str(key)?;
         if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(self.err(key, format!("{s:?} is not a decimal number")));
+            return Err(self.err(
+                key,
+                format!("{} is not a decimal number", crate::error::quote(s)),
+            ));
         }
         s.parse()
             .map_err(|_| self.err(key, format!("{s} does not fit in 64 bits")))
@@ -76,8 +79,15 @@ impl<'a> Obj<'a> {
     }
     pub(super) fn hash(&self, key: &str) -> Result<Hash> {
         let s = self.str(key)?;
-        Hash::from_name(s)
-            .ok_or_else(|| self.err(key, format!("unknown hash {s:?} (known: {HASH_NAMES})")))
+        Hash::from_name(s).ok_or_else(|| {
+            self.err(
+                key,
+                format!(
+                    "unknown hash {} (known: {HASH_NAMES})",
+                    crate::error::quote(s)
+                ),
+            )
+        })
     }
     pub(super) fn b64(&self, key: &str) -> Result<Vec<u8>> {
         let s = self.str(key)?;

@@ -350,7 +350,8 @@ fn essiv_hash(ivmode: Option<&str>, ivopts: Option<&str>) -> Result<Option<Strin
     match digest_size(hash) {
         None => {
             return Err(format!(
-                "Error allocating crypto tfm (no hash {hash:?} in the kernel)"
+                "Error allocating crypto tfm (no hash {} in the kernel)",
+                crate::error::quote(hash)
             ))
         }
         Some(n) if !(16..=32).contains(&n) => {

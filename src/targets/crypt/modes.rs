@@ -189,7 +189,10 @@ impl Tfm {
                 });
             }
             Transform::Opaque(name) => {
-                return Err(TfmError::Unsupported(format!("crypto API {name:?}")));
+                return Err(TfmError::Unsupported(format!(
+                    "crypto API {}",
+                    crate::error::quote(name)
+                )));
             }
         };
         let bad_len = |what: &str| {

@@ -579,9 +579,12 @@ impl Target for Snapshot {
         match argv {
             ["merge"] => Ok(self.merge()?.to_string()),
             ["merge", n] => {
-                let max: u64 = n
-                    .parse()
-                    .map_err(|_| Error::invalid("message", format!("bad batch count {n:?}")))?;
+                let max: u64 = n.parse().map_err(|_| {
+                    Error::invalid(
+                        "message",
+                        format!("bad batch count {}", crate::error::quote(n)),
+                    )
+                })?;
                 let mut batches = 0;
                 while batches < max {
                     if self.merge_step()? == MergeStep::Done {

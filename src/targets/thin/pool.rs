@@ -129,7 +129,16 @@ impl ThinPool {
         check_range(data.size(), Sector(0), len)?;
         let mdev = MetaDev::new(Arc::clone(&meta));
         if mdev.read_raw(0, "thin superblock")?.iter().all(|&b| b == 0) {
-            // __open_or_format_metadata: an all-zero superblock means a new pool.
+            // __open_or_format_metadata: an all-zero superblock means a new pool, which
+            // only a writable pool may format (-EPERM otherwise).
+            if args.features.read_only {
+                return Err(Error::NotPermitted {
+                    what: "thin-pool",
+                    reason: "Error creating metadata object: the metadata superblock is all \
+                             zeros and a read_only pool does not format it"
+                        .into(),
+                });
+            }
             let block_size = u32::try_from(args.block_size)
                 .map_err(|_| pool_error("Invalid block size".to_string()))?;
             format(

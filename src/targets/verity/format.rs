@@ -172,6 +172,17 @@ pub fn read_superblock(hash: &dyn Volume, hash_offset: u64) -> Result<Superblock
             "must be a multiple of 512 bytes",
         ));
     }
+    let size = hash.size().bytes();
+    if hash_offset.saturating_add(SUPERBLOCK_SIZE as u64) > size {
+        return Err(Error::Corrupt {
+            what: "verity superblock",
+            offset: hash_offset,
+            detail: format!(
+                "the hash device has {size} bytes; the superblock needs {SUPERBLOCK_SIZE} \
+                 bytes at offset {hash_offset}"
+            ),
+        });
+    }
     let mut b = [0u8; SUPERBLOCK_SIZE];
     hash.read(Sector(hash_offset / 512), &mut b)?;
     Superblock::decode(&b, hash_offset)

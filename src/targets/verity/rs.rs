@@ -218,7 +218,10 @@ impl Rs {
                 positions.push(i - 1);
             }
         }
-        if positions.len() != deg || deg == 0 {
+        // More errors than the code can correct (2 × errors + erasures > roots) are
+        // uncorrectable even when the locator happens to have all its roots (kernel
+        // rslib: "Fix remaining decoder flaws").
+        if positions.len() != deg || deg == 0 || 2 * deg > r + ne {
             return Err(Uncorrectable);
         }
         // Ω(x) = S(x) Λ(x) mod x^r.
@@ -232,6 +235,7 @@ impl Rs {
         let dlambda: Vec<u8> = (1..=deg)
             .map(|i| if i % 2 == 1 { lambda[i] } else { 0 })
             .collect();
+        let mut fixes = Vec::with_capacity(positions.len());
         for &pos in &positions {
             let x = self.pow(NN - 1 - pos);
             let xinv = self.inv(x);
@@ -241,7 +245,22 @@ impl Rs {
             }
             // Forney with first root α^0: Y = X · Ω(X^-1) / Λ'(X^-1).
             let num = self.mul(x, self.eval_low(&omega, xinv));
-            cw[pos] ^= self.mul(num, self.inv(den));
+            fixes.push((pos, self.mul(num, self.inv(den))));
+        }
+        for &(pos, e) in &fixes {
+            cw[pos] ^= e;
+        }
+        // What is returned as corrected must be a codeword: a word beyond the code's
+        // capacity can still yield a locator that passes the checks above.
+        let clean = (0..r).all(|j| {
+            let a = self.pow(j);
+            cw.iter().fold(0u8, |acc, &c| self.mul(acc, a) ^ c) == 0
+        });
+        if !clean {
+            for &(pos, e) in &fixes {
+                cw[pos] ^= e;
+            }
+            return Err(Uncorrectable);
         }
         Ok(positions.len())
     }
@@ -264,6 +283,27 @@ mod tests {
         let mut parity = vec![0u8; rs.roots()];
         rs.encode(&msg, &mut parity);
         [msg, parity].concat()
+    }
+
+    #[test]
+    fn a_word_beyond_capacity_is_never_returned_as_corrected_unless_a_codeword() {
+        // Found by the fec_decode fuzz target (fuzz/corpus/fec_decode/regress-not-a-codeword):
+        // 4 roots, an arbitrary word; the decoder used to return Ok with a result whose
+        // syndromes were not zero.
+        let input = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/fec_decode/regress-not-a-codeword"
+        ))
+        .unwrap();
+        let rs = Rs::new(usize::from(input[0]) % 23 + 2);
+        let mut cw = [0u8; NN];
+        let n = (input.len() - 1).min(NN);
+        cw[..n].copy_from_slice(&input[1..=n]);
+        let before = cw;
+        match rs.decode(&mut cw, &[]) {
+            Ok(_) => assert_eq!(rs.decode(&mut cw.clone(), &[]), Ok(0)),
+            Err(Uncorrectable) => assert_eq!(cw, before, "a refused word was changed"),
+        }
     }
 
     #[test]

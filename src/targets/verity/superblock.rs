@@ -29,7 +29,7 @@ pub struct Uuid(pub [u8; 16]);
 impl Uuid {
     /// Parse `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex in either case).
     pub fn parse(s: &str) -> Result<Uuid> {
-        let bad = || Error::invalid("uuid", format!("{s:?} is not a UUID"));
+        let bad = || Error::invalid("uuid", format!("{} is not a UUID", crate::error::quote(s)));
         let parts: Vec<&str> = s.split('-').collect();
         let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
         if lens != [8, 4, 4, 4, 12] {
@@ -160,7 +160,8 @@ impl Superblock {
             corrupt(
                 "verity algorithm",
                 format!(
-                    "unsupported hash {name:?} (known: {})",
+                    "unsupported hash {} (known: {})",
+                    crate::error::quote(&name),
                     HashAlg::names().join(", ")
                 ),
             )

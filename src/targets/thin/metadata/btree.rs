@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::block::{corrupt, le32, le64, Kind, MetaDev, BLOCK_SIZE};
 
@@ -181,15 +181,40 @@ pub fn walk_located(
     visit: &mut LocatedVisit<'_>,
 ) -> Result<()> {
     let mut seen = HashSet::new();
-    walk_node(dev, root, value_size, 0, (0, None), &mut seen, visit)
+    walk_node(dev, root, value_size, 0, (0, None), None, &mut seen, visit)
 }
 
+/// Name the pointer that led to a node that could not be read: the parent node and the
+/// byte offset of the child pointer in it.
+fn via(e: Error, parent: Option<(u64, usize, usize)>) -> Error {
+    match (e, parent) {
+        (
+            Error::Corrupt {
+                what,
+                offset,
+                detail,
+            },
+            Some((p, i, at)),
+        ) => Error::Corrupt {
+            what,
+            offset,
+            detail: format!(
+                "{detail} (reached through child pointer {i} of btree node {p}, byte {at} of \
+                 that block)"
+            ),
+        },
+        (e, _) => e,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn walk_node(
     dev: &MetaDev,
     block: u64,
     value_size: usize,
     depth: usize,
     (lo, hi): (u64, Option<u64>),
+    parent: Option<(u64, usize, usize)>,
     seen: &mut HashSet<u64>,
     visit: &mut LocatedVisit<'_>,
 ) -> Result<()> {
@@ -209,7 +234,7 @@ fn walk_node(
             "node reached twice in one tree (cycle)",
         ));
     }
-    let node = read_node(dev, block, value_size)?;
+    let node = read_node(dev, block, value_size).map_err(|e| via(e, parent))?;
     if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
         if first < lo || hi.is_some_and(|h| last >= h) {
             return Err(corrupt(
@@ -238,6 +263,7 @@ fn walk_node(
                 value_size,
                 depth + 1,
                 range,
+                Some((block, i, HEADER_SIZE + 8 * node.max_entries + 8 * i)),
                 seen,
                 visit,
             )?;

@@ -218,6 +218,29 @@ fn btree_cycle_is_detected() {
 }
 
 #[test]
+fn a_bad_child_pointer_names_the_parent_node_and_the_pointer_field() {
+    let mut m = kernel_meta();
+    let md = open(m.clone()).unwrap();
+    let root = md.device_root(0).unwrap().unwrap();
+    // The root becomes an internal node whose second child points past the device.
+    let blocks = u64::try_from(m.len() / 4096).unwrap();
+    write_node(&mut m, root, true, &[(0, root + 1), (100, blocks + 5)]);
+    write_node(&mut m, root + 1, false, &[(0, 1 << 24)]);
+    let md = open(m).unwrap();
+    let e = err_text(md.mappings(root));
+    let field = 32 + 8 * 252 + 8;
+    assert!(
+        e.contains(&format!(
+            "block {} is beyond the metadata device",
+            blocks + 5
+        )) && e.contains(&format!(
+            "child pointer 1 of btree node {root}, byte {field}"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
 fn btree_deeper_than_the_bound_is_refused() {
     let mut m = vec![0; 64 * 4096];
     m[..4096].copy_from_slice(&kernel_meta()[..4096]);

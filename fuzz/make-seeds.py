@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of the LUKS, verity, FEC and shell fuzz targets from tests/fixtures.
+
+Re-run from anywhere: python3 fuzz/make-seeds.py. Each seed is what its driver in
+src/testing/fuzz.rs takes:
+  luks1_header  a LUKS1 image's first bytes, to the end of its first key slot's material
+  luks2_header  a flags byte (0: no re-sealing) then a LUKS2 image's first bytes, likewise
+  luks2_json    a LUKS2 image's JSON text, NUL, then its key-slot area to that same end
+  af_digest     hash index, stripes - 1 (le16), key length - 1, then a key slot's material
+  verity_tree   root hash length, root hash, a hash image with its superblock at 0
+  fec_decode    roots, then 255 bytes of a FEC fixture, then erasure positions
+  shell_lines   a table index, then the dust message script of tests/fixtures/fault
+"""
+import gzip, json, os, struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, '..', 'tests', 'fixtures')
+HASHES = ['sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160']
+
+
+def put(target, name, data):
+    d = os.path.join(HERE, 'corpus', target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), 'wb') as f:
+        f.write(data)
+
+
+def luks(name):
+    return gzip.open(os.path.join(FIX, 'luks', name + '.img.gz')).read()
+
+
+for n in ['l1-xts256', 'l1-cbc-essiv', 'l1-ripemd']:
+    img = luks(n)
+    key_bytes = struct.unpack('>I', img[108:112])[0]
+    hash_name = img[72:104].split(b'\0')[0].decode()
+    slots = []
+    for i in range(8):
+        active, _, _, off, stripes = struct.unpack('>II32sII', img[208 + 48 * i:256 + 48 * i])
+        if active == 0x00AC71F3:
+            slots.append((off * 512, key_bytes * stripes, stripes))
+    off, size, stripes = min(slots)
+    end = -(-(off + size) // 512) * 512
+    put('luks1_header', n, img[:end])
+    put('af_digest', n, bytes([HASHES.index(hash_name), (stripes - 1) & 0xff, (stripes - 1) >> 8,
+                               key_bytes - 1]) + img[off:off + size])
+
+for n in ['l2-argon2i', 'l2-essiv', 'l2-token', 'l2-reencrypt', 'l2-argon2id']:
+    img = luks(n)
+    hdr = struct.unpack('>Q', img[8:16])[0]
+    text = img[4096:hdr].split(b'\0')[0]
+    meta = json.loads(text)
+    ends = [int(k['area']['offset']) + int(k['area']['size'])
+            for k in meta['keyslots'].values() if k['type'] == 'luks2']
+    end = min(ends) if ends else 2 * hdr
+    if n in ('l2-argon2i', 'l2-reencrypt'):
+        put('luks2_header', n, b'\0' + img[:end])
+    put('luks2_json', n, text + b'\0' + img[2 * hdr:end])
+
+for line in open(os.path.join(FIX, 'verity', 'cases.txt')):
+    f = line.split()
+    name, hash_img, off, sb, root = f[0], f[2], f[4], f[5], f[12]
+    if off != '0' or sb != '1' or f[1] == f[2]:
+        continue
+    tree = gzip.open(os.path.join(FIX, 'verity', hash_img + '.gz')).read()
+    r = bytes.fromhex(root)
+    put('verity_tree', name, bytes([len(r)]) + r + tree)
+
+fec = gzip.open(os.path.join(FIX, 'verity', 'fec-v1-sha256-4k-r4.img.gz')).read()
+put('fec_decode', 'r4-data', bytes([2]) + fec[4096:4096 + 255] + bytes([0, 17, 254]))
+put('fec_decode', 'r24-tail', bytes([22]) + fec[-255:] + bytes(range(0, 240, 10)))
+
+script = []
+for line in open(os.path.join(FIX, 'fault', 'dust.guest.sh')):
+    w = line.split()
+    if w[:1] == ['msg']:
+        script.append('message 0 ' + ' '.join(w[1:]))
+script += ['message 0 enable', 'read 0 8', 'write 0 8 171', 'status', 'table', 'sleep 5',
+           'flush', 'discard 0 8', 'seed 7']
+put('shell_lines', 'dust-messages', b'\0' + '\n'.join(script).encode() + b'\n')
+put('shell_lines', 'flakey-io', b'\1' + b'read 0 64\nwrite 0 1 1\nsleep 1500\nwrite 0 1 2\n'
+    b'read 0 1\nmessage 0 x\nstatus\nseed 3\n')

@@ -1,0 +1,70 @@
+//! The fuzz drivers of the LUKS, verity, FEC and shell targets over their seed corpus
+//! (fuzz/corpus/<target>, made from tests/fixtures by fuzz/make-seeds.py), so `cargo test`
+//! runs what the fuzzers start from.
+
+use dmemu::testing::fuzz;
+
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.display().to_string(), std::fs::read(&p).unwrap())
+        })
+        .collect();
+    assert!(!out.is_empty(), "empty corpus {target}");
+    out.sort();
+    out
+}
+
+#[test]
+fn fuzz_seed_corpus_luks1_header_runs_clean() {
+    for (_, data) in corpus("luks1_header") {
+        fuzz::luks1_header(&data);
+    }
+}
+
+#[test]
+fn fuzz_seed_corpus_luks2_header_runs_clean() {
+    for (_, data) in corpus("luks2_header") {
+        fuzz::luks2_header(&data);
+    }
+}
+
+#[test]
+fn fuzz_seed_corpus_luks2_json_runs_clean() {
+    for (_, data) in corpus("luks2_json") {
+        fuzz::luks2_json(&data);
+    }
+}
+
+#[test]
+fn fuzz_seed_corpus_af_digest_runs_clean() {
+    for (_, data) in corpus("af_digest") {
+        fuzz::af_digest(&data);
+    }
+}
+
+#[test]
+fn fuzz_seed_corpus_verity_tree_runs_clean() {
+    for (_, data) in corpus("verity_tree") {
+        fuzz::verity_tree(&data);
+    }
+}
+
+#[test]
+fn fuzz_seed_corpus_fec_decode_runs_clean() {
+    for (_, data) in corpus("fec_decode") {
+        fuzz::fec_decode(&data);
+    }
+}
+
+#[test]
+fn fuzz_seed_corpus_shell_lines_runs_clean() {
+    for (_, data) in corpus("shell_lines") {
+        fuzz::shell_lines(&data);
+    }
+}
