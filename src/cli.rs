@@ -242,8 +242,12 @@ impl SpecArgs {
         }?;
         Ok(Opened {
             _registry: registry,
+            all: devices
+                .iter()
+                .cloned()
+                .zip(specs.iter().map(|s| s.mode))
+                .collect(),
             device,
-            all: devices,
         })
     }
 }
@@ -254,8 +258,8 @@ impl SpecArgs {
 pub(crate) struct Opened {
     _registry: Registry,
     device: Arc<MappedDevice>,
-    /// Every device of the spec, in spec order.
-    pub(crate) all: Vec<Arc<MappedDevice>>,
+    /// Every device of the spec and the mode it was loaded in, in spec order.
+    pub(crate) all: Vec<(Arc<MappedDevice>, TableMode)>,
 }
 
 impl std::ops::Deref for Opened {

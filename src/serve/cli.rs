@@ -50,7 +50,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         opened
             .all
             .iter()
-            .map(|d| export_of(d, args.spec.read_only).map(Arc::new))
+            .map(|(d, mode)| export_of(d, *mode, args.spec.read_only).map(Arc::new))
             .collect::<Result<_>>()?,
     )?;
     let dir = if args.nbd.is_empty() || args.run.is_some() {
@@ -133,11 +133,15 @@ fn captive_env(cmd: &mut std::process::Command, server: &Server, dir: Option<&Pa
     }
 }
 
-/// The export of one mapped device: read-only when the spec is, or when its table can only
-/// be loaded read-only (verity); its block size the largest unit a line requires.
-fn export_of(dev: &Arc<MappedDevice>, read_only: bool) -> Result<Export> {
+/// The export of one mapped device: read-only when `--read-only` was given, when the device
+/// was loaded read-only, or when its table can only be (verity); its block size the largest
+/// unit a line requires (crypt sector size, verity data block).
+fn export_of(dev: &Arc<MappedDevice>, mode: TableMode, read_only: bool) -> Result<Export> {
     let table = dev.table();
-    let access = if read_only || table.check_mode(TableMode::ReadWrite).is_err() {
+    let access = if read_only
+        || mode == TableMode::ReadOnly
+        || table.check_mode(TableMode::ReadWrite).is_err()
+    {
         ExportAccess::ReadOnly
     } else {
         ExportAccess::ReadWrite
