@@ -382,3 +382,15 @@ fn qemu_io_gets_eio_at_dust_bad_block_without_disconnect() {
     assert!(out.contains("wrote 512/512 bytes at offset 4608"), "{out}");
     assert!(!sock.exists());
 }
+
+/// The fuzz driver over its seed corpus (fuzz/make_nbd_seeds.py), as CI's fuzz run starts.
+#[test]
+fn fuzz_seed_corpus_nbd_session_runs_clean() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/nbd_session");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        dmemu::testing::fuzz::nbd_session(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 6, "seed corpus missing");
+}
