@@ -501,3 +501,181 @@ impl Drop for RangeGuard<'_> {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::volume::{MemVolume, Volume};
+
+    const BLOCK: u32 = 4096; // a crypt-like unit, larger than a sector
+    const SIZE: usize = 64 << 10;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        Zero(u64, u64),
+        Trim(u64, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let at = 0..SIZE as u64 - 1;
+        prop_oneof![
+            (at.clone(), prop::collection::vec(any::<u8>(), 1..10_000))
+                .prop_map(|(a, d)| Op::Write(a, d)),
+            (at.clone(), 1..20_000u64).prop_map(|(a, n)| Op::Zero(a, n)),
+            (at, 1..20_000u64).prop_map(|(a, n)| Op::Trim(a, n)),
+        ]
+    }
+
+    fn export() -> Export {
+        let mem: SharedVolume = Arc::new(MemVolume::new(SectorCount(SIZE as u64 / 512)).unwrap());
+        Export::new("t", mem).with_block_size(BLOCK).unwrap()
+    }
+
+    proptest! {
+        /// Unaligned writes and zeroes read back as a byte model says; trims (whole blocks
+        /// only, MemVolume zeroes them) never touch bytes outside their range.
+        #[test]
+        fn unaligned_ops_match_a_byte_model(ops in prop::collection::vec(op(), 1..24)) {
+            let e = export();
+            let mut model = vec![0u8; SIZE];
+            for op in ops {
+                match op {
+                    Op::Write(at, data) => {
+                        let n = data.len().min(SIZE - at as usize);
+                        e.write(at, &data[..n], Durability::Cached).unwrap();
+                        model[at as usize..at as usize + n].copy_from_slice(&data[..n]);
+                    }
+                    Op::Zero(at, n) => {
+                        let n = n.min(SIZE as u64 - at);
+                        e.write_zeroes(at, n, Unmap::Allowed, ZeroSpeed::Any, Durability::Fua).unwrap();
+                        model[at as usize..(at + n) as usize].fill(0);
+                    }
+                    Op::Trim(at, n) => {
+                        let n = n.min(SIZE as u64 - at);
+                        e.trim(at, n, Durability::Cached).unwrap();
+                        let b = u64::from(BLOCK);
+                        let (s, t) = (at.div_ceil(b) * b, (at + n) / b * b);
+                        if t > s {
+                            model[s as usize..t as usize].fill(0);
+                        }
+                    }
+                }
+                let mut got = vec![0u8; SIZE];
+                e.read(0, &mut got).unwrap();
+                prop_assert!(got == model);
+            }
+            let mut piece = vec![0u8; 777];
+            e.read(3, &mut piece).unwrap();
+            prop_assert_eq!(&piece[..], &model[3..780]);
+        }
+    }
+
+    /// A volume that runs a hook (once) inside its next read: the window between the read
+    /// and the write of a read-modify-write.
+    struct Interleave {
+        inner: MemVolume,
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl std::fmt::Debug for Interleave {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Interleave")
+        }
+    }
+
+    impl Volume for Interleave {
+        fn size(&self) -> SectorCount {
+            self.inner.size()
+        }
+        fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+            self.inner.read(sector, buf)?;
+            let hook = lock(&self.hook).take();
+            if let Some(h) = hook {
+                h();
+            }
+            Ok(())
+        }
+        fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+            self.inner.write(sector, buf)
+        }
+        fn flush(&self) -> Result<()> {
+            Ok(())
+        }
+        fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+            self.inner.discard(sector, count)
+        }
+    }
+
+    /// Another connection's write to the same block arrives while a read-modify-write holds
+    /// the block between its read and its write: the range lock makes it wait (up to the
+    /// hook's patience, then it lands afterwards), so both writes survive. Without the lock
+    /// it would land inside the window and be overwritten with the old contents.
+    #[test]
+    fn write_during_read_modify_write_of_its_block_is_not_lost() {
+        let vol = Arc::new(Interleave {
+            inner: MemVolume::new(SectorCount(16)).unwrap(),
+            hook: Mutex::new(None),
+        });
+        let e = Arc::new(
+            Export::new("t", Arc::clone(&vol) as SharedVolume)
+                .with_block_size(BLOCK)
+                .unwrap(),
+        );
+        let other = Arc::new(Mutex::new(None));
+        let (e2, other2) = (Arc::clone(&e), Arc::clone(&other));
+        *lock(&vol.hook) = Some(Box::new(move || {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = std::thread::spawn(move || {
+                e2.write(0, &[2; 512], Durability::Cached).unwrap();
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(std::time::Duration::from_millis(200));
+            *lock(&other2) = Some(t);
+        }));
+        e.write(1000, &[1; 100], Durability::Cached).unwrap();
+        lock(&other).take().unwrap().join().unwrap();
+        let mut got = vec![0u8; 4096];
+        e.read(0, &mut got).unwrap();
+        assert_eq!(&got[..512], &[2u8; 512][..]);
+        assert_eq!(&got[1000..1100], &[1u8; 100][..]);
+    }
+
+    #[test]
+    fn read_only_export_refuses_writes_and_keeps_data() {
+        let e = export().with_access(ExportAccess::ReadOnly);
+        assert!(matches!(
+            e.write(0, &[1; 10], Durability::Cached),
+            Err(Error::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            e.write_zeroes(0, 10, Unmap::Allowed, ZeroSpeed::Any, Durability::Cached),
+            Err(Error::ReadOnly { .. })
+        ));
+        assert!(matches!(
+            e.trim(0, 8192, Durability::Cached),
+            Err(Error::ReadOnly { .. })
+        ));
+    }
+
+    #[test]
+    fn fast_zero_of_data_is_refused_without_writing() {
+        let e = export();
+        e.write(100, &[7; 10], Durability::Cached).unwrap();
+        let r = e.write_zeroes(0, 4096, Unmap::Allowed, ZeroSpeed::Fast, Durability::Cached);
+        assert!(matches!(r, Err(Error::Unsupported { .. })));
+        let mut got = [0u8; 10];
+        e.read(100, &mut got).unwrap();
+        assert_eq!(got, [7; 10]);
+    }
+
+    #[test]
+    fn block_size_must_divide_the_size() {
+        let mem: SharedVolume = Arc::new(MemVolume::new(SectorCount(9)).unwrap());
+        assert!(Export::new("t", mem).with_block_size(4096).is_err());
+    }
+}
