@@ -21,7 +21,7 @@ best() { # best of $runs wall times (seconds) of "$@"
     s=$(date +%s.%N)
     "$@" > /dev/null
     e=$(date +%s.%N)
-    b=$(echo "$e - $s" | bc -l | awk -v b="$b" '{ if (b == "" || $1 < b) print $1; else print b }')
+    b=$(awk -v s="$s" -v e="$e" -v b="$b" 'BEGIN { t = e - s; if (b == "" || t < b) print t; else print b }')
   done
   echo "$b"
 }
