@@ -52,6 +52,19 @@ fn serve(dir: &Path, args: &[&str], run: &str, env: &[(&str, &str)]) -> Output {
         .unwrap()
 }
 
+/// `serve` with CMD = the libnbd script tests/nbd_clients/SCRIPT (env prefixed by
+/// `env_prefix`, shell words that may use the captive variables); it must print `ok`.
+fn serve_script(dir: &Path, args: &[&str], env_prefix: &str, script: &str, env: &[(&str, &str)]) {
+    let run = format!("{env_prefix} nbdsh -c \"exec(open('$SCRIPTS/{script}').read())\"");
+    let o = serve(dir, args, &run, env);
+    assert_ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ok"),
+        "{}",
+        text(&o)
+    );
+}
+
 fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -175,13 +188,13 @@ fn libnbd_unaligned_io_on_4k_crypt_matches_dmemu_read() {
     std::fs::write(d.path().join("t"), table).unwrap();
     let before = dmemu_read(d.path(), &["--table", "t"]);
     std::fs::write(d.path().join("ref"), &before).unwrap();
-    let o = serve(
+    serve_script(
         d.path(),
         &["--table", "t"],
-        "nbdsh -c \"exec(open('$SCRIPTS/unaligned.py').read())\"",
+        "",
+        "unaligned.py",
         &[("REF", "ref"), ("OUT", "want")],
     );
-    assert_ok(&o);
     let want = std::fs::read(d.path().join("want")).unwrap();
     assert_ne!(want, before);
     assert!(
@@ -199,17 +212,12 @@ fn libnbd_read_crossing_flakey_down_window_fails_at_its_offset() {
     std::fs::write(d.path().join("a.img"), random_bytes(1 << 20, 4)).unwrap();
     let table = "0 1024 linear a.img 0\n1024 1024 flakey a.img 1024 0 600 1 error_reads\n";
     std::fs::write(d.path().join("t"), table).unwrap();
-    let o = serve(
+    serve_script(
         d.path(),
         &["--table", "t"],
-        "nbdsh -c \"exec(open('$SCRIPTS/flakey_read.py').read())\"",
+        "",
+        "flakey_read.py",
         &[("BOUNDARY", "524288"), ("IMAGE", "a.img")],
-    );
-    assert_ok(&o);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("ok"),
-        "{}",
-        text(&o)
     );
 }
 
@@ -226,17 +234,12 @@ fn libnbd_corner_cases() {
         "ro,,,ro,0 128 linear small.img 0;big,,,rw,0 {} linear big.img 0",
         5u64 << 21
     );
-    let o = serve(
+    serve_script(
         d.path(),
         &["--concise", &concise],
-        "ro_uri=\"nbd+unix:///ro?socket=$unixsocket\" IMAGE=big.img nbdsh -c \"exec(open('$SCRIPTS/corner.py').read())\"",
+        "ro_uri=\"nbd+unix:///ro?socket=$unixsocket\" IMAGE=big.img",
+        "corner.py",
         &[],
-    );
-    assert_ok(&o);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("ok"),
-        "{}",
-        text(&o)
     );
 }
 

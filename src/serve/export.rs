@@ -168,6 +168,20 @@ impl Export {
         }
     }
 
+    /// The blocks covering `[offset, offset + len)`, as a byte range.
+    fn covering(&self, offset: u64, len: u64) -> (u64, u64) {
+        let b = self.block();
+        (offset / b * b, (offset + len).div_ceil(b) * b)
+    }
+
+    /// What a FUA request owes after its writes: a flush.
+    fn settle(&self, durability: Durability) -> Result<()> {
+        match durability {
+            Durability::Cached => Ok(()),
+            Durability::Fua => self.volume.flush(),
+        }
+    }
+
     fn writable(&self) -> Result<()> {
         match self.access {
             ExportAccess::ReadWrite => Ok(()),
@@ -185,9 +199,7 @@ impl Export {
         if len == 0 {
             return Ok(());
         }
-        let b = self.block();
-        let start = offset / b * b;
-        let end = (offset + len).div_ceil(b) * b;
+        let (start, end) = self.covering(offset, len);
         if start == offset && end == offset + len {
             return self.read_aligned(start, buf);
         }
@@ -249,8 +261,7 @@ impl Export {
         if len == 0 {
             return Ok(());
         }
-        let b = self.block();
-        let (start, end) = (offset / b * b, (offset + len).div_ceil(b) * b);
+        let (start, end) = self.covering(offset, len);
         let _held = self.writes.lock(start, end);
         if start == offset && end == offset + len {
             return match durability {
@@ -259,10 +270,7 @@ impl Export {
             };
         }
         self.patch(offset, len, Some(data), Unmap::Forbidden)?;
-        match durability {
-            Durability::Cached => Ok(()),
-            Durability::Fua => self.volume.flush(),
-        }
+        self.settle(durability)
     }
 
     /// Make `[offset, offset + len)` read as zeros.
@@ -279,8 +287,7 @@ impl Export {
         if len == 0 {
             return Ok(());
         }
-        let b = self.block();
-        let (start, end) = (offset / b * b, (offset + len).div_ceil(b) * b);
+        let (start, end) = self.covering(offset, len);
         let _held = self.writes.lock(start, end);
         if speed == ZeroSpeed::Fast {
             // Only a range that already reads as zeros is zeroed for free; a volume's own
@@ -295,10 +302,7 @@ impl Export {
             };
         }
         self.patch(offset, len, None, unmap)?;
-        match durability {
-            Durability::Cached => Ok(()),
-            Durability::Fua => self.volume.flush(),
-        }
+        self.settle(durability)
     }
 
     fn already_zero(&self, start: u64, end: u64, unmap: Unmap) -> Result<bool> {
@@ -403,10 +407,7 @@ impl Export {
                 Err(e) => return Err(e),
             }
         }
-        match durability {
-            Durability::Cached => Ok(()),
-            Durability::Fua => self.volume.flush(),
-        }
+        self.settle(durability)
     }
 
     /// Make every completed write durable (on every connection: they share the volume).
