@@ -397,3 +397,64 @@ fn fuzz_seed_corpus_nbd_session_runs_clean() {
     }
     assert!(n >= 6, "seed corpus missing");
 }
+
+/// Without --run: the server prints its URI, serves until SIGTERM, then exits 0 with the
+/// client's write in the image and its socket removed.
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    use std::io::BufRead;
+    need("qemu-io");
+    let d = tmp();
+    std::fs::write(d.path().join("a.img"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(d.path().join("t"), "0 2048 linear a.img 0\n").unwrap();
+    let sock = d.path().join("s.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut server = Command::new("timeout")
+        .args([
+            "-k",
+            "5",
+            LIMIT,
+            bin(),
+            "serve",
+            "--table",
+            "t",
+            "--nbd",
+            &listen,
+        ])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let uri = line.trim_end();
+    assert_eq!(uri, format!("nbd+unix:///dmemu?socket={}", sock.display()));
+    let o = Command::new("timeout")
+        .args([
+            "-k",
+            "5",
+            LIMIT,
+            "qemu-io",
+            "-f",
+            "raw",
+            uri,
+            "-c",
+            "write -P 0x77 4096 8192",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    // `timeout` passes SIGTERM on to dmemu.
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "socket left behind");
+    let img = std::fs::read(d.path().join("a.img")).unwrap();
+    assert!(img[4096..12288].iter().all(|&b| b == 0x77) && img[..4096].iter().all(|&b| b == 0));
+}
