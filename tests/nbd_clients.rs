@@ -458,3 +458,50 @@ fn sigterm_stops_the_server_cleanly() {
     let img = std::fs::read(d.path().join("a.img")).unwrap();
     assert!(img[4096..12288].iter().all(|&b| b == 0x77) && img[..4096].iter().all(|&b| b == 0));
 }
+
+/// Socket activation: systemd-socket-activate listens, starts `dmemu serve` (no `--nbd`) on
+/// the first connection with the socket as fd 3 (LISTEN_FDS), and qemu-img reads the device
+/// through it. The socket file is the activator's and stays.
+#[test]
+fn socket_activated_server_serves_the_inherited_socket() {
+    need("systemd-socket-activate");
+    need("qemu-img");
+    let d = tmp();
+    std::fs::write(d.path().join("a.img"), random_bytes(1 << 20, 8)).unwrap();
+    std::fs::write(d.path().join("t"), "0 2048 linear a.img 0\n").unwrap();
+    let sock = d.path().join("act.sock");
+    let mut server = Command::new("timeout")
+        .args(["-k", "5", LIMIT, "systemd-socket-activate", "-l"])
+        .arg(&sock)
+        .args([bin(), "serve", "--table", "t"])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while !sock.exists() {
+        assert!(server.try_wait().unwrap().is_none(), "activator exited");
+        std::thread::yield_now();
+    }
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    let o = Command::new("timeout")
+        .args([
+            "-k", "5", LIMIT, "qemu-img", "compare", "-f", "raw", "-F", "raw", &uri, "a.img",
+        ])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let out = server.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.trim_end(),
+        format!("nbd+unix:///dmemu?socket={}", sock.display())
+    );
+    assert!(sock.exists(), "the activator's socket was removed");
+}

@@ -1,7 +1,8 @@
 //! `dmemu serve SPEC [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--run CMD] [--read-only]`:
 //! every device of the spec becomes an NBD export under its name (the last one is also the
 //! default export), one URI line per export is printed once listening, and the server runs
-//! until SIGINT/SIGTERM or, in captive mode, until CMD exits (nbdkit's `--run`).
+//! until SIGINT/SIGTERM or, in captive mode, until CMD exits (nbdkit's `--run`). Without
+//! `--nbd`, listeners passed by socket activation (`LISTEN_FDS`, `LISTEN_PID`) are used.
 
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
@@ -53,7 +54,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map(|(d, mode)| export_of(d, *mode, args.spec.read_only).map(Arc::new))
             .collect::<Result<_>>()?,
     )?;
-    let dir = if args.nbd.is_empty() || args.run.is_some() {
+    let activated_fds = std::env::var_os("LISTEN_FDS").is_some();
+    let dir = if (args.nbd.is_empty() && !activated_fds) || args.run.is_some() {
         Some(TempDir::new()?)
     } else {
         None
@@ -63,7 +65,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<Listen>>>()?;
-    if let (true, Some(d)) = (listens.is_empty(), &dir) {
+    if let (true, false, Some(d)) = (listens.is_empty(), activated_fds, &dir) {
         listens.push(Listen::Unix(d.path.join("nbd.sock")));
     }
     let (tx, rx) = mpsc::channel();
@@ -78,7 +80,28 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             }
         });
     }
-    let server = Server::start(exports, &listens)?;
+    let mut activated = listenfd::ListenFd::from_env();
+    let server = if args.nbd.is_empty() && activated.len() > 0 {
+        let (mut unix, mut tcp) = (Vec::new(), Vec::new());
+        for i in 0..activated.len() {
+            let bad = || {
+                Error::invalid(
+                    "LISTEN_FDS",
+                    format!("descriptor {} is not a stream listener", i + 3),
+                )
+            };
+            if let Ok(Some(l)) = activated.take_unix_listener(i) {
+                unix.push(l);
+            } else if let Ok(Some(l)) = activated.take_tcp_listener(i) {
+                tcp.push(l);
+            } else {
+                return Err(bad());
+            }
+        }
+        Server::start_inherited(exports, unix, tcp)?
+    } else {
+        Server::start(exports, &listens)?
+    };
     announce(&server)?;
     if let Some(cmd) = &args.run {
         let mut child = std::process::Command::new("sh");

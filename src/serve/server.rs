@@ -178,6 +178,8 @@ pub struct Server {
     exports: Exports,
     shared: Arc<Shared>,
     endpoints: Vec<Endpoint>,
+    /// Socket files this server made, removed on stop.
+    bound: Vec<PathBuf>,
     accepting: Vec<JoinHandle<()>>,
     stopped: bool,
 }
@@ -194,7 +196,6 @@ impl Server {
     /// Bind every listener and start accepting clients for `exports`.
     pub fn start(exports: Exports, listens: &[Listen]) -> Result<Server> {
         let mut listeners = Vec::new();
-        let mut endpoints = Vec::new();
         let mut bound = Vec::new();
         let undo = |bound: &[PathBuf]| bound.iter().for_each(|p| drop(std::fs::remove_file(p)));
         for l in listens {
@@ -208,32 +209,62 @@ impl Server {
                 Listen::Tcp(addr) => bind_tcp(addr),
             };
             match made {
-                Ok((listener, endpoint)) => {
-                    listeners.push(listener);
-                    endpoints.push(endpoint);
-                }
+                Ok(pair) => listeners.push(pair),
                 Err(e) => {
                     undo(&bound);
                     return Err(e);
                 }
             }
         }
+        Ok(Server::serve(exports, listeners, bound))
+    }
+
+    /// Serve on listeners handed over by the caller (socket activation: systemd's
+    /// `LISTEN_FDS`). Their socket files belong to whoever made them and are not removed.
+    pub fn start_inherited(
+        exports: Exports,
+        unix: Vec<UnixListener>,
+        tcp: Vec<TcpListener>,
+    ) -> Result<Server> {
+        let mut listeners = Vec::new();
+        for l in unix {
+            let addr = l.local_addr().map_err(Error::io(&"inherited socket"))?;
+            let path = addr.as_pathname().map(PathBuf::from).ok_or_else(|| {
+                Error::invalid("inherited socket", "a Unix socket without a path")
+            })?;
+            listeners.push((Listener::Unix(l), Endpoint::Unix(path)));
+        }
+        for l in tcp {
+            let addr = l.local_addr().map_err(Error::io(&"inherited socket"))?;
+            listeners.push((Listener::Tcp(l), Endpoint::Tcp(addr)));
+        }
+        Ok(Server::serve(exports, listeners, Vec::new()))
+    }
+
+    fn serve(
+        exports: Exports,
+        listeners: Vec<(Listener, Endpoint)>,
+        bound: Vec<PathBuf>,
+    ) -> Server {
         let shared = Arc::new(Shared::default());
-        let accepting = listeners
-            .into_iter()
-            .map(|l| {
-                let shared = Arc::clone(&shared);
-                let exports = exports.clone();
-                std::thread::spawn(move || accept_loop(&l, &shared, &exports))
-            })
-            .collect();
-        Ok(Server {
+        let mut endpoints = Vec::new();
+        let mut accepting = Vec::new();
+        for (l, ep) in listeners {
+            endpoints.push(ep);
+            let shared = Arc::clone(&shared);
+            let exports = exports.clone();
+            accepting.push(std::thread::spawn(move || {
+                accept_loop(&l, &shared, &exports)
+            }));
+        }
+        Server {
             exports,
             shared,
             endpoints,
+            bound,
             accepting,
             stopped: false,
-        })
+        }
     }
 
     /// Where clients connect, in the order the listeners were given.
@@ -270,10 +301,8 @@ impl Server {
         for t in self.accepting.drain(..) {
             let _ = t.join();
         }
-        for ep in &self.endpoints {
-            if let Endpoint::Unix(p) = ep {
-                let _ = std::fs::remove_file(p);
-            }
+        for p in &self.bound {
+            let _ = std::fs::remove_file(p);
         }
         let mut conns = lock(&self.shared.conns);
         for s in conns.open.values() {
