@@ -301,6 +301,10 @@ fn block_status(w: &mut impl Write, s: &Session, req: &Request) -> io::Result<()
             None,
         );
     };
+    if req.len == 0 {
+        let f = Failure::new(errno::EINVAL, "block status of an empty range");
+        return fail(w, s, req, &f, None);
+    }
     let max = if req.flags & CMD_FLAG_REQ_ONE != 0 {
         1
     } else {
