@@ -124,6 +124,8 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::thin::cli::ThinCommand,
     },
+    /// Serve every device of the spec over NBD until SIGINT/SIGTERM (or until --run CMD exits).
+    Serve(crate::serve::cli::ServeArgs),
     /// Run `message`, `read`, `write`, `status`, `sleep`... lines from stdin against one
     /// live device, printing each reply (see `dmemu::shell`).
     Shell {
@@ -158,7 +160,7 @@ pub struct SpecArgs {
     key_files: Vec<String>,
     /// Load the table read-only and open files read-only.
     #[arg(long)]
-    read_only: bool,
+    pub(crate) read_only: bool,
 }
 
 fn read_input(file: &str) -> Result<Vec<u8>> {
@@ -249,7 +251,7 @@ impl SpecArgs {
     }
 
     /// Build every device and return the one to act on.
-    fn open(&self) -> Result<Opened> {
+    pub(crate) fn open(&self) -> Result<Opened> {
         let specs = self.specs()?;
         let mut registry = Registry::new();
         if self.read_only {
@@ -288,6 +290,11 @@ impl SpecArgs {
         }?;
         Ok(Opened {
             _registry: registry,
+            all: devices
+                .iter()
+                .cloned()
+                .zip(specs.iter().map(|s| s.mode))
+                .collect(),
             device,
         })
     }
@@ -296,9 +303,11 @@ impl SpecArgs {
 /// The device a command works on, and the registry that holds every device of the spec:
 /// the others stay loaded while it runs (a snapshot of the spec must see writes to its
 /// origin through a snapshot-origin, as in the kernel).
-struct Opened {
+pub(crate) struct Opened {
     _registry: Registry,
     device: Arc<MappedDevice>,
+    /// Every device of the spec and the mode it was loaded in, in spec order.
+    pub(crate) all: Vec<(Arc<MappedDevice>, TableMode)>,
 }
 
 impl std::ops::Deref for Opened {
@@ -392,6 +401,7 @@ fn run_command(cli: Cli) -> Result<()> {
                 out(&format!("{reply}\n"), &mut stdout)
             }
         }
+        Command::Serve(args) => crate::serve::cli::run(&args),
         Command::Shell { spec } => {
             drop(stdout);
             crate::shell::run(&*spec.open()?, io::stdin().lock(), io::stdout().lock())

@@ -180,6 +180,7 @@ pub mod error;
 pub mod luks;
 pub mod mapped_device;
 pub mod registry;
+pub mod serve;
 pub mod shell;
 pub mod table;
 pub mod targets;

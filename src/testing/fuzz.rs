@@ -574,3 +574,33 @@ pub fn shell_lines(data: &[u8]) {
     })
     .expect("in-memory script");
 }
+
+/// One NBD client session from arbitrary bytes (everything the client sends: flags,
+/// options, requests, payloads) against a read-write export `a` (512-byte blocks, the
+/// default) and a read-only export `b` (4096-byte blocks). The server must answer or drop
+/// the client, never panic or hang; and `b` must be unchanged afterwards.
+pub fn nbd_session(data: &[u8]) {
+    use std::sync::Arc;
+
+    use crate::serve::nbd::{serve_client, Exports, Stopping};
+    use crate::serve::{Export, ExportAccess};
+    use crate::units::SectorCount;
+    use crate::volume::{MemVolume, SharedVolume};
+
+    let b_bytes: Vec<u8> = (0..16 * 512).map(|i| (i % 251) as u8).collect();
+    let b_mem = Arc::new(MemVolume::from_bytes(b_bytes.clone()).expect("b"));
+    let a: SharedVolume = Arc::new(MemVolume::new(SectorCount(64)).expect("a"));
+    let b = Export::new("b", Arc::clone(&b_mem) as SharedVolume)
+        .with_access(ExportAccess::ReadOnly)
+        .with_block_size(4096)
+        .expect("block size");
+    let exports = Exports::new(vec![Arc::new(b), Arc::new(Export::new("a", a))]).expect("exports");
+    let mut input = data;
+    let _ = serve_client(
+        &mut input,
+        &mut std::io::sink(),
+        &exports,
+        &Stopping::default(),
+    );
+    assert!(b_mem.to_vec() == b_bytes, "a read-only export changed");
+}

@@ -1,0 +1,13 @@
+//! `dmemu serve`: hand devices to other programs. [`nbd`] speaks the NBD protocol over
+//! Unix and TCP sockets; [`export`] addresses a `Volume` in bytes for it; [`server`] owns
+//! listeners and connection threads; [`cli`] is the command.
+
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod export;
+pub mod nbd;
+pub mod server;
+
+pub use export::{Durability, Export, ExportAccess, ZeroSpeed};
+pub use nbd::Exports;
+pub use server::{Endpoint, Listen, Server};
