@@ -696,3 +696,35 @@ fn pool_suspend_commits_what_the_kernel_committed_and_nothing_earlier() {
     r.suspend("pool", SuspendFlags::default()).unwrap();
     assert_eq!(dump(), thin_commit_dump("suspend"));
 }
+
+#[test]
+fn immutable_types_and_a_second_pool_on_one_metadata_are_refused_as_the_kernel_does() {
+    let k = Kernel::new("kernel-6.12-basic.txt");
+    let (r, _) = registry(&[VDA, ("254:16", 8192), ("254:32", 32768)]);
+    create(&r, "pool", "0 32768 thin-pool 254:16 254:32 128 0");
+    assert_eq!(table(&r, "pool", Slot::Live), k.out("table-pool"));
+    k.failed(
+        "load-pool-linear",
+        load(&r, "pool", "0 32768 linear 254:32 0"),
+        22,
+        Some("can't replace immutable target type thin-pool"),
+    );
+    assert_eq!(info(&r, "pool"), k.out("info-pool-after-refused"));
+    k.failed(
+        "create-pool2-second-pool-same-metadata",
+        r.create(&spec(
+            "pool2",
+            "",
+            TableMode::ReadWrite,
+            "0 32768 thin-pool 254:16 254:32 128 0",
+        )),
+        16,
+        Some("metadata device already in use by a pool"),
+    );
+    assert!(
+        r.device("pool2").is_err(),
+        "the half-made device is removed"
+    );
+    // An error table may replace any type (the wildcard target).
+    load(&r, "pool", "0 32768 error").unwrap();
+}

@@ -239,6 +239,12 @@ impl ThinPool {
         &self.data
     }
 
+    /// The metadata device.
+    #[must_use]
+    pub fn metadata_volume(&self) -> &SharedVolume {
+        &self.meta
+    }
+
     /// The last committed metadata.
     #[must_use]
     pub fn metadata(&self) -> Metadata {
