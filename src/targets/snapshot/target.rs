@@ -83,7 +83,7 @@ impl Store {
 
 /// A constructed `snapshot` or `snapshot-merge`.
 ///
-/// Devices of one [`Registry`] that name the same origin are linked as in the kernel: a write
+/// Devices of one [`Registry`](crate::Registry) that name the same origin are linked as in the kernel: a write
 /// through a `snapshot-origin` first copies the old chunk into every snapshot of that origin.
 /// Devices live as long as the registry holds them.
 ///
