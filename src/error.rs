@@ -125,6 +125,15 @@ pub enum Error {
     /// No mapped device with that name, uuid or number (ENXIO, dm-ioctl's `find_device`).
     #[error("{}: no such device", Escaped(.0))]
     NoSuchDevice(String),
+    /// The operation cannot go ahead now; try again after fixing the state (EAGAIN: crypt's
+    /// resume without a key).
+    #[error("{what}: {reason}")]
+    TryAgain {
+        /// Target type or subsystem.
+        what: &'static str,
+        /// Why, in the kernel's words.
+        reason: String,
+    },
     /// A target constructor failed with an error of its own errno (not EINVAL): the line
     /// and target type are added, the errno stays the constructor's, as
     /// `dm_table_add_target` returns it.
@@ -272,6 +281,8 @@ pub mod errno {
     pub const EEXIST: i32 = 17;
     /// No such device or address.
     pub const ENXIO: i32 = 6;
+    /// Resource temporarily unavailable.
+    pub const EAGAIN: i32 = 11;
 }
 
 impl Error {
@@ -299,6 +310,7 @@ impl Error {
             Error::Exists { .. } => errno::EEXIST,
             Error::NoSuchDevice(_) => errno::ENXIO,
             Error::InLine { source, .. } => source.errno(),
+            Error::TryAgain { .. } => errno::EAGAIN,
             Error::NotPermitted { .. } => errno::EPERM,
         }
     }

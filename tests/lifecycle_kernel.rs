@@ -628,6 +628,43 @@ fn crypt_key_messages_need_a_suspended_device() {
         22,
         Some("not suspended during key manipulation."),
     );
+    k.failed(
+        "key-set-active",
+        r.message("cr", Sector(0), &["key", "set", key]),
+        22,
+        None,
+    );
+    let cr = r.device("cr").unwrap();
+    cr.write(Sector(0), &[0x42u8; 4096]).unwrap();
+    r.suspend("cr", SuspendFlags::default()).unwrap();
+    k.ok(
+        "key-wipe-suspended",
+        r.message("cr", Sector(0), &["key", "wipe"]),
+    );
+    k.failed(
+        "resume-crypt-wiped",
+        r.resume("cr"),
+        11,
+        Some("aborting resume - crypt key is not set."),
+    );
+    assert_eq!(info(&r, "cr"), k.out("info-crypt-after-failed-resume"));
+    k.failed(
+        "key-set-bad-suspended",
+        r.message("cr", Sector(0), &["key", "set", "00"]),
+        22,
+        None,
+    );
+    k.ok(
+        "key-set-suspended",
+        r.message("cr", Sector(0), &["key", "set", key]),
+    );
+    k.ok("resume-crypt", r.resume("cr"));
+    let mut back = [0u8; 4096];
+    cr.read(Sector(0), &mut back).unwrap();
+    assert_eq!(
+        back, [0x42u8; 4096],
+        "the data reads back under the key set again"
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use zeroize::Zeroizing;
 
@@ -111,14 +113,25 @@ pub(super) fn check_key(
     }
 }
 
+/// What a key gives: the cipher transforms and the IV generator.
+struct Keyed {
+    tfms: Vec<Tfm>,
+    iv: IvGen,
+}
+
 /// A constructed crypt target.
 pub struct Crypt {
     device: SharedVolume,
     offset: SectorCount,
     size: SectorCount,
     iv_offset: u64,
-    tfms: Vec<Tfm>,
-    iv: IvGen,
+    /// The transforms and IV generator; `None` after `key wipe` (`DM_CRYPT_KEY_VALID`
+    /// clear). Replaced only while the device is suspended, so a request sees one key.
+    keyed: RwLock<Option<Arc<Keyed>>>,
+    /// The table's arguments, to key anew on `key set`.
+    args: CryptArgs,
+    /// `DM_CRYPT_SUSPENDED`: key messages are accepted only then.
+    suspended: AtomicBool,
     sector_size: usize,
     /// log2(sector_size / 512).
     shift: u32,
@@ -132,8 +145,7 @@ impl fmt::Debug for Crypt {
             .field("offset", &self.offset)
             .field("size", &self.size)
             .field("iv_offset", &self.iv_offset)
-            .field("keys", &self.tfms.len())
-            .field("iv", &self.iv)
+            .field("keyed", &self.keyed().is_ok())
             .field("sector_size", &self.sector_size)
             .finish_non_exhaustive()
     }
@@ -231,8 +243,9 @@ impl Crypt {
             offset: args.dest.offset,
             size: len,
             iv_offset: args.iv_offset.0,
-            tfms,
-            iv,
+            keyed: RwLock::new(Some(Arc::new(Keyed { tfms, iv }))),
+            args: args.clone(),
+            suspended: AtomicBool::new(false),
             sector_size,
             shift: (sector_size / 512).trailing_zeros(),
             iv_large_sectors: args.options.iv_large_sectors,
@@ -258,7 +271,15 @@ impl Crypt {
 
     /// Encrypt or decrypt the request at target sector `sector`: from `src` into `dst`, or
     /// in place when `src` is `None`. Large requests are split over two threads.
-    fn convert(&self, sector: Sector, src: Option<&[u8]>, dst: &mut [u8], dir: Direction) {
+    fn convert(
+        &self,
+        sector: Sector,
+        src: Option<&[u8]>,
+        dst: &mut [u8],
+        dir: Direction,
+    ) -> Result<()> {
+        let k = self.keyed()?;
+        let k = &*k;
         let cc_sector = sector.0.wrapping_add(self.iv_offset);
         if dst.len() >= PARALLEL_MIN_BYTES {
             let half = dst.len() / self.sector_size / 2;
@@ -272,11 +293,61 @@ impl Crypt {
             };
             let b_sector = cc_sector.wrapping_add(u64::try_from(half).unwrap_or(0) << self.shift);
             rayon::join(
-                || self.convert_serial(cc_sector, sa, a, dir),
-                || self.convert_serial(b_sector, sb, b, dir),
+                || self.convert_serial(k, cc_sector, sa, a, dir),
+                || self.convert_serial(k, b_sector, sb, b, dir),
             );
         } else {
-            self.convert_serial(cc_sector, src, dst, dir);
+            self.convert_serial(k, cc_sector, src, dst, dir);
+        }
+        Ok(())
+    }
+
+    /// The current key's transforms; EIO after `key wipe` (the kernel never resumes such
+    /// a device, so no request reaches it there).
+    fn keyed(&self) -> Result<Arc<Keyed>> {
+        self.keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| Error::TargetFailed {
+                target: "crypt",
+                reason: "crypt key is not set".into(),
+            })
+    }
+
+    /// `crypt_message`'s `key set <key>` / `key wipe`, accepted only while suspended.
+    fn key_message(&self, argv: &[&str]) -> Result<String> {
+        if !self.suspended.load(Ordering::Acquire) {
+            return Err(Error::invalid(
+                "message",
+                "not suspended during key manipulation.",
+            ));
+        }
+        match argv {
+            [_, w] if w.eq_ignore_ascii_case("wipe") => {
+                // Dropping the transforms zeroizes their keys.
+                *self.keyed.write().unwrap_or_else(PoisonError::into_inner) = None;
+                Ok(String::new())
+            }
+            [_, w, key] if w.eq_ignore_ascii_case("set") => {
+                let bad = || Error::invalid("message", "Error decoding and setting key");
+                let new_key = CryptKey::parse(key).map_err(|_| bad())?;
+                if new_key.size() != self.args.key.size() || !matches!(new_key, CryptKey::Hex(_)) {
+                    return Err(bad());
+                }
+                let mut args = self.args.clone();
+                args.key = new_key;
+                let fresh = Crypt::over(
+                    Arc::clone(&self.device),
+                    &args,
+                    self.size,
+                    &Keyring::default(),
+                )?;
+                let keyed = fresh.keyed()?;
+                *self.keyed.write().unwrap_or_else(PoisonError::into_inner) = Some(keyed);
+                Ok(String::new())
+            }
+            _ => Err(Error::invalid("message", "unrecognised message received.")),
         }
     }
 
@@ -290,12 +361,15 @@ impl Crypt {
 
     /// `crypt_convert`: one crypt sector at a time, `cc_sector` counting 512-byte sectors
     /// from the target start plus iv_offset.
-    fn convert_serial(&self, cc_sector: u64, src: Option<&[u8]>, data: &mut [u8], dir: Direction) {
-        if let (1, false, Some(keys)) = (
-            self.tfms.len(),
-            self.iv.reads_data(),
-            self.tfms[0].xts_keys(),
-        ) {
+    fn convert_serial(
+        &self,
+        k: &Keyed,
+        cc_sector: u64,
+        src: Option<&[u8]>,
+        data: &mut [u8],
+        dir: Direction,
+    ) {
+        if let (1, false, Some(keys)) = (k.tfms.len(), k.iv.reads_data(), k.tfms[0].xts_keys()) {
             // Fast path: XTS with one key and an IV that depends only on the sector.
             let unit = self.sector_size;
             let mut s = cc_sector;
@@ -304,7 +378,7 @@ impl Crypt {
                 let n = batch.len() / unit;
                 let base = b * unit * BATCH_UNITS;
                 for iv in &mut ivs[..n] {
-                    let full = self.iv.sector_iv(self.iv_sector(s), &self.tfms[0]);
+                    let full = k.iv.sector_iv(self.iv_sector(s), &k.tfms[0]);
                     iv.copy_from_slice(&full[..IV_SIZE]);
                     s = s.wrapping_add(1 << self.shift);
                 }
@@ -323,17 +397,17 @@ impl Crypt {
         if let Some(s) = src {
             data.copy_from_slice(s);
         }
-        let mask = u64::try_from(self.tfms.len()).unwrap_or(1) - 1;
+        let mask = u64::try_from(k.tfms.len()).unwrap_or(1) - 1;
         let mut s = cc_sector;
         for unit in data.chunks_exact_mut(self.sector_size) {
-            let tfm = &self.tfms[usize::try_from(s & mask).unwrap_or(0)];
+            let tfm = &k.tfms[usize::try_from(s & mask).unwrap_or(0)];
             let iv_sector = self.iv_sector(s);
-            let iv: Iv = self.iv.before(iv_sector, dir, unit, &self.tfms[0]);
+            let iv: Iv = k.iv.before(iv_sector, dir, unit, &k.tfms[0]);
             match dir {
                 Direction::Encrypt => tfm.encrypt(&iv, unit),
                 Direction::Decrypt => tfm.decrypt(&iv, unit),
             }
-            self.iv.after(iv_sector, dir, unit);
+            k.iv.after(iv_sector, dir, unit);
             s = s.wrapping_add(1 << self.shift);
         }
     }
@@ -363,8 +437,7 @@ impl Volume for Crypt {
         check_io(self.size, sector, buf.len())?;
         self.check_aligned(sector, buf.len())?;
         self.device.read(sector + self.offset, buf)?;
-        self.convert(sector, None, buf, Direction::Decrypt);
-        Ok(())
+        self.convert(sector, None, buf, Direction::Decrypt)
     }
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
@@ -380,7 +453,7 @@ impl Volume for Crypt {
             let mut at = sector;
             for piece in buf.chunks(WRITE_CHUNK_BYTES) {
                 let out = &mut bounce[off..off + piece.len()];
-                self.convert(at, Some(piece), out, Direction::Encrypt);
+                self.convert(at, Some(piece), out, Direction::Encrypt)?;
                 self.device.write(at + self.offset, out)?;
                 at += SectorCount::from_bytes(piece.len())?;
             }
@@ -405,16 +478,34 @@ impl Volume for Crypt {
 }
 
 impl Target for Crypt {
-    /// `crypt_message`: `key set <key>` and `key wipe` are only accepted while the device
-    /// is suspended, and a dmemu device is never suspended, so both fail as they do on an
-    /// active kernel device (EINVAL); anything else is unrecognised (EINVAL).
+    /// `crypt_message`: `key set <key>` and `key wipe`, only while the device is suspended
+    /// (EINVAL otherwise, as the kernel); anything else is unrecognised (EINVAL).
     fn message(&self, argv: &[&str]) -> Result<String> {
         if argv.len() >= 2 && argv[0].eq_ignore_ascii_case("key") {
-            return Err(Error::invalid(
-                "message",
-                "not suspended during key manipulation.",
-            ));
+            return self.key_message(argv);
         }
         Err(Error::invalid("message", "unrecognised message received."))
+    }
+
+    /// `crypt_postsuspend`: key messages are accepted from now on.
+    fn postsuspend(&self) -> Result<()> {
+        self.suspended.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// `crypt_preresume`: a wiped key aborts the resume (EAGAIN).
+    fn preresume(&self) -> Result<()> {
+        if self.keyed().is_err() {
+            return Err(Error::TryAgain {
+                what: "crypt",
+                reason: "aborting resume - crypt key is not set.".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `crypt_resume`.
+    fn resume(&self) {
+        self.suspended.store(false, Ordering::Release);
     }
 }
