@@ -107,12 +107,6 @@ pub enum Error {
         /// Why it is busy, in the kernel's words where it has them.
         reason: String,
     },
-    /// A device with that name or uuid already exists (EEXIST, dm-ioctl's `dm_hash_insert`).
-    #[error("{} already exists", Escaped(.what))]
-    Exists {
-        /// `name NAME` or `uuid UUID`.
-        what: String,
-    },
     /// The operation would write what the user marked read-only (EPERM, as the kernel
     /// refuses a read_only thin-pool over blank metadata it would have to format).
     #[error("{what}: {}", Escaped(.reason))]
@@ -277,8 +271,6 @@ pub mod errno {
     pub const EOPNOTSUPP: i32 = 95;
     /// Device or resource busy.
     pub const EBUSY: i32 = 16;
-    /// File exists.
-    pub const EEXIST: i32 = 17;
     /// No such device or address.
     pub const ENXIO: i32 = 6;
     /// Resource temporarily unavailable.
@@ -307,7 +299,6 @@ impl Error {
             // table naming a missing device.
             Error::NoDevice(_) => errno::ENOENT,
             Error::Busy { .. } => errno::EBUSY,
-            Error::Exists { .. } => errno::EEXIST,
             Error::NoSuchDevice(_) => errno::ENXIO,
             Error::InLine { source, .. } => source.errno(),
             Error::TryAgain { .. } => errno::EAGAIN,
@@ -393,7 +384,6 @@ mod quoting_tests {
                 what: nasty.into(),
                 reason: nasty.into(),
             },
-            Error::Exists { what: nasty.into() },
             Error::NoSuchDevice(nasty.into()),
             Error::Io {
                 device: nasty.into(),

@@ -296,6 +296,36 @@ impl LoadedTable {
     }
 }
 
+impl LoadedTable {
+    /// Write `buf` at `sector` with `op` on each line's piece: pieces served at once when a
+    /// line holds requests (see `concurrent`), in order otherwise.
+    fn write_pieces(
+        &self,
+        sector: Sector,
+        buf: &[u8],
+        op: impl Fn(&dyn Target, Sector, &[u8]) -> Result<()> + Copy + Send,
+    ) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.writable()?;
+        if count.0 == 0 {
+            return Ok(());
+        }
+        if self.concurrent {
+            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
+            self.for_pieces(sector, count, |seg, rel, len, done| {
+                let piece = &buf[done..done + len.usize_bytes()?];
+                jobs.push(Box::new(move || op(&*seg.target, rel, piece)));
+                Ok(())
+            })?;
+            return run_all(jobs);
+        }
+        self.for_pieces(sector, count, |seg, rel, len, done| {
+            let end = done + len.usize_bytes()?;
+            op(&*seg.target, rel, &buf[done..end])
+        })
+    }
+}
+
 /// Run every job on its own thread and wait for all of them: the first error wins, a panic
 /// goes on to the caller. (The kernel's clones of a split bio proceed independently.)
 fn run_all<'a>(jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + 'a>>) -> Result<()> {
@@ -345,24 +375,7 @@ impl Volume for LoadedTable {
     }
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        let count = check_io(self.size, sector, buf.len())?;
-        self.writable()?;
-        if count.0 == 0 {
-            return Ok(());
-        }
-        if self.concurrent {
-            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
-            self.for_pieces(sector, count, |seg, rel, len, done| {
-                let piece = &buf[done..done + len.usize_bytes()?];
-                jobs.push(Box::new(move || seg.target.write(rel, piece)));
-                Ok(())
-            })?;
-            return run_all(jobs);
-        }
-        self.for_pieces(sector, count, |seg, rel, len, done| {
-            let end = done + len.usize_bytes()?;
-            seg.target.write(rel, &buf[done..end])
-        })
+        self.write_pieces(sector, buf, |t, rel, piece| t.write(rel, piece))
     }
 
     fn flush(&self) -> Result<()> {
@@ -395,24 +408,7 @@ impl Volume for LoadedTable {
 
     /// Split like `write`; each piece is a FUA write to its line.
     fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        let count = check_io(self.size, sector, buf.len())?;
-        self.writable()?;
-        if count.0 == 0 {
-            return Ok(());
-        }
-        if self.concurrent {
-            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
-            self.for_pieces(sector, count, |seg, rel, len, done| {
-                let piece = &buf[done..done + len.usize_bytes()?];
-                jobs.push(Box::new(move || seg.target.write_fua(rel, piece)));
-                Ok(())
-            })?;
-            return run_all(jobs);
-        }
-        self.for_pieces(sector, count, |seg, rel, len, done| {
-            let end = done + len.usize_bytes()?;
-            seg.target.write_fua(rel, &buf[done..end])
-        })
+        self.write_pieces(sector, buf, |t, rel, piece| t.write_fua(rel, piece))
     }
 
     /// Split like `discard`; each line zeroes its piece its own way.
