@@ -22,6 +22,7 @@ pub mod dust;
 pub mod error;
 pub mod flakey;
 pub mod linear;
+pub mod log_writes;
 pub mod other;
 pub mod snapshot;
 pub mod striped;
@@ -34,6 +35,7 @@ pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
 pub use flakey::{Flakey, FlakeyArgs};
 pub use linear::{Linear, LinearArgs};
+pub use log_writes::{LogWrites, LogWritesArgs};
 pub use other::OtherArgs;
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
@@ -167,6 +169,8 @@ pub enum TargetSpec {
     ThinPool(ThinPoolArgs),
     /// `thin <pool> <dev_id> [<external_origin>]`
     Thin(ThinArgs),
+    /// `log-writes <dev> <logdev>`
+    LogWrites(LogWritesArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -248,6 +252,7 @@ impl TargetSpec {
             "snapshot-origin" => TargetSpec::SnapshotOrigin(OriginArgs::parse(args)?),
             "thin-pool" => TargetSpec::ThinPool(ThinPoolArgs::parse(args)?),
             "thin" => TargetSpec::Thin(ThinArgs::parse(args)?),
+            "log-writes" => TargetSpec::LogWrites(LogWritesArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -271,6 +276,7 @@ impl TargetSpec {
             TargetSpec::SnapshotOrigin(_) => OriginArgs::TYPE,
             TargetSpec::ThinPool(_) => ThinPoolArgs::TYPE,
             TargetSpec::Thin(_) => ThinArgs::TYPE,
+            TargetSpec::LogWrites(_) => LogWritesArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -290,6 +296,7 @@ impl TargetSpec {
             TargetSpec::SnapshotOrigin(a) => write!(out, "{a}"),
             TargetSpec::ThinPool(a) => write!(out, "{a}"),
             TargetSpec::Thin(a) => write!(out, "{a}"),
+            TargetSpec::LogWrites(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -320,6 +327,7 @@ impl TargetSpec {
                 v.extend(a.external_origin.iter().map(|o| o.0.clone()));
                 v
             }
+            TargetSpec::LogWrites(a) => vec![a.dev.0.clone(), a.log_dev.0.clone()],
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -341,6 +349,7 @@ impl TargetSpec {
             TargetSpec::SnapshotOrigin(a) => Arc::new(Origin::new(a, len, ctx)?),
             TargetSpec::ThinPool(a) => Arc::new(ThinPool::new(a, len, ctx)?),
             TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, ctx)?),
+            TargetSpec::LogWrites(a) => Arc::new(LogWrites::new(a, len, ctx)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
