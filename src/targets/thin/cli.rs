@@ -10,9 +10,35 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
+use super::metadata::block::MetaDev;
 use super::metadata::{DeviceDetails, Metadata};
+use super::tools::{self, Overrides};
 use crate::error::{Error, Result};
-use crate::volume::MmapVolume;
+use crate::volume::{Access, FileVolume, MmapVolume, Volume};
+
+/// thin_restore's and thin_repair's superblock overrides.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct OverrideArgs {
+    /// Transaction id to write.
+    #[arg(long)]
+    transaction_id: Option<u64>,
+    /// Data block size (sectors) to write.
+    #[arg(long)]
+    data_block_size: Option<u32>,
+    /// Data blocks to write.
+    #[arg(long)]
+    nr_data_blocks: Option<u64>,
+}
+
+impl OverrideArgs {
+    fn get(self) -> Overrides {
+        Overrides {
+            transaction_id: self.transaction_id,
+            data_block_size: self.data_block_size,
+            nr_data_blocks: self.nr_data_blocks,
+        }
+    }
+}
 
 /// `dmemu thin` subcommands.
 #[derive(Debug, Subcommand)]
@@ -22,7 +48,121 @@ pub enum ThinCommand {
     Dump {
         /// Metadata image.
         metadata: PathBuf,
-        /// Dump the metadata snapshot (`reserve_metadata_snap`) instead.
+        /// Dump the metadata snapshot (`reserve_metadata_snap`) instead; `-mBLOCK` or
+        /// `--metadata-snap=BLOCK` names the superblock copy's block.
+        #[arg(short = 'm', long, num_args = 0..=1, require_equals = true, value_name = "BLOCK")]
+        metadata_snap: Option<Option<u64>>,
+        /// Salvage what damaged metadata still holds (as `thin repair` does) and dump that.
+        #[arg(short = 'r', long)]
+        repair: bool,
+        /// Superblock fields to write instead of the input's.
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// Write metadata from thin_dump's XML (thin_restore 0.9): the output (an existing file
+    /// or block device, its size the metadata's size) passes thin_check and dumps as the
+    /// input, with `mapped_blocks` recounted. The whole input is checked before anything
+    /// is written; errors name the line and column.
+    Restore {
+        /// The XML.
+        #[arg(short = 'i', long)]
+        input: PathBuf,
+        /// The metadata file or device to write (must exist).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// No progress bar.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Superblock fields to write instead of the input's.
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// Salvage damaged metadata into new metadata (thin_repair): every readable device and
+    /// mapping; the roots are searched for when the superblock or a root is gone. The
+    /// damage found goes to stderr.
+    Repair {
+        /// The damaged metadata.
+        #[arg(short = 'i', long)]
+        input: PathBuf,
+        /// The metadata file or device to write (must exist).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Superblock fields to write instead of the input's.
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// Compare two thin devices' mappings (thin_delta 0.9's XML, byte for byte): ranges
+    /// only in the first (`left_only`), only in the second, mapped to different or the
+    /// same data blocks. With `--data`, also write the second device's changed extents
+    /// (right_only and different) from the data image as a sparse image (`-o`): an
+    /// incremental backup from the first to the second.
+    Delta {
+        /// Metadata image.
+        metadata: PathBuf,
+        /// The first (older) device.
+        #[arg(long = "snap1", visible_alias = "thin1", value_name = "ID")]
+        snap1: u64,
+        /// The second device.
+        #[arg(long = "snap2", visible_alias = "thin2", value_name = "ID")]
+        snap2: u64,
+        /// Compare in the metadata snapshot (`-mBLOCK`: the copy at that block).
+        #[arg(short = 'm', long, num_args = 0..=1, require_equals = true, value_name = "BLOCK")]
+        metadata_snap: Option<Option<u64>>,
+        /// Give each range's data blocks.
+        #[arg(long)]
+        verbose: bool,
+        /// The pool's data image: write the changed extents (needs `-o`).
+        #[arg(long, requires = "output")]
+        data: Option<PathBuf>,
+        /// The sparse image `--data` writes, as long as the second device's mapped extent.
+        #[arg(short = 'o', long, requires = "data")]
+        output: Option<PathBuf>,
+    },
+    /// Which devices and virtual blocks map the given data blocks (thin_rmap 0.9):
+    /// `data B..E -> thin(D) V..W` per run.
+    Rmap {
+        /// Metadata image.
+        metadata: PathBuf,
+        /// Data blocks `BEGIN..END` (END excluded); repeatable.
+        #[arg(long = "region", value_name = "BEGIN..END")]
+        regions: Vec<super::tools::delta::Region>,
+    },
+    /// Discard the data blocks the pool does not use (thin_trim): punched out of an image
+    /// file, discarded on a block device. Refused when the space maps disagree with the
+    /// trees (`thin check` fails).
+    Trim {
+        /// Metadata image.
+        #[arg(long = "metadata-dev")]
+        metadata_dev: PathBuf,
+        /// Data image or device.
+        #[arg(long = "data-dev")]
+        data_dev: PathBuf,
+    },
+    /// thin_metadata_size: the metadata a pool needs, with its options (`-b BLOCKSIZE -s
+    /// POOLSIZE -m MAXTHINS [-u UNIT] [-n[short|long]]`) and output, byte for byte.
+    #[command(name = "metadata-size", disable_help_flag = true)]
+    MetadataSize {
+        /// thin_metadata_size's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Write one thin volume as a sparse image: its mapped blocks from the data image,
+    /// holes where it is unmapped, with a progress bar on a terminal.
+    Extract {
+        /// Metadata image.
+        metadata: PathBuf,
+        /// Data image.
+        data: PathBuf,
+        /// The thin device.
+        #[arg(long = "dev-id")]
+        dev_id: u64,
+        /// The image to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Image length in sectors (default: through the highest mapped block).
+        #[arg(long)]
+        sectors: Option<u64>,
+        /// Read the device from the metadata snapshot.
         #[arg(short = 'm', long)]
         metadata_snap: bool,
     },
@@ -50,7 +190,8 @@ pub enum ThinCommand {
         /// Print thin_ls' table with these comma-separated fields: DEV, MAPPED_BLOCKS,
         /// EXCLUSIVE_BLOCKS, SHARED_BLOCKS, MAPPED_SECTORS, EXCLUSIVE_SECTORS,
         /// SHARED_SECTORS, MAPPED, EXCLUSIVE, SHARED, TRANSACTION, CREATE_TIME, SNAP_TIME
-        /// (thin_ls' default: DEV,MAPPED,CREATE_TIME,SNAP_TIME).
+        /// (thin_ls' default: DEV,MAPPED,CREATE_TIME,SNAP_TIME), MAPPED_BYTES,
+        /// EXCLUSIVE_BYTES, SHARED_BYTES.
         #[arg(short = 'o', long = "format", value_name = "FIELDS")]
         format: Option<String>,
         /// With --format: leave out the header row (thin_ls --no-headers).
@@ -132,7 +273,7 @@ fn disk_unit(sectors: u64) -> String {
 }
 
 /// thin_ls' fields, in its order.
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 16] = [
     "DEV",
     "MAPPED_BLOCKS",
     "EXCLUSIVE_BLOCKS",
@@ -140,6 +281,9 @@ const FIELDS: [&str; 13] = [
     "MAPPED_SECTORS",
     "EXCLUSIVE_SECTORS",
     "SHARED_SECTORS",
+    "MAPPED_BYTES",
+    "EXCLUSIVE_BYTES",
+    "SHARED_BYTES",
     "MAPPED",
     "EXCLUSIVE",
     "SHARED",
@@ -159,6 +303,9 @@ fn field(name: &str, d: &DeviceCounts, block_size: u64) -> String {
         "MAPPED_SECTORS" => (mapped * block_size).to_string(),
         "EXCLUSIVE_SECTORS" => (d.exclusive * block_size).to_string(),
         "SHARED_SECTORS" => (shared * block_size).to_string(),
+        "MAPPED_BYTES" => (mapped * block_size * 512).to_string(),
+        "EXCLUSIVE_BYTES" => (d.exclusive * block_size * 512).to_string(),
+        "SHARED_BYTES" => (shared * block_size * 512).to_string(),
         "MAPPED" => disk_unit(mapped * block_size),
         "EXCLUSIVE" => disk_unit(d.exclusive * block_size),
         "SHARED" => disk_unit(shared * block_size),
@@ -322,23 +469,202 @@ fn warn_unless_checked(md: &Metadata, meta: &str) {
     }
 }
 
+/// The live metadata, or with `-m` its metadata snapshot (the held one, or the copy at
+/// the block given).
+fn snap_or_live(md: Metadata, snap: Option<Option<u64>>) -> Result<Metadata> {
+    match snap {
+        None => Ok(md),
+        Some(Some(block)) => md.metadata_snap_at(block),
+        Some(None) => md.metadata_snap()?.ok_or_else(|| {
+            Error::invalid(
+                "--metadata-snap",
+                "no current metadata snap: the metadata holds no snapshot",
+            )
+        }),
+    }
+}
+
+/// An existing metadata file or device opened for writing (thin_restore's rule: its size
+/// is the metadata's size, so it is not created).
+fn open_output(path: &PathBuf) -> Result<MetaDev> {
+    if !path.exists() {
+        return Err(Error::invalid(
+            "-o",
+            format!(
+                "{}: Output file does not exist. The output file should either be a block \
+                 device, or an existing file large enough to hold the metadata.",
+                path.display()
+            ),
+        ));
+    }
+    Ok(MetaDev::new(Arc::new(FileVolume::open(
+        path,
+        Access::ReadWrite,
+    )?)))
+}
+
+fn report_damage(damage: &[String]) {
+    for d in damage {
+        eprintln!("dmemu: repair: {d}");
+    }
+}
+
+/// Write `extents` of `data` into a new sparse image `out` of `sectors` sectors (extents
+/// past its end are cut), with a progress bar.
+fn write_extents(
+    data: &PathBuf,
+    out: &PathBuf,
+    extents: &[tools::Extent],
+    sectors: u64,
+) -> Result<()> {
+    let data = MmapVolume::open(data)?;
+    let cut: Vec<tools::Extent> = extents
+        .iter()
+        .filter(|e| e.virt.0 < sectors)
+        .map(|e| tools::Extent {
+            len: crate::units::SectorCount(e.len.0.min(sectors - e.virt.0)),
+            ..*e
+        })
+        .collect();
+    for e in &cut {
+        if e.data.0 + e.len.0 > data.size().0 {
+            return Err(Error::invalid(
+                "data image",
+                format!(
+                    "{} sectors; the metadata maps data sectors up to {}",
+                    data.size().0,
+                    e.data.0 + e.len.0
+                ),
+            ));
+        }
+    }
+    let image = crate::volume::ImageFile::create_output(out)?;
+    let file = image.file();
+    file.set_len(sectors * 512)
+        .map_err(Error::io(&out.display()))?;
+    let total: u64 = cut.iter().map(|e| e.len.bytes()).sum();
+    let bar = crate::cli::transfer::progress(total);
+    tools::copy_extents(&data, file, &cut, &mut |n| bar.set_position(n))?;
+    bar.finish_and_clear();
+    file.sync_all().map_err(Error::io(&out.display()))
+}
+
+/// `thin delta --data`: the second device's extents that differ from the first's
+/// (right_only and different), as a sparse image as long as the second's mapped extent.
+fn write_delta(md: &Metadata, snap1: u64, snap2: u64, data: &PathBuf, out: &PathBuf) -> Result<()> {
+    use tools::delta::{diff, runs, Change};
+    let root = |id: u64| {
+        md.device_root(id)?
+            .ok_or_else(|| Error::invalid("thin delta", format!("no thin device {id}")))
+    };
+    let (left, right) = (runs(md, root(snap1)?)?, runs(md, root(snap2)?)?);
+    let bs = u64::from(md.superblock().data_block_size);
+    let mut extents = Vec::new();
+    diff(&left, &right, &mut |v, n, c| {
+        let d = match c {
+            Change::RightOnly { dbegin } | Change::Differ { right: dbegin, .. } => dbegin,
+            _ => return,
+        };
+        extents.push(tools::Extent {
+            virt: crate::units::Sector(v * bs),
+            data: crate::units::Sector(d * bs),
+            len: crate::units::SectorCount(n * bs),
+        });
+    });
+    let end = right.last().map_or(0, |r| (r.vbegin + r.len) * bs);
+    write_extents(data, out, &extents, end)
+}
+
 /// Run a `dmemu thin` subcommand.
 pub fn run(cmd: ThinCommand) -> Result<()> {
     let text = match cmd {
         ThinCommand::Dump {
             metadata,
             metadata_snap,
+            repair,
+            overrides,
         } => {
-            let md = open(&metadata)?;
-            if metadata_snap {
-                md.metadata_snap()?
-                    .ok_or_else(|| {
-                        Error::invalid("--metadata-snap", "the metadata holds no snapshot")
-                    })?
-                    .dump_xml()?
+            if repair {
+                let vol = Arc::new(MmapVolume::open(&metadata)?);
+                let s = tools::repair::salvage(&MetaDev::new(vol), overrides.get())?;
+                report_damage(&s.damage);
+                s.pool.dump_xml()
             } else {
-                md.dump_xml()?
+                snap_or_live(open(&metadata)?, metadata_snap)?.dump_xml()?
             }
+        }
+        ThinCommand::Restore {
+            input,
+            output,
+            quiet,
+            overrides,
+        } => {
+            let text = std::fs::read(&input).map_err(Error::io(&input.display()))?;
+            let dev = open_output(&output)?;
+            let bar = if quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                crate::cli::transfer::progress(text.len() as u64)
+            };
+            let pool = tools::xml::parse(&text, tools::max_mappings(&dev)?, &mut |n| {
+                bar.set_position(n);
+            });
+            bar.finish_and_clear();
+            tools::restore(&pool?, &dev, overrides.get())?;
+            String::new()
+        }
+        ThinCommand::Repair {
+            input,
+            output,
+            overrides,
+        } => {
+            let vol = Arc::new(MmapVolume::open(&input)?);
+            let s = tools::repair::salvage(&MetaDev::new(vol), overrides.get())?;
+            report_damage(&s.damage);
+            let dev = open_output(&output)?;
+            tools::restore(&s.pool, &dev, Overrides::default())?;
+            String::new()
+        }
+        ThinCommand::Delta {
+            metadata,
+            snap1,
+            snap2,
+            metadata_snap,
+            verbose,
+            data,
+            output,
+        } => {
+            let md = snap_or_live(open(&metadata)?, metadata_snap)?;
+            let xml = tools::delta::delta_xml(&md, snap1, snap2, verbose)?;
+            if let (Some(data), Some(out)) = (data, output) {
+                write_delta(&md, snap1, snap2, &data, &out)?;
+            }
+            xml
+        }
+        ThinCommand::Rmap { metadata, regions } => tools::delta::rmap(&open(&metadata)?, &regions)?,
+        ThinCommand::Trim {
+            metadata_dev,
+            data_dev,
+        } => {
+            let md = open(&metadata_dev)?;
+            let data = FileVolume::open(&data_dev, Access::ReadWrite)?;
+            tools::trim(&md, &data)?;
+            String::new()
+        }
+        ThinCommand::MetadataSize { args } => tools::size::metadata_size(&args)?,
+        ThinCommand::Extract {
+            metadata,
+            data,
+            dev_id,
+            output,
+            sectors,
+            metadata_snap,
+        } => {
+            let md = snap_or_live(open(&metadata)?, metadata_snap.then_some(None))?;
+            let extents = tools::device_extents(&md, dev_id)?;
+            let end = extents.last().map_or(0, |e| e.virt.0 + e.len.0);
+            write_extents(&data, &output, &extents, sectors.unwrap_or(end))?;
+            String::new()
         }
         ThinCommand::Ls {
             metadata,

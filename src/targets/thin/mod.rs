@@ -216,6 +216,7 @@ pub mod cli;
 mod device;
 pub mod metadata;
 mod pool;
+pub mod tools;
 
 pub use device::Thin;
 pub use pool::ThinPool;

@@ -12,7 +12,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use crate::error::Result;
 use crate::volume::SharedVolume;
@@ -26,6 +25,8 @@ pub mod writer;
 use block::{corrupt, le32, le64, Kind, MetaDev};
 use space_map::{SmKind, SpaceMap};
 use superblock::Superblock;
+
+use super::tools::xml::{XmlSuperblock, XmlWriter};
 
 /// Size of a device details value (`struct disk_device_details`).
 pub const DETAILS_SIZE: usize = 24;
@@ -175,6 +176,17 @@ impl Metadata {
             sb,
             nr_data_blocks: self.nr_data_blocks,
         }))
+    }
+
+    /// The superblock copy at `block` read as a metadata snapshot (`thin_dump -m BLOCK`).
+    pub fn metadata_snap_at(&self, block: u64) -> Result<Metadata> {
+        let buf = self.dev.read(block, Kind::Superblock)?;
+        let sb = Superblock::parse(&buf, block)?;
+        Ok(Metadata {
+            dev: self.dev.clone(),
+            sb,
+            nr_data_blocks: self.nr_data_blocks,
+        })
     }
 
     /// The references a metadata snapshot at `held_root` holds (`reserve_metadata_snap`
@@ -422,22 +434,18 @@ impl Metadata {
     /// thin_dump's XML (thin-provisioning-tools 0.9, `xml_format`): the superblock, then
     /// each device of the mapping tree with its details and its mappings, runs of
     /// consecutive virtual and data blocks with one time merged into `range_mapping`s.
+    /// As lenient as thin_dump where it still prints: a mapping to a data block past the
+    /// pool's end is printed (thin check reports it).
     pub fn dump_xml(&self) -> Result<String> {
         let sb = &self.sb;
-        let mut out = String::new();
-        let _ = write!(
-            out,
-            "<superblock uuid=\"\" time=\"{}\" transaction=\"{}\" flags=\"{}\" version=\"{}\" \
-             data_block_size=\"{}\" nr_data_blocks=\"{}\"",
-            sb.time,
-            sb.transaction_id,
-            sb.flags,
-            sb.version,
-            sb.data_block_size,
-            sb.data_sm.nr_blocks
-        );
-        // thin_dump 0.9 prints no metadata_snap attribute (checked: snap.xml).
-        out.push_str(">\n");
+        let mut w = XmlWriter::new(&XmlSuperblock {
+            time: sb.time,
+            transaction: sb.transaction_id,
+            flags: sb.flags,
+            version: sb.version,
+            data_block_size: sb.data_block_size,
+            nr_data_blocks: sb.data_sm.nr_blocks,
+        });
         let details = self.devices()?;
         for (dev_id, root) in self.device_roots()? {
             let d = details.get(&dev_id).ok_or_else(|| {
@@ -448,51 +456,14 @@ impl Metadata {
                     format_args!("device {dev_id} is in the mapping tree but has no details"),
                 )
             })?;
-            let _ = writeln!(
-                out,
-                "  <device dev_id=\"{dev_id}\" mapped_blocks=\"{}\" transaction=\"{}\" \
-                 creation_time=\"{}\" snap_time=\"{}\">",
-                d.mapped_blocks, d.transaction_id, d.creation_time, d.snapshotted_time
-            );
-            let mut run: Option<(u64, BlockTime, u64)> = None;
-            let emit = |out: &mut String, (origin, bt, len): (u64, BlockTime, u64)| {
-                if len == 1 {
-                    let _ = writeln!(
-                        out,
-                        "    <single_mapping origin_block=\"{origin}\" data_block=\"{}\" time=\"{}\"/>",
-                        bt.block, bt.time
-                    );
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "    <range_mapping origin_begin=\"{origin}\" data_begin=\"{}\" length=\"{len}\" time=\"{}\"/>",
-                        bt.block, bt.time
-                    );
-                }
-            };
-            self.for_each_mapping(root, &mut |k, bt| {
-                match &mut run {
-                    Some((o, b, len))
-                        if k == *o + *len && bt.block == b.block + *len && bt.time == b.time =>
-                    {
-                        *len += 1;
-                    }
-                    _ => {
-                        if let Some(r) = run.take() {
-                            emit(&mut out, r);
-                        }
-                        run = Some((k, bt, 1));
-                    }
-                }
+            w.device(dev_id, d);
+            btree::walk(&self.dev, root, 8, &mut |k, v| {
+                w.mapping(k, BlockTime::unpack(le64(v, 0)));
                 Ok(())
             })?;
-            if let Some(r) = run {
-                emit(&mut out, r);
-            }
-            out.push_str("  </device>\n");
+            w.end_device();
         }
-        out.push_str("</superblock>\n");
-        Ok(out)
+        Ok(w.finish())
     }
 }
 

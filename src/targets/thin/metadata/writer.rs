@@ -650,6 +650,12 @@ impl Transaction {
         })
     }
 
+    /// Write `version` in the superblock instead of the kernel's (thin_restore keeps the
+    /// XML's).
+    pub fn set_version(&mut self, version: u32) {
+        self.sb.version = version;
+    }
+
     /// Commit in `dm_tm_commit` order: every new block, flush, the superblock, flush.
     pub fn commit(&self, dev: &MetaDev) -> Result<()> {
         for (b, data) in &self.blocks {
