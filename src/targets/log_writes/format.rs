@@ -287,16 +287,17 @@ impl<'a> LogReader<'a> {
         } else {
             None
         };
-        let data_bytes = if flags & DISCARD != 0 {
-            0
-        } else {
-            nr_sectors.checked_mul(ss).ok_or_else(|| {
-                at(format!(
-                    "sector count {nr_sectors} does not fit (times sectorsize {ss})"
-                ))
-            })?
-        };
-        if sector.checked_add(nr_sectors).is_none() || sector.checked_mul(ss).is_none() {
+        let bytes = nr_sectors.checked_mul(ss).ok_or_else(|| {
+            at(format!(
+                "sector count {nr_sectors} does not fit (times sectorsize {ss})"
+            ))
+        })?;
+        let data_bytes = if flags & DISCARD != 0 { 0 } else { bytes };
+        if sector
+            .checked_add(nr_sectors)
+            .and_then(|end| end.checked_mul(ss))
+            .is_none()
+        {
             return Err(at(format!(
                 "sector {sector} + {nr_sectors} sectors does not fit in 64 bits of bytes"
             )));
