@@ -67,9 +67,41 @@ fn replay_log(args: &[String]) -> Output {
     dmemu(&refs, b"")
 }
 
-/// A case's log (damaged and truncated as it says) and replay image in `dir`.
+/// A temporary directory, in memory where /dev/shm is (replays end with fsync, which a
+/// loaded disk makes slow).
+fn tmp() -> tempfile::TempDir {
+    match std::fs::metadata("/dev/shm") {
+        Ok(m) if m.is_dir() => tempfile::tempdir_in("/dev/shm").unwrap(),
+        _ => tempfile::tempdir().unwrap(),
+    }
+}
+
+/// The fixture logs, decompressed once per test binary into one directory.
+fn fixture_log(name: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let dir = DIR.get_or_init(|| tmp());
+    let _held = LOCK.lock().unwrap();
+    let p = dir.path().join(format!("{name}.img"));
+    if !p.exists() {
+        std::fs::write(&p, gunzip(name)).unwrap();
+    }
+    p
+}
+
+/// A case's log (damaged and truncated as it says: a copy in `dir`, else the shared
+/// fixture) and replay image in `dir`.
 fn setup_case(case: &Value, dir: &Path) -> (PathBuf, Option<PathBuf>) {
-    let mut data = gunzip(case["log"].as_str().unwrap());
+    let replay = case["size"].as_u64().map(|size| {
+        let p = dir.join("replay.img");
+        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
+        p
+    });
+    let name = case["log"].as_str().unwrap();
+    if case["damage"].is_null() && case["truncate"].is_null() {
+        return (fixture_log(name), replay);
+    }
+    let mut data = gunzip(name);
     for d in case["damage"].as_array().into_iter().flatten() {
         let off = d[0].as_u64().unwrap() as usize;
         let hexs = d[1].as_str().unwrap();
@@ -82,11 +114,6 @@ fn setup_case(case: &Value, dir: &Path) -> (PathBuf, Option<PathBuf>) {
     }
     let log = dir.join("log.img");
     std::fs::write(&log, data).unwrap();
-    let replay = case["size"].as_u64().map(|size| {
-        let p = dir.join("replay.img");
-        std::fs::File::create(&p).unwrap().set_len(size).unwrap();
-        p
-    });
     (log, replay)
 }
 
@@ -120,7 +147,7 @@ fn every_case_prints_fails_and_replays_as_xfstests_replay_log() {
             println!("{name}: skipped, e2fsck is not installed");
             continue;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tmp();
         let (log, replay) = setup_case(case, dir.path());
         let mut ours = vec!["--log".to_string(), log.display().to_string()];
         let mut prev = "";
@@ -183,9 +210,8 @@ fn kernel_hashes() -> Vec<(String, String)> {
 fn the_kernel_ext4_log_replays_to_the_kernel_device_at_each_mark() {
     let hashes = kernel_hashes();
     assert_eq!(hashes.len(), 4);
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log.img");
-    std::fs::write(&log, gunzip("ext4-log")).unwrap();
+    let dir = tmp();
+    let log = fixture_log("ext4-log");
     for (mark, hash) in &hashes {
         let rep = dir.path().join(format!("{mark}.img"));
         std::fs::File::create(&rep)
@@ -233,7 +259,7 @@ fn qemu_blklogwrites_logs_replay_to_the_bytes_qemu_wrote() {
         return;
     }
     for ss in [512u32, 4096] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tmp();
         let (data, log, rep) = (
             dir.path().join("data.img"),
             dir.path().join("log.img"),
@@ -316,11 +342,10 @@ fn case_output(name: &str) -> Value {
 #[test]
 fn a_checker_that_writes_changes_neither_the_replay_device_nor_later_states() {
     let want = case_output("check-fua-ext4");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tmp();
     let scratch = dir.path().join("tmp");
     std::fs::create_dir(&scratch).unwrap();
-    let log = dir.path().join("log.img");
-    std::fs::write(&log, gunzip("ext4-log")).unwrap();
+    let log = fixture_log("ext4-log");
     let rep = dir.path().join("replay.img");
     std::fs::File::create(&rep)
         .unwrap()
@@ -360,9 +385,8 @@ fn e2fsck_passes_on_every_fua_state_of_the_kernel_ext4_log() {
         println!("skipped: e2fsck is not installed");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("log.img");
-    std::fs::write(&log, gunzip("ext4-log")).unwrap();
+    let dir = tmp();
+    let log = fixture_log("ext4-log");
     let rep = dir.path().join("replay.img");
     std::fs::File::create(&rep)
         .unwrap()
@@ -432,7 +456,7 @@ fn damaged_logs_fail_naming_the_entry_and_the_entries_before_it_replay() {
     let cases = json("replay-log-cases.json");
     for (name, entry, words) in expect {
         let case = cases.iter().find(|c| c["name"] == name).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tmp();
         let (log, replay) = setup_case(case, dir.path());
         let mut args = vec!["--log".to_string(), log.display().to_string()];
         if let Some(r) = &replay {
