@@ -80,7 +80,7 @@ fn tmp() -> tempfile::TempDir {
 fn fixture_log(name: &str) -> PathBuf {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let dir = DIR.get_or_init(|| tmp());
+    let dir = DIR.get_or_init(tmp);
     let _held = LOCK.lock().unwrap();
     let p = dir.path().join(format!("{name}.img"));
     if !p.exists() {
