@@ -19,7 +19,8 @@ use crate::table::{DeviceSpec, Table, TableLine, TableMode};
 use crate::targets::context::{typed_target, BuildContext};
 use crate::targets::crypt::Keyring;
 use crate::targets::snapshot::OriginSnapshots;
-use crate::targets::{DeviceRef, Keys, Target, TargetSpec, ThinPool};
+use crate::targets::thin::PoolTable;
+use crate::targets::{DeviceRef, Keys, Target, TargetSpec};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{Access, SharedVolume};
 
@@ -94,6 +95,8 @@ pub struct Registry {
     /// The kernel's `_origins` hash: each origin volume's snapshot list, keyed by volume
     /// identity (the same file or device resolves to the same `Arc`).
     origins: Mutex<Vec<(SharedVolume, Arc<OriginSnapshots>)>>,
+    /// The kernel's `dm_thin_pool_table`: the pool object of each metadata device.
+    pools: Arc<PoolTable>,
 }
 
 /// The clock targets built through a registry read time from (system clock by default).
@@ -336,52 +339,8 @@ impl Registry {
                 ));
             }
         }
-        self.check_pool_metadata(&loaded)?;
         let old = dev.set_inactive(Arc::new(loaded));
         drop(old);
-        Ok(())
-    }
-
-    /// A thin-pool's metadata may back one pool object only: the kernel refuses a second
-    /// pool on it with EBUSY ("metadata device already in use by a pool"). A reload of the
-    /// same pool device is refused too for now: the kernel rebinds its one `struct pool`,
-    /// which dmemu does not model yet, and a second pool object over live metadata would
-    /// commit a stale view.
-    fn check_pool_metadata(&self, loaded: &LoadedTable) -> Result<()> {
-        let pools = |t: &LoadedTable| -> Vec<SharedVolume> {
-            t.segments()
-                .iter()
-                .filter_map(|seg| {
-                    let any: Arc<dyn std::any::Any + Send + Sync> =
-                        Arc::clone(&seg.target) as Arc<dyn Target>;
-                    any.downcast::<ThinPool>()
-                        .ok()
-                        .map(|p| Arc::clone(p.metadata_volume()))
-                })
-                .collect()
-        };
-        let new = pools(loaded);
-        if new.is_empty() {
-            return Ok(());
-        }
-        let devices: Vec<Arc<MappedDevice>> = lock(&self.hash).by_name.values().cloned().collect();
-        for d in devices {
-            for t in [d.live_table(), d.inactive_table()].into_iter().flatten() {
-                for m in pools(&t) {
-                    if new
-                        .iter()
-                        .any(|n| std::ptr::addr_eq(Arc::as_ptr(n), Arc::as_ptr(&m)))
-                    {
-                        return Err(Error::Busy {
-                            what: d.name(),
-                            reason: "thin-pool: metadata device already in use by a pool \
-                                     (a pool device's table cannot be reloaded yet)"
-                                .to_string(),
-                        });
-                    }
-                }
-            }
-        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use crate::mapped_device::{MappedDevice, OpenGuard, DM_MAJOR};
 use crate::targets::context::{BuildContext, TableEvents};
 use crate::targets::crypt::Keyring;
 use crate::targets::snapshot::OriginSnapshots;
+use crate::targets::thin::PoolTable;
 use crate::targets::{DeviceRef, Target};
 use crate::volume::{Access, FileVolume, MmapVolume, SharedVolume};
 
@@ -199,6 +200,14 @@ impl BuildContext for LoadContext<'_> {
 
     fn events(&self) -> TableEvents {
         self.events.clone()
+    }
+
+    fn thin_pools(&self) -> Arc<PoolTable> {
+        Arc::clone(&self.registry.pools)
+    }
+
+    fn device_minor(&self) -> Option<u32> {
+        self.target_minor
     }
 
     fn area_error(&self, error: Error) -> Result<()> {
