@@ -22,7 +22,7 @@ use crate::targets::snapshot::OriginSnapshots;
 use crate::targets::thin::PoolTable;
 use crate::targets::{DeviceRef, Keys, Target, TargetSpec};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{Access, SharedVolume};
+use crate::volume::{Access, FileVolume, SharedVolume};
 
 mod resolve;
 
@@ -89,7 +89,7 @@ pub struct Registry {
     bindings: BTreeMap<String, PathBuf>,
     named: Mutex<BTreeMap<String, SharedVolume>>,
     hash: Mutex<DeviceHash>,
-    files: Mutex<BTreeMap<PathBuf, SharedVolume>>,
+    files: Mutex<BTreeMap<PathBuf, OpenFile>>,
     clock: RegistryClock,
     keyring: Keyring,
     /// The kernel's `_origins` hash: each origin volume's snapshot list, keyed by volume
@@ -98,6 +98,10 @@ pub struct Registry {
     /// The kernel's `dm_thin_pool_table`: the pool object of each metadata device.
     pools: Arc<PoolTable>,
 }
+
+/// An image file a registry opened: the volume tables get, and the file handle when it is
+/// one (its size is read again at each table load).
+type OpenFile = (SharedVolume, Option<Arc<FileVolume>>);
 
 /// The clock targets built through a registry read time from (system clock by default).
 #[derive(Debug, Clone)]
@@ -194,6 +198,13 @@ impl Registry {
     #[must_use]
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+
+    /// dm-thin's `no_space_timeout` module parameter for pools created from now on: how
+    /// long a full pool in `queue_if_no_space` mode holds writes that need a block before
+    /// failing them (default 60 s; zero: for ever).
+    pub fn set_thin_no_space_timeout(&self, timeout: std::time::Duration) {
+        self.pools.set_no_space_timeout(timeout);
     }
 
     /// Make `volume` available to tables under `name`.

@@ -242,15 +242,32 @@ impl Volume for Thin {
         }
         Ok(())
     }
+    /// A piece that needs a new block while the pool is out of data space in
+    /// `queue_if_no_space` mode waits outside the pool's gate (a pool suspend and reload
+    /// can grow it meanwhile) and is retried, or fails ENOSPC after `no_space_timeout`.
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         let count = check_io(self.len, sector, buf.len())?;
-        let _in_flight = self.pool.enter();
+        let mut in_flight = Some(self.pool.enter());
         let mut rest = buf;
         for (at, n) in chunks(sector, count, SectorCount(self.block)) {
             let (piece, tail) = rest.split_at(usize::try_from(n.bytes()).unwrap_or(0));
             rest = tail;
             let (vblock, within) = self.split(at.0);
-            self.write_block(vblock, within, piece)?;
+            loop {
+                if in_flight.is_none() {
+                    in_flight = Some(self.pool.enter());
+                }
+                match self.write_block(vblock, within, piece) {
+                    Err(Error::NoSpace { .. }) if self.pool.queues_when_full() => {
+                        in_flight = None;
+                        self.pool.wait_for_space()?;
+                    }
+                    r => {
+                        r?;
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
     }

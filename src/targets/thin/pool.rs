@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
+use crate::clock::{SharedClock, Stop, SystemClock};
 use crate::error::{Error, Result};
 use crate::table::args::parse_kstrtoull;
 use crate::targets::context::{device_area, BuildContext, TableEvents};
@@ -106,6 +108,11 @@ struct PoolState {
     mode: Mode,
     /// The low water mark event was sent (cleared when the pool resumes).
     low_water_triggered: bool,
+    /// `pool->pf.error_if_no_space`: the bound line's feature, set when a full pool has
+    /// queued writes for `no_space_timeout`.
+    error_if_no_space: bool,
+    /// When the pool last ran out of data space (on the pool's clock).
+    out_of_space_since: Duration,
 }
 
 impl PoolState {
@@ -206,6 +213,13 @@ pub(super) struct Pool {
     /// provision one virtual block twice (the kernel's bio prison cells).
     provision: Mutex<()>,
     gate: Gate,
+    clock: SharedClock,
+    /// The `no_space_timeout` module parameter when the pool was created (0: queue for
+    /// ever).
+    no_space_timeout: Duration,
+    /// Raised when writes queued on a full pool should look again (space came back, or
+    /// the timeout turned the pool to erroring).
+    space: Stop,
 }
 
 /// A constructed `thin-pool` line (dm-thin.c's `struct pool_c`): its arguments, its data
@@ -223,13 +237,30 @@ pub struct ThinPool {
 /// The pools that exist (dm-thin.c's `dm_thin_pool_table`), each with the mapped device
 /// whose table created it. A device layer keeps one and hands it to every table it builds.
 #[derive(Debug, Default)]
-pub struct PoolTable(Mutex<Vec<(Option<u32>, Weak<Pool>)>>);
+pub struct PoolTable {
+    pools: Mutex<Vec<(Option<u32>, Weak<Pool>)>>,
+    /// dm-thin's `no_space_timeout` parameter; `None`: the kernel's default.
+    no_space_timeout: Mutex<Option<Duration>>,
+}
+
+/// `NO_SPACE_TIMEOUT_SECS`: how long a full pool in queue mode holds writes.
+pub const NO_SPACE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn same(a: &SharedVolume, b: &SharedVolume) -> bool {
     std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
 
 impl PoolTable {
+    /// Set how long full pools created from now on queue writes that need a block before
+    /// failing them (the `no_space_timeout` module parameter; zero: for ever).
+    pub fn set_no_space_timeout(&self, timeout: Duration) {
+        *lock(&self.no_space_timeout) = Some(timeout);
+    }
+
+    fn no_space_timeout(&self) -> Duration {
+        lock(&self.no_space_timeout).unwrap_or(NO_SPACE_TIMEOUT)
+    }
+
     /// `__pool_find`: the pool on `meta`, which must belong to `owner` and use `data_dev`;
     /// else the pool `owner` has, which must be on the same devices; else a new one.
     /// Returns the pool and whether it was created.
@@ -240,7 +271,7 @@ impl PoolTable {
         data_dev: &SharedVolume,
         create: impl FnOnce() -> Result<Pool>,
     ) -> Result<(Arc<Pool>, bool)> {
-        let mut pools = lock(&self.0);
+        let mut pools = lock(&self.pools);
         pools.retain(|(_, p)| p.strong_count() > 0);
         let live: Vec<(Option<u32>, Arc<Pool>)> = pools
             .iter()
@@ -303,17 +334,16 @@ impl ThinPool {
             len,
         )?;
         let events = ctx.events();
-        let (pool, created) =
-            ctx.thin_pools()
-                .find_or_create(ctx.device_minor(), &meta, &data_dev, || {
-                    Pool::open(
-                        args,
-                        len,
-                        Arc::clone(&meta),
-                        Arc::clone(&data_dev),
-                        Arc::clone(&data),
-                    )
-                })?;
+        let table = ctx.thin_pools();
+        let (pool, created) = table.find_or_create(ctx.device_minor(), &meta, &data_dev, || {
+            Pool::open(
+                args,
+                len,
+                (Arc::clone(&meta), Arc::clone(&data_dev), Arc::clone(&data)),
+                ctx.clock(),
+                table.no_space_timeout(),
+            )
+        })?;
         if !created {
             let bound = read(&pool.control).features;
             if bound.ignore_discard != args.features.ignore_discard {
@@ -343,7 +373,13 @@ impl ThinPool {
         meta: SharedVolume,
         data: SharedVolume,
     ) -> Result<ThinPool> {
-        let pool = Pool::open(args, len, meta, Arc::clone(&data), Arc::clone(&data))?;
+        let pool = Pool::open(
+            args,
+            len,
+            (meta, Arc::clone(&data), Arc::clone(&data)),
+            Arc::new(SystemClock::new()),
+            NO_SPACE_TIMEOUT,
+        )?;
         let tp = ThinPool {
             args: args.clone(),
             len,
@@ -414,9 +450,9 @@ impl Pool {
     fn open(
         args: &ThinPoolArgs,
         len: SectorCount,
-        meta: SharedVolume,
-        data_dev: SharedVolume,
-        data: SharedVolume,
+        (meta, data_dev, data): (SharedVolume, SharedVolume, SharedVolume),
+        clock: SharedClock,
+        no_space_timeout: Duration,
     ) -> Result<Pool> {
         check_range(data.size(), Sector(0), len)?;
         let mdev = MetaDev::new(Arc::clone(&meta));
@@ -497,6 +533,8 @@ impl Pool {
             // binds.
             mode: Mode::Write,
             low_water_triggered: false,
+            error_if_no_space: args.features.error_if_no_space,
+            out_of_space_since: Duration::ZERO,
         };
         state.recount();
         Ok(Pool {
@@ -514,6 +552,9 @@ impl Pool {
             state: Mutex::new(state),
             provision: Mutex::new(()),
             gate: Gate::default(),
+            clock,
+            no_space_timeout,
+            space: Stop::default(),
         })
     }
 
@@ -524,10 +565,12 @@ impl Pool {
     fn bind(&self, ctl: Control) -> Result<()> {
         let wanted = *lock(&ctl.adjusted);
         let blocks = ctl.len.0 / self.block;
+        let error_if_no_space = ctl.features.error_if_no_space;
         *write(&self.control) = ctl;
         let _p = self.provisioning();
         {
             let mut st = lock(&self.state);
+            st.error_if_no_space = error_if_no_space;
             self.set_mode(&mut st, wanted);
             let nr = st.sb.data_sm.nr_blocks;
             if blocks < nr {
@@ -564,8 +607,68 @@ impl Pool {
         st.mode = new;
         let ctl = read(&self.control);
         *lock(&ctl.adjusted) = new;
+        match new {
+            Mode::OutOfDataSpace if old != new => {
+                st.out_of_space_since = self.clock.now();
+                self.space.lower();
+            }
+            Mode::OutOfDataSpace => {}
+            Mode::Write => {
+                st.error_if_no_space = ctl.features.error_if_no_space;
+                self.space.raise(&*self.clock);
+            }
+            Mode::ReadOnly => self.space.raise(&*self.clock),
+        }
         if old != new {
             ctl.events.raise();
+        }
+    }
+
+    /// Whether a write that found no free block waits for space (`queue_if_no_space`)
+    /// rather than failing.
+    pub(super) fn queues_when_full(&self) -> bool {
+        let mut st = lock(&self.state);
+        self.check_no_space_timeout(&mut st);
+        st.mode == Mode::OutOfDataSpace && !st.error_if_no_space
+    }
+
+    /// `do_no_space_timeout`: a pool that has been out of data space for
+    /// `no_space_timeout` in queue mode starts failing the writes (an event).
+    fn check_no_space_timeout(&self, st: &mut PoolState) {
+        if st.mode != Mode::OutOfDataSpace
+            || st.error_if_no_space
+            || self.no_space_timeout.is_zero()
+            || self.clock.now() < st.out_of_space_since.saturating_add(self.no_space_timeout)
+        {
+            return;
+        }
+        st.error_if_no_space = true;
+        read(&self.control).events.raise();
+        self.space.raise(&*self.clock);
+    }
+
+    /// Wait (outside the pool's gate and locks) until a full pool has space again (the
+    /// write is then retried) or its `no_space_timeout` passes (ENOSPC).
+    pub(super) fn wait_for_space(&self) -> Result<()> {
+        loop {
+            let deadline = {
+                let mut st = lock(&self.state);
+                self.check_no_space_timeout(&mut st);
+                if st.mode != Mode::OutOfDataSpace {
+                    return Ok(());
+                }
+                if st.error_if_no_space {
+                    return Err(Error::NoSpace {
+                        target: "thin-pool",
+                    });
+                }
+                if self.no_space_timeout.is_zero() {
+                    Duration::MAX
+                } else {
+                    st.out_of_space_since.saturating_add(self.no_space_timeout)
+                }
+            };
+            self.clock.sleep_until_or(deadline, &self.space);
         }
     }
 
@@ -815,6 +918,12 @@ impl Pool {
         (blocks / 4).min(1024)
     }
 
+    fn error_if_no_space(&self) -> bool {
+        let mut st = lock(&self.state);
+        self.check_no_space_timeout(&mut st);
+        st.error_if_no_space
+    }
+
     fn status_line(&self) -> Result<String> {
         // pool_status commits first unless the device is suspended or noflush is asked,
         // and ignores a failed commit (`(void) commit(pool)`).
@@ -853,7 +962,7 @@ impl Pool {
         } else {
             "discard_passdown "
         };
-        s += if f.error_if_no_space {
+        s += if self.error_if_no_space() {
             "error_if_no_space "
         } else {
             "queue_if_no_space "
