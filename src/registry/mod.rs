@@ -588,8 +588,10 @@ impl Registry {
             .collect()
     }
 
-    /// `DM_TABLE_DEPS`: the devices the live (or inactive) table uses, each once, in the
-    /// order the table first names them.
+    /// `DM_TABLE_DEPS`: the devices the live (or inactive) table uses, each once, the
+    /// device a table names last first (the kernel adds each new device at the head of
+    /// the table's device list: `deps` of `0 512 linear 253:1 0` + `512 512 linear 253:6
+    /// 0` is `(253, 6) (253, 1)` on 6.12).
     pub fn deps(&self, name: &str, which: Slot) -> Result<Vec<Dep>> {
         let dev = self.device(name)?;
         let table = match which {
@@ -600,6 +602,7 @@ impl Registry {
             .map(|t| loaded_refs(&t))
             .unwrap_or_default()
             .into_iter()
+            .rev()
             .map(|r| Dep {
                 mapped: self.mapped(&r).map(|m| (m.name(), m.dev())),
                 reference: r,
