@@ -998,3 +998,91 @@ fn trim_punches_holes_at_the_unmapped_data_blocks_only() {
         }
     }
 }
+
+// ---- malformed XML ----
+
+#[test]
+fn malformed_xml_gets_thin_restores_verdict_with_line_and_column() {
+    const H: &str = "<superblock uuid=\"\" time=\"0\" transaction=\"1\" flags=\"0\" version=\"2\" \
+                     data_block_size=\"128\" nr_data_blocks=\"100\">\n";
+    const DEV: &str = "  <device dev_id=\"1\" mapped_blocks=\"1\" transaction=\"0\" \
+                       creation_time=\"0\" snap_time=\"0\">\n";
+    const END: &str = "  </device>\n</superblock>\n";
+    let single = |o: &str, d: &str| {
+        format!("    <single_mapping origin_block=\"{o}\" data_block=\"{d}\" time=\"0\"/>\n")
+    };
+    let range = |o: &str, d: &str, n: &str| {
+        format!(
+            "    <range_mapping origin_begin=\"{o}\" data_begin=\"{d}\" length=\"{n}\" time=\"0\"/>\n"
+        )
+    };
+    let huge = "18446744073709551615";
+    let big_sb = H.replace("\"100\"", &format!("\"{huge}\""));
+    // (case, document, dmemu's error (None: restored), whether thin_restore 0.9 agrees)
+    let cases: Vec<(&str, String, Option<&str>, bool)> = vec![
+        ("unclosed device", format!("{H}{DEV}{}", single("0", "5")), Some("line 4, column 1: no element found"), true),
+        ("unclosed superblock", format!("{H}{DEV}{}  </device>\n", single("0", "5")), Some("line 5, column 1: no element found"), true),
+        ("mismatched close", format!("{H}{DEV}  </dev>\n</superblock>\n"), Some("line 3, column 3: parse error"), true),
+        ("unclosed tag", H.trim_end().trim_end_matches('>').to_string(), Some("line 1, column 1: parse error"), true),
+        ("empty", String::new(), Some("line 1, column 1: no element found"), true),
+        ("junk after", format!("{H}{DEV}{END}<superblock/>\n"), Some("line 5, column 1: junk after document element"), true),
+        ("no superblock", format!("{DEV}  </device>\n"), Some("line 1, column 3: missing superblock"), true),
+        ("unknown element", format!("{H}{DEV}    <bogus/>\n{END}"), Some("line 3, column 5: unknown tag type <bogus>"), true),
+        ("missing attribute", format!("{H}{DEV}    <single_mapping data_block=\"5\" time=\"0\"/>\n{END}"), Some("line 3, column 5: could not find attribute: origin_block"), true),
+        ("huge number", format!("{H}{DEV}{}{END}", single("99999999999999999999999", "5")), Some("line 3, column 5: attribute origin_block=\"99999999999999999999999\" of <single_mapping> is not a number in range"), true),
+        ("huge time", format!("{H}{DEV}    <single_mapping origin_block=\"0\" data_block=\"5\" time=\"99999999999\"/>\n{END}"), Some("line 3, column 5: attribute time"), true),
+        ("32-bit device id", format!("{H}  <device dev_id=\"4294967296\" mapped_blocks=\"0\" transaction=\"0\" creation_time=\"0\" snap_time=\"0\">\n{END}"), Some("line 2, column 3: attribute dev_id"), true),
+        ("hex", format!("{H}{DEV}{}{END}", single("0x10", "5")), Some("line 3, column 5: attribute origin_block=\"0x10\""), true),
+        ("huge length", format!("{big_sb}{DEV}{}{END}", range("0", "5", huge)), Some("line 3, column 5: mapping beyond end of data device"), true),
+        ("huge length in range", format!("{big_sb}{DEV}{}{END}", range("0", "0", "18446744073709551614")), Some("line 3, column 5: more than"), true),
+        ("duplicate device", format!("{H}{DEV}  </device>\n{DEV}{END}"), Some("line 4, column 3: Device already exists (dev_id 1)"), true),
+        ("beyond nr_data_blocks", format!("{H}{DEV}{}{END}", range("0", "95", "10")), Some("line 3, column 5: mapping beyond end of data device (100 >= 100)"), true),
+        ("at nr_data_blocks", format!("{H}{DEV}{}{END}", single("0", "100")), Some("line 3, column 5: mapping beyond end of data device (100 >= 100)"), true),
+        // 0.9 aborts on an assertion (exit 134) here.
+        ("nested device", format!("{H}{DEV}{DEV}  </device>\n{END}"), Some("line 3, column 3: <device> inside a <device>"), true),
+        // 0.9's lexical_cast takes "-1" as 2^64 - 1 and wraps origin ranges past 2^64;
+        // dmemu refuses both.
+        ("negative", format!("{H}{DEV}{}{END}", single("-1", "5")), Some("line 3, column 5: attribute origin_block=\"-1\""), false),
+        ("origin past 2^64", format!("{H}{DEV}{}{END}", range("18446744073709551610", "5", "10")), Some("line 3, column 5: origin blocks past 2^64"), false),
+        // Accepted by both: a later mapping replaces an earlier one; any version; block size 0.
+        ("overlapping mappings", format!("{H}{DEV}{}{}{END}", range("0", "5", "10"), single("3", "50")), None, true),
+        ("version 7", format!("{}{DEV}{}{END}", H.replace("version=\"2\"", "version=\"7\""), single("0", "5")), None, true),
+    ];
+    let reference = have("thin_restore") && have("thin_dump");
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("in.xml");
+    for (case, doc, err, agrees) in cases {
+        std::fs::write(&x, &doc).unwrap();
+        let mine = blank(&tmp.path().join("mine"), 4 << 20);
+        let got = dmemu(&["thin", "restore", "-q", "-i", s(&x), "-o", s(&mine)], b"");
+        let stderr = text(&got.stderr);
+        match err {
+            Some(e) => {
+                assert_eq!(got.status.code(), Some(22), "{case}: {stderr}");
+                assert!(stderr.contains(e), "{case}: want {e:?}, got {stderr:?}");
+                assert!(
+                    std::fs::read(&mine).unwrap().iter().all(|&b| b == 0),
+                    "{case}: nothing written before the whole input is checked"
+                );
+            }
+            None => assert!(got.status.success(), "{case}: {stderr}"),
+        }
+        if !reference {
+            continue;
+        }
+        let theirs = blank(&tmp.path().join("theirs"), 4 << 20);
+        let t = run("thin_restore", &["-q", "-i", s(&x), "-o", s(&theirs)]);
+        assert_eq!(
+            t.status.success() == err.is_none(),
+            agrees,
+            "{case}: thin_restore's verdict"
+        );
+        if err.is_none() {
+            same(
+                &ok("thin_dump", &[s(&mine)]),
+                &ok("thin_dump", &[s(&theirs)]),
+                case,
+            );
+        }
+    }
+}
