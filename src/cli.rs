@@ -71,7 +71,9 @@ enum Command {
         #[arg(long)]
         showkeys: bool,
     },
-    /// Read the device's contents to stdout or a file (sparse when the file is new).
+    /// Read the device's contents to stdout or a file (sparse when the file is new). The
+    /// spec is loaded read-only (images opened shared): nothing is written, and several
+    /// readers of one image run at once.
     Read {
         #[command(flatten)]
         spec: SpecArgs,
@@ -376,8 +378,11 @@ fn run_command(cli: Cli) -> Result<()> {
                 out(&parse_table(&text)?.to_text(keys), &mut stdout)
             }
         }
-        Command::Read { spec, out } => {
+        Command::Read { mut spec, out } => {
             drop(stdout);
+            // A read never writes: tables load read-only (a thin pool with `read_only`)
+            // and image files open shared, so readers run side by side.
+            spec.read_only = true;
             read_out(&*spec.open()?, &out)
         }
         Command::Write { spec, input } => write_in(&*spec.open()?, &input, SECTOR_SIZE),
