@@ -126,6 +126,9 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::thin::cli::ThinCommand,
     },
+    /// Replay a dm-log-writes log onto an image, as xfstests' replay-log (same options and
+    /// output); `--fsck CMD --check ...` checks each crash point on a scratch copy.
+    ReplayLog(crate::targets::log_writes::cli::ReplayLogArgs),
     /// Serve every device of the spec over NBD until SIGINT/SIGTERM (or until --run CMD exits).
     Serve(crate::serve::cli::ServeArgs),
     /// Run `message`, `read`, `write`, `status`, `sleep`... lines from stdin against one
@@ -407,6 +410,16 @@ fn run_command(cli: Cli) -> Result<()> {
             }
         }
         Command::Serve(args) => crate::serve::cli::run(&args),
+        Command::ReplayLog(args) => {
+            use crate::targets::log_writes::cli::{run, Outcome};
+            match run(&args, &mut stdout)? {
+                Outcome::Done => Ok(()),
+                Outcome::CheckFailed(status) => {
+                    drop(stdout);
+                    std::process::exit(status)
+                }
+            }
+        }
         Command::Shell { spec } => {
             drop(stdout);
             crate::shell::run(&*spec.open()?, io::stdin().lock(), io::stdout().lock())
