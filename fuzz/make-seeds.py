@@ -10,6 +10,8 @@ src/testing/fuzz.rs takes:
   verity_tree   root hash length, root hash, a hash image with its superblock at 0
   fec_decode    roots, then 255 bytes of a FEC fixture, then erasure positions
   shell_lines   a table index, then the dust message script of tests/fixtures/fault
+  log_writes_log  an options byte, then a dm-log-writes log of tests/fixtures/log-writes
+                (cut after its last counted entry), plain and damaged
 """
 import gzip, json, os, struct
 
@@ -100,3 +102,33 @@ put('thin_xml', 'duplicate-device', H + DEV + m(0, 5) + b'  </device>\n' + DEV +
 put('thin_xml', 'huge-length', H.replace(b'"100"', b'"18446744073709551615"') + DEV
     + m(0, 5, 18446744073709551615) + END)
 put('thin_xml', 'nested-device', H + DEV + DEV + b'  </device>\n' + END)
+
+def lw(name):
+    return gzip.open(os.path.join(FIX, 'log-writes', name + '.img.gz')).read()
+
+
+def lw_cut(log, keep=None):
+    """The log up to the end of its entry number `keep` (default: all it counts), with the
+    super counting that many."""
+    n, ss = struct.unpack('<QI', log[16:28])
+    keep = n if keep is None else keep
+    at = ss
+    for _ in range(keep):
+        sector, nr, flags, _ = struct.unpack('<QQQQ', log[at:at + 32])
+        at += ss + (0 if flags & 4 else nr * ss)
+    return log[:16] + struct.pack('<Q', keep) + log[24:at]
+
+
+ops = lw_cut(lw('ops-log'))
+put('log_writes_log', 'ops', b'\0' + ops)
+put('log_writes_log', 'ops-states', b'\x0c' + ops)
+put('log_writes_log', 'ops-range-nodiscard', b'\x03' + ops)
+bad = bytearray(ops)
+bad[6 * 512 + 32] = 1
+put('log_writes_log', 'ops-bad-padding', b'\x04' + bytes(bad))
+more = bytearray(ops)
+more[16:24] = struct.pack('<Q', 40)
+put('log_writes_log', 'ops-super-claims-more', b'\x08' + bytes(more))
+put('log_writes_log', 'ops-truncated', b'\0' + ops[:38400])
+put('log_writes_log', 'ext4-first-8', b'\x0c' + lw_cut(lw('ext4-log'), 8))
+put('log_writes_log', 'no-super', b'\0' + lw('full-log'))
