@@ -610,6 +610,7 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
                 bar.set_position(n);
             });
             bar.finish_and_clear();
+            drop(text); // the document is not needed while the trees are built
             tools::restore(&pool?, &dev, overrides.get())?;
             String::new()
         }
