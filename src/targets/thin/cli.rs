@@ -205,7 +205,7 @@ fn open(path: &PathBuf) -> Result<Metadata> {
 }
 
 /// Metadata read block by block with pread (no memory map, whose touched pages would all
-/// count as resident): for the tools that walk every tree once (rmap, ls).
+/// count as resident): for the tools that walk the trees once (delta, rmap, ls).
 fn open_pread(path: &PathBuf) -> Result<Metadata> {
     Metadata::open(Arc::new(FileVolume::open(path, Access::ReadOnly)?))
 }
@@ -678,7 +678,7 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
             data,
             output,
         } => {
-            let md = snap_or_live(open(&metadata)?, metadata_snap)?;
+            let md = snap_or_live(open_pread(&metadata)?, metadata_snap)?;
             let xml = tools::delta::delta_xml(&md, snap1, snap2, verbose)?;
             if let (Some(data), Some(out)) = (data, output) {
                 write_delta(&md, snap1, snap2, &data, &out)?;
