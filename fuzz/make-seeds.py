@@ -82,6 +82,26 @@ put('shell_lines', 'dust-messages', b'\0' + '\n'.join(script).encode() + b'\n')
 put('shell_lines', 'flakey-io', b'\1' + b'read 0 64\nwrite 0 1 1\nsleep 1500\nwrite 0 1 2\n'
     b'read 0 1\nmessage 0 x\nstatus\nseed 3\n')
 
+# thin_xml: the thin_dump fixtures, and the malformed documents of tests/thin_tools.rs.
+for name in ('kernel', 'snap', 'snap-m', 'incremental-dmemu'):
+    put('thin_xml', name, open(os.path.join(FIX, 'thin', name + '.xml'), 'rb').read())
+H = (b'<superblock uuid="" time="0" transaction="1" flags="0" version="2" '
+     b'data_block_size="128" nr_data_blocks="100">\n')
+DEV = (b'  <device dev_id="1" mapped_blocks="1" transaction="0" creation_time="0" '
+       b'snap_time="0">\n')
+def m(o, d, n=1, t=0):
+    if n == 1:
+        return b'    <single_mapping origin_block="%d" data_block="%d" time="%d"/>\n' % (o, d, t)
+    return (b'    <range_mapping origin_begin="%d" data_begin="%d" length="%d" time="%d"/>\n'
+            % (o, d, n, t))
+END = b'  </device>\n</superblock>\n'
+put('thin_xml', 'overlap', H + DEV + m(0, 5, 10) + m(3, 50) + END)
+put('thin_xml', 'unclosed', H + DEV + m(0, 5))
+put('thin_xml', 'beyond', H + DEV + m(0, 95, 10) + END)
+put('thin_xml', 'duplicate-device', H + DEV + m(0, 5) + b'  </device>\n' + DEV + END)
+put('thin_xml', 'huge-length', H.replace(b'"100"', b'"18446744073709551615"') + DEV
+    + m(0, 5, 18446744073709551615) + END)
+put('thin_xml', 'nested-device', H + DEV + DEV + b'  </device>\n' + END)
 
 def lw(name):
     return gzip.open(os.path.join(FIX, 'log-writes', name + '.img.gz')).read()
@@ -112,23 +132,3 @@ put('log_writes_log', 'ops-super-claims-more', b'\x08' + bytes(more))
 put('log_writes_log', 'ops-truncated', b'\0' + ops[:38400])
 put('log_writes_log', 'ext4-first-8', b'\x0c' + lw_cut(lw('ext4-log'), 8))
 put('log_writes_log', 'no-super', b'\0' + lw('full-log'))
-# thin_xml: the thin_dump fixtures, and the malformed documents of tests/thin_tools.rs.
-for name in ('kernel', 'snap', 'snap-m', 'incremental-dmemu'):
-    put('thin_xml', name, open(os.path.join(FIX, 'thin', name + '.xml'), 'rb').read())
-H = (b'<superblock uuid="" time="0" transaction="1" flags="0" version="2" '
-     b'data_block_size="128" nr_data_blocks="100">\n')
-DEV = (b'  <device dev_id="1" mapped_blocks="1" transaction="0" creation_time="0" '
-       b'snap_time="0">\n')
-def m(o, d, n=1, t=0):
-    if n == 1:
-        return b'    <single_mapping origin_block="%d" data_block="%d" time="%d"/>\n' % (o, d, t)
-    return (b'    <range_mapping origin_begin="%d" data_begin="%d" length="%d" time="%d"/>\n'
-            % (o, d, n, t))
-END = b'  </device>\n</superblock>\n'
-put('thin_xml', 'overlap', H + DEV + m(0, 5, 10) + m(3, 50) + END)
-put('thin_xml', 'unclosed', H + DEV + m(0, 5))
-put('thin_xml', 'beyond', H + DEV + m(0, 95, 10) + END)
-put('thin_xml', 'duplicate-device', H + DEV + m(0, 5) + b'  </device>\n' + DEV + END)
-put('thin_xml', 'huge-length', H.replace(b'"100"', b'"18446744073709551615"') + DEV
-    + m(0, 5, 18446744073709551615) + END)
-put('thin_xml', 'nested-device', H + DEV + DEV + b'  </device>\n' + END)

@@ -605,6 +605,43 @@ pub fn nbd_session(data: &[u8]) {
     assert!(b_mem.to_vec() == b_bytes, "a read-only export changed");
 }
 
+/// thin_dump XML as `thin restore` reads it: the parse either fails with an error naming a
+/// line and column or gives a pool that restores onto 1 MiB of metadata (or is refused as
+/// too big for it) and dumps back as the document's canonical form.
+pub fn thin_xml(data: &[u8]) {
+    use std::sync::Arc;
+
+    use crate::targets::thin::metadata::block::MetaDev;
+    use crate::targets::thin::metadata::Metadata;
+    use crate::targets::thin::tools::{self, xml, Overrides};
+    use crate::volume::MemVolume;
+    use crate::SectorCount;
+
+    let vol = Arc::new(MemVolume::new(SectorCount(2048)).expect("volume"));
+    let dev = MetaDev::new(vol.clone());
+    let bound = tools::max_mappings(&dev).expect("bound");
+    let pool = match xml::parse(data, bound, &mut |_| {}) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("line ") && msg.contains(", column "), "{msg}");
+            return;
+        }
+    };
+    if tools::restore(&pool, &dev, Overrides::default()).is_err() {
+        return; // more than the metadata holds, or mappings past the data device
+    }
+    let md = Metadata::open(vol).expect("restored metadata opens");
+    let dumped = md.dump_xml().expect("restored metadata dumps");
+    assert_eq!(
+        dumped,
+        pool.dump_xml(),
+        "restore then dump is not the canonical form"
+    );
+    let again = xml::parse(dumped.as_bytes(), bound, &mut |_| {}).expect("a dump parses");
+    assert_eq!(again.devices, pool.devices);
+}
+
 /// A dm-log-writes log from untrusted bytes: the first byte picks the replay options
 /// (bit 0: discards off, bit 1: a sector range, bit 2: crash states at every entry, bit 3:
 /// flush-epoch states), the rest, zero-padded to whole sectors, is the log. Opening it,
@@ -674,41 +711,4 @@ pub fn log_writes_log(data: &[u8]) {
             Ok(true)
         });
     }
-}
-
-/// thin_dump XML as `thin restore` reads it: the parse either fails with an error naming a
-/// line and column or gives a pool that restores onto 1 MiB of metadata (or is refused as
-/// too big for it) and dumps back as the document's canonical form.
-pub fn thin_xml(data: &[u8]) {
-    use std::sync::Arc;
-
-    use crate::targets::thin::metadata::block::MetaDev;
-    use crate::targets::thin::metadata::Metadata;
-    use crate::targets::thin::tools::{self, xml, Overrides};
-    use crate::volume::MemVolume;
-    use crate::SectorCount;
-
-    let vol = Arc::new(MemVolume::new(SectorCount(2048)).expect("volume"));
-    let dev = MetaDev::new(vol.clone());
-    let bound = tools::max_mappings(&dev).expect("bound");
-    let pool = match xml::parse(data, bound, &mut |_| {}) {
-        Ok(p) => p,
-        Err(e) => {
-            let msg = e.to_string();
-            assert!(msg.contains("line ") && msg.contains(", column "), "{msg}");
-            return;
-        }
-    };
-    if tools::restore(&pool, &dev, Overrides::default()).is_err() {
-        return; // more than the metadata holds, or mappings past the data device
-    }
-    let md = Metadata::open(vol).expect("restored metadata opens");
-    let dumped = md.dump_xml().expect("restored metadata dumps");
-    assert_eq!(
-        dumped,
-        pool.dump_xml(),
-        "restore then dump is not the canonical form"
-    );
-    let again = xml::parse(dumped.as_bytes(), bound, &mut |_| {}).expect("a dump parses");
-    assert_eq!(again.devices, pool.devices);
 }
