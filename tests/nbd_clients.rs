@@ -504,3 +504,28 @@ fn socket_activated_server_serves_the_inherited_socket() {
     );
     assert!(sock.exists(), "the activator's socket was removed");
 }
+
+/// Structured reads send OFFSET_HOLE chunks for a sparse image's holes (as the file system's
+/// SEEK_HOLE finds them) and one data chunk when the client says "don't fragment".
+#[test]
+fn libnbd_structured_reads_get_hole_chunks_where_the_image_has_holes() {
+    need("nbdsh");
+    let d = tmp();
+    let image = d.path().join("sparse.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(4 << 20).unwrap();
+        f.write_all_at(&random_bytes(8192, 5), 0).unwrap();
+        f.write_all_at(&random_bytes(4096, 6), 2 << 20).unwrap();
+    }
+    std::fs::write(d.path().join("t"), "0 8192 linear sparse.img 0\n").unwrap();
+    let image = image.display().to_string();
+    serve_script(
+        d.path(),
+        &["--table", "t"],
+        "",
+        "holes.py",
+        &[("IMAGE", &image)],
+    );
+}
