@@ -29,6 +29,13 @@ use super::server::{Endpoint, Listen, Server};
 pub struct ServeArgs {
     #[command(flatten)]
     spec: crate::cli::SpecArgs,
+    #[command(flatten)]
+    options: ServeOptions,
+}
+
+/// Where and how long to serve (`dmemu serve` and `dmemu luks serve`).
+#[derive(Debug, clap::Args)]
+pub struct ServeOptions {
     /// Listen on `unix:PATH` or `tcp:HOST:PORT` (`tcp:PORT` binds 127.0.0.1); repeatable.
     /// Default without `--mount`: a Unix socket `nbd.sock` in a new private temporary
     /// directory.
@@ -61,6 +68,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map(|(d, mode)| export_of(d, *mode, args.spec.read_only).map(Arc::new))
             .collect::<Result<_>>()?,
     )?;
+    let served = serve(&exports, &args.options);
+    drop(opened);
+    served
+}
+
+/// Serve `exports` as `args` say until a signal or CMD's end; then stop NBD (drained,
+/// flushed) and unmount the files. Exits the process with CMD's status when it failed.
+pub fn serve(exports: &Exports, args: &ServeOptions) -> Result<()> {
     let activated_fds = std::env::var_os("LISTEN_FDS").is_some();
     let default_socket = args.nbd.is_empty() && !activated_fds && args.mount.is_none();
     let dir = if default_socket || args.run.is_some() {
@@ -113,10 +128,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         Some(Server::start(exports.clone(), &listens)?)
     };
     let mount = match &args.mount {
-        Some(path) => Some(mount(&exports, path)?),
+        Some(path) => Some(mount(exports, path)?),
         None => None,
     };
-    announce(server.as_ref(), mount.as_ref(), &exports)?;
+    announce(server.as_ref(), mount.as_ref(), exports)?;
     if let Some(cmd) = &args.run {
         let mut child = std::process::Command::new("sh");
         child.arg("-c").arg(cmd);
@@ -124,7 +139,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             &mut child,
             server.as_ref(),
             mount.as_ref(),
-            &exports,
+            exports,
             dir.as_ref().map(|d| d.path.as_path()),
         );
         let mut child = child.spawn().map_err(Error::io(&"sh -c CMD"))?;
@@ -137,7 +152,6 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     // NBD first (its clients are drained and every export flushed), then the files.
     let stopped = server.map_or(Ok(()), Server::stop);
     let unmounted = mount.map_or(Ok(()), unmount);
-    drop(opened);
     drop(dir);
     stopped?;
     unmounted?;
