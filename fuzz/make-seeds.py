@@ -10,6 +10,8 @@ src/testing/fuzz.rs takes:
   verity_tree   root hash length, root hash, a hash image with its superblock at 0
   fec_decode    roots, then 255 bytes of a FEC fixture, then erasure positions
   shell_lines   a table index, then the dust message script of tests/fixtures/fault
+  log_writes_log  an options byte, then a dm-log-writes log of tests/fixtures/log-writes
+                (cut after its last counted entry), plain and damaged
 """
 import gzip, json, os, struct
 
@@ -79,3 +81,54 @@ script += ['message 0 enable', 'read 0 8', 'write 0 8 171', 'status', 'table', '
 put('shell_lines', 'dust-messages', b'\0' + '\n'.join(script).encode() + b'\n')
 put('shell_lines', 'flakey-io', b'\1' + b'read 0 64\nwrite 0 1 1\nsleep 1500\nwrite 0 1 2\n'
     b'read 0 1\nmessage 0 x\nstatus\nseed 3\n')
+
+# thin_xml: the thin_dump fixtures, and the malformed documents of tests/thin_tools.rs.
+for name in ('kernel', 'snap', 'snap-m', 'incremental-dmemu'):
+    put('thin_xml', name, open(os.path.join(FIX, 'thin', name + '.xml'), 'rb').read())
+H = (b'<superblock uuid="" time="0" transaction="1" flags="0" version="2" '
+     b'data_block_size="128" nr_data_blocks="100">\n')
+DEV = (b'  <device dev_id="1" mapped_blocks="1" transaction="0" creation_time="0" '
+       b'snap_time="0">\n')
+def m(o, d, n=1, t=0):
+    if n == 1:
+        return b'    <single_mapping origin_block="%d" data_block="%d" time="%d"/>\n' % (o, d, t)
+    return (b'    <range_mapping origin_begin="%d" data_begin="%d" length="%d" time="%d"/>\n'
+            % (o, d, n, t))
+END = b'  </device>\n</superblock>\n'
+put('thin_xml', 'overlap', H + DEV + m(0, 5, 10) + m(3, 50) + END)
+put('thin_xml', 'unclosed', H + DEV + m(0, 5))
+put('thin_xml', 'beyond', H + DEV + m(0, 95, 10) + END)
+put('thin_xml', 'duplicate-device', H + DEV + m(0, 5) + b'  </device>\n' + DEV + END)
+put('thin_xml', 'huge-length', H.replace(b'"100"', b'"18446744073709551615"') + DEV
+    + m(0, 5, 18446744073709551615) + END)
+put('thin_xml', 'nested-device', H + DEV + DEV + b'  </device>\n' + END)
+
+def lw(name):
+    return gzip.open(os.path.join(FIX, 'log-writes', name + '.img.gz')).read()
+
+
+def lw_cut(log, keep=None):
+    """The log up to the end of its entry number `keep` (default: all it counts), with the
+    super counting that many."""
+    n, ss = struct.unpack('<QI', log[16:28])
+    keep = n if keep is None else keep
+    at = ss
+    for _ in range(keep):
+        sector, nr, flags, _ = struct.unpack('<QQQQ', log[at:at + 32])
+        at += ss + (0 if flags & 4 else nr * ss)
+    return log[:16] + struct.pack('<Q', keep) + log[24:at]
+
+
+ops = lw_cut(lw('ops-log'))
+put('log_writes_log', 'ops', b'\0' + ops)
+put('log_writes_log', 'ops-states', b'\x0c' + ops)
+put('log_writes_log', 'ops-range-nodiscard', b'\x03' + ops)
+bad = bytearray(ops)
+bad[6 * 512 + 32] = 1
+put('log_writes_log', 'ops-bad-padding', b'\x04' + bytes(bad))
+more = bytearray(ops)
+more[16:24] = struct.pack('<Q', 40)
+put('log_writes_log', 'ops-super-claims-more', b'\x08' + bytes(more))
+put('log_writes_log', 'ops-truncated', b'\0' + ops[:38400])
+put('log_writes_log', 'ext4-first-8', b'\x0c' + lw_cut(lw('ext4-log'), 8))
+put('log_writes_log', 'no-super', b'\0' + lw('full-log'))

@@ -71,7 +71,9 @@ enum Command {
         #[arg(long)]
         showkeys: bool,
     },
-    /// Read the device's contents to stdout or a file (sparse when the file is new).
+    /// Read the device's contents to stdout or a file (sparse when the file is new). The
+    /// spec is loaded read-only (images opened shared): nothing is written, and several
+    /// readers of one image run at once.
     Read {
         #[command(flatten)]
         spec: SpecArgs,
@@ -124,6 +126,9 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::thin::cli::ThinCommand,
     },
+    /// Replay a dm-log-writes log onto an image, as xfstests' replay-log (same options and
+    /// output); `--fsck CMD --check ...` checks each crash point on a scratch copy.
+    ReplayLog(crate::targets::log_writes::cli::ReplayLogArgs),
     /// Serve every device of the spec over NBD until SIGINT/SIGTERM (or until --run CMD exits).
     Serve(crate::serve::cli::ServeArgs),
     /// Run `message`, `read`, `write`, `status`, `sleep`... lines from stdin against one
@@ -373,8 +378,11 @@ fn run_command(cli: Cli) -> Result<()> {
                 out(&parse_table(&text)?.to_text(keys), &mut stdout)
             }
         }
-        Command::Read { spec, out } => {
+        Command::Read { mut spec, out } => {
             drop(stdout);
+            // A read never writes: tables load read-only (a thin pool with `read_only`)
+            // and image files open shared, so readers run side by side.
+            spec.read_only = true;
             read_out(&*spec.open()?, &out)
         }
         Command::Write { spec, input } => write_in(&*spec.open()?, &input, SECTOR_SIZE),
@@ -402,6 +410,16 @@ fn run_command(cli: Cli) -> Result<()> {
             }
         }
         Command::Serve(args) => crate::serve::cli::run(&args),
+        Command::ReplayLog(args) => {
+            use crate::targets::log_writes::cli::{run, Outcome};
+            match run(&args, &mut stdout)? {
+                Outcome::Done => Ok(()),
+                Outcome::CheckFailed(status) => {
+                    drop(stdout);
+                    std::process::exit(status)
+                }
+            }
+        }
         Command::Shell { spec } => {
             drop(stdout);
             crate::shell::run(&*spec.open()?, io::stdin().lock(), io::stdout().lock())

@@ -68,3 +68,17 @@ fn fuzz_seed_corpus_shell_lines_runs_clean() {
         fuzz::shell_lines(&data);
     }
 }
+
+#[test]
+fn fuzz_seed_corpus_thin_xml_runs_clean() {
+    for (_, data) in corpus("thin_xml") {
+        fuzz::thin_xml(&data);
+    }
+}
+
+#[test]
+fn fuzz_seed_corpus_log_writes_log_runs_clean() {
+    for (_, data) in corpus("log_writes_log") {
+        fuzz::log_writes_log(&data);
+    }
+}

@@ -187,3 +187,156 @@ fn a_table_may_not_use_the_device_it_is_loaded_into() {
         assert_eq!(e.errno(), 22, "{e}");
     }
 }
+
+/// dm-thin's `pool_presuspend` suspends every active thin device and `pool_resume`
+/// resumes them: thin I/O issued while the pool is suspended waits, and a pool reload
+/// (the same pool bound to the new line) lets it through with the data it wrote intact.
+#[test]
+fn thin_io_waits_while_its_pool_is_suspended_and_survives_a_pool_reload() {
+    use dmemu::mapped_device::SuspendFlags;
+    use std::time::Duration;
+    let r = Registry::new();
+    r.insert_volume("meta", Arc::new(MemVolume::new(SectorCount(8192)).unwrap()));
+    r.insert_volume(
+        "data",
+        Arc::new(MemVolume::new(SectorCount(65536)).unwrap()),
+    );
+    create(&r, "pool", "0 32768 thin-pool meta data 128 0");
+    r.message("pool", Sector(0), &["create_thin", "0"]).unwrap();
+    create(&r, "t", "0 65536 thin pool 0");
+    let t = r.device("t").unwrap();
+    t.write(Sector(0), &[1u8; 4096]).unwrap();
+    r.suspend("pool", SuspendFlags::default()).unwrap();
+    std::thread::scope(|s| {
+        let w = s.spawn(|| t.write(Sector(40000), &[2u8; 4096]));
+        let rd = s.spawn(|| {
+            let mut b = [0u8; 4096];
+            t.read(Sector(0), &mut b).map(|()| b)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!w.is_finished(), "a thin write waits for the pool's resume");
+        assert!(!rd.is_finished(), "a thin read waits for the pool's resume");
+        // Reload with a longer pool (growth): the thin device keeps its pool.
+        r.load(
+            "pool",
+            Table::parse("0 65536 thin-pool meta data 128 0").unwrap(),
+            TableMode::ReadWrite,
+        )
+        .unwrap();
+        r.resume("pool").unwrap();
+        w.join().unwrap().unwrap();
+        assert_eq!(rd.join().unwrap().unwrap(), [1u8; 4096]);
+    });
+    let mut b = [0u8; 4096];
+    t.read(Sector(40000), &mut b).unwrap();
+    assert_eq!(b, [2u8; 4096]);
+    let status = r
+        .status_text("pool", dmemu::mapped_device::Slot::Live)
+        .unwrap();
+    assert!(
+        status.contains("/512 "),
+        "data space map grown to 512 blocks: {status}"
+    );
+    // A reload naming other devices is not the same pool (dm-thin's words and errno).
+    r.insert_volume(
+        "meta2",
+        Arc::new(MemVolume::new(SectorCount(8192)).unwrap()),
+    );
+    let e = r
+        .load(
+            "pool",
+            Table::parse("0 65536 thin-pool meta2 data 128 0").unwrap(),
+            TableMode::ReadWrite,
+        )
+        .unwrap_err();
+    assert_eq!(e.errno(), 22, "{e}");
+    assert!(
+        e.to_string()
+            .contains("different pool cannot replace a pool"),
+        "{e}"
+    );
+    let e = r
+        .load(
+            "pool",
+            Table::parse("0 65536 thin-pool meta data 128 0 1 ignore_discard").unwrap(),
+            TableMode::ReadWrite,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Discard support cannot be disabled once enabled"),
+        "{e}"
+    );
+}
+
+/// docker's devicemapper driver grows a pool on loopback files: truncate the data file
+/// larger, refresh the loop device, reload the pool with the new length. Here a table load
+/// reads an image's size again, so the same steps work on plain files.
+#[test]
+fn a_pool_on_files_grows_after_its_data_file_is_extended_and_the_pool_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = dir.path().join("meta");
+    let data = dir.path().join("data");
+    std::fs::File::create(&meta)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    std::fs::File::create(&data)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let r = Registry::new();
+    let pool = |sectors: u64| {
+        format!(
+            "0 {sectors} thin-pool {} {} 128 0",
+            meta.display(),
+            data.display()
+        )
+    };
+    create(&r, "pool", &pool(16384));
+    r.message("pool", Sector(0), &["create_thin", "0"]).unwrap();
+    create(&r, "t", "0 65536 thin pool 0");
+    let t = r.device("t").unwrap();
+    t.write(Sector(0), &[9u8; 65536]).unwrap();
+    // Longer than the file: refused at resume, as the kernel's device_area check does.
+    r.load(
+        "pool",
+        Table::parse(&pool(32768)).unwrap(),
+        TableMode::ReadWrite,
+    )
+    .unwrap();
+    assert!(r.resume("pool").is_err());
+    r.clear("pool").ok();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    r.load(
+        "pool",
+        Table::parse(&pool(32768)).unwrap(),
+        TableMode::ReadWrite,
+    )
+    .unwrap();
+    r.resume("pool").unwrap();
+    let status = r
+        .status_text("pool", dmemu::mapped_device::Slot::Live)
+        .unwrap();
+    assert!(status.contains(" 1/256 "), "grown to 256 blocks: {status}");
+    let mut b = [0u8; 65536];
+    t.read(Sector(0), &mut b).unwrap();
+    assert_eq!(b, [9u8; 65536]);
+    t.write(Sector(60000), &[3u8; 4096]).unwrap();
+    r.remove("t", RemoveMode::Normal).unwrap();
+    r.remove("pool", RemoveMode::Normal).unwrap();
+    // thin_check accepts what the grown pool committed, where it is installed.
+    match std::process::Command::new("thin_check").arg(&meta).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("thin_check not installed: skipping the metadata check"),
+    }
+}

@@ -764,3 +764,181 @@ fn immutable_types_and_a_second_pool_on_one_metadata_are_refused_as_the_kernel_d
     // An error table may replace any type (the wildcard target).
     load(&r, "pool", "0 32768 error").unwrap();
 }
+
+/// The line of a step's output that starts with `prefix`.
+fn line_of<'a>(k: &'a Kernel, id: &str, prefix: &str) -> &'a str {
+    k.out(id)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("{id}: no line starting {prefix:?} in {:?}", k.out(id)))
+}
+
+fn status_line(r: &Registry, name: &str) -> String {
+    r.status_text(name, Slot::Live)
+        .unwrap()
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+fn ev_line(r: &Registry, name: &str) -> String {
+    format!("{name}:{}", r.info(name).unwrap().event_nr)
+}
+
+/// Write `count` 64 KiB blocks from block `seek`, one request each (dd bs=64k
+/// oflag=direct): how many were written, and the error that stopped it.
+fn dd(dev: &dyn Volume, seek: u64, count: u64) -> (u64, Option<dmemu::Error>) {
+    let buf = vec![0x5au8; 65536];
+    for i in 0..count {
+        if let Err(e) = dev.write(Sector((seek + i) * 128), &buf) {
+            return (i, Some(e));
+        }
+    }
+    (count, None)
+}
+
+#[test]
+fn thin_pool_low_water_mark_and_out_of_space_events_match_the_kernel() {
+    let k = Kernel::new("kernel-6.12-events.txt");
+    let (r, _) = registry(&[("254:0", 8192), ("254:16", 8192)]);
+    create(
+        &r,
+        "pool",
+        "0 8192 thin-pool 254:0 254:16 128 32 1 error_if_no_space",
+    );
+    assert_eq!(
+        status_line(&r, "pool"),
+        line_of(&k, "status-pool-0", "0 8192 thin-pool 0")
+    );
+    assert_eq!(ev_line(&r, "pool"), line_of(&k, "status-pool-0", "pool:"));
+    r.message("pool", Sector(0), &["create_thin", "0"]).unwrap();
+    create(&r, "t0", "0 32768 thin /dev/mapper/pool 0");
+    let t0 = r.device("t0").unwrap();
+    assert_eq!(dd(&*t0, 0, 16).0, 16);
+    assert_eq!(status_line(&r, "pool"), line_of(&k, "after-16", "0 8192"));
+    assert_eq!(ev_line(&r, "pool"), line_of(&k, "after-16", "pool:"));
+    assert_eq!(dd(&*t0, 16, 16).0, 16);
+    assert_eq!(status_line(&r, "pool"), line_of(&k, "after-32", "0 8192"));
+    assert_eq!(ev_line(&r, "pool"), line_of(&k, "after-32", "pool:"));
+    // The 33rd block is allocated with 32 free (= the low water mark): one event, which
+    // wakes a waiter.
+    std::thread::scope(|sc| {
+        let waiter = sc.spawn(|| r.wait_event("pool", 0, Some(Duration::from_secs(20))));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished());
+        assert_eq!(dd(&*t0, 32, 1).0, 1);
+        assert_eq!(waiter.join().unwrap().unwrap(), 1);
+    });
+    assert_eq!(status_line(&r, "pool"), line_of(&k, "after-33", "0 8192"));
+    assert_eq!(ev_line(&r, "pool"), line_of(&k, "after-33", "pool:"));
+    assert_eq!(dd(&*t0, 33, 4).0, 4);
+    assert_eq!(
+        ev_line(&r, "pool"),
+        line_of(&k, "write-more-below-lwm", "pool:")
+    );
+    // error_if_no_space: the write that finds no block fails ENOSPC (27 of 40 written, as
+    // dd reported), and the mode change is the second event.
+    let (written, err) = dd(&*t0, 37, 40);
+    assert!(k
+        .out("fill-pool")
+        .contains(&format!("{written}+0 records out")));
+    assert_eq!(err.unwrap().errno(), 28);
+    assert_eq!(
+        status_line(&r, "pool"),
+        line_of(&k, "status-pool-full", "0 8192 thin-pool")
+    );
+    assert_eq!(
+        status_line(&r, "t0"),
+        line_of(&k, "status-pool-full", "0 32768 thin")
+    );
+    assert_eq!(
+        ev_line(&r, "pool"),
+        line_of(&k, "status-pool-full", "pool:")
+    );
+    assert_eq!(ev_line(&r, "t0"), line_of(&k, "status-pool-full", "t0:"));
+    let (_, err) = dd(&*t0, 200, 1);
+    assert_eq!(err.unwrap().errno(), 28);
+    assert_eq!(ev_line(&r, "pool"), line_of(&k, "write-when-full", "pool:"));
+    // Mapped blocks are still written and read, unmapped ones read.
+    assert_eq!(dd(&*t0, 0, 1).0, 1);
+    let mut b = vec![0u8; 65536];
+    t0.read(Sector(0), &mut b).unwrap();
+    t0.read(Sector(200 * 128), &mut b).unwrap();
+}
+
+#[test]
+fn a_full_pool_queues_writes_times_out_and_grows_by_reload_as_the_kernel_does() {
+    let k = Kernel::new("kernel-6.12-events.txt");
+    let clock = ManualClock::shared();
+    let r = Registry::new().with_clock(clock.clone());
+    for (name, sectors) in [("254:32", 8192), ("254:48", 16384)] {
+        r.insert_volume(
+            name,
+            Arc::new(MemVolume::new(SectorCount(sectors)).unwrap()),
+        );
+    }
+    // The fixture set /sys/module/dm_thin_pool/parameters/no_space_timeout to 8.
+    assert!(k.out("no-space-timeout").starts_with("60\n"));
+    r.set_thin_no_space_timeout(Duration::from_secs(8));
+    create(&r, "pd2", "0 4096 linear 254:48 0");
+    create(&r, "pool2", "0 4096 thin-pool 254:32 /dev/mapper/pd2 128 0");
+    r.message("pool2", Sector(0), &["create_thin", "0"])
+        .unwrap();
+    create(&r, "t2", "0 32768 thin /dev/mapper/pool2 0");
+    assert_eq!(
+        status_line(&r, "pool2"),
+        line_of(&k, "create-pool2", "0 4096 thin-pool")
+    );
+    let t2 = r.device("t2").unwrap();
+    std::thread::scope(|sc| {
+        let writer = sc.spawn(|| dd(&*t2, 0, 40));
+        // The 33rd write finds no block and waits (queue_if_no_space).
+        assert!(clock.wait_for_sleepers(1, Duration::from_secs(20)));
+        assert!(!writer.is_finished());
+        assert_eq!(
+            status_line(&r, "pool2"),
+            line_of(&k, "pool2-queueing", "0 4096 thin-pool")
+        );
+        assert_eq!(
+            ev_line(&r, "pool2"),
+            line_of(&k, "pool2-queueing", "pool2:")
+        );
+        // no_space_timeout: the pool turns to error_if_no_space (an event) and the
+        // queued write fails ENOSPC.
+        clock.advance(Duration::from_secs(8));
+        let (written, err) = writer.join().unwrap();
+        assert!(k
+            .out("pool2-timeout")
+            .contains(&format!("{written}+0 records out")));
+        assert_eq!(err.unwrap().errno(), 28);
+    });
+    assert_eq!(
+        status_line(&r, "pool2"),
+        line_of(&k, "pool2-timeout", "0 4096 thin-pool")
+    );
+    assert_eq!(ev_line(&r, "pool2"), line_of(&k, "pool2-timeout", "pool2:"));
+    // Grow the data device, reload the pool with the new length: the same pool (thin t2
+    // keeps working), back to write mode (an event), the data space map grown.
+    load(&r, "pd2", "0 16384 linear 254:48 0").unwrap();
+    r.resume("pd2").unwrap();
+    load(
+        &r,
+        "pool2",
+        "0 16384 thin-pool 254:32 /dev/mapper/pd2 128 0",
+    )
+    .unwrap();
+    r.resume("pool2").unwrap();
+    assert_eq!(
+        status_line(&r, "pool2"),
+        line_of(&k, "grow-pool2", "0 16384 thin-pool")
+    );
+    assert_eq!(ev_line(&r, "pool2"), line_of(&k, "grow-pool2", "pool2:"));
+    assert_eq!(dd(&*t2, 100, 4).0, 4);
+    assert_eq!(
+        status_line(&r, "pool2"),
+        line_of(&k, "write-after-grow", "0 16384 thin-pool")
+    );
+    assert_eq!(
+        ev_line(&r, "pool2"),
+        line_of(&k, "write-after-grow", "pool2:")
+    );
+}

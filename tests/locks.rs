@@ -200,6 +200,9 @@ fn plain_image_one_writer_or_many_readers() {
         b"",
     ));
     assert_eq!(r, vec![9u8; 1 << 20]);
+    // `read` opens read-only without being told: it never writes.
+    let r = ok(&dmemu_in(d.path(), &["read", "--table", "t"], b""));
+    assert_eq!(r, vec![9u8; 1 << 20]);
     assert_busy(
         &dmemu_in(d.path(), &["write", "--table", "t"], &[1; 512]),
         "disk.img",

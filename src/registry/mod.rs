@@ -19,9 +19,10 @@ use crate::table::{DeviceSpec, Table, TableLine, TableMode};
 use crate::targets::context::{typed_target, BuildContext};
 use crate::targets::crypt::Keyring;
 use crate::targets::snapshot::OriginSnapshots;
-use crate::targets::{DeviceRef, Keys, Target, TargetSpec, ThinPool};
+use crate::targets::thin::PoolTable;
+use crate::targets::{DeviceRef, Keys, Target, TargetSpec};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{Access, SharedVolume};
+use crate::volume::{Access, FileVolume, SharedVolume};
 
 mod resolve;
 
@@ -88,13 +89,19 @@ pub struct Registry {
     bindings: BTreeMap<String, PathBuf>,
     named: Mutex<BTreeMap<String, SharedVolume>>,
     hash: Mutex<DeviceHash>,
-    files: Mutex<BTreeMap<PathBuf, SharedVolume>>,
+    files: Mutex<BTreeMap<PathBuf, OpenFile>>,
     clock: RegistryClock,
     keyring: Keyring,
     /// The kernel's `_origins` hash: each origin volume's snapshot list, keyed by volume
     /// identity (the same file or device resolves to the same `Arc`).
     origins: Mutex<Vec<(SharedVolume, Arc<OriginSnapshots>)>>,
+    /// The kernel's `dm_thin_pool_table`: the pool object of each metadata device.
+    pools: Arc<PoolTable>,
 }
+
+/// An image file a registry opened: the volume tables get, and the file handle when it is
+/// one (its size is read again at each table load).
+type OpenFile = (SharedVolume, Option<Arc<FileVolume>>);
 
 /// The clock targets built through a registry read time from (system clock by default).
 #[derive(Debug, Clone)]
@@ -191,6 +198,13 @@ impl Registry {
     #[must_use]
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+
+    /// dm-thin's `no_space_timeout` module parameter for pools created from now on: how
+    /// long a full pool in `queue_if_no_space` mode holds writes that need a block before
+    /// failing them (default 60 s; zero: for ever).
+    pub fn set_thin_no_space_timeout(&self, timeout: std::time::Duration) {
+        self.pools.set_no_space_timeout(timeout);
     }
 
     /// Make `volume` available to tables under `name`.
@@ -336,52 +350,8 @@ impl Registry {
                 ));
             }
         }
-        self.check_pool_metadata(&loaded)?;
         let old = dev.set_inactive(Arc::new(loaded));
         drop(old);
-        Ok(())
-    }
-
-    /// A thin-pool's metadata may back one pool object only: the kernel refuses a second
-    /// pool on it with EBUSY ("metadata device already in use by a pool"). A reload of the
-    /// same pool device is refused too for now: the kernel rebinds its one `struct pool`,
-    /// which dmemu does not model yet, and a second pool object over live metadata would
-    /// commit a stale view.
-    fn check_pool_metadata(&self, loaded: &LoadedTable) -> Result<()> {
-        let pools = |t: &LoadedTable| -> Vec<SharedVolume> {
-            t.segments()
-                .iter()
-                .filter_map(|seg| {
-                    let any: Arc<dyn std::any::Any + Send + Sync> =
-                        Arc::clone(&seg.target) as Arc<dyn Target>;
-                    any.downcast::<ThinPool>()
-                        .ok()
-                        .map(|p| Arc::clone(p.metadata_volume()))
-                })
-                .collect()
-        };
-        let new = pools(loaded);
-        if new.is_empty() {
-            return Ok(());
-        }
-        let devices: Vec<Arc<MappedDevice>> = lock(&self.hash).by_name.values().cloned().collect();
-        for d in devices {
-            for t in [d.live_table(), d.inactive_table()].into_iter().flatten() {
-                for m in pools(&t) {
-                    if new
-                        .iter()
-                        .any(|n| std::ptr::addr_eq(Arc::as_ptr(n), Arc::as_ptr(&m)))
-                    {
-                        return Err(Error::Busy {
-                            what: d.name(),
-                            reason: "thin-pool: metadata device already in use by a pool \
-                                     (a pool device's table cannot be reloaded yet)"
-                                .to_string(),
-                        });
-                    }
-                }
-            }
-        }
         Ok(())
     }
 

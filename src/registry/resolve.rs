@@ -15,6 +15,7 @@ use crate::mapped_device::{MappedDevice, OpenGuard, DM_MAJOR};
 use crate::targets::context::{BuildContext, TableEvents};
 use crate::targets::crypt::Keyring;
 use crate::targets::snapshot::OriginSnapshots;
+use crate::targets::thin::PoolTable;
 use crate::targets::{DeviceRef, Target};
 use crate::volume::{Access, FileVolume, MmapVolume, SharedVolume};
 
@@ -86,29 +87,34 @@ impl Registry {
         Ok((self.file(Path::new(name))?, None))
     }
 
+    /// An image file, opened once per registry. A file opened before has its size read
+    /// again, so a table loaded after the image grew sees the new size (a loop device
+    /// after `losetup -c`): how a thin pool's data file is grown.
     fn file(&self, path: &Path) -> Result<SharedVolume> {
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if let Some(v) = lock(&self.files).get(&key) {
+        if let Some((v, file)) = lock(&self.files).get(&key) {
+            if let Some(f) = file {
+                f.revalidate()?;
+            }
             return Ok(Arc::clone(v));
         }
-        let v = self.open_file(path)?;
-        lock(&self.files).insert(key, Arc::clone(&v));
+        let (v, file) = self.open_file(path)?;
+        lock(&self.files).insert(key, (Arc::clone(&v), file));
         Ok(v)
     }
 
-    fn open_file(&self, path: &Path) -> Result<SharedVolume> {
+    fn open_file(&self, path: &Path) -> Result<(SharedVolume, Option<Arc<FileVolume>>)> {
         let is_regular = std::fs::metadata(path)
             .map_err(|e| Error::NoDevice(format!("{} ({e})", path.display())))?
             .is_file();
-        match self.access {
+        let file = match self.access {
             Some(Access::ReadOnly) => {
                 if self.backing == Backing::MmapReadOnly && is_regular {
-                    Ok(Arc::new(MmapVolume::open(path)?))
-                } else {
-                    Ok(Arc::new(FileVolume::open(path, Access::ReadOnly)?))
+                    return Ok((Arc::new(MmapVolume::open(path)?), None));
                 }
+                FileVolume::open(path, Access::ReadOnly)?
             }
-            Some(Access::ReadWrite) => Ok(Arc::new(FileVolume::open(path, Access::ReadWrite)?)),
+            Some(Access::ReadWrite) => FileVolume::open(path, Access::ReadWrite)?,
             None => match FileVolume::open(path, Access::ReadWrite) {
                 Err(Error::Io { source, .. })
                     if matches!(
@@ -116,11 +122,13 @@ impl Registry {
                         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
                     ) =>
                 {
-                    Ok(Arc::new(FileVolume::open(path, Access::ReadOnly)?))
+                    FileVolume::open(path, Access::ReadOnly)?
                 }
-                other => Ok(Arc::new(other?)),
+                other => other?,
             },
-        }
+        };
+        let file = Arc::new(file);
+        Ok((Arc::clone(&file) as SharedVolume, Some(file)))
     }
 }
 
@@ -199,6 +207,14 @@ impl BuildContext for LoadContext<'_> {
 
     fn events(&self) -> TableEvents {
         self.events.clone()
+    }
+
+    fn thin_pools(&self) -> Arc<PoolTable> {
+        Arc::clone(&self.registry.pools)
+    }
+
+    fn device_minor(&self) -> Option<u32> {
+        self.target_minor
     }
 
     fn area_error(&self, error: Error) -> Result<()> {

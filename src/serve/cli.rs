@@ -141,16 +141,19 @@ fn announce(server: &Server) -> Result<()> {
 }
 
 fn captive_env(cmd: &mut std::process::Command, server: &Server, dir: Option<&Path>) {
-    let default = server.exports().find(b"").map_or("", |e| e.name());
+    let default = server
+        .exports()
+        .find(b"")
+        .map_or_else(String::new, |e| e.name().to_string());
     if let Some(ep) = server.endpoints().first() {
-        let uri = ep.uri(default);
+        let uri = ep.uri(&default);
         cmd.env("uri", &uri).env("nbd", &uri);
         match ep {
             Endpoint::Unix(p) => cmd.env("unixsocket", p),
             Endpoint::Tcp(a) => cmd.env("port", a.port().to_string()),
         };
     }
-    cmd.env("exportname", default);
+    cmd.env("exportname", &default);
     if let Some(d) = dir {
         cmd.env("dir", d);
     }

@@ -13,6 +13,7 @@ use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 use crate::targets::crypt::Keyring;
 use crate::targets::snapshot::OriginSnapshots;
+use crate::targets::thin::PoolTable;
 use crate::targets::{DeviceAt, DeviceRef, Target};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_range, SharedVolume};
@@ -39,6 +40,14 @@ pub trait BuildContext {
 
     /// The event hook of the table being built (`dm_table_event`).
     fn events(&self) -> TableEvents;
+
+    /// The thin pools that exist (dm-thin.c's `dm_thin_pool_table`), shared by every table
+    /// the device layer builds: a `thin-pool` line finds the pool it reloads there.
+    fn thin_pools(&self) -> Arc<PoolTable>;
+
+    /// The minor number of the mapped device the table is built for, if any (a pool is
+    /// owned by the device whose table created it).
+    fn device_minor(&self) -> Option<u32>;
 
     /// A mapped range does not lie on its device. The kernel finds this when the table
     /// goes live (`dm_calculate_queue_limits` at resume), not at load: a registry records

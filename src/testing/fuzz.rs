@@ -604,3 +604,111 @@ pub fn nbd_session(data: &[u8]) {
     );
     assert!(b_mem.to_vec() == b_bytes, "a read-only export changed");
 }
+
+/// thin_dump XML as `thin restore` reads it: the parse either fails with an error naming a
+/// line and column or gives a pool that restores onto 1 MiB of metadata (or is refused as
+/// too big for it) and dumps back as the document's canonical form.
+pub fn thin_xml(data: &[u8]) {
+    use std::sync::Arc;
+
+    use crate::targets::thin::metadata::block::MetaDev;
+    use crate::targets::thin::metadata::Metadata;
+    use crate::targets::thin::tools::{self, xml, Overrides};
+    use crate::volume::MemVolume;
+    use crate::SectorCount;
+
+    let vol = Arc::new(MemVolume::new(SectorCount(2048)).expect("volume"));
+    let dev = MetaDev::new(vol.clone());
+    let bound = tools::max_mappings(&dev).expect("bound");
+    let pool = match xml::parse(data, bound, &mut |_| {}) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("line ") && msg.contains(", column "), "{msg}");
+            return;
+        }
+    };
+    if tools::restore(&pool, &dev, Overrides::default()).is_err() {
+        return; // more than the metadata holds, or mappings past the data device
+    }
+    let md = Metadata::open(vol).expect("restored metadata opens");
+    let dumped = md.dump_xml().expect("restored metadata dumps");
+    assert_eq!(
+        dumped,
+        pool.dump_xml(),
+        "restore then dump is not the canonical form"
+    );
+    let again = xml::parse(dumped.as_bytes(), bound, &mut |_| {}).expect("a dump parses");
+    assert_eq!(again.devices, pool.devices);
+}
+
+/// A dm-log-writes log from untrusted bytes: the first byte picks the replay options
+/// (bit 0: discards off, bit 1: a sector range, bit 2: crash states at every entry, bit 3:
+/// flush-epoch states), the rest, zero-padded to whole sectors, is the log. Opening it,
+/// walking its entries and replaying them onto a 1 MiB device must return errors, never
+/// panic, hang or allocate beyond the log's own size; an error names the entry it stopped
+/// at, and every entry before it replays.
+pub fn log_writes_log(data: &[u8]) {
+    use crate::targets::log_writes::format::LogReader;
+    use crate::targets::log_writes::replay::{
+        crash_states, epoch_states, CheckAt, Replay, ReplayOptions,
+    };
+    use crate::units::{Sector, SectorCount};
+    use crate::volume::{MemVolume, Volume};
+
+    let Some((&pick, log)) = data.split_first() else {
+        return;
+    };
+    let mut bytes = log.to_vec();
+    bytes.resize(bytes.len().div_ceil(512).max(1) * 512, 0);
+    let log = MemVolume::from_bytes(bytes).expect("log");
+    let opts = ReplayOptions {
+        discard: pick & 1 == 0,
+        start_sector: if pick & 2 != 0 { 8 } else { 0 },
+        end_sector: if pick & 2 != 0 { 1000 } else { u64::MAX },
+    };
+    let Ok(reader) = LogReader::open(&log) else {
+        return;
+    };
+    let mut good = 0u64;
+    for e in reader.entries() {
+        match e {
+            Ok(e) => {
+                assert_eq!(e.index, good);
+                assert!(e.end_offset(reader.super_block().sectorsize) <= log.size().bytes());
+                good += 1;
+            }
+            Err(err) => {
+                let text = err.to_string();
+                assert!(text.contains(&format!("entry {good}")), "{text}");
+            }
+        }
+    }
+    let dev = MemVolume::new(SectorCount(2048)).expect("dev");
+    let Ok(mut replay) = Replay::new(&log, &dev, opts) else {
+        return;
+    };
+    let mut applied = 0u64;
+    while let Some(step) = replay.apply_next() {
+        if step.is_err() {
+            break;
+        }
+        applied += 1;
+    }
+    assert!(applied <= good);
+    let mut buf = vec![0u8; 4096];
+    if pick & 4 != 0 {
+        let fresh = MemVolume::new(SectorCount(2048)).expect("dev");
+        let _ = crash_states(&log, &fresh, opts, &CheckAt::Every, |_, view| {
+            view.read(Sector(0), &mut buf)?;
+            Ok(true)
+        });
+    }
+    if pick & 8 != 0 {
+        let fresh = MemVolume::new(SectorCount(2048)).expect("dev");
+        let _ = epoch_states(&log, &fresh, opts, 2, 8, |_, view| {
+            view.read(Sector(0), &mut buf)?;
+            Ok(true)
+        });
+    }
+}

@@ -13,7 +13,6 @@ const OTHER_TYPES: &[&str] = &[
     "clone",
     "ebs",
     "era",
-    "log-writes",
     "mirror",
     "raid",
     "switch",
@@ -251,6 +250,12 @@ pub fn snapshot_origin() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         .prop_map(|(len, dev)| typed("snapshot-origin", len, dev.to_string()))
 }
 
+/// `log-writes <dev> <logdev>`.
+pub fn log_writes() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (1u64..1 << 32, two_devices())
+        .prop_map(|(len, (dev, log))| typed("log-writes", len, format!("{dev} {log}")))
+}
+
 /// `thin` with and without an external origin.
 pub fn thin() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     (1u64..1 << 32, two_devices(), 0u32..1 << 24, prop::bool::ANY).prop_map(
@@ -355,7 +360,8 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         crypt(),
         snapshot(),
         snapshot_origin(),
-        thin()
+        thin(),
+        log_writes()
     ]
 }
 

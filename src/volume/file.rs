@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
 use rustix::io::{pwritev2, Errno, ReadWriteFlags};
@@ -37,7 +38,9 @@ pub enum Access {
 pub struct FileVolume {
     file: ImageFile,
     path: PathBuf,
-    size: SectorCount,
+    /// In sectors; re-read by `revalidate` (a grown image, as `losetup -c` does for a loop
+    /// device).
+    size: AtomicU64,
     access: Access,
 }
 
@@ -69,9 +72,18 @@ impl FileVolume {
         Ok(FileVolume {
             file,
             path,
-            size: SectorCount::floor_bytes(len),
+            size: AtomicU64::new(SectorCount::floor_bytes(len).0),
             access,
         })
+    }
+
+    /// Read the file's size again (it may have grown or shrunk since it was opened) and
+    /// use it from now on; the new size.
+    pub fn revalidate(&self) -> Result<SectorCount> {
+        let len = block_len(self.file.file()).map_err(Error::io(&self.path.display()))?;
+        let size = SectorCount::floor_bytes(len);
+        self.size.store(size.0, Ordering::Release);
+        Ok(size)
     }
 
     /// The path this volume was opened from.
@@ -147,11 +159,11 @@ fn block_len(file: &File) -> std::io::Result<u64> {
 
 impl Volume for FileVolume {
     fn size(&self) -> SectorCount {
-        self.size
+        SectorCount(self.size.load(Ordering::Acquire))
     }
 
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
-        check_io(self.size, sector, buf.len())?;
+        check_io(self.size(), sector, buf.len())?;
         self.file
             .file()
             .read_exact_at(buf, sector.byte_offset())
@@ -159,7 +171,7 @@ impl Volume for FileVolume {
     }
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        check_io(self.size, sector, buf.len())?;
+        check_io(self.size(), sector, buf.len())?;
         self.writable()?;
         self.file
             .file()
@@ -178,7 +190,7 @@ impl Volume for FileVolume {
     }
 
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
-        check_range(self.size, sector, count)?;
+        check_range(self.size(), sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());
@@ -196,7 +208,7 @@ impl Volume for FileVolume {
     /// the call returns, as with a FUA write. Kernels or files refusing the flag get
     /// pwrite + fdatasync.
     fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        check_io(self.size, sector, buf.len())?;
+        check_io(self.size(), sector, buf.len())?;
         self.writable()?;
         let mut done = 0usize;
         while done < buf.len() {
@@ -217,7 +229,7 @@ impl Volume for FileVolume {
     }
 
     fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
-        check_range(self.size, sector, count)?;
+        check_range(self.size(), sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());
@@ -236,7 +248,7 @@ impl Volume for FileVolume {
     /// SEEK_DATA / SEEK_HOLE from the range's start. Hole edges are rounded inwards to
     /// whole sectors (a partly written sector is data).
     fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
-        check_range(self.size, sector, count)?;
+        check_range(self.size(), sector, count)?;
         let end = (sector + count).byte_offset();
         let mut at = sector.byte_offset();
         let mut out = Extents::new();

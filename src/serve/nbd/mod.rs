@@ -3,11 +3,9 @@
 //! haggling), `transmission` (the request loop) and `reply` (option replies, simple and
 //! structured replies, the errno mapping). Blocking I/O on one thread per connection.
 
+pub use super::exports::Exports;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use super::export::Export;
 
 mod handshake;
 mod options;
@@ -31,39 +29,6 @@ const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 /// The metadata context this server offers, and the id it is given.
 const BASE_ALLOCATION: &str = "base:allocation";
 const BASE_ALLOCATION_ID: u32 = 1;
-
-/// The set of exports a server offers; the empty name selects the default one.
-#[derive(Debug, Clone)]
-pub struct Exports {
-    list: Vec<Arc<Export>>,
-    default: usize,
-}
-
-impl Exports {
-    /// Offer `list`; `""` names the last one (the default export).
-    pub fn new(list: Vec<Arc<Export>>) -> crate::Result<Exports> {
-        if list.is_empty() {
-            return Err(crate::Error::invalid("exports", "no export to serve"));
-        }
-        let default = list.len() - 1;
-        Ok(Exports { list, default })
-    }
-
-    /// Every export, in order.
-    #[must_use]
-    pub fn list(&self) -> &[Arc<Export>] {
-        &self.list
-    }
-
-    /// The export a client naming `name` gets.
-    #[must_use]
-    pub fn find(&self, name: &[u8]) -> Option<&Arc<Export>> {
-        if name.is_empty() {
-            return self.list.get(self.default);
-        }
-        self.list.iter().find(|e| e.name().as_bytes() == name)
-    }
-}
 
 /// Whether the server is stopping: options then fail with NBD_REP_ERR_SHUTDOWN and
 /// requests with ESHUTDOWN, so clients disconnect softly.

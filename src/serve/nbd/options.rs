@@ -16,6 +16,7 @@ use super::{
     BASE_ALLOCATION_ID, IHAVEOPT, MAX_OPTION, MAX_REQUEST,
 };
 use crate::serve::export::{Export, ExportAccess};
+use crate::serve::exports::OpenExport;
 
 const OPT_EXPORT_NAME: u32 = 1;
 const OPT_ABORT: u32 = 2;
@@ -46,7 +47,8 @@ const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 /// What haggling settled: the export and how replies are framed.
 #[derive(Debug)]
 pub(super) struct Session {
-    pub(super) export: Arc<Export>,
+    /// Open for the whole session, so the export cannot be removed under the client.
+    pub(super) export: OpenExport,
     /// NBD_OPT_STRUCTURED_REPLY was negotiated.
     pub(super) structured: bool,
     /// `base:allocation` was selected for this export (its context id).
@@ -156,13 +158,15 @@ fn transmission_flags(export: &Export, structured: bool) -> u16 {
     f
 }
 
-fn session(export: &Arc<Export>, state: &State) -> Session {
+fn session(export: OpenExport, state: &State) -> Session {
     let base_allocation = match &state.meta {
-        Some((e, true)) if Arc::ptr_eq(e, export) && state.structured => Some(BASE_ALLOCATION_ID),
+        Some((e, true)) if Arc::ptr_eq(e, export.export()) && state.structured => {
+            Some(BASE_ALLOCATION_ID)
+        }
         _ => None,
     };
     Session {
-        export: Arc::clone(export),
+        export,
         structured: state.structured,
         base_allocation,
     }
@@ -177,11 +181,11 @@ fn export_name(
 ) -> io::Result<Session> {
     // No way to refuse here but to hang up.
     let export = exports
-        .find(name)
+        .open(name)
         .ok_or_else(|| protocol_error("NBD_OPT_EXPORT_NAME names no export"))?;
     let mut out = Vec::with_capacity(134);
     out.extend_from_slice(&export.size().to_be_bytes());
-    out.extend_from_slice(&transmission_flags(export, state.structured).to_be_bytes());
+    out.extend_from_slice(&transmission_flags(&export, state.structured).to_be_bytes());
     if !flags.no_zeroes {
         out.extend_from_slice(&[0u8; 124]);
     }
@@ -237,14 +241,14 @@ fn info(
         return Ok(None);
     };
     let requests: Vec<u16> = requests;
-    let Some(export) = exports.find(name) else {
+    let Some(export) = exports.open(name) else {
         reply::option_error(w, opt, REP_ERR_UNKNOWN, "no such export")?;
         return Ok(None);
     };
     let mut ex = Vec::with_capacity(12);
     ex.extend_from_slice(&INFO_EXPORT.to_be_bytes());
     ex.extend_from_slice(&export.size().to_be_bytes());
-    ex.extend_from_slice(&transmission_flags(export, state.structured).to_be_bytes());
+    ex.extend_from_slice(&transmission_flags(&export, state.structured).to_be_bytes());
     reply::option(w, opt, REP_INFO, &[&ex])?;
     if requests.contains(&INFO_NAME) {
         reply::option(
@@ -335,7 +339,7 @@ fn meta_context(
         )?;
     }
     if opt == OPT_SET_META_CONTEXT {
-        state.meta = Some((Arc::clone(export), selected));
+        state.meta = Some((export, selected));
     }
     reply::option(w, opt, REP_ACK, &[])
 }

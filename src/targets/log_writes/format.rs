@@ -242,6 +242,14 @@ impl<'a> LogReader<'a> {
     /// sector must lie in the log, not be all zeros, be zero padded unless it is a mark,
     /// and its data must fit in the log.
     pub fn entry_at(&self, index: u64, offset: u64) -> Result<LogEntry> {
+        let e = self.header_at(index, offset)?;
+        self.check_data(&e)?;
+        Ok(e)
+    }
+
+    /// The entry sector's checks of [`entry_at`](Self::entry_at), not the data's: what
+    /// replay-log knows when it prints an entry, before it reads the data.
+    pub fn header_at(&self, index: u64, offset: u64) -> Result<LogEntry> {
         let ss = u64::from(self.sup.sectorsize);
         let at = |detail: String| corrupt("log entry", offset, format!("entry {index}: {detail}"));
         if offset
@@ -279,29 +287,19 @@ impl<'a> LogReader<'a> {
         } else {
             None
         };
-        let data_bytes = if flags & DISCARD != 0 {
-            0
-        } else {
-            nr_sectors.checked_mul(ss).ok_or_else(|| {
-                at(format!(
-                    "sector count {nr_sectors} does not fit (times sectorsize {ss})"
-                ))
-            })?
-        };
-        if sector.checked_add(nr_sectors).is_none() || sector.checked_mul(ss).is_none() {
-            return Err(at(format!(
-                "sector {sector} + {nr_sectors} sectors does not fit in 64 bits of bytes"
-            )));
-        }
-        let data_end = offset + ss;
-        if data_end
-            .checked_add(data_bytes)
-            .is_none_or(|end| end > self.log_bytes)
+        let bytes = nr_sectors.checked_mul(ss).ok_or_else(|| {
+            at(format!(
+                "sector count {nr_sectors} does not fit (times sectorsize {ss})"
+            ))
+        })?;
+        let data_bytes = if flags & DISCARD != 0 { 0 } else { bytes };
+        if sector
+            .checked_add(nr_sectors)
+            .and_then(|end| end.checked_mul(ss))
+            .is_none()
         {
             return Err(at(format!(
-                "Error reading data: {data_bytes} bytes at byte {data_end} run past the log \
-                 end ({} bytes)",
-                self.log_bytes
+                "sector {sector} + {nr_sectors} sectors does not fit in 64 bits of bytes"
             )));
         }
         Ok(LogEntry {
@@ -313,6 +311,26 @@ impl<'a> LogReader<'a> {
             mark,
             data_bytes,
         })
+    }
+
+    /// Whether the entry's data lies in the log.
+    pub fn check_data(&self, e: &LogEntry) -> Result<()> {
+        let data_end = e.data_offset(self.sup.sectorsize);
+        if data_end
+            .checked_add(e.data_bytes)
+            .is_none_or(|end| end > self.log_bytes)
+        {
+            return Err(corrupt(
+                "log entry",
+                e.offset,
+                format!(
+                    "entry {}: Error reading data: {} bytes at byte {data_end} run past the \
+                     log end ({} bytes)",
+                    e.index, e.data_bytes, self.log_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The entries the super counts, in order; the first damaged one ends the walk with

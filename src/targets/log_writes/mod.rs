@@ -6,7 +6,8 @@
 //! Table args: `<dev> <logdev>` (`log_writes_ctr`: fewer than two is "Invalid argument
 //! count"; further tokens are ignored and do not print back).
 //!
-//! The log format is in [`format`]; the target in `target.rs` ([`LogWrites`]).
+//! The log format is in [`format`]; the target in `target.rs` ([`LogWrites`]); replay and
+//! crash states in [`replay`]; `dmemu replay-log` in `cli.rs`.
 
 use std::fmt;
 
@@ -14,6 +15,8 @@ use crate::table::args::{ArgResult, Args};
 
 use super::DeviceRef;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod format;
 pub mod replay;
 mod target;

@@ -23,7 +23,7 @@ use super::format::{LogEntry, LogReader, DISCARD, FLUSH, FUA, MARK};
 /// Largest piece of entry data read from the log at once.
 const COPY_CHUNK: u64 = 1 << 20;
 /// replay-log's `max_chunk` (1 GiB): discards are zeroed in pieces of this size.
-const DISCARD_CHUNK: u64 = 1 << 30;
+pub const DISCARD_CHUNK: u64 = 1 << 30;
 /// replay-log's `max_zero_size` (128 MiB): a larger discard piece is skipped when the
 /// replay device cannot discard (a file), as `zero_range` does.
 pub const MAX_ZERO_SIZE: u64 = 128 << 20;
@@ -62,8 +62,9 @@ pub enum Applied {
     DiscardTooLarge,
 }
 
-/// `log_should_skip`.
-fn should_skip(e: &LogEntry, opts: &ReplayOptions) -> bool {
+/// `log_should_skip`: a write entirely outside `[start_sector, end_sector]`.
+#[must_use]
+pub fn should_skip(e: &LogEntry, opts: &ReplayOptions) -> bool {
     e.nr_sectors != 0
         && (e.sector + e.nr_sectors <= opts.start_sector || e.sector > opts.end_sector)
 }

@@ -20,32 +20,48 @@ const SECTORSIZE: u32 = 512;
 /// The end mark `log_writes_dtr` logs.
 pub const END_MARK: &str = "dm-log-writes-end";
 
-/// A write, flush, discard or mark waiting to be logged (`struct pending_block`): its
-/// entry sector followed by the data, laid out as it goes to the log.
-#[derive(Debug)]
-struct Pending {
+/// One block of a [`Blocks`] run (`struct pending_block`).
+#[derive(Clone, Copy, Debug)]
+struct Meta {
     flags: u64,
     nr_sectors: u64,
-    buf: Vec<u8>,
 }
 
-impl Pending {
-    fn new(sector: u64, nr_sectors: u64, flags: u64, mark: &[u8], data: &[u8]) -> Pending {
-        let mut buf = Vec::with_capacity(SECTORSIZE as usize + data.len());
-        push_entry_sector(&mut buf, sector, nr_sectors, flags, mark, SECTORSIZE);
-        buf.extend_from_slice(data);
-        Pending {
-            flags,
-            nr_sectors,
-            buf,
-        }
+/// Writes, flushes, discards and marks waiting to be logged, laid out as they go to the
+/// log: each block's entry sector followed by its data, back to back, so a run of them is
+/// written with one call (the log kthread writes them to consecutive sectors).
+#[derive(Debug, Default)]
+struct Blocks {
+    bytes: Vec<u8>,
+    meta: Vec<Meta>,
+}
+
+impl Blocks {
+    fn push(&mut self, sector: u64, nr_sectors: u64, flags: u64, mark: &[u8], data: &[u8]) {
+        push_entry_sector(&mut self.bytes, sector, nr_sectors, flags, mark, SECTORSIZE);
+        self.bytes.extend_from_slice(data);
+        self.meta.push(Meta { flags, nr_sectors });
     }
 
-    fn mark(text: &[u8]) -> Pending {
+    fn one(sector: u64, nr_sectors: u64, flags: u64, mark: &[u8], data: &[u8]) -> Blocks {
+        let mut b = Blocks {
+            bytes: Vec::with_capacity(SECTORSIZE as usize + data.len()),
+            meta: Vec::with_capacity(1),
+        };
+        b.push(sector, nr_sectors, flags, mark, data);
+        b
+    }
+
+    fn push_mark(&mut self, text: &[u8]) {
         // log_mark: kstrndup(data, sectorsize - sizeof(entry) - 1).
         let max = SECTORSIZE as usize - super::format::ENTRY_HEADER - 1;
         let text = text.split(|&b| b == 0).next().unwrap_or(&[]);
-        Pending::new(0, 0, MARK, &text[..text.len().min(max)], &[])
+        self.push(0, 0, MARK, &text[..text.len().min(max)], &[]);
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.meta.clear();
     }
 }
 
@@ -60,8 +76,10 @@ struct Logger {
 
 /// A constructed `log-writes` target.
 ///
-/// As in the kernel, a write is copied when it is submitted and joins the unflushed list
-/// when it completes (whatever its outcome: `normal_end_io` does not look at the status);
+/// As in the kernel, a write joins the unflushed list when it completes (whatever its
+/// outcome: `normal_end_io` does not look at the status; the kernel copies the data at
+/// submission, dmemu at completion, which is the same bytes as the caller's buffer is
+/// borrowed for the whole call);
 /// a flush takes the unflushed list when it is submitted and, on completion, logs it
 /// followed by the flush entry; a FUA write is logged on completion; a discard joins the
 /// unflushed list; a mark is logged at once. The super is rewritten after every FUA and
@@ -69,6 +87,9 @@ struct Logger {
 /// device, logging stops for good (`logging_disabled` in the status) and I/O passes
 /// through. Dropping the target (the table is replaced or removed) logs the unflushed list
 /// and the end mark `dm-log-writes-end`, as `log_writes_dtr` does.
+///
+/// The unflushed list is one buffer laid out as the log will hold it, so a flush writes
+/// its writes to the log in one call (`benches/log_writes.rs`).
 ///
 /// Locking: completions append to `unflushed` under a short lock; entries are written to
 /// the log under the `logger` lock, which is the kernel's single log kthread: it is held
@@ -80,7 +101,9 @@ pub struct LogWrites {
     log: SharedVolume,
     size: SectorCount,
     enabled: AtomicBool,
-    unflushed: Mutex<Vec<Pending>>,
+    unflushed: Mutex<Blocks>,
+    /// The buffers of the last flush's list, reused by the next one.
+    spare: Mutex<Blocks>,
     logger: Mutex<Logger>,
 }
 
@@ -116,7 +139,8 @@ impl LogWrites {
             log,
             size: len,
             enabled: AtomicBool::new(true),
-            unflushed: Mutex::new(Vec::new()),
+            unflushed: Mutex::new(Blocks::default()),
+            spare: Mutex::new(Blocks::default()),
             logger: Mutex::new(Logger {
                 logged_entries: 0,
                 next_sector: u64::from(SECTORSIZE) / SECTOR_SIZE as u64,
@@ -139,7 +163,9 @@ impl LogWrites {
 
     /// Log a mark now (the `mark` message).
     pub fn mark(&self, text: &str) {
-        self.log_blocks(vec![Pending::mark(text.as_bytes())]);
+        let mut b = Blocks::default();
+        b.push_mark(text.as_bytes());
+        self.log_blocks(&b);
     }
 
     fn disable(&self) {
@@ -147,40 +173,71 @@ impl LogWrites {
     }
 
     /// The log kthread: give each block its place, write it, and rewrite the super after
-    /// FUA and mark entries. Blocks arriving once logging is off are dropped.
-    fn log_blocks(&self, blocks: Vec<Pending>) {
+    /// FUA and mark entries. Blocks arriving once logging is off are dropped. Consecutive
+    /// blocks go to the log in one write, up to a FUA or mark (whose super rewrite must
+    /// follow it) or the block that would fill the log.
+    fn log_blocks(&self, blocks: &Blocks) {
         let mut lg = lock(&self.logger);
-        for block in blocks {
+        let mut at = 0usize; // byte offset in blocks.bytes of the run's start
+        let mut run_sector = lg.next_sector;
+        let mut run_bytes = 0usize;
+        for m in &blocks.meta {
             if !self.logging_enabled() {
                 return;
             }
-            let sector = lg.next_sector;
-            if block.flags & DISCARD == 0 {
-                lg.next_sector += block.nr_sectors;
-            }
-            lg.next_sector += 1;
+            let data = if m.flags & DISCARD == 0 {
+                m.nr_sectors
+            } else {
+                0
+            };
+            lg.next_sector += data + 1;
             if lg.end_sector != 0 && lg.next_sector >= lg.end_sector {
                 self.disable();
+                let _ = self.write_run(run_sector, &blocks.bytes[at..at + run_bytes]);
                 return;
             }
             lg.logged_entries += 1;
-            if self.log.write(Sector(sector), &block.buf).is_err() {
-                self.disable();
-                return;
-            }
-            if block.flags & (FUA | MARK) != 0 {
+            run_bytes += SECTORSIZE as usize + (data * SECTOR_SIZE as u64) as usize;
+            if m.flags & (FUA | MARK) != 0 {
+                if self
+                    .write_run(run_sector, &blocks.bytes[at..at + run_bytes])
+                    .is_err()
+                {
+                    return;
+                }
                 let sup = encode_super(lg.logged_entries, SECTORSIZE);
                 if self.log.write(Sector(0), &sup).is_err() {
                     self.disable();
                     return;
                 }
+                at += run_bytes;
+                run_bytes = 0;
+                run_sector = lg.next_sector;
             }
         }
+        let _ = self.write_run(run_sector, &blocks.bytes[at..at + run_bytes]);
     }
 
-    fn pending_write(&self, sector: Sector, buf: &[u8], flags: u64) -> Pending {
-        let n = buf.len() as u64 / SECTOR_SIZE as u64;
-        Pending::new(sector.0, n, flags, &[], buf)
+    /// Write a run of blocks at `sector` of the log; a failure disables logging.
+    fn write_run(&self, sector: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.log
+            .write(Sector(sector), bytes)
+            .inspect_err(|_| self.disable())
+    }
+
+    /// Take the unflushed list, leaving the spare buffers in its place.
+    fn take_unflushed(&self) -> Blocks {
+        let mut spare = std::mem::take(&mut *lock(&self.spare));
+        spare.clear();
+        std::mem::replace(&mut *lock(&self.unflushed), spare)
+    }
+
+    /// Keep a logged list's buffers for the next flush.
+    fn recycle(&self, blocks: Blocks) {
+        *lock(&self.spare) = blocks;
     }
 }
 
@@ -197,9 +254,9 @@ impl Volume for LogWrites {
         if !self.logging_enabled() || buf.is_empty() {
             return self.dev.write(sector, buf);
         }
-        let block = self.pending_write(sector, buf, 0);
         let r = self.dev.write(sector, buf);
-        lock(&self.unflushed).push(block);
+        let n = buf.len() as u64 / SECTOR_SIZE as u64;
+        lock(&self.unflushed).push(sector.0, n, 0, &[], buf);
         r
     }
     fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
@@ -207,19 +264,21 @@ impl Volume for LogWrites {
         if !self.logging_enabled() || buf.is_empty() {
             return self.dev.write_fua(sector, buf);
         }
-        let block = self.pending_write(sector, buf, FUA);
+        let n = buf.len() as u64 / SECTOR_SIZE as u64;
+        let block = Blocks::one(sector.0, n, FUA, &[], buf);
         let r = self.dev.write_fua(sector, buf);
-        self.log_blocks(vec![block]);
+        self.log_blocks(&block);
         r
     }
     fn flush(&self) -> Result<()> {
         if !self.logging_enabled() {
             return self.dev.flush();
         }
-        let mut blocks = std::mem::take(&mut *lock(&self.unflushed));
+        let mut blocks = self.take_unflushed();
         let r = self.dev.flush();
-        blocks.push(Pending::new(0, 0, FLUSH, &[], &[]));
-        self.log_blocks(blocks);
+        blocks.push(0, 0, FLUSH, &[], &[]);
+        self.log_blocks(&blocks);
+        self.recycle(blocks);
         r
     }
     /// Passed down when the device discards; completed at once when it cannot (the
@@ -230,12 +289,11 @@ impl Volume for LogWrites {
         if !self.logging_enabled() || count.0 == 0 {
             return self.dev.discard(sector, count);
         }
-        let block = Pending::new(sector.0, count.0, DISCARD, &[], &[]);
         let r = match self.dev.discard(sector, count) {
             Err(Error::Unsupported { .. }) => Ok(()),
             r => r,
         };
-        lock(&self.unflushed).push(block);
+        lock(&self.unflushed).push(sector.0, count.0, DISCARD, &[], &[]);
         r
     }
 }
@@ -280,8 +338,8 @@ impl Target for LogWrites {
 impl Drop for LogWrites {
     /// `log_writes_dtr`: log the unflushed list and the end mark.
     fn drop(&mut self) {
-        let mut blocks = std::mem::take(&mut *lock(&self.unflushed));
-        blocks.push(Pending::mark(END_MARK.as_bytes()));
-        self.log_blocks(blocks);
+        let mut blocks = self.take_unflushed();
+        blocks.push_mark(END_MARK.as_bytes());
+        self.log_blocks(&blocks);
     }
 }

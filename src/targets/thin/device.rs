@@ -14,7 +14,7 @@ use crate::volume::{
 };
 
 use super::metadata::BlockTime;
-use super::pool::{read, Dev, ThinPool};
+use super::pool::{read, Dev, Pool, ThinPool};
 use super::ThinArgs;
 use crate::targets::Target;
 
@@ -24,7 +24,7 @@ const COPY_CHUNK: usize = 1 << 20;
 /// A constructed `thin`.
 #[derive(Debug)]
 pub struct Thin {
-    pool: Arc<ThinPool>,
+    pool: Arc<Pool>,
     dev_id: u64,
     len: SectorCount,
     block: u64,
@@ -55,6 +55,7 @@ impl Thin {
         len: SectorCount,
         origin: Option<SharedVolume>,
     ) -> Result<Thin> {
+        let pool = Arc::clone(pool.pool());
         let dev = pool.open_device(dev_id)?;
         let block = pool.block_sectors();
         Ok(Thin {
@@ -97,7 +98,7 @@ impl Thin {
         match self.lookup(vblock) {
             Some(bt) => {
                 let data_sector = bt.block * self.block + within;
-                self.pool.data.read(Sector(data_sector), buf)
+                self.pool.data().read(Sector(data_sector), buf)
             }
             None => self.read_unmapped(Sector(vblock * self.block + within), buf),
         }
@@ -133,10 +134,12 @@ impl Thin {
             let piece = &mut buf[..n];
             let off = u64::try_from(done / 512).unwrap_or(u64::MAX);
             match from {
-                Some(b) => self.pool.data.read(Sector(b * self.block + off), piece)?,
+                Some(b) => self.pool.data().read(Sector(b * self.block + off), piece)?,
                 None => self.read_unmapped(Sector(vblock * self.block + off), piece)?,
             }
-            self.pool.data.write(Sector(to * self.block + off), piece)?;
+            self.pool
+                .data()
+                .write(Sector(to * self.block + off), piece)?;
             done += n;
         }
         Ok(())
@@ -148,7 +151,7 @@ impl Thin {
             if !self.shared(bt) {
                 return self
                     .pool
-                    .data
+                    .data()
                     .write(Sector(bt.block * self.block + within), buf);
             }
         }
@@ -158,7 +161,7 @@ impl Thin {
             if !self.shared(bt) {
                 return self
                     .pool
-                    .data
+                    .data()
                     .write(Sector(bt.block * self.block + within), buf);
             }
         }
@@ -183,7 +186,9 @@ impl Thin {
                     None => {}
                 }
             }
-            self.pool.data.write(Sector(new * self.block + within), buf)
+            self.pool
+                .data()
+                .write(Sector(new * self.block + within), buf)
         })();
         if let Err(e) = filled {
             self.pool.release_data_block(new);
@@ -222,6 +227,7 @@ impl Volume for Thin {
     }
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         let count = check_io(self.len, sector, buf.len())?;
+        let _in_flight = self.pool.enter();
         let (vblock, within) = self.split(sector.0);
         if within + count.0 <= self.block {
             // One block (the common case): no splitting.
@@ -236,19 +242,38 @@ impl Volume for Thin {
         }
         Ok(())
     }
+    /// A piece that needs a new block while the pool is out of data space in
+    /// `queue_if_no_space` mode waits outside the pool's gate (a pool suspend and reload
+    /// can grow it meanwhile) and is retried, or fails ENOSPC after `no_space_timeout`.
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         let count = check_io(self.len, sector, buf.len())?;
+        let mut in_flight = Some(self.pool.enter());
         let mut rest = buf;
         for (at, n) in chunks(sector, count, SectorCount(self.block)) {
             let (piece, tail) = rest.split_at(usize::try_from(n.bytes()).unwrap_or(0));
             rest = tail;
             let (vblock, within) = self.split(at.0);
-            self.write_block(vblock, within, piece)?;
+            loop {
+                if in_flight.is_none() {
+                    in_flight = Some(self.pool.enter());
+                }
+                match self.write_block(vblock, within, piece) {
+                    Err(Error::NoSpace { .. }) if self.pool.queues_when_full() => {
+                        in_flight = None;
+                        self.pool.wait_for_space()?;
+                    }
+                    r => {
+                        r?;
+                        break;
+                    }
+                }
+            }
         }
         Ok(())
     }
     /// A flush commits the pool (REQ_PREFLUSH through a thin commits in the kernel too).
     fn flush(&self) -> Result<()> {
+        let _in_flight = self.pool.enter();
         self.pool.flush()
     }
     /// `process_discard_bio`: every whole block in the range is unmapped (reads then give
@@ -257,6 +282,7 @@ impl Volume for Thin {
     /// the kernel ends such a discard without effect.
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.len, sector, count)?;
+        let _in_flight = self.pool.enter();
         let (enabled, passdown) = self.pool.discards();
         if !enabled {
             return Err(Error::Unsupported {
@@ -279,7 +305,7 @@ impl Volume for Thin {
                     // support just keeps the bytes.
                     match self
                         .pool
-                        .data
+                        .data()
                         .discard(Sector(freed * self.block), SectorCount(self.block))
                     {
                         Ok(()) | Err(Error::Unsupported { .. }) => {}

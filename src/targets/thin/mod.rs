@@ -219,7 +219,7 @@ mod pool;
 pub mod tools;
 
 pub use device::Thin;
-pub use pool::ThinPool;
+pub use pool::{PoolTable, ThinPool, NO_SPACE_TIMEOUT};
 
 #[cfg(test)]
 mod tests;

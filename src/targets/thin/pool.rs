@@ -9,8 +9,10 @@
 //! goes to the data device, as `pool_map` remaps every bio there.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::Duration;
 
+use crate::clock::{SharedClock, Stop, SystemClock};
 use crate::error::{Error, Result};
 use crate::table::args::parse_kstrtoull;
 use crate::targets::context::{device_area, BuildContext, TableEvents};
@@ -22,7 +24,7 @@ use super::metadata::superblock::Superblock;
 use super::metadata::writer::{format, free_metadata_blocks, Base, Devices, Transaction};
 use super::metadata::{BlockTime, DeviceDetails, Metadata};
 use super::{ThinPoolArgs, MAX_DEV_ID};
-use crate::targets::{DeviceAt, Target};
+use crate::targets::{DeviceAt, Target, TargetSpec};
 
 /// `THIN_METADATA_MAX_SECTORS` (= `DM_SM_METADATA_MAX_SECTORS`): metadata beyond this is
 /// not used.
@@ -57,6 +59,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The pool's mode (`enum pool_mode`). PM_FAIL and PM_OUT_OF_METADATA_SPACE are not
+/// reached here: a failed metadata write is returned to the request that caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// PM_WRITE.
+    Write,
+    /// PM_OUT_OF_DATA_SPACE: no free data block; writes that need one fail.
+    OutOfDataSpace,
+    /// PM_READ_ONLY: the `read_only` feature, or metadata that needs checking.
+    ReadOnly,
+}
+
+/// What the pool's control target (the `thin-pool` line of the pool device's live table)
+/// sets when it binds (`bind_control_target` at preresume): the data area, the features,
+/// the low water mark and the table whose events the pool raises.
+#[derive(Clone, Debug)]
+struct Control {
+    data: SharedVolume,
+    len: SectorCount,
+    features: super::PoolFeatures,
+    low_water_blocks: u64,
+    events: TableEvents,
+    /// The target's `adjusted_pf.mode`: what it asks for when it binds, kept in step with
+    /// the pool's mode while it is bound.
+    adjusted: Arc<Mutex<Mode>>,
+}
+
 /// What the pool knows beyond the committed metadata.
 #[derive(Debug)]
 struct PoolState {
@@ -67,29 +96,209 @@ struct PoolState {
     devices: BTreeMap<u64, Dev>,
     /// Each data block's count: the mappings naming it (plus blocks being provisioned).
     refs: Vec<u32>,
+    /// Blocks whose count is not zero (`old_ll.nr_allocated` + this transaction's
+    /// allocations): the data space map's free count is `refs.len() - allocated`.
+    allocated: u64,
     /// Data blocks the committed metadata uses: not reused in this transaction (the
     /// kernel's `sm_ll_find_common_free_block` over old and new counts).
     committed_used: Vec<bool>,
     /// Where the next data block search starts (`smd->begin`).
     begin: u64,
     dirty: bool,
-    /// PM_OUT_OF_DATA_SPACE: an allocation found no free block even after a commit.
-    out_of_data_space: bool,
+    mode: Mode,
+    /// The low water mark event was sent (cleared when the pool resumes).
+    low_water_triggered: bool,
+    /// `pool->pf.error_if_no_space`: the bound line's feature, set when a full pool has
+    /// queued writes for `no_space_timeout`.
+    error_if_no_space: bool,
+    /// When the pool last ran out of data space (on the pool's clock).
+    out_of_space_since: Duration,
 }
 
-/// A constructed `thin-pool`.
+impl PoolState {
+    fn inc_ref(&mut self, block: u64) -> Result<()> {
+        let r = &mut self.refs[usize_of(block)?];
+        if *r == 0 {
+            self.allocated += 1;
+        }
+        *r = r.saturating_add(1);
+        Ok(())
+    }
+
+    /// Drop one count of `block`; whether it is free now.
+    fn dec_ref(&mut self, block: u64) -> Result<bool> {
+        let r = &mut self.refs[usize_of(block)?];
+        if *r == 1 {
+            self.allocated = self.allocated.saturating_sub(1);
+        }
+        *r = r.saturating_sub(1);
+        Ok(*r == 0)
+    }
+
+    fn nr_free(&self) -> u64 {
+        (self.refs.len() as u64).saturating_sub(self.allocated)
+    }
+
+    fn recount(&mut self) {
+        self.allocated = self.refs.iter().filter(|&&r| r != 0).count() as u64;
+    }
+}
+
+/// Thin I/O waits while the pool device is suspended (`pool_presuspend` suspends every
+/// active thin device, `pool_resume` resumes them), and the suspend waits for the thin I/O
+/// in flight.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<(bool, u64)>,
+    changed: Condvar,
+}
+
+/// One thin request in flight through the pool.
+pub(super) struct Passage<'a>(&'a Gate);
+
+impl Drop for Passage<'_> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.1 -= 1;
+        if st.1 == 0 {
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+impl Gate {
+    fn enter(&self) -> Passage<'_> {
+        let mut st = lock(&self.state);
+        while st.0 {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        st.1 += 1;
+        Passage(self)
+    }
+
+    fn close(&self) {
+        let mut st = lock(&self.state);
+        st.0 = true;
+        while st.1 > 0 {
+            st = self
+                .changed
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn open(&self) {
+        lock(&self.state).0 = false;
+        self.changed.notify_all();
+    }
+}
+
+/// The pool object (dm-thin.c's `struct pool`): the metadata and data devices, the
+/// in-memory state, and whatever control target is bound. One exists per metadata device;
+/// reloading the pool device's table binds the new `thin-pool` line to the same pool, so
+/// thin devices keep working across the reload (pool growth).
 #[derive(Debug)]
-pub struct ThinPool {
-    args: ThinPoolArgs,
-    len: SectorCount,
-    pub(super) data: SharedVolume,
+pub(super) struct Pool {
     meta: SharedVolume,
+    /// The data device as its table names it (`pool->data_dev`: a reload must name it).
+    data_dev: SharedVolume,
+    /// Data block size in sectors (`sectors_per_block`), fixed when the pool is created.
+    block: u64,
+    control: RwLock<Control>,
     state: Mutex<PoolState>,
     /// Serialises provisioning (allocate, zero or copy, write, remap) so two writes never
     /// provision one virtual block twice (the kernel's bio prison cells).
     provision: Mutex<()>,
-    /// Mode changes are table events (`set_pool_mode` → `dm_table_event`).
+    gate: Gate,
+    clock: SharedClock,
+    /// The `no_space_timeout` module parameter when the pool was created (0: queue for
+    /// ever).
+    no_space_timeout: Duration,
+    /// Raised when writes queued on a full pool should look again (space came back, or
+    /// the timeout turned the pool to erroring).
+    space: Stop,
+}
+
+/// A constructed `thin-pool` line (dm-thin.c's `struct pool_c`): its arguments, its data
+/// area, and the pool it binds to when its table goes live.
+#[derive(Debug)]
+pub struct ThinPool {
+    args: ThinPoolArgs,
+    len: SectorCount,
+    data: SharedVolume,
+    pool: Arc<Pool>,
     events: TableEvents,
+    adjusted: Arc<Mutex<Mode>>,
+}
+
+/// The pools that exist (dm-thin.c's `dm_thin_pool_table`), each with the mapped device
+/// whose table created it. A device layer keeps one and hands it to every table it builds.
+#[derive(Debug, Default)]
+pub struct PoolTable {
+    pools: Mutex<Vec<(Option<u32>, Weak<Pool>)>>,
+    /// dm-thin's `no_space_timeout` parameter; `None`: the kernel's default.
+    no_space_timeout: Mutex<Option<Duration>>,
+}
+
+/// `NO_SPACE_TIMEOUT_SECS`: how long a full pool in queue mode holds writes.
+pub const NO_SPACE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn same(a: &SharedVolume, b: &SharedVolume) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+impl PoolTable {
+    /// Set how long full pools created from now on queue writes that need a block before
+    /// failing them (the `no_space_timeout` module parameter; zero: for ever).
+    pub fn set_no_space_timeout(&self, timeout: Duration) {
+        *lock(&self.no_space_timeout) = Some(timeout);
+    }
+
+    fn no_space_timeout(&self) -> Duration {
+        lock(&self.no_space_timeout).unwrap_or(NO_SPACE_TIMEOUT)
+    }
+
+    /// `__pool_find`: the pool on `meta`, which must belong to `owner` and use `data_dev`;
+    /// else the pool `owner` has, which must be on the same devices; else a new one.
+    /// Returns the pool and whether it was created.
+    fn find_or_create(
+        &self,
+        owner: Option<u32>,
+        meta: &SharedVolume,
+        data_dev: &SharedVolume,
+        create: impl FnOnce() -> Result<Pool>,
+    ) -> Result<(Arc<Pool>, bool)> {
+        let mut pools = lock(&self.pools);
+        pools.retain(|(_, p)| p.strong_count() > 0);
+        let live: Vec<(Option<u32>, Arc<Pool>)> = pools
+            .iter()
+            .filter_map(|(o, p)| p.upgrade().map(|p| (*o, p)))
+            .collect();
+        let busy = |reason: &str| Error::Busy {
+            what: "thin-pool".to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some((o, p)) = live.iter().find(|(_, p)| same(&p.meta, meta)) {
+            if owner.is_none() || *o != owner {
+                return Err(busy("metadata device already in use by a pool"));
+            }
+            if !same(&p.data_dev, data_dev) {
+                return Err(busy("data device already in use by a pool"));
+            }
+            return Ok((Arc::clone(p), false));
+        }
+        if owner.is_some() && live.iter().any(|(o, _)| *o == owner) {
+            return Err(pool_error(
+                "different pool cannot replace a pool".to_string(),
+            ));
+        }
+        let pool = Arc::new(create()?);
+        pools.push((owner, Arc::downgrade(&pool)));
+        Ok((pool, true))
+    }
 }
 
 fn pool_error(reason: String) -> Error {
@@ -100,12 +309,22 @@ fn usize_of(v: u64) -> Result<usize> {
     usize::try_from(v).map_err(|_| pool_error(format!("{v} does not fit in memory")))
 }
 
+fn requested_mode(args: &ThinPoolArgs) -> Mode {
+    if args.features.read_only {
+        Mode::ReadOnly
+    } else {
+        Mode::Write
+    }
+}
+
 impl ThinPool {
-    /// `pool_ctr` + `pool_preresume` for metadata that already exists: open the metadata,
-    /// refuse a block size other than the superblock's and a pool smaller than its data
-    /// space map.
+    /// `pool_ctr`: open the metadata and data devices, then find the pool on them (a
+    /// reload of the pool device's table) or create it, opening (or formatting) the
+    /// metadata. The pool takes this line's data area, features and low water mark when
+    /// the table resumes (`pool_preresume`).
     pub fn new(args: &ThinPoolArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<ThinPool> {
         let meta = ctx.volume(&args.metadata)?;
+        let data_dev = ctx.volume(&args.data)?;
         let data = device_area(
             ctx,
             &DeviceAt {
@@ -114,18 +333,127 @@ impl ThinPool {
             },
             len,
         )?;
-        let mut pool = ThinPool::over(args, len, meta, data)?;
-        pool.events = ctx.events();
-        Ok(pool)
+        let events = ctx.events();
+        let table = ctx.thin_pools();
+        let (pool, created) = table.find_or_create(ctx.device_minor(), &meta, &data_dev, || {
+            Pool::open(
+                args,
+                len,
+                (Arc::clone(&meta), Arc::clone(&data_dev), Arc::clone(&data)),
+                ctx.clock(),
+                table.no_space_timeout(),
+            )
+        })?;
+        if !created {
+            let bound = read(&pool.control).features;
+            if bound.ignore_discard != args.features.ignore_discard {
+                return Err(pool_error(
+                    "Discard support cannot be disabled once enabled".to_string(),
+                ));
+            }
+        }
+        let mut args = args.clone();
+        // pool_status prints the pool's block size, which a reload cannot change.
+        args.block_size = pool.block;
+        Ok(ThinPool {
+            adjusted: Arc::new(Mutex::new(requested_mode(&args))),
+            args,
+            len,
+            data,
+            pool,
+            events,
+        })
     }
 
-    /// A pool over already-open volumes (library use, tests, benches).
+    /// A pool over already-open volumes, bound as if its table had resumed (library use,
+    /// tests, benches).
     pub fn over(
         args: &ThinPoolArgs,
         len: SectorCount,
         meta: SharedVolume,
         data: SharedVolume,
     ) -> Result<ThinPool> {
+        let pool = Pool::open(
+            args,
+            len,
+            (meta, Arc::clone(&data), Arc::clone(&data)),
+            Arc::new(SystemClock::new()),
+            NO_SPACE_TIMEOUT,
+        )?;
+        let tp = ThinPool {
+            args: args.clone(),
+            len,
+            data,
+            pool: Arc::new(pool),
+            events: TableEvents::new(),
+            adjusted: Arc::new(Mutex::new(requested_mode(args))),
+        };
+        tp.pool.bind(tp.control())?;
+        Ok(tp)
+    }
+
+    fn control(&self) -> Control {
+        Control {
+            data: Arc::clone(&self.data),
+            len: self.len,
+            features: self.args.features,
+            low_water_blocks: self.args.low_water_blocks,
+            events: self.events.clone(),
+            adjusted: Arc::clone(&self.adjusted),
+        }
+    }
+
+    /// The pool object this line binds to.
+    pub(super) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The pool's data block size in sectors.
+    #[must_use]
+    pub fn block_sectors(&self) -> u64 {
+        self.pool.block
+    }
+
+    /// The data device.
+    #[must_use]
+    pub fn data(&self) -> &SharedVolume {
+        &self.data
+    }
+
+    /// The metadata device.
+    #[must_use]
+    pub fn metadata_volume(&self) -> &SharedVolume {
+        &self.pool.meta
+    }
+
+    /// The last committed metadata.
+    #[must_use]
+    pub fn metadata(&self) -> Metadata {
+        self.pool.metadata()
+    }
+
+    /// Whether the pool runs read-only (`read_only` feature or needs_check set).
+    #[must_use]
+    pub fn read_only(&self) -> bool {
+        self.pool.read_only()
+    }
+
+    /// Commit the current transaction if anything changed.
+    pub fn commit(&self) -> Result<()> {
+        self.pool.commit()
+    }
+}
+
+impl Pool {
+    /// `pool_create`: open the metadata (formatting an all-zero superblock), refusing a
+    /// block size other than the superblock's.
+    fn open(
+        args: &ThinPoolArgs,
+        len: SectorCount,
+        (meta, data_dev, data): (SharedVolume, SharedVolume, SharedVolume),
+        clock: SharedClock,
+        no_space_timeout: Duration,
+    ) -> Result<Pool> {
         check_range(data.size(), Sector(0), len)?;
         let mdev = MetaDev::new(Arc::clone(&meta));
         if mdev.read_raw(0, "thin superblock")?.iter().all(|&b| b == 0) {
@@ -159,20 +487,8 @@ impl ThinPool {
                 sb.data_block_size, args.block_size
             )));
         }
-        let blocks = len.0 / args.block_size;
-        if blocks < sb.data_sm.nr_blocks {
-            // maybe_resize_data_dev
-            return Err(pool_error(format!(
-                "pool target ({blocks} blocks) too small: expected {}",
-                sb.data_sm.nr_blocks
-            )));
-        }
         let dsm = md.data_space_map()?;
         md.metadata_space_map()?;
-        let mut sb = sb;
-        // maybe_resize_data_dev: a longer pool grows the data space map (committed below),
-        // unless the pool is read-only ("unable to grow the data device until repaired").
-        let grow = blocks > sb.data_sm.nr_blocks && !args.features.read_only && !sb.needs_check();
         let nr_data = usize_of(sb.data_sm.nr_blocks)?;
         let mut committed_used = vec![false; nr_data];
         dsm.for_each_nonzero(md.dev(), &mut |b, _| {
@@ -193,73 +509,199 @@ impl ThinPool {
             md.for_each_mapping(root, &mut |k, bt| {
                 st.map.insert(k, bt);
                 st.highest = Some(k);
-                refs[usize_of(bt.block)?] += 1;
+                let r = refs.get_mut(usize_of(bt.block)?).ok_or_else(|| {
+                    pool_error(format!(
+                        "device {id} maps block {k} to data block {} beyond the data space map ({nr_data} blocks)",
+                        bt.block
+                    ))
+                })?;
+                *r = r.saturating_add(1);
                 Ok(())
             })?;
             devices.insert(id, Arc::new(RwLock::new(st)));
         }
-        if grow {
-            sb.data_sm.nr_blocks = blocks;
-            refs.resize(usize_of(blocks)?, 0);
-            committed_used.resize(usize_of(blocks)?, false);
-        }
-        let pool = ThinPool {
-            args: args.clone(),
-            len,
-            data,
-            meta,
-            state: Mutex::new(PoolState {
-                committed: md,
-                sb,
-                devices,
-                refs,
-                committed_used,
-                begin: 0,
-                dirty: grow,
-                out_of_data_space: false,
-            }),
-            provision: Mutex::new(()),
-            events: TableEvents::new(),
+        let mut state = PoolState {
+            committed: md,
+            sb,
+            devices,
+            refs,
+            allocated: 0,
+            committed_used,
+            begin: 0,
+            dirty: false,
+            // pool_features_init: a new pool is in write mode until its control target
+            // binds.
+            mode: Mode::Write,
+            low_water_triggered: false,
+            error_if_no_space: args.features.error_if_no_space,
+            out_of_space_since: Duration::ZERO,
         };
+        state.recount();
+        Ok(Pool {
+            meta,
+            data_dev,
+            block: args.block_size,
+            control: RwLock::new(Control {
+                data,
+                len,
+                features: args.features,
+                low_water_blocks: args.low_water_blocks,
+                events: TableEvents::new(),
+                adjusted: Arc::new(Mutex::new(requested_mode(args))),
+            }),
+            state: Mutex::new(state),
+            provision: Mutex::new(()),
+            gate: Gate::default(),
+            clock,
+            no_space_timeout,
+            space: Stop::default(),
+        })
+    }
+
+    /// `pool_preresume`: take `ctl` as the control target (`bind_control_target`: its
+    /// features, low water mark and mode), then `maybe_resize_data_dev`: a pool shorter
+    /// than its data space map is refused, a longer one grows it and commits (unless the
+    /// metadata needs checking or the pool is read-only).
+    fn bind(&self, ctl: Control) -> Result<()> {
+        let wanted = *lock(&ctl.adjusted);
+        let blocks = ctl.len.0 / self.block;
+        let error_if_no_space = ctl.features.error_if_no_space;
+        *write(&self.control) = ctl;
+        let _p = self.provisioning();
+        {
+            let mut st = lock(&self.state);
+            st.error_if_no_space = error_if_no_space;
+            self.set_mode(&mut st, wanted);
+            let nr = st.sb.data_sm.nr_blocks;
+            if blocks < nr {
+                return Err(pool_error(format!(
+                    "pool target ({blocks} blocks) too small: expected {nr}"
+                )));
+            }
+            if blocks > nr && st.mode != Mode::ReadOnly && !st.sb.needs_check() {
+                st.sb.data_sm.nr_blocks = blocks;
+                st.refs.resize(usize_of(blocks)?, 0);
+                st.committed_used.resize(usize_of(blocks)?, false);
+                st.dirty = true;
+            }
+        }
         // The kernel commits the resize at once; on metadata dmemu cannot write (a
         // read-only image) the pool works on and the commit is retried later.
-        let _ = pool.commit();
-        Ok(pool)
+        let _ = self.commit_unlocked();
+        Ok(())
     }
 
-    /// The pool's data block size in sectors.
-    #[must_use]
-    pub fn block_sectors(&self) -> u64 {
-        self.args.block_size
+    /// `set_pool_mode`: metadata that needs checking never returns to write mode; a change
+    /// is a table event (`notify_of_pool_mode_change`) and the bound target's adjusted mode
+    /// follows.
+    fn set_mode(&self, st: &mut PoolState, wanted: Mode) {
+        let old = st.mode;
+        let mut new = wanted;
+        if new == Mode::Write && st.sb.needs_check() {
+            new = if old == Mode::Write {
+                Mode::ReadOnly
+            } else {
+                old
+            };
+        }
+        st.mode = new;
+        let ctl = read(&self.control);
+        *lock(&ctl.adjusted) = new;
+        match new {
+            Mode::OutOfDataSpace if old != new => {
+                st.out_of_space_since = self.clock.now();
+                self.space.lower();
+            }
+            Mode::OutOfDataSpace => {}
+            Mode::Write => {
+                st.error_if_no_space = ctl.features.error_if_no_space;
+                self.space.raise(&*self.clock);
+            }
+            Mode::ReadOnly => self.space.raise(&*self.clock),
+        }
+        if old != new {
+            ctl.events.raise();
+        }
     }
 
-    /// The data device.
-    #[must_use]
-    pub fn data(&self) -> &SharedVolume {
-        &self.data
+    /// Whether a write that found no free block waits for space (`queue_if_no_space`)
+    /// rather than failing.
+    pub(super) fn queues_when_full(&self) -> bool {
+        let mut st = lock(&self.state);
+        self.check_no_space_timeout(&mut st);
+        st.mode == Mode::OutOfDataSpace && !st.error_if_no_space
     }
 
-    /// The metadata device.
-    #[must_use]
-    pub fn metadata_volume(&self) -> &SharedVolume {
-        &self.meta
+    /// `do_no_space_timeout`: a pool that has been out of data space for
+    /// `no_space_timeout` in queue mode starts failing the writes (an event).
+    fn check_no_space_timeout(&self, st: &mut PoolState) {
+        if st.mode != Mode::OutOfDataSpace
+            || st.error_if_no_space
+            || self.no_space_timeout.is_zero()
+            || self.clock.now() < st.out_of_space_since.saturating_add(self.no_space_timeout)
+        {
+            return;
+        }
+        st.error_if_no_space = true;
+        read(&self.control).events.raise();
+        self.space.raise(&*self.clock);
+    }
+
+    /// Wait (outside the pool's gate and locks) until a full pool has space again (the
+    /// write is then retried) or its `no_space_timeout` passes (ENOSPC).
+    pub(super) fn wait_for_space(&self) -> Result<()> {
+        loop {
+            let deadline = {
+                let mut st = lock(&self.state);
+                self.check_no_space_timeout(&mut st);
+                if st.mode != Mode::OutOfDataSpace {
+                    return Ok(());
+                }
+                if st.error_if_no_space {
+                    return Err(Error::NoSpace {
+                        target: "thin-pool",
+                    });
+                }
+                if self.no_space_timeout.is_zero() {
+                    Duration::MAX
+                } else {
+                    st.out_of_space_since.saturating_add(self.no_space_timeout)
+                }
+            };
+            self.clock.sleep_until_or(deadline, &self.space);
+        }
+    }
+
+    /// The data area of the bound control target (`pool_map` remaps there).
+    pub(super) fn data(&self) -> SharedVolume {
+        Arc::clone(&read(&self.control).data)
+    }
+
+    /// The data block size in sectors.
+    pub(super) fn block_sectors(&self) -> u64 {
+        self.block
+    }
+
+    /// Wait while the pool device is suspended; the request counts as in flight until
+    /// the returned value drops.
+    pub(super) fn enter(&self) -> Passage<'_> {
+        self.gate.enter()
     }
 
     /// The last committed metadata.
-    #[must_use]
-    pub fn metadata(&self) -> Metadata {
+    fn metadata(&self) -> Metadata {
         lock(&self.state).committed.clone()
     }
 
     /// Whether new blocks are zeroed before a partial write (no `skip_block_zeroing`).
     pub(super) fn zeroing(&self) -> bool {
-        !self.args.features.skip_block_zeroing
+        !read(&self.control).features.skip_block_zeroing
     }
 
-    /// Whether the pool runs read-only (`read_only` feature or needs_check set).
-    #[must_use]
-    pub fn read_only(&self) -> bool {
-        self.args.features.read_only || lock(&self.state).sb.needs_check()
+    /// Whether the pool runs read-only (the `read_only` feature, or metadata that needs
+    /// checking).
+    pub(super) fn read_only(&self) -> bool {
+        lock(&self.state).mode == Mode::ReadOnly
     }
 
     /// The pool's current time (mappings written now carry it).
@@ -286,12 +728,14 @@ impl ThinPool {
         lock(&self.provision)
     }
 
-    /// Allocate a data block (`sm_disk_new_block`): the first block from `begin` on, then
-    /// from 0, that neither the committed metadata nor the current mappings use.
-    /// Callers hold `provisioning()`. When nothing is free the pool commits (blocks freed
-    /// in this transaction become usable, as dm-thin's `alloc_data_block` commits before
-    /// giving up) and otherwise enters out-of-data-space mode (ENOSPC).
+    /// Allocate a data block (`alloc_data_block` → `sm_disk_new_block`): the first block
+    /// from `begin` on, then from 0, that neither the committed metadata nor the current
+    /// mappings use. Callers hold `provisioning()`. The low water mark is checked first
+    /// (one event when the free count is at or below it). When nothing is free the pool
+    /// commits (blocks freed in this transaction become usable) and otherwise enters
+    /// out-of-data-space mode (ENOSPC).
     pub(super) fn alloc_data_block(&self) -> Result<u64> {
+        self.check_low_water_mark();
         if let Some(b) = self.try_alloc()? {
             return Ok(b);
         }
@@ -299,13 +743,33 @@ impl ThinPool {
         if let Some(b) = self.try_alloc()? {
             return Ok(b);
         }
-        let switched = !std::mem::replace(&mut lock(&self.state).out_of_data_space, true);
-        if switched {
-            self.events.raise();
-        }
+        let mut st = lock(&self.state);
+        self.set_mode(&mut st, Mode::OutOfDataSpace);
         Err(Error::NoSpace {
             target: "thin-pool",
         })
+    }
+
+    /// `check_low_water_mark`: the first allocation that finds no more free blocks than
+    /// the low water mark raises one event; the next resume re-arms it.
+    fn check_low_water_mark(&self) {
+        let mut st = lock(&self.state);
+        if st.low_water_triggered {
+            return;
+        }
+        let ctl = read(&self.control);
+        if st.nr_free() <= ctl.low_water_blocks {
+            st.low_water_triggered = true;
+            ctl.events.raise();
+        }
+    }
+
+    /// `check_for_data_space`, after a commit: a pool out of data space that has free
+    /// blocks again returns to write mode.
+    fn check_for_data_space(&self, st: &mut PoolState) {
+        if st.mode == Mode::OutOfDataSpace && st.nr_free() > 0 {
+            self.set_mode(st, Mode::Write);
+        }
     }
 
     fn try_alloc(&self) -> Result<Option<u64>> {
@@ -317,11 +781,10 @@ impl ThinPool {
         let Some(i) = (begin..n).find(free).or_else(|| (0..begin).find(free)) else {
             return Ok(None);
         };
-        st.refs[i] = 1;
         let b = u64::try_from(i).unwrap_or(u64::MAX);
+        st.inc_ref(b)?;
         st.begin = b + 1;
         st.dirty = true;
-        st.out_of_data_space = false;
         Ok(Some(b))
     }
 
@@ -334,8 +797,7 @@ impl ThinPool {
         d.changed.insert(vblock);
         match old {
             Some(o) => {
-                let r = &mut st.refs[usize_of(o.block)?];
-                *r = r.saturating_sub(1);
+                st.dec_ref(o.block)?;
             }
             None => d.details.mapped_blocks = d.details.mapped_blocks.wrapping_add(1),
         }
@@ -358,15 +820,13 @@ impl ThinPool {
             d.highest = d.map.keys().copied().max();
         }
         st.dirty = true;
-        let r = &mut st.refs[usize_of(old.block)?];
-        *r = r.saturating_sub(1);
-        Ok((*r == 0).then_some(old.block))
+        Ok(st.dec_ref(old.block)?.then_some(old.block))
     }
 
     /// Whether discards reach the pool (`ignore_discard` turns them off) and are passed
     /// down to the data device (`no_discard_passdown`).
     pub(super) fn discards(&self) -> (bool, bool) {
-        let f = &self.args.features;
+        let f = read(&self.control).features;
         (
             !f.ignore_discard,
             !f.ignore_discard && !f.no_discard_passdown,
@@ -375,16 +835,13 @@ impl ThinPool {
 
     /// Give back a block `alloc_data_block` handed out when the write then failed.
     pub(super) fn release_data_block(&self, block: u64) {
-        let mut st = lock(&self.state);
-        if let Ok(i) = usize_of(block) {
-            st.refs[i] = st.refs[i].saturating_sub(1);
-        }
+        let _ = lock(&self.state).dec_ref(block);
     }
 
     /// Commit the current transaction if anything changed (`commit` →
     /// `dm_pool_commit_metadata`): data device flushed first, then the new metadata blocks,
     /// flush, superblock, flush.
-    pub fn commit(&self) -> Result<()> {
+    pub(super) fn commit(&self) -> Result<()> {
         let _p = self.provisioning();
         self.commit_unlocked()
     }
@@ -395,7 +852,7 @@ impl ThinPool {
         if !st.dirty {
             return Ok(());
         }
-        self.data.flush()?;
+        self.data().flush()?;
         let mut devices: Devices = BTreeMap::new();
         let mut bases = BTreeMap::new();
         let mut refs: BTreeMap<u64, u32> = BTreeMap::new();
@@ -449,7 +906,9 @@ impl ThinPool {
         }
         // smd->begin is not reset by a commit: allocation goes on after the last block
         // (the kernel fixture shows blocks freed by a delete skipped until the search wraps).
+        st.recount();
         st.dirty = false;
+        self.check_for_data_space(&mut st);
         Ok(())
     }
 
@@ -457,6 +916,12 @@ impl ThinPool {
     fn metadata_threshold(&self) -> u64 {
         let blocks = self.meta.size().0.min(METADATA_MAX_SECTORS) / BLOCK_SECTORS;
         (blocks / 4).min(1024)
+    }
+
+    fn error_if_no_space(&self) -> bool {
+        let mut st = lock(&self.state);
+        self.check_no_space_timeout(&mut st);
+        st.error_if_no_space
     }
 
     fn status_line(&self) -> Result<String> {
@@ -467,7 +932,7 @@ impl ThinPool {
         let sb = md.superblock();
         let msm = md.metadata_space_map()?;
         let dsm = md.data_space_map()?;
-        let f = &self.args.features;
+        let f = read(&self.control).features;
         // dm_pool_get_free_metadata_block_count hides `metadata_reserve` (a tenth of the
         // metadata, at most 4096 blocks: __set_metadata_reserve) from the free count.
         let reserve = (msm.nr_blocks() / 10).min(4096);
@@ -485,12 +950,10 @@ impl ThinPool {
         } else {
             s += "- ";
         }
-        s += if lock(&self.state).out_of_data_space {
-            "out_of_data_space "
-        } else if self.read_only() {
-            "ro "
-        } else {
-            "rw "
+        s += match lock(&self.state).mode {
+            Mode::OutOfDataSpace => "out_of_data_space ",
+            Mode::ReadOnly => "ro ",
+            Mode::Write => "rw ",
         };
         s += if f.ignore_discard {
             "ignore_discard "
@@ -499,7 +962,7 @@ impl ThinPool {
         } else {
             "discard_passdown "
         };
-        s += if f.error_if_no_space {
+        s += if self.error_if_no_space() {
             "error_if_no_space "
         } else {
             "queue_if_no_space "
@@ -579,7 +1042,7 @@ impl ThinPool {
                 let mut o = write(&origin);
                 o.details.snapshotted_time = time;
                 for bt in o.map.values() {
-                    st.refs[usize_of(bt.block)?] += 1;
+                    st.inc_ref(bt.block)?;
                 }
                 let snap = DevState {
                     map: o.map.clone(),
@@ -608,8 +1071,7 @@ impl ThinPool {
                     return Err(failed());
                 }
                 for bt in read(&dev).map.values() {
-                    let r = &mut st.refs[usize_of(bt.block)?];
-                    *r = r.saturating_sub(1);
+                    st.dec_ref(bt.block)?;
                 }
                 st.devices.remove(&id);
             }
@@ -682,6 +1144,15 @@ impl ThinPool {
     }
 }
 
+impl Pool {
+    /// A REQ_PREFLUSH to the pool or a thin device commits, as the kernel does.
+    pub(super) fn flush(&self) -> Result<()> {
+        self.commit()?;
+        self.data().flush()?;
+        self.meta.flush()
+    }
+}
+
 impl Volume for ThinPool {
     fn size(&self) -> SectorCount {
         self.len
@@ -694,11 +1165,8 @@ impl Volume for ThinPool {
         check_io(self.len, sector, buf.len())?;
         self.data.write(sector, buf)
     }
-    /// A REQ_PREFLUSH to the pool commits, as the kernel does for flushes.
     fn flush(&self) -> Result<()> {
-        self.commit()?;
-        self.data.flush()?;
-        self.meta.flush()
+        self.pool.flush()
     }
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.len, sector, count)?;
@@ -709,13 +1177,16 @@ impl Volume for ThinPool {
 impl Target for ThinPool {
     /// `pool_status(STATUSTYPE_INFO)` as 6.12 prints it, after a commit as the kernel does.
     fn status(&self) -> String {
-        self.status_line().unwrap_or_else(|_| "Fail".to_string())
+        self.pool
+            .status_line()
+            .unwrap_or_else(|_| "Fail".to_string())
     }
 
     /// `pool_message`: create_thin, create_snap, delete, set_transaction_id; commits after
     /// each one that succeeds.
     fn message(&self, argv: &[&str]) -> Result<String> {
-        if self.read_only() {
+        let pool = &self.pool;
+        if pool.read_only() {
             return Err(Error::Unsupported {
                 target: "thin-pool",
                 op: "messages in READ_ONLY or FAIL mode",
@@ -725,23 +1196,44 @@ impl Target for ThinPool {
             .first()
             .is_some_and(|w| w.eq_ignore_ascii_case("reserve_metadata_snap"))
         {
-            self.commit()?;
+            pool.commit()?;
         }
-        self.process_message(argv)?;
-        self.commit()?;
+        pool.process_message(argv)?;
+        pool.commit()?;
         Ok(String::new())
+    }
+
+    /// `pool_presuspend`: thin I/O waits from now on, and what is in flight finishes.
+    fn presuspend(&self) {
+        self.pool.gate.close();
     }
 
     /// `pool_postsuspend`: the metadata is committed once no I/O is in flight.
     fn postsuspend(&self) -> Result<()> {
-        if self.read_only() {
+        if self.pool.read_only() {
             return Ok(());
         }
-        self.commit()
+        self.pool.commit()
+    }
+
+    /// `pool_preresume`: this line becomes the pool's control target; the data space map
+    /// grows to the line's length (or a shorter line is refused).
+    fn preresume(&self) -> Result<()> {
+        self.pool.bind(self.control())
+    }
+
+    /// `pool_resume`: the low water mark is re-armed and thin I/O flows again.
+    fn resume(&self) {
+        lock(&self.pool.state).low_water_triggered = false;
+        self.pool.gate.open();
+    }
+
+    fn table_spec(&self) -> Option<TargetSpec> {
+        Some(TargetSpec::ThinPool(self.args.clone()))
     }
 }
 
-impl Drop for ThinPool {
+impl Drop for Pool {
     /// The kernel commits when the pool is suspended or destroyed (`pool_postsuspend`,
     /// `__pool_destroy`); errors cannot be reported from here.
     fn drop(&mut self) {

@@ -2,11 +2,14 @@
 //! two devices' mappings compared run by run, and the devices and virtual blocks that
 //! map given data blocks.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 
-use super::super::metadata::Metadata;
+use super::super::metadata::block::le64;
+use super::super::metadata::btree;
+use super::super::metadata::{BlockTime, Metadata};
 
 /// A run of consecutive virtual blocks mapped to consecutive data blocks (time is not
 /// looked at: thin_delta's `mapping_recorder`).
@@ -246,21 +249,51 @@ pub fn rmap(md: &Metadata, regions: &[Region]) -> Result<String> {
     let inside = |b: u64| regions.iter().any(|r| (r.begin..r.end).contains(&b));
     // (data_begin, data_end, dev, thin_begin)
     let mut found: Vec<(u64, u64, u64, u64)> = Vec::new();
+    // One walk over every device's tree that visits each node once, as thin_rmap 0.9's
+    // damage visitor (and 1.x's walker with its space map) do: a subtree devices share is
+    // reported under the first device, in id order, that reaches it.
+    let mut seen = HashSet::new();
     for (dev, root) in md.device_roots()? {
-        md.for_each_mapping(root, &mut |k, bt| {
-            if !inside(bt.block) {
-                return Ok(());
+        let mut stack = vec![(root, 0usize)];
+        while let Some((b, depth)) = stack.pop() {
+            if !seen.insert(b) {
+                continue;
             }
-            match found.last_mut() {
-                Some((db, de, d, tb)) if *d == dev && bt.block == *de && k == *tb + (*de - *db) => {
-                    *de += 1;
+            if depth >= btree::MAX_DEPTH {
+                return Err(Error::Corrupt {
+                    what: "thin mapping tree",
+                    offset: b * 4096,
+                    detail: format!("device {dev}: deeper than {} levels", btree::MAX_DEPTH),
+                });
+            }
+            let node = btree::read_node(md.dev(), b, 8)?;
+            if !node.leaf {
+                stack.extend(
+                    (0..node.keys.len())
+                        .rev()
+                        .map(|i| (node.child(i), depth + 1)),
+                );
+                continue;
+            }
+            for (i, &k) in node.keys.iter().enumerate() {
+                let bt = BlockTime::unpack(le64(node.value(i), 0));
+                if !inside(bt.block) {
+                    continue;
                 }
-                _ => found.push((bt.block, bt.block + 1, dev, k)),
+                match found.last_mut() {
+                    Some((db, de, d, tb))
+                        if *d == dev && bt.block == *de && k == *tb + (*de - *db) =>
+                    {
+                        *de += 1;
+                    }
+                    _ => found.push((bt.block, bt.block + 1, dev, k)),
+                }
             }
-            Ok(())
-        })?;
+        }
     }
-    found.sort_by_key(|&(db, ..)| db);
+    // thin_rmap 0.9 sorts with `std::sort` by data_begin only: runs of one data block in
+    // different devices come out in the order libstdc++'s introsort leaves them.
+    cxx_sort(&mut found, &|a, b| a.0 < b.0);
     let mut out = String::new();
     for (db, de, dev, tb) in found {
         let _ = writeln!(
@@ -270,6 +303,146 @@ pub fn rmap(md: &Metadata, regions: &[Region]) -> Result<String> {
         );
     }
     Ok(out)
+}
+
+/// libstdc++'s `std::sort` (introsort: median-of-three quicksort down to runs of 16,
+/// heapsort past `2 * log2(n)` levels, then one insertion sort), step for step, so that
+/// elements `less` calls equal end in the order thin_rmap 0.9 prints them.
+fn cxx_sort<T: Copy>(v: &mut [T], less: &dyn Fn(&T, &T) -> bool) {
+    const THRESHOLD: usize = 16;
+    fn introsort<T: Copy>(v: &mut [T], mut depth: u32, less: &dyn Fn(&T, &T) -> bool) {
+        let mut last = v.len();
+        while last > THRESHOLD {
+            if depth == 0 {
+                heapsort(&mut v[..last], less);
+                return;
+            }
+            depth -= 1;
+            let cut = partition_pivot(&mut v[..last], less);
+            introsort(&mut v[cut..last], depth, less);
+            last = cut;
+        }
+    }
+    fn partition_pivot<T: Copy>(v: &mut [T], less: &dyn Fn(&T, &T) -> bool) -> usize {
+        let (a, b, c) = (1, v.len() / 2, v.len() - 1);
+        let m = if less(&v[a], &v[b]) {
+            if less(&v[b], &v[c]) {
+                b
+            } else if less(&v[a], &v[c]) {
+                c
+            } else {
+                a
+            }
+        } else if less(&v[a], &v[c]) {
+            a
+        } else if less(&v[b], &v[c]) {
+            c
+        } else {
+            b
+        };
+        v.swap(0, m);
+        // __unguarded_partition(first + 1, last, pivot = first)
+        let (mut f, mut l) = (1, v.len());
+        loop {
+            while less(&v[f], &v[0]) {
+                f += 1;
+            }
+            l -= 1;
+            while less(&v[0], &v[l]) {
+                l -= 1;
+            }
+            if f >= l {
+                return f;
+            }
+            v.swap(f, l);
+            f += 1;
+        }
+    }
+    fn adjust_heap<T: Copy>(
+        v: &mut [T],
+        mut hole: usize,
+        len: usize,
+        value: T,
+        less: &dyn Fn(&T, &T) -> bool,
+    ) {
+        let top = hole;
+        let mut child = hole;
+        while child < (len - 1) / 2 {
+            child = 2 * (child + 1);
+            if less(&v[child], &v[child - 1]) {
+                child -= 1;
+            }
+            v[hole] = v[child];
+            hole = child;
+        }
+        if len % 2 == 0 && child == (len - 2) / 2 {
+            child = 2 * (child + 1);
+            v[hole] = v[child - 1];
+            hole = child - 1;
+        }
+        // __push_heap
+        while hole > top {
+            let parent = (hole - 1) / 2;
+            if !less(&v[parent], &value) {
+                break;
+            }
+            v[hole] = v[parent];
+            hole = parent;
+        }
+        v[hole] = value;
+    }
+    fn heapsort<T: Copy>(v: &mut [T], less: &dyn Fn(&T, &T) -> bool) {
+        let len = v.len();
+        if len >= 2 {
+            let mut parent = (len - 2) / 2;
+            loop {
+                adjust_heap(v, parent, len, v[parent], less);
+                if parent == 0 {
+                    break;
+                }
+                parent -= 1;
+            }
+        }
+        let mut last = len;
+        while last > 1 {
+            last -= 1;
+            let value = v[last];
+            v[last] = v[0];
+            adjust_heap(v, 0, last, value, less);
+        }
+    }
+    fn linear_insert<T: Copy>(v: &mut [T], mut i: usize, less: &dyn Fn(&T, &T) -> bool) {
+        let val = v[i];
+        while less(&val, &v[i - 1]) {
+            v[i] = v[i - 1];
+            i -= 1;
+        }
+        v[i] = val;
+    }
+    fn insertion_sort<T: Copy>(v: &mut [T], less: &dyn Fn(&T, &T) -> bool) {
+        for i in 1..v.len() {
+            if less(&v[i], &v[0]) {
+                let val = v[i];
+                v.copy_within(0..i, 1);
+                v[0] = val;
+            } else {
+                linear_insert(v, i, less);
+            }
+        }
+    }
+    let n = v.len();
+    if n == 0 {
+        return;
+    }
+    introsort(v, 2 * n.ilog2(), less);
+    if n > THRESHOLD {
+        insertion_sort(&mut v[..THRESHOLD], less);
+        for i in THRESHOLD..n {
+            linear_insert(v, i, less);
+        }
+    } else {
+        insertion_sort(v, less);
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +470,28 @@ mod tests {
                 (5, 5, Change::LeftOnly { dbegin: 5 })
             ]
         );
+    }
+
+    #[test]
+    fn cxx_sort_sorts() {
+        let mut seed = 7u64;
+        for n in [0, 1, 2, 15, 16, 17, 100, 1000] {
+            let mut v: Vec<(u64, usize)> = (0..n)
+                .map(|i| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    ((seed >> 60) % 7, i)
+                })
+                .collect();
+            cxx_sort(&mut v, &|a, b| a.0 < b.0);
+            assert!(v.windows(2).all(|w| w[0].0 <= w[1].0), "{n}");
+            let mut ids: Vec<usize> = v.iter().map(|x| x.1).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, (0..n).collect::<Vec<_>>());
+        }
+        // Past the depth limit (all equal keys never are; a sawtooth is): heapsort.
+        let mut v: Vec<u64> = (0..5000).map(|i| (i * 7919) % 5000).collect();
+        cxx_sort(&mut v, &|a, b| a < b);
+        assert_eq!(v, (0..5000).collect::<Vec<_>>());
     }
 
     #[test]

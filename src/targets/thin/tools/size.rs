@@ -64,6 +64,11 @@ fn abort(msg: &str) -> Error {
     Error::invalid("thin metadata-size", format!("{PRG} - {msg}"))
 }
 
+/// getopt's own complaints, which it prints as `PROGRAM: message`.
+fn getopt(msg: &str) -> Error {
+    Error::invalid("thin metadata-size", format!("{PRG}: {msg}"))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Numeric {
     No,
@@ -126,6 +131,30 @@ const LONG: [(&str, u8, char); 7] = [
     ("help", 0, 'h'),
     ("version", 0, 'V'),
 ];
+
+/// A double converted to `unsigned long long` as gcc does on x86-64 (`cvttsd2si`, with
+/// 2^63 subtracted and its bit put back at and above 2^63): past 2^64 and for infinity,
+/// where the unit's factor wrapped to 0, that is 0.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss
+)]
+fn cxx_u64(r: f64) -> u64 {
+    const TWO63: f64 = 9_223_372_036_854_775_808.0;
+    let cvt = |x: f64| {
+        if x.is_finite() && x.abs() < TWO63 {
+            x as i64 as u64
+        } else {
+            1 << 63 // the "integer indefinite" value
+        }
+    };
+    if r < TWO63 {
+        cvt(r)
+    } else {
+        cvt(r - TWO63) ^ (1 << 63)
+    }
+}
 
 /// C's `%0.2e`: two decimals, an exponent of at least two digits with its sign.
 fn c_exp(r: f64) -> String {
@@ -213,20 +242,19 @@ pub fn metadata_size(args: &[String]) -> Result<String> {
             let &(full, has, c) = match (exact, hits.as_slice()) {
                 (Some(e), _) => e,
                 (None, [one]) => *one,
-                (None, []) => return Err(abort(&format!("unrecognized option '--{name}'"))),
-                _ => return Err(abort(&format!("option '--{name}' is ambiguous"))),
+                (None, []) => return Err(getopt(&format!("unrecognized option '--{name}'"))),
+                _ => return Err(getopt(&format!("option '--{name}' is ambiguous"))),
             };
             let v = match (has, val) {
                 (0, Some(_)) => {
-                    return Err(abort(&format!(
+                    return Err(getopt(&format!(
                         "option '--{full}' doesn't allow an argument"
                     )))
                 }
                 (1, None) => {
-                    let v = args
-                        .get(i)
-                        .cloned()
-                        .ok_or_else(|| abort(&format!("option '--{full}' requires an argument")))?;
+                    let v = args.get(i).cloned().ok_or_else(|| {
+                        getopt(&format!("option '--{full}' requires an argument"))
+                    })?;
                     i += 1;
                     Some(v)
                 }
@@ -240,7 +268,7 @@ pub fn metadata_size(args: &[String]) -> Result<String> {
                     'b' | 's' | 'm' | 'u' => {
                         let v = if rest.is_empty() {
                             let v = args.get(i).cloned().ok_or_else(|| {
-                                abort(&format!("option requires an argument -- '{c}'"))
+                                getopt(&format!("option requires an argument -- '{c}'"))
                             })?;
                             i += 1;
                             v
@@ -255,7 +283,7 @@ pub fn metadata_size(args: &[String]) -> Result<String> {
                         break;
                     }
                     'h' | 'V' => opts.push((c, None)),
-                    _ => return Err(abort(&format!("invalid option -- '{c}'"))),
+                    _ => return Err(getopt(&format!("invalid option -- '{c}'"))),
                 }
             }
         }
@@ -316,9 +344,8 @@ pub fn metadata_size(args: &[String]) -> Result<String> {
         s += &format!("{PRG} - ");
     }
     let t = r.floor();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     if r == t {
-        s += &format!("{}", r as u64);
+        s += &format!("{}", cxx_u64(r));
     } else if r - t < 1e-2 {
         s += &c_exp(r);
     } else {

@@ -304,7 +304,8 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
                 if dev.is_some() {
                     return Err(bad("<device> inside a <device>".into()));
                 }
-                let id: u64 = a.req("dev_id").map_err(bad)?;
+                // thin_restore reads a device id as 32 bits.
+                let id = u64::from(a.req::<u32>("dev_id").map_err(bad)?);
                 let _: u64 = a.req("mapped_blocks").map_err(bad)?;
                 let d = DeviceDetails {
                     mapped_blocks: 0,
