@@ -10,6 +10,8 @@
 //! - `devices`: the names of the live devices, rewritten after every command and removed
 //!   when the host exits cleanly; found non-empty by the next host or client, it is the list
 //!   of devices a crashed host lost, reported once;
+//! - `nbd.sock`: an NBD server (`serve`), one export per device with a live table, named
+//!   as the device; a client holding an export open makes `remove` busy, as an opener does;
 //! - `dmesg.log`: the reason behind each failed ioctl (what the kernel logs to dmesg);
 //! - `host.log`: the host's own stderr.
 //!
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use super::args;
 use super::verbs::{blocks, Env, Frontend, Output};
 use crate::registry::Registry;
+use crate::serve::{Exports, Listen, Server};
 
 /// The largest request or response accepted (a table file or stdin rides along).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -107,6 +110,12 @@ impl StateDir {
     pub fn dmesg(&self) -> PathBuf {
         self.dir.join("dmesg.log")
     }
+    /// The NBD socket: every device with a live table is an export of its name.
+    #[must_use]
+    pub fn nbd(&self) -> PathBuf {
+        self.dir.join("nbd.sock")
+    }
+
     /// The default `DM_DEV_DIR` (device nodes appear in its `mapper/`).
     #[must_use]
     pub fn dev_dir(&self) -> PathBuf {
@@ -244,12 +253,14 @@ impl Host {
         }
         let _ = std::env::set_current_dir(&req.cwd);
         let mut out = self.fe.run(&inv, &req.env);
+        self.fe.sync_exports();
         if let Some(l) = lock(&self.lost).take() {
             out.err_first(&l);
         }
         if self.fe.registry.list().is_empty() {
             *exiting = true;
             let _ = std::fs::remove_file(self.state.socket());
+            let _ = std::fs::remove_file(self.state.nbd());
             let _ = std::fs::remove_file(self.state.devices());
             let _ = write_msg(&mut stream, &Response::Done(out));
             drop(stream);
@@ -289,6 +300,16 @@ pub fn serve(dir: &Path) -> i32 {
     let ino = std::fs::metadata(state.socket()).map(|m| m.ino()).ok();
     let mut fe = Frontend::new(Registry::new());
     fe.log = Some(state.dmesg());
+    let exports = Exports::empty();
+    let _ = std::fs::remove_file(state.nbd());
+    let server = match Server::start(exports.clone(), &[Listen::Unix(state.nbd())]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dmemu host: {}: {}", state.nbd().display(), e.chain());
+            return 1;
+        }
+    };
+    fe.exports = Some(exports);
     let host = Arc::new(Host {
         fe,
         state: state.clone(),
@@ -314,6 +335,7 @@ pub fn serve(dir: &Path) -> i32 {
             Err(e) => eprintln!("dmemu host: accept: {e}"),
         }
     }
+    drop(server);
     drop(lockf);
     0
 }

@@ -18,6 +18,7 @@ use super::{attr, deps_line, info_text_with, DepsForm, READ_AHEAD_SECTORS};
 use crate::error::{Error, Result};
 use crate::mapped_device::{DeviceInfo, MappedDevice, Slot, SuspendFlags, DM_MAJOR};
 use crate::registry::{Dep, Registry, RemoveMode};
+use crate::serve::{Export, ExportAccess, Exports};
 use crate::table::{parse_concise, parse_table, DeviceSpec, Table, TableLine, TableMode};
 use crate::targets::{Keys, TargetSpec};
 use crate::units::{Sector, SectorCount};
@@ -171,6 +172,10 @@ pub struct Frontend {
     read_ahead: Mutex<BTreeMap<String, u32>>,
     /// Where the kernel's reasons (dmesg lines) go, if anywhere.
     pub log: Option<PathBuf>,
+    /// The device host's NBD exports: one per device with a live table, named as the
+    /// device (`sync_exports` after each command); an NBD client holding one open counts
+    /// as an opener.
+    pub exports: Option<Exports>,
 }
 
 struct Cmd {
@@ -521,6 +526,58 @@ impl Frontend {
             registry,
             read_ahead: Mutex::new(BTreeMap::new()),
             log: None,
+            exports: None,
+        }
+    }
+
+    /// Opens of `name` by NBD clients.
+    fn export_users(&self, name: &str) -> u32 {
+        self.exports
+            .as_ref()
+            .and_then(|e| e.open_count(name))
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// `DM_DEV_STATUS` with NBD clients counted as openers.
+    fn info_of(&self, name: &str) -> Result<DeviceInfo> {
+        let mut i = self.registry.info(name)?;
+        i.open_count += self.export_users(&i.name);
+        Ok(i)
+    }
+
+    /// Make the exports match the devices: every device with a live table is exported under
+    /// its name (read-only when its table is); an export whose device went away, was
+    /// renamed or changed size goes, unless a client still has it open.
+    pub fn sync_exports(&self) {
+        let Some(ex) = &self.exports else { return };
+        let mut live: BTreeMap<String, (Arc<MappedDevice>, bool)> = BTreeMap::new();
+        for (n, _) in self.registry.list() {
+            if let Ok(d) = self.registry.device(&n) {
+                if d.live_table().is_some() {
+                    let ro = d.info().read_only;
+                    live.insert(n, (d, ro));
+                }
+            }
+        }
+        for e in ex.list() {
+            let keep = live.get(e.name()).is_some_and(|(d, _)| {
+                std::ptr::addr_eq(Arc::as_ptr(e.volume()), Arc::as_ptr(d))
+                    && e.size() == crate::volume::Volume::size(d.as_ref()).bytes()
+            });
+            if !keep {
+                let _ = ex.remove(e.name());
+            }
+        }
+        for (n, (d, ro)) in live {
+            if ex.find(n.as_bytes()).is_none() {
+                let access = if ro {
+                    ExportAccess::ReadOnly
+                } else {
+                    ExportAccess::ReadWrite
+                };
+                let vol: crate::volume::SharedVolume = d;
+                let _ = ex.add(Arc::new(Export::new(n, vol).with_access(access)));
+            }
         }
     }
 
@@ -1150,7 +1207,16 @@ impl Frontend {
         // libdm's --retry: up to 25 tries, 200 ms apart, while the device is busy.
         let tries = if cx.inv.has("retry") { 25 } else { 1 };
         for n in 1..=tries {
-            match self.registry.remove(&name, mode) {
+            let users = self.export_users(&name);
+            let r = if users > 0 && mode != RemoveMode::Deferred {
+                Err(Error::Busy {
+                    what: name.clone(),
+                    reason: format!("open by {users} NBD client(s)"),
+                })
+            } else {
+                self.registry.remove(&name, mode)
+            };
+            match r {
                 Ok(()) => {
                     lock(&self.read_ahead).remove(&name);
                     return true;
@@ -1287,7 +1353,7 @@ impl Frontend {
 
     fn info(&self, cx: &mut Cx, args: &[String]) -> bool {
         if cx.inv.has("columns") {
-            return self.each(cx, args, |me, cx, n| match me.registry.info(n) {
+            return self.each(cx, args, |me, cx, n| match me.info_of(n) {
                 Ok(i) => {
                     cx.rows.push((i, me.ra(n)));
                     true
@@ -1298,7 +1364,7 @@ impl Frontend {
                 }
             });
         }
-        self.each(cx, args, |me, cx, n| match me.registry.info(n) {
+        self.each(cx, args, |me, cx, n| match me.info_of(n) {
             Ok(i) => {
                 if !i.live_table && !i.inactive_table {
                     let dir = cx.env.dev_dir.trim_end_matches('/').to_string();
@@ -1419,7 +1485,7 @@ impl Frontend {
             String::new()
         };
         if cx.inv.has("verbose") && !cx.multiple {
-            if let Ok(i) = self.registry.info(name) {
+            if let Ok(i) = self.info_of(name) {
                 cx.o(&info_text_with(&i, self.ra(name)));
             }
         }
@@ -1622,7 +1688,7 @@ impl Frontend {
         match self.registry.wait_event(&name, nr, None) {
             Ok(_) => {
                 if cx.inv.has("verbose") {
-                    if let Ok(i) = self.registry.info(&name) {
+                    if let Ok(i) = self.info_of(&name) {
                         cx.o(&info_text_with(&i, self.ra(&name)));
                     }
                 }
