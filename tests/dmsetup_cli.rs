@@ -81,3 +81,65 @@ fn every_active_device_is_an_nbd_export_of_the_host() {
     assert_eq!((out.as_str(), rc), ("No devices found\n", 0));
     assert!(!sock.exists(), "the host left its NBD socket behind");
 }
+
+#[test]
+fn a_killed_host_is_reported_and_the_next_command_starts_afresh() {
+    let sb = Sandbox::new(&[MIB]);
+    let (out, rc) = sb.run("dmsetup create a --table '0 8 zero' && dmsetup create b --notable");
+    assert_eq!((out.as_str(), rc), ("", 0));
+    let pid = std::fs::read_to_string(sb.state().join("host.pid")).unwrap();
+    let pid = pid.trim();
+    let (_, rc) = sb.run(&format!(
+        "kill -9 {pid}; while kill -0 {pid} 2>/dev/null; do sleep 0.01; done"
+    ));
+    assert_eq!(rc, 0);
+    let (out, rc) = sb.run("dmsetup ls");
+    assert_eq!(rc, 0);
+    let lost = format!(
+        "dmemu: the device host in {} ended without removing its devices (it crashed or was \
+         killed); lost: a, b. Starting afresh.\nNo devices found\n",
+        sb.state().display()
+    );
+    assert_eq!(out, lost);
+    // Reported once; the name is free again.
+    let (out, rc) = sb.run("dmsetup ls; dmsetup create a --table '0 8 zero' && dmsetup ls");
+    assert_eq!((out.as_str(), rc), ("No devices found\na\t(253:0)\n", 0));
+}
+
+#[test]
+fn stale_socket_second_host_and_foreign_state_dir() {
+    let sb = Sandbox::new(&[MIB]);
+    std::fs::create_dir(sb.state()).unwrap();
+    // A socket file nobody listens on (a host that died long ago).
+    let stale = std::os::unix::net::UnixListener::bind(sb.state().join("host.sock")).unwrap();
+    drop(stale);
+    let (out, rc) = sb.run("dmsetup create a --table '0 8 zero' && dmsetup ls");
+    assert_eq!((out.as_str(), rc), ("a\t(253:0)\n", 0));
+    // A second host on the same dir leaves at once and the first keeps its devices.
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_dmemu"))
+        .arg("__dmsetup-host")
+        .arg(sb.state())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (out, _) = sb.run("dmsetup ls");
+    assert_eq!(out, "a\t(253:0)\n");
+    let (_, rc) = sb.run("dmsetup remove a");
+    assert_eq!(rc, 0);
+    // A state dir another user owns is refused with one line.
+    let foreign = sb.dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    if std::os::unix::fs::chown(&foreign, Some(4242), None).is_err() {
+        eprintln!("skipping the foreign-owner check: chown needs root");
+        return;
+    }
+    let (out, rc) = sb.run(&format!("DMEMU_DIR={} dmsetup ls", foreign.display()));
+    assert_eq!(rc, 1);
+    assert!(
+        out.starts_with(&format!(
+            "dmsetup: state directory {} is owned by uid 4242, not by you",
+            foreign.display()
+        )) && out.lines().count() == 1,
+        "{out}"
+    );
+}

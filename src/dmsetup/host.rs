@@ -13,7 +13,7 @@
 //! - `nbd.sock`: an NBD server (`serve`), one export per device with a live table, named
 //!   as the device; a client holding an export open makes `remove` busy, as an opener does;
 //! - `dmesg.log`: the reason behind each failed ioctl (what the kernel logs to dmesg);
-//! - `host.log`: the host's own stderr.
+//! - `host.log`: the host's own stderr; `host.pid`: its process id.
 //!
 //! Commands run one at a time under one lock, as dm-ioctl serialises them, except `wait`,
 //! which blocks outside it. The host exits when a command leaves no device.
@@ -289,6 +289,10 @@ pub fn serve(dir: &Path) -> i32 {
         return 0; // another host owns this dir
     }
     let lost = state.take_lost();
+    let _ = std::fs::write(
+        state.dir.join("host.pid"),
+        format!("{}\n", std::process::id()),
+    );
     let _ = std::fs::remove_file(state.socket());
     let listener = match UnixListener::bind(state.socket()) {
         Ok(l) => l,
