@@ -942,3 +942,36 @@ fn a_full_pool_queues_writes_times_out_and_grows_by_reload_as_the_kernel_does() 
         line_of(&k, "write-after-grow", "pool2:")
     );
 }
+
+#[test]
+fn showkeys_prints_the_key_that_key_wipe_and_key_set_left() {
+    let k = Kernel::new("kernel-6.12-crypt-keys.txt");
+    let (r, _) = registry(&[("254:0", 8192)]);
+    let k1 = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let k2 = "f0e0d0c0b0a090807060504030201000ffeeddccbbaa99887766554433221100";
+    create(
+        &r,
+        "cr",
+        &format!("0 2048 crypt aes-xts-plain64 {k1} 0 254:0 0"),
+    );
+    let both = |r: &Registry| {
+        r.table_text("cr", Slot::Live, Keys::Shown).unwrap()
+            + &r.table_text("cr", Slot::Live, Keys::Hidden).unwrap()
+    };
+    assert_eq!(both(&r), k.out("showkeys-initial"));
+    r.suspend("cr", SuspendFlags::default()).unwrap();
+    k.ok("wipe", r.message("cr", Sector(0), &["key", "wipe"]));
+    assert_eq!(both(&r), k.out("showkeys-wiped"));
+    k.ok("set", r.message("cr", Sector(0), &["key", "set", k2]));
+    assert_eq!(both(&r), k.out("showkeys-set"));
+    k.ok("resume", r.resume("cr"));
+    assert_eq!(
+        r.table_text("cr", Slot::Live, Keys::Shown).unwrap(),
+        k.out("showkeys-resumed")
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+            + "\n"
+    );
+}

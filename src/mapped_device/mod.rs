@@ -315,7 +315,7 @@ impl MappedDevice {
     #[must_use]
     pub fn table(&self) -> Table {
         self.live_table()
-            .map(|t| t.table().clone())
+            .map(|t| t.current_table())
             .unwrap_or(Table { lines: Vec::new() })
     }
 

@@ -202,10 +202,23 @@ impl LoadedTable {
         self.starts.partition_point(|&s| s <= sector.0) - 1
     }
 
+    /// The table as the targets print it now (STATUSTYPE_TABLE asks each target): what a
+    /// construction settled, and state messages changed since (crypt's `key set`).
+    #[must_use]
+    pub fn current_table(&self) -> Table {
+        let mut table = self.table.clone();
+        for (line, seg) in table.lines.iter_mut().zip(&self.segments) {
+            if let Some(spec) = seg.target.table_spec() {
+                line.spec = spec;
+            }
+        }
+        table
+    }
+
     /// `dmsetup table`: canonical lines.
     #[must_use]
     pub fn table_text(&self, keys: Keys) -> String {
-        self.table.to_text(keys)
+        self.current_table().to_text(keys)
     }
 
     /// `dmsetup status`: `<start> <len> <type> <info>` per line.

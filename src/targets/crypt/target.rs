@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use zeroize::Zeroizing;
 
@@ -19,7 +19,7 @@ use super::iv::{Direction, Iv, IvGen, IV_SIZE, UNSUPPORTED};
 use super::key::{CryptKey, Keyring};
 use super::modes::{Tfm, TfmError};
 use super::{CryptArgs, CryptOptions};
-use crate::targets::Target;
+use crate::targets::{Target, TargetSpec};
 
 /// Extra IV material at the end of a tcw key besides the IV seed (`TCW_WHITENING_SIZE`).
 const TCW_WHITENING_SIZE: usize = 16;
@@ -130,6 +130,9 @@ pub struct Crypt {
     keyed: RwLock<Option<Arc<Keyed>>>,
     /// The table's arguments, to key anew on `key set`.
     args: CryptArgs,
+    /// The key `dmsetup table --showkeys` prints (`cc->key` / `cc->key_string`): the
+    /// table's, the one `key set` gave, or zeros after `key wipe`.
+    shown_key: Mutex<CryptKey>,
     /// `DM_CRYPT_SUSPENDED`: key messages are accepted only then.
     suspended: AtomicBool,
     sector_size: usize,
@@ -245,6 +248,7 @@ impl Crypt {
             iv_offset: args.iv_offset.0,
             keyed: RwLock::new(Some(Arc::new(Keyed { tfms, iv }))),
             args: args.clone(),
+            shown_key: Mutex::new(args.key.clone()),
             suspended: AtomicBool::new(false),
             sector_size,
             shift: (sector_size / 512).trailing_zeros(),
@@ -327,6 +331,16 @@ impl Crypt {
             [_, w] if w.eq_ignore_ascii_case("wipe") => {
                 // Dropping the transforms zeroizes their keys.
                 *self.keyed.write().unwrap_or_else(PoisonError::into_inner) = None;
+                // crypt_wipe_key: the key string is freed and the key bytes zeroed.
+                let size = self.args.key.size();
+                *self
+                    .shown_key
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = if size == 0 {
+                    CryptKey::Empty
+                } else {
+                    CryptKey::Hex(Zeroizing::new(vec![0u8; size]))
+                };
                 Ok(String::new())
             }
             [_, w, key] if w.eq_ignore_ascii_case("set") => {
@@ -336,7 +350,7 @@ impl Crypt {
                     return Err(bad());
                 }
                 let mut args = self.args.clone();
-                args.key = new_key;
+                args.key = new_key.clone();
                 let fresh = Crypt::over(
                     Arc::clone(&self.device),
                     &args,
@@ -345,6 +359,10 @@ impl Crypt {
                 )?;
                 let keyed = fresh.keyed()?;
                 *self.keyed.write().unwrap_or_else(PoisonError::into_inner) = Some(keyed);
+                *self
+                    .shown_key
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = new_key;
                 Ok(String::new())
             }
             _ => Err(Error::invalid("message", "unrecognised message received.")),
@@ -507,5 +525,20 @@ impl Target for Crypt {
     /// `crypt_resume`.
     fn resume(&self) {
         self.suspended.store(false, Ordering::Release);
+    }
+
+    /// The table with the current key (`crypt_status(STATUSTYPE_TABLE)` prints `cc->key`).
+    fn table_spec(&self) -> Option<TargetSpec> {
+        let key = self
+            .shown_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if key == self.args.key {
+            return None;
+        }
+        let mut args = self.args.clone();
+        args.key = key;
+        Some(TargetSpec::Crypt(args))
     }
 }

@@ -9,6 +9,7 @@
 //! goes to the data device, as `pool_map` remaps every bio there.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -146,52 +147,65 @@ impl PoolState {
 
 /// Thin I/O waits while the pool device is suspended (`pool_presuspend` suspends every
 /// active thin device, `pool_resume` resumes them), and the suspend waits for the thin I/O
-/// in flight.
+/// in flight. The request path is one atomic add and one subtract: the count of requests in
+/// flight with a `SUSPENDED` bit above it; the mutex and condvar are only for waiting.
 #[derive(Debug, Default)]
 struct Gate {
-    state: Mutex<(bool, u64)>,
+    state: AtomicU64,
+    lock: Mutex<()>,
     changed: Condvar,
 }
+
+const SUSPENDED: u64 = 1 << 63;
 
 /// One thin request in flight through the pool.
 pub(super) struct Passage<'a>(&'a Gate);
 
 impl Drop for Passage<'_> {
     fn drop(&mut self) {
-        let mut st = lock(&self.0.state);
-        st.1 -= 1;
-        if st.1 == 0 {
-            self.0.changed.notify_all();
+        let g = self.0;
+        let before = g.state.fetch_sub(1, AtomicOrdering::AcqRel);
+        if before & SUSPENDED != 0 && before & !SUSPENDED == 1 {
+            // The last request a suspend waits for: wake it (under the lock, so the
+            // suspender is either before its check or already waiting).
+            let _l = lock(&g.lock);
+            g.changed.notify_all();
         }
     }
 }
 
 impl Gate {
     fn enter(&self) -> Passage<'_> {
-        let mut st = lock(&self.state);
-        while st.0 {
-            st = self
-                .changed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let v = self.state.load(AtomicOrdering::Acquire);
+            if v & SUSPENDED != 0 {
+                let mut l = lock(&self.lock);
+                while self.state.load(AtomicOrdering::Acquire) & SUSPENDED != 0 {
+                    l = self.changed.wait(l).unwrap_or_else(PoisonError::into_inner);
+                }
+                continue;
+            }
+            if self
+                .state
+                .compare_exchange_weak(v, v + 1, AtomicOrdering::AcqRel, AtomicOrdering::Acquire)
+                .is_ok()
+            {
+                return Passage(self);
+            }
         }
-        st.1 += 1;
-        Passage(self)
     }
 
     fn close(&self) {
-        let mut st = lock(&self.state);
-        st.0 = true;
-        while st.1 > 0 {
-            st = self
-                .changed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+        let mut l = lock(&self.lock);
+        self.state.fetch_or(SUSPENDED, AtomicOrdering::AcqRel);
+        while self.state.load(AtomicOrdering::Acquire) & !SUSPENDED != 0 {
+            l = self.changed.wait(l).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
     fn open(&self) {
-        lock(&self.state).0 = false;
+        let _l = lock(&self.lock);
+        self.state.fetch_and(!SUSPENDED, AtomicOrdering::AcqRel);
         self.changed.notify_all();
     }
 }
