@@ -1077,12 +1077,20 @@ impl Pool {
             "delete" => {
                 count(2)?;
                 let id = dev_id(argv[1])?;
-                let failed = || pool_error(format!("Deletion of thin device {} failed.", argv[1]));
-                let dev = st.devices.get(&id).cloned().ok_or_else(failed)?;
-                // __delete_device: -EBUSY while a thin target has it open (the pool's
-                // map and `dev` are the two expected holders).
+                let what = format!("Deletion of thin device {} failed.", argv[1]);
+                // __delete_device's errno reaches dmsetup: -ENODATA for a device the pool
+                // does not have (__open_device), -EBUSY while a thin target has it open
+                // (the pool's map and `dev` are the two expected holders); 6.12 fixture
+                // tests/fixtures/dmsetup/kernel-6.12-workflows.txt.
+                let dev = st.devices.get(&id).cloned().ok_or_else(|| Error::Io {
+                    device: what.clone(),
+                    source: std::io::Error::from_raw_os_error(61), // ENODATA
+                })?;
                 if Arc::strong_count(&dev) > 2 {
-                    return Err(failed());
+                    return Err(Error::Busy {
+                        what,
+                        reason: "the thin device is open".to_string(),
+                    });
                 }
                 for bt in read(&dev).map.values() {
                     st.dec_ref(bt.block)?;
