@@ -101,6 +101,7 @@ fn open_slot(
     limits: &KdfLimits,
     budget: &mut KdfBudget,
 ) -> Result<Zeroizing<Vec<u8>>> {
+    af_hash.supported("key slot AF hash")?;
     let dk = kdf.derive(pass, salt, slot_key_len, limits, budget)?;
     let stripes = usize::try_from(stripes).map_err(|_| Error::invalid("stripes", "too many"))?;
     let n = vk_len * stripes;
@@ -122,6 +123,7 @@ fn digest_ok(
     limits: &KdfLimits,
     budget: &mut KdfBudget,
 ) -> Result<bool> {
+    hash.supported("LUKS digest hash")?;
     limits.check_iterations(iterations, "the volume key digest")?;
     budget.spend(
         pbkdf2_cost(hash, iterations, want.len()),
