@@ -323,7 +323,10 @@ fn unsupported_luks2_states_are_refused_by_name() {
             "segment type \"hw-opal-crypt\"",
         ),
         (
-            Box::new(|v| v["segments"]["1"] = v["segments"]["0"].clone()),
+            Box::new(|v| {
+                v["segments"]["1"] = v["segments"]["0"].clone();
+                v["digests"]["0"]["segments"] = json!(["0", "1"]);
+            }),
             "2 segments",
         ),
     ];
@@ -412,7 +415,15 @@ fn random_header_corruption_never_panics() {
 
 #[test]
 fn a_key_slot_bound_to_no_segment_does_not_open_the_volume() {
-    let img = l2_with(|v| v["digests"]["0"]["segments"] = json!([]));
+    // As `luksAddKey --unbound` leaves it: key slot 0 moved to a digest of its own that
+    // names no segment (segment 0 stays covered by digest 0 and its other key slots).
+    let img = l2_with(|v| {
+        let mut d = v["digests"]["0"].clone();
+        d["keyslots"] = json!(["0"]);
+        d["segments"] = json!([]);
+        v["digests"]["1"] = d;
+        v["digests"]["0"]["keyslots"] = json!(["3", "4"]);
+    });
     let e = open(img)
         .unwrap()
         .unlock(b"alpha", None, &KdfLimits::default())
