@@ -513,3 +513,66 @@ fn a_wrong_passphrase_on_32_slots_stops_at_the_attempts_kdf_budget() {
     assert!(r.unwrap_err().to_string().contains("no key available"));
     assert_eq!(runs, 64);
 }
+
+/// A key slot whose material decrypts to garbage (digest intact) fails the passphrase as
+/// cryptsetup says it ("No key available with this passphrase"); a key slot that cannot
+/// be opened at all (its area cipher unusable) says which slot and why, not "no key".
+#[test]
+fn damaged_key_slots_say_what_failed() {
+    // LUKS2 slot 0's area: flip bytes of its key material.
+    let mut img = fixture("l2-argon2id.img.gz");
+    let lim = KdfLimits::default();
+    open(img.clone())
+        .unwrap()
+        .unlock(b"alpha", Some(0), &lim)
+        .unwrap();
+    let meta: Value = {
+        let a = &img[4096..16384];
+        serde_json::from_slice(&a[..a.iter().position(|&c| c == 0).unwrap()]).unwrap()
+    };
+    let off: usize = meta["keyslots"]["0"]["area"]["offset"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    img[off..off + 4096].iter_mut().for_each(|b| *b ^= 0x5a);
+    let luks = open(img).unwrap();
+    let e = luks
+        .unlock(b"alpha", Some(0), &KdfLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no key available with this passphrase"), "{e}");
+    // The other slots still open.
+    luks.unlock(b"bravo", None, &KdfLimits::default()).unwrap();
+
+    // LUKS1 slot 0's material, likewise.
+    let mut l1 = fixture("l1-xts256.img.gz");
+    let k = open(l1.clone())
+        .unwrap()
+        .unlock(b"alpha", None, &lim)
+        .unwrap();
+    assert_eq!(k.keyslot, Some(0));
+    let at = u32::from_be_bytes(l1[208 + 40..208 + 44].try_into().unwrap()) as usize * 512;
+    l1[at..at + 4096].iter_mut().for_each(|b| *b ^= 0x5a);
+    let e = open(l1)
+        .unwrap()
+        .unlock(b"alpha", None, &KdfLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no key available with this passphrase"), "{e}");
+
+    // An area cipher the crypt target refuses: the slot and the cipher are named.
+    let luks = open(l2_with(|v| {
+        v["keyslots"]["0"]["area"]["encryption"] = json!("aes-bogus-plain64");
+    }))
+    .unwrap();
+    let e = luks
+        .unlock(b"wrong", Some(0), &KdfLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key slot 0") && e.contains("aes-bogus-plain64"),
+        "{e}"
+    );
+    assert!(!e.contains("no key available"), "{e}");
+}
