@@ -61,7 +61,10 @@ fn whirlpool_images_dump_as_cryptsetup_and_unlock() {
     }
     let dir = tempfile::tempdir().unwrap();
     for kind in ["luks1", "luks2"] {
-        let img = format(dir.path(), kind, "whirlpool").expect("cryptsetup formats whirlpool");
+        let Some(img) = format(dir.path(), kind, "whirlpool") else {
+            eprintln!("skipped: this cryptsetup's crypto backend has no whirlpool");
+            return;
+        };
         let luks = Luks::open_path(&img, None, Access::ReadOnly).unwrap();
         let want = luks_dump(&img);
         let got = luks.dump(img.to_str().unwrap());
