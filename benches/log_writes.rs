@@ -4,6 +4,9 @@
 //! log-writes writes every byte twice (the device and the log), so the memory case shows
 //! the copy; the file case shows what a user of images pays.
 //!
+//! `two_copies_floor` writes each buffer to the device and once more to a second volume:
+//! what any log costs at least; log-writes' own cost is its distance from that floor.
+//!
 //! Each sample is the fastest of several batches (the machine is shared; preemption only
 //! adds time). A batch is 64 writes and a flush; before the log would fill, a new target is
 //! built outside the timing (dropping the old one logs its end mark).
@@ -70,6 +73,48 @@ fn batches<V: Volume>(
     g.finish();
 }
 
+/// The floor any log pays: each write goes to the device and, once more, to the next
+/// place on a second volume (no entry headers, no staging, no ordering).
+#[derive(Debug)]
+struct TwoCopies {
+    dev: SharedVolume,
+    log: SharedVolume,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl TwoCopies {
+    fn new(dev: &SharedVolume, log: &SharedVolume) -> TwoCopies {
+        TwoCopies {
+            dev: Arc::clone(dev),
+            log: Arc::clone(log),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Volume for TwoCopies {
+    fn size(&self) -> SectorCount {
+        SIZE
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> dmemu::Result<()> {
+        self.dev.read(sector, buf)
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> dmemu::Result<()> {
+        use std::sync::atomic::Ordering;
+        self.dev.write(sector, buf)?;
+        let n = buf.len() as u64 / 512;
+        let at = self.next.fetch_add(n, Ordering::Relaxed) % (LOG.0 - n);
+        self.log.write(Sector(at), buf)
+    }
+    fn flush(&self) -> dmemu::Result<()> {
+        self.dev.flush()?;
+        self.log.flush()
+    }
+    fn discard(&self, sector: Sector, count: SectorCount) -> dmemu::Result<()> {
+        self.dev.discard(sector, count)
+    }
+}
+
 fn mem(sectors: SectorCount) -> SharedVolume {
     // Real pages (not the shared zero page).
     let bytes = vec![0x5au8; usize::try_from(sectors.bytes()).unwrap()];
@@ -100,6 +145,13 @@ fn bench_mem(c: &mut Criterion) {
         "log_writes",
         || LogWrites::over(Arc::clone(&dev), Arc::clone(&log), SIZE),
         log_full,
+    );
+    batches(
+        c,
+        group,
+        "two_copies_floor",
+        || TwoCopies::new(&dev, &log),
+        |_| false,
     );
     batches(
         c,
@@ -147,6 +199,13 @@ fn bench_files(c: &mut Criterion) {
         "log_writes",
         || LogWrites::over(Arc::clone(&dev), Arc::clone(&log), SIZE),
         log_full,
+    );
+    batches(
+        c,
+        group,
+        "two_copies_floor",
+        || TwoCopies::new(&dev, &log),
+        |_| false,
     );
     batches(
         c,

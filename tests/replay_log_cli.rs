@@ -490,3 +490,53 @@ fn damaged_logs_fail_naming_the_entry_and_the_entries_before_it_replay() {
         }
     }
 }
+
+#[test]
+fn the_docs_worked_example_finds_the_file_an_unsynced_write_loses() {
+    if !have("e2fsck") || !have("debugfs") {
+        println!("skipped: e2fsck or debugfs is not installed");
+        return;
+    }
+    let dir = tmp();
+    let log = fixture_log("ext4-log");
+    let rep = dir.path().join("replay.img");
+    std::fs::File::create(&rep)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ext4-crash-check.sh");
+    let out = Command::new(env!("CARGO_BIN_EXE_dmemu"))
+        .args(["replay-log", "--log"])
+        .arg(&log)
+        .arg("--replay")
+        .arg(&rep)
+        .args(["--fsck", &format!("sh {script}"), "--check", "fua"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    // What docs/crash-testing.md shows.
+    let head = "entry 100: /synced missing\nentry 100: /unsynced missing\n\
+                entry 111: /synced missing\nentry 111: /unsynced missing\n\
+                entry 112: /synced 1048576\nentry 112: /unsynced missing\n\
+                entry 130: /synced 1048576\nentry 130: /unsynced missing\n\
+                entry 131: /synced 1048576\nentry 131: /unsynced 16384\n";
+    assert!(text.starts_with(head), "{text}");
+    assert!(!text.contains("finds errors"), "{text}");
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/crash-testing.md"
+    ))
+    .unwrap();
+    assert!(
+        docs.contains(head),
+        "docs/crash-testing.md shows other lines"
+    );
+    // Every later state has both files whole.
+    for line in text.lines().skip(10) {
+        assert!(
+            line.ends_with(" 1048576") || line.ends_with(" 16384"),
+            "{line}"
+        );
+    }
+}

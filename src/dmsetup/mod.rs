@@ -11,9 +11,22 @@ use crate::registry::Dep;
 /// dmsetup's read-ahead for a device with a table (the block layer's default, 128 KiB).
 pub const READ_AHEAD_SECTORS: u32 = 256;
 
+pub mod args;
+pub mod blockdev;
+pub mod client;
+pub mod host;
+pub mod report;
+pub mod verbs;
+
 /// `dmsetup info NAME`: the multi-line form, ending in an empty line.
 #[must_use]
 pub fn info_text(i: &DeviceInfo) -> String {
+    info_text_with(i, READ_AHEAD_SECTORS)
+}
+
+/// `dmsetup info NAME` for a device whose read-ahead is `read_ahead` sectors.
+#[must_use]
+pub fn info_text_with(i: &DeviceInfo, read_ahead: u32) -> String {
     let mut s = String::new();
     let state = match (i.state, i.read_only, i.deferred_remove) {
         (DeviceState::Suspended, ..) => "SUSPENDED",
@@ -30,7 +43,7 @@ pub fn info_text(i: &DeviceInfo) -> String {
     let _ = writeln!(s, "Name:              {}", i.name);
     let _ = writeln!(s, "State:             {state}");
     if i.live_table || i.inactive_table {
-        let _ = writeln!(s, "Read Ahead:        {READ_AHEAD_SECTORS}");
+        let _ = writeln!(s, "Read Ahead:        {read_ahead}");
     }
     let _ = writeln!(s, "Tables present:    {tables}");
     let _ = writeln!(s, "Open count:        {}", i.open_count);

@@ -68,6 +68,19 @@ pub enum LuksCommand {
         #[command(flatten)]
         input: WriteArgs,
     },
+    /// Unlock and serve the decrypted volume over NBD and/or as a FUSE file (the export is
+    /// named after the image file), as `dmemu serve` does.
+    Serve {
+        /// Image and unlock options.
+        #[command(flatten)]
+        unlock: UnlockArgs,
+        /// Serve read-only (the image is opened read-only).
+        #[arg(long)]
+        read_only: bool,
+        /// Listeners, mount point and captive command.
+        #[command(flatten)]
+        serve: crate::serve::cli::ServeOptions,
+    },
 }
 
 /// How to open and unlock the image.
@@ -238,6 +251,36 @@ pub fn run(cmd: LuksCommand) -> Result<()> {
                 .options
                 .sector_size;
             write_in(&luks.volume(&vk)?, &input, sector_size as usize)
+        }
+        LuksCommand::Serve {
+            unlock,
+            read_only,
+            serve,
+        } => {
+            use crate::serve::{Export, ExportAccess, Exports};
+            let (access, export_access) = if read_only {
+                (Access::ReadOnly, ExportAccess::ReadOnly)
+            } else {
+                (Access::ReadWrite, ExportAccess::ReadWrite)
+            };
+            let (luks, vk) = unlock.open(access)?;
+            let sector_size = luks
+                .crypt_args(&vk, "luks-data", false)?
+                .1
+                .options
+                .sector_size;
+            let volume: crate::volume::SharedVolume = std::sync::Arc::new(luks.volume(&vk)?);
+            drop(vk);
+            let name = unlock
+                .image
+                .file_name()
+                .map_or_else(|| "luks".into(), |n| n.to_string_lossy().into_owned());
+            let export = Export::new(name.clone(), volume)
+                .with_access(export_access)
+                .with_description(format!("dmemu luks {name}"))
+                .with_block_size(sector_size)?;
+            let exports = Exports::new(vec![std::sync::Arc::new(export)])?;
+            crate::serve::cli::serve(&exports, &serve)
         }
     }
 }

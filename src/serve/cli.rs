@@ -1,6 +1,7 @@
-//! `dmemu serve SPEC [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--run CMD] [--read-only]`:
-//! every device of the spec becomes an NBD export under its name (the last one is also the
-//! default export), one URI line per export is printed once listening, and the server runs
+//! `dmemu serve SPEC [--nbd unix:PATH | --nbd tcp:HOST:PORT]... [--mount DIR|FILE] [--run CMD]
+//! [--read-only]`: every device of the spec becomes an NBD export under its name (the last one
+//! is also the default export) and, with `--mount`, a FUSE file; one line per export and
+//! listener (its URI) and per file (its path) is printed once serving, and the server runs
 //! until SIGINT/SIGTERM or, in captive mode, until CMD exits (nbdkit's `--run`). Without
 //! `--nbd`, listeners passed by socket activation (`LISTEN_FDS`, `LISTEN_PID`) are used.
 
@@ -28,13 +29,26 @@ use super::server::{Endpoint, Listen, Server};
 pub struct ServeArgs {
     #[command(flatten)]
     spec: crate::cli::SpecArgs,
+    #[command(flatten)]
+    options: ServeOptions,
+}
+
+/// Where and how long to serve (`dmemu serve` and `dmemu luks serve`).
+#[derive(Debug, clap::Args)]
+pub struct ServeOptions {
     /// Listen on `unix:PATH` or `tcp:HOST:PORT` (`tcp:PORT` binds 127.0.0.1); repeatable.
-    /// Default: a Unix socket `nbd.sock` in a new private temporary directory.
+    /// Default without `--mount`: a Unix socket `nbd.sock` in a new private temporary
+    /// directory.
     #[arg(long = "nbd", value_name = "unix:PATH|tcp:HOST:PORT")]
     nbd: Vec<String>,
-    /// Once listening, run CMD with `sh -c`, stop when it exits and exit with its status.
+    /// Show the devices as files with FUSE: on a directory, one file `DIR/NAME` per device;
+    /// on an existing regular file, the default device replaces that file. Unmounted on stop.
+    #[arg(long, value_name = "DIR|FILE")]
+    mount: Option<PathBuf>,
+    /// Once serving, run CMD with `sh -c`, stop when it exits and exit with its status.
     /// CMD sees `$uri` and `$nbd` (the default export's URI), `$exportname`, `$unixsocket`
-    /// or `$port` (the first listener) and `$dir` (a private scratch directory).
+    /// or `$port` (the first listener), `$file` (the default export's FUSE file) and `$dir`
+    /// (a private scratch directory).
     #[arg(long, value_name = "CMD")]
     run: Option<String>,
 }
@@ -54,8 +68,17 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map(|(d, mode)| export_of(d, *mode, args.spec.read_only).map(Arc::new))
             .collect::<Result<_>>()?,
     )?;
+    let served = serve(&exports, &args.options);
+    drop(opened);
+    served
+}
+
+/// Serve `exports` as `args` say until a signal or CMD's end; then stop NBD (drained,
+/// flushed) and unmount the files. Exits the process with CMD's status when it failed.
+pub fn serve(exports: &Exports, args: &ServeOptions) -> Result<()> {
     let activated_fds = std::env::var_os("LISTEN_FDS").is_some();
-    let dir = if (args.nbd.is_empty() && !activated_fds) || args.run.is_some() {
+    let default_socket = args.nbd.is_empty() && !activated_fds && args.mount.is_none();
+    let dir = if default_socket || args.run.is_some() {
         Some(TempDir::new()?)
     } else {
         None
@@ -65,7 +88,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .iter()
         .map(|s| s.parse())
         .collect::<Result<Vec<Listen>>>()?;
-    if let (true, false, Some(d)) = (listens.is_empty(), activated_fds, &dir) {
+    if let (true, Some(d)) = (default_socket, &dir) {
         listens.push(Listen::Unix(d.path.join("nbd.sock")));
     }
     let (tx, rx) = mpsc::channel();
@@ -98,15 +121,27 @@ pub fn run(args: &ServeArgs) -> Result<()> {
                 return Err(bad());
             }
         }
-        Server::start_inherited(exports, unix, tcp)?
+        Some(Server::start_inherited(exports.clone(), unix, tcp)?)
+    } else if listens.is_empty() {
+        None
     } else {
-        Server::start(exports, &listens)?
+        Some(Server::start(exports.clone(), &listens)?)
     };
-    announce(&server)?;
+    let mount = match &args.mount {
+        Some(path) => Some(mount(exports, path)?),
+        None => None,
+    };
+    announce(server.as_ref(), mount.as_ref(), exports)?;
     if let Some(cmd) = &args.run {
         let mut child = std::process::Command::new("sh");
         child.arg("-c").arg(cmd);
-        captive_env(&mut child, &server, dir.as_ref().map(|d| d.path.as_path()));
+        captive_env(
+            &mut child,
+            server.as_ref(),
+            mount.as_ref(),
+            exports,
+            dir.as_ref().map(|d| d.path.as_path()),
+        );
         let mut child = child.spawn().map_err(Error::io(&"sh -c CMD"))?;
         std::thread::spawn(move || {
             let _ = tx.send(Event::Exited(child.wait()));
@@ -114,10 +149,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     let event = rx.recv().unwrap_or(Event::Signal);
     signal_handle.close();
-    let stopped = server.stop();
-    drop(opened);
+    // NBD first (its clients are drained and every export flushed), then the files.
+    let stopped = server.map_or(Ok(()), Server::stop);
+    let unmounted = mount.map_or(Ok(()), unmount);
     drop(dir);
     stopped?;
+    unmounted?;
     let status = match event {
         Event::Signal => 0,
         Event::Exited(Ok(s)) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
@@ -129,23 +166,84 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// One URI per export and listener, so a script can wait for the first line.
-fn announce(server: &Server) -> Result<()> {
+#[cfg(feature = "fuse")]
+type Mount = super::fuse::FuseMount;
+#[cfg(not(feature = "fuse"))]
+type Mount = std::convert::Infallible;
+
+#[cfg(feature = "fuse")]
+fn mount(exports: &Exports, path: &Path) -> Result<Mount> {
+    super::fuse::FuseMount::mount(exports.clone(), path)
+}
+
+#[cfg(not(feature = "fuse"))]
+fn mount(_: &Exports, _: &Path) -> Result<Mount> {
+    Err(Error::Unsupported {
+        target: "dmemu serve",
+        op: "--mount (built without the fuse feature)",
+    })
+}
+
+#[cfg(feature = "fuse")]
+fn unmount(m: Mount) -> Result<()> {
+    let path = m.path().to_path_buf();
+    if m.unmount()? == super::fuse::Unmounted::Detached {
+        eprintln!(
+            "dmemu serve: {} was still open: detached; it goes away when closed",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "fuse"))]
+fn unmount(m: Mount) -> Result<()> {
+    match m {}
+}
+
+#[cfg(feature = "fuse")]
+fn file_of(m: &Mount, name: &str) -> Option<PathBuf> {
+    m.file_of(name)
+}
+
+#[cfg(not(feature = "fuse"))]
+fn file_of(m: &Mount, _: &str) -> Option<PathBuf> {
+    match *m {}
+}
+
+/// One URI per export and listener, then one path per FUSE file, so a script can wait
+/// for the first line.
+fn announce(server: Option<&Server>, mount: Option<&Mount>, exports: &Exports) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    for ep in server.endpoints() {
-        for e in server.exports().list() {
+    for ep in server.map_or(&[][..], Server::endpoints) {
+        for e in exports.list() {
             writeln!(out, "{}", ep.uri(e.name())).map_err(Error::io(&"stdout"))?;
+        }
+    }
+    if let Some(m) = mount {
+        for e in exports.list() {
+            if let Some(f) = file_of(m, e.name()) {
+                writeln!(out, "{}", f.display()).map_err(Error::io(&"stdout"))?;
+            }
         }
     }
     out.flush().map_err(Error::io(&"stdout"))
 }
 
-fn captive_env(cmd: &mut std::process::Command, server: &Server, dir: Option<&Path>) {
-    let default = server
-        .exports()
+fn captive_env(
+    cmd: &mut std::process::Command,
+    server: Option<&Server>,
+    mount: Option<&Mount>,
+    exports: &Exports,
+    dir: Option<&Path>,
+) {
+    let default = exports
         .find(b"")
         .map_or_else(String::new, |e| e.name().to_string());
-    if let Some(ep) = server.endpoints().first() {
+    if let Some(f) = mount.and_then(|m| file_of(m, &default)) {
+        cmd.env("file", f);
+    }
+    if let Some(ep) = server.and_then(|s| s.endpoints().first()) {
         let uri = ep.uri(&default);
         cmd.env("uri", &uri).env("nbd", &uri);
         match ep {

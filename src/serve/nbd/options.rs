@@ -152,7 +152,7 @@ fn transmission_flags(export: &Export, structured: bool) -> u16 {
         }
     }
     if structured {
-        // Reads are answered with one data chunk, so "don't fragment" always holds.
+        // A read flagged "don't fragment" is answered with one data chunk.
         f |= FLAG_SEND_DF;
     }
     f

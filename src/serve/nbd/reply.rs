@@ -24,6 +24,7 @@ pub(super) const REP_ERR_TOO_BIG: u32 = REP_ERR | 9;
 const FLAG_DONE: u16 = 1;
 const CHUNK_NONE: u16 = 0;
 const CHUNK_OFFSET_DATA: u16 = 1;
+const CHUNK_OFFSET_HOLE: u16 = 2;
 const CHUNK_BLOCK_STATUS: u16 = 5;
 const CHUNK_ERROR: u16 = (1 << 15) | 1;
 const CHUNK_ERROR_OFFSET: u16 = (1 << 15) | 2;
@@ -153,6 +154,19 @@ pub(super) fn offset_data(
     chunk_header(w, handle, CHUNK_OFFSET_DATA, last, 8 + data.len())?;
     w.write_all(&offset.to_be_bytes())?;
     w.write_all(data)
+}
+
+/// NBD_REPLY_TYPE_OFFSET_HOLE: `len` bytes at `offset` read as zeros.
+pub(super) fn offset_hole(
+    w: &mut impl Write,
+    handle: u64,
+    offset: u64,
+    len: u32,
+    last: Last,
+) -> io::Result<()> {
+    chunk_header(w, handle, CHUNK_OFFSET_HOLE, last, 12)?;
+    w.write_all(&offset.to_be_bytes())?;
+    w.write_all(&len.to_be_bytes())
 }
 
 /// Longest error message sent (the protocol's string limit is 4096 bytes).

@@ -267,6 +267,7 @@ fn read(w: &mut impl Write, s: &Session, req: &Request, buf: &mut AlignedBuf) ->
     let data = buf.get(len);
     match s.export.read(req.offset, data) {
         Ok(()) if s.structured && len == 0 => reply::done(w, req.handle),
+        Ok(()) if s.structured && req.flags & CMD_FLAG_DF == 0 => read_chunks(w, s, req, data),
         Ok(()) if s.structured => reply::offset_data(w, req.handle, req.offset, data, Last::Yes),
         Ok(()) => {
             reply::simple(w, req.handle, 0)?;
@@ -289,6 +290,48 @@ fn read(w: &mut impl Write, s: &Session, req: &Request, buf: &mut AlignedBuf) ->
         }
         Err(failure) => reply::simple(w, req.handle, Failure::from_error(&failure.error).errno),
     }
+}
+
+/// Holes shorter than this go out as data: a chunk header costs more than the zeros.
+const MIN_HOLE: u64 = 4096;
+
+/// A structured read the client let fragment: the ranges the allocation query calls holes
+/// (and that did read as zeros) as OFFSET_HOLE chunks, the rest as OFFSET_DATA, in order.
+fn read_chunks(w: &mut impl Write, s: &Session, req: &Request, data: &[u8]) -> io::Result<()> {
+    let len = data.len() as u64;
+    // (start within the request, length, hole?)
+    let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
+    let mut push = |at: u64, n: u64, hole: bool| match pieces.last_mut() {
+        Some(last) if last.2 == hole && last.0 + last.1 == at => last.1 += n,
+        _ => pieces.push((at, n, hole)),
+    };
+    let mut at = 0u64;
+    if let Ok(runs) = s.export.allocation(req.offset, len, MAX_STATUS_EXTENTS) {
+        for (n, state) in runs {
+            let n = n.min(len - at);
+            let range = usize::try_from(at).unwrap_or(0)..usize::try_from(at + n).unwrap_or(0);
+            let hole =
+                state == Allocation::Hole && n >= MIN_HOLE && data[range].iter().all(|&b| b == 0);
+            push(at, n, hole);
+            at += n;
+        }
+    }
+    if at < len {
+        push(at, len - at, false);
+    }
+    let count = pieces.len();
+    for (i, (at, n, hole)) in pieces.into_iter().enumerate() {
+        let last = if i + 1 == count { Last::Yes } else { Last::No };
+        let offset = req.offset + at;
+        if hole {
+            let n = u32::try_from(n).map_err(|_| io::Error::other("hole longer than a read"))?;
+            reply::offset_hole(w, req.handle, offset, n, last)?;
+        } else {
+            let range = usize::try_from(at).unwrap_or(0)..usize::try_from(at + n).unwrap_or(0);
+            reply::offset_data(w, req.handle, offset, &data[range], last)?;
+        }
+    }
+    Ok(())
 }
 
 fn block_status(w: &mut impl Write, s: &Session, req: &Request) -> io::Result<()> {

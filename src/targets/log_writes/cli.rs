@@ -217,8 +217,7 @@ impl CheckImage {
                     .open(&self.path)
                     .map_err(Error::io(&self.path.display()))?;
             }
-            self.file.set_len(0).map_err(self.io())?;
-            self.file.set_len(self.bytes).map_err(self.io())?;
+            self.clear()?;
             self.copy_allocated(src)?;
         } else {
             let mut d = std::mem::take(&mut self.dirty);
@@ -240,6 +239,20 @@ impl CheckImage {
             .map_err(self.io())?;
         self.synced = true;
         Ok(())
+    }
+
+    /// Make the file all holes of the device's size: a hole punched over it (truncating
+    /// to 0 instead makes ext4 write the old data back first, its rename/truncate
+    /// heuristic), or truncated where punching is not offered.
+    fn clear(&self) -> Result<()> {
+        use rustix::fs::{fallocate, FallocateFlags};
+        self.file.set_len(self.bytes).map_err(self.io())?;
+        let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        if self.bytes == 0 || fallocate(&self.file, punch, 0, self.bytes).is_ok() {
+            return Ok(());
+        }
+        self.file.set_len(0).map_err(self.io())?;
+        self.file.set_len(self.bytes).map_err(self.io())
     }
 
     fn copy_allocated(&self, src: &FileVolume) -> Result<()> {

@@ -6,7 +6,7 @@
 //! Table args: `<dev> <logdev>` (`log_writes_ctr`: fewer than two is "Invalid argument
 //! count"; further tokens are ignored and do not print back).
 //!
-//! The log format is in [`format`]; the target in `target.rs` ([`LogWrites`]); replay and
+//! The log format is in [`format`](mod@format); the target in `target.rs` ([`LogWrites`]); replay and
 //! crash states in [`replay`]; `dmemu replay-log` in `cli.rs`.
 
 use std::fmt;

@@ -204,6 +204,37 @@ fn open(path: &PathBuf) -> Result<Metadata> {
     Metadata::open(Arc::new(MmapVolume::open(path)?))
 }
 
+/// Metadata read block by block with pread (no memory map, whose touched pages would all
+/// count as resident): for the tools that walk the trees once (delta, rmap, ls).
+fn open_pread(path: &PathBuf) -> Result<Metadata> {
+    Metadata::open(Arc::new(FileVolume::open(path, Access::ReadOnly)?))
+}
+
+/// Devices mapping each data block (saturating at 255): a byte per block of the pool when
+/// `dense` is not empty, a hash map for the rest (blocks past the pool's end, which damaged
+/// metadata can name, or every block of a pool too large for the bytes).
+struct Users {
+    dense: Vec<u8>,
+    sparse: HashMap<u64, u8>,
+}
+
+impl Users {
+    fn add(&mut self, b: u64) {
+        let n = match usize::try_from(b).ok().and_then(|i| self.dense.get_mut(i)) {
+            Some(n) => n,
+            None => self.sparse.entry(b).or_insert(0),
+        };
+        *n = n.saturating_add(1);
+    }
+
+    fn get(&self, b: u64) -> u8 {
+        match usize::try_from(b).ok().and_then(|i| self.dense.get(i)) {
+            Some(&n) => n,
+            None => self.sparse.get(&b).copied().unwrap_or(0),
+        }
+    }
+}
+
 /// One device as `thin_ls` counts it: mapped blocks from its details, exclusive blocks
 /// (mapped by no other device of the same metadata) from the trees.
 struct DeviceCounts {
@@ -227,11 +258,23 @@ fn count_devices(md: &Metadata) -> Result<Vec<DeviceCounts>> {
             detail: format!("device {id} has details but no mapping tree root"),
         })
     };
-    let mut users: HashMap<u64, u8> = HashMap::new();
+    // How many devices map each data block: one byte per data block when the pool is no
+    // larger than a few times what the metadata's leaves could map (bounded by the
+    // metadata device's size, not by what the superblock claims), a hash map otherwise.
+    let nr_data = md.superblock().data_sm.nr_blocks;
+    let dense_limit = md.dev().nr_blocks().saturating_mul(4 * 252);
+    let dense = if nr_data <= dense_limit {
+        usize::try_from(nr_data).unwrap_or(0)
+    } else {
+        0
+    };
+    let mut users = Users {
+        dense: vec![0; dense],
+        sparse: HashMap::new(),
+    };
     for id in details.keys() {
         md.for_each_mapping(root(id)?, &mut |_, bt| {
-            let n = users.entry(bt.block).or_insert(0);
-            *n = n.saturating_add(1);
+            users.add(bt.block);
             Ok(())
         })?;
     }
@@ -239,7 +282,7 @@ fn count_devices(md: &Metadata) -> Result<Vec<DeviceCounts>> {
     for (&id, &d) in &details {
         let (mut exclusive, mut highest) = (0, None);
         md.for_each_mapping(root(&id)?, &mut |k, bt| {
-            if users.get(&bt.block) == Some(&1) {
+            if users.get(bt.block) == 1 {
                 exclusive += 1;
             }
             highest = Some(k);
@@ -610,6 +653,7 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
                 bar.set_position(n);
             });
             bar.finish_and_clear();
+            drop(text); // the document is not needed while the trees are built
             tools::restore(&pool?, &dev, overrides.get())?;
             String::new()
         }
@@ -634,14 +678,16 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
             data,
             output,
         } => {
-            let md = snap_or_live(open(&metadata)?, metadata_snap)?;
+            let md = snap_or_live(open_pread(&metadata)?, metadata_snap)?;
             let xml = tools::delta::delta_xml(&md, snap1, snap2, verbose)?;
             if let (Some(data), Some(out)) = (data, output) {
                 write_delta(&md, snap1, snap2, &data, &out)?;
             }
             xml
         }
-        ThinCommand::Rmap { metadata, regions } => tools::delta::rmap(&open(&metadata)?, &regions)?,
+        ThinCommand::Rmap { metadata, regions } => {
+            tools::delta::rmap(&open_pread(&metadata)?, &regions)?
+        }
         ThinCommand::Trim {
             metadata_dev,
             data_dev,
@@ -673,7 +719,7 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
             format,
             no_headers,
         } => {
-            let top = open(&metadata)?;
+            let top = open_pread(&metadata)?;
             let meta = metadata.display().to_string();
             if format.is_none() {
                 warn_unless_checked(&top, &meta);

@@ -9,6 +9,7 @@
 //! goes to the data device, as `pool_map` remaps every bio there.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -146,52 +147,65 @@ impl PoolState {
 
 /// Thin I/O waits while the pool device is suspended (`pool_presuspend` suspends every
 /// active thin device, `pool_resume` resumes them), and the suspend waits for the thin I/O
-/// in flight.
+/// in flight. The request path is one atomic add and one subtract: the count of requests in
+/// flight with a `SUSPENDED` bit above it; the mutex and condvar are only for waiting.
 #[derive(Debug, Default)]
 struct Gate {
-    state: Mutex<(bool, u64)>,
+    state: AtomicU64,
+    lock: Mutex<()>,
     changed: Condvar,
 }
+
+const SUSPENDED: u64 = 1 << 63;
 
 /// One thin request in flight through the pool.
 pub(super) struct Passage<'a>(&'a Gate);
 
 impl Drop for Passage<'_> {
     fn drop(&mut self) {
-        let mut st = lock(&self.0.state);
-        st.1 -= 1;
-        if st.1 == 0 {
-            self.0.changed.notify_all();
+        let g = self.0;
+        let before = g.state.fetch_sub(1, AtomicOrdering::AcqRel);
+        if before & SUSPENDED != 0 && before & !SUSPENDED == 1 {
+            // The last request a suspend waits for: wake it (under the lock, so the
+            // suspender is either before its check or already waiting).
+            let _l = lock(&g.lock);
+            g.changed.notify_all();
         }
     }
 }
 
 impl Gate {
     fn enter(&self) -> Passage<'_> {
-        let mut st = lock(&self.state);
-        while st.0 {
-            st = self
-                .changed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let v = self.state.load(AtomicOrdering::Acquire);
+            if v & SUSPENDED != 0 {
+                let mut l = lock(&self.lock);
+                while self.state.load(AtomicOrdering::Acquire) & SUSPENDED != 0 {
+                    l = self.changed.wait(l).unwrap_or_else(PoisonError::into_inner);
+                }
+                continue;
+            }
+            if self
+                .state
+                .compare_exchange_weak(v, v + 1, AtomicOrdering::AcqRel, AtomicOrdering::Acquire)
+                .is_ok()
+            {
+                return Passage(self);
+            }
         }
-        st.1 += 1;
-        Passage(self)
     }
 
     fn close(&self) {
-        let mut st = lock(&self.state);
-        st.0 = true;
-        while st.1 > 0 {
-            st = self
-                .changed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+        let mut l = lock(&self.lock);
+        self.state.fetch_or(SUSPENDED, AtomicOrdering::AcqRel);
+        while self.state.load(AtomicOrdering::Acquire) & !SUSPENDED != 0 {
+            l = self.changed.wait(l).unwrap_or_else(PoisonError::into_inner);
         }
     }
 
     fn open(&self) {
-        lock(&self.state).0 = false;
+        let _l = lock(&self.lock);
+        self.state.fetch_and(!SUSPENDED, AtomicOrdering::AcqRel);
         self.changed.notify_all();
     }
 }
@@ -1063,12 +1077,20 @@ impl Pool {
             "delete" => {
                 count(2)?;
                 let id = dev_id(argv[1])?;
-                let failed = || pool_error(format!("Deletion of thin device {} failed.", argv[1]));
-                let dev = st.devices.get(&id).cloned().ok_or_else(failed)?;
-                // __delete_device: -EBUSY while a thin target has it open (the pool's
-                // map and `dev` are the two expected holders).
+                let what = format!("Deletion of thin device {} failed.", argv[1]);
+                // __delete_device's errno reaches dmsetup: -ENODATA for a device the pool
+                // does not have (__open_device), -EBUSY while a thin target has it open
+                // (the pool's map and `dev` are the two expected holders); 6.12 fixture
+                // tests/fixtures/dmsetup/kernel-6.12-workflows.txt.
+                let dev = st.devices.get(&id).cloned().ok_or_else(|| Error::Io {
+                    device: what.clone(),
+                    source: std::io::Error::from_raw_os_error(61), // ENODATA
+                })?;
                 if Arc::strong_count(&dev) > 2 {
-                    return Err(failed());
+                    return Err(Error::Busy {
+                        what,
+                        reason: "the thin device is open".to_string(),
+                    });
                 }
                 for bt in read(&dev).map.values() {
                     st.dec_ref(bt.block)?;

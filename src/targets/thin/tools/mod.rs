@@ -2,7 +2,7 @@
 //! restore from thin_dump's XML (`xml`, [`restore`]), delta and rmap (`delta`), the
 //! metadata size estimate (`size`), repair (`repair`), and what only a tool holding the
 //! data too can do: trim a data image, extract a thin volume, write the changed extents of
-//! two snapshots ([`trim`], [`extract`]).
+//! two snapshots ([`trim`], `extract`).
 
 use std::collections::BTreeMap;
 

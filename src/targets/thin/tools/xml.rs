@@ -218,6 +218,7 @@ fn finish(
     maps.reverse();
     maps.sort_by_key(|&(k, _)| k); // stable: the last in the document comes first
     maps.dedup_by_key(|&mut (k, _)| k);
+    maps.shrink_to_fit(); // growth by doubling left up to half of it unused
     d.mapped_blocks = maps.len() as u64;
     (d, maps)
 }
