@@ -1,4 +1,4 @@
-//! The `blockdev` command (argv[0] dispatch) for image files and dmemu device nodes:
+//! The `blockdev` command (`argv[0]` dispatch) for image files and dmemu device nodes:
 //! `--getsz`, `--getsize64`, `--getss`, `--getpbsz`, `--getiomin`, `--getioopt`, `--getbsz`,
 //! `--getro`, `--getra`, `--getfra`, `--report`, `--flushbufs`, as util-linux prints them.
 //! A device path that is not a file (`/dev/mapper/NAME`, `$DM_DEV_DIR/mapper/NAME` without a

@@ -110,6 +110,8 @@ pub enum DepsForm {
     DevNo,
     /// `(NAME)` (`-o devname`): a mapped device's name, a file's base name.
     DevName,
+    /// `(dm-N)` (`-o blkdevname`): a mapped device's kernel name, a file's base name.
+    BlkDevName,
 }
 
 /// `dmsetup deps NAME`: `N dependencies\t: (253, 0) ...`.
@@ -120,8 +122,9 @@ pub fn deps_line(deps: &[Dep], form: DepsForm) -> String {
         let shown = match (&d.mapped, form) {
             (Some((_, (maj, min))), DepsForm::DevNo) => format!("{maj}, {min}"),
             (Some((name, _)), DepsForm::DevName) => name.clone(),
+            (Some((_, (_, min))), DepsForm::BlkDevName) => format!("dm-{min}"),
             (None, DepsForm::DevNo) => d.reference.clone(),
-            (None, DepsForm::DevName) => d
+            (None, DepsForm::DevName | DepsForm::BlkDevName) => d
                 .reference
                 .rsplit('/')
                 .next()

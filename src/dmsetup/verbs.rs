@@ -1440,7 +1440,7 @@ impl Frontend {
                     }
                     let mut line = deps_line(&deps, form);
                     if blk {
-                        line = deps_blk(&deps);
+                        line = deps_line(&deps, DepsForm::BlkDevName);
                     }
                     cx.o(&line);
                     cx.o("\n");
@@ -1763,24 +1763,6 @@ fn option_error(inv: &Invocation) -> Option<String> {
         }
         rest = next;
     }
-}
-
-/// `deps -o blkdevname`: mapped devices as `dm-N`, files by base name.
-fn deps_blk(deps: &[Dep]) -> String {
-    let mut s = format!("{} dependencies\t:", deps.len());
-    for d in deps {
-        let shown = match &d.mapped {
-            Some((_, (_, mi))) => format!("dm-{mi}"),
-            None => d
-                .reference
-                .rsplit('/')
-                .next()
-                .unwrap_or(&d.reference)
-                .to_string(),
-        };
-        let _ = write!(s, " ({shown})");
-    }
-    s
 }
 
 /// A device as `table --concise` prints it.

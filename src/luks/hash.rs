@@ -2,10 +2,51 @@
 //! `checksum_alg`), with PBKDF2-HMAC and the plain digest the AF splitter needs.
 //!
 //! cryptsetup resolves these names through its crypto backend (OpenSSL on Debian); the
-//! ones below are the backend's usual set. Others (whirlpool, stribog, sm3, blake2) are
-//! refused by name.
+//! ones below are the backend's usual set plus whirlpool. A name dmemu does not
+//! implement (stribog, sm3, ...) is kept as [`Hash::Unsupported`]: a LUKS2 header naming
+//! it still dumps (cryptsetup's JSON validation does not look hashes up), and using it
+//! fails with "unsupported hash NAME", never as corrupt or as a wrong passphrase.
 
 use std::fmt;
+
+/// The longest unsupported hash name kept (longer ones are truncated for messages;
+/// cryptsetup's LUKS1 `hashSpec` field holds 32 bytes).
+pub const MAX_HASH_NAME: usize = 32;
+
+/// A hash name dmemu does not implement, kept (up to [`MAX_HASH_NAME`] bytes) for dumps
+/// and messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HashName {
+    len: u8,
+    bytes: [u8; MAX_HASH_NAME],
+}
+
+impl HashName {
+    fn new(name: &str) -> HashName {
+        let mut end = name.len().min(MAX_HASH_NAME);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; MAX_HASH_NAME];
+        bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        HashName {
+            len: u8::try_from(end).unwrap_or(0),
+            bytes,
+        }
+    }
+
+    /// The name as given (possibly truncated).
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Debug for HashName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
 
 /// A hash algorithm known by its cryptsetup name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,10 +63,15 @@ pub enum Hash {
     Sha512,
     /// `ripemd160`.
     Ripemd160,
+    /// `whirlpool`.
+    Whirlpool,
+    /// A name dmemu does not implement: [`Hash::supported`] refuses it, and
+    /// [`Hash::pbkdf2`] / [`Hash::digest_into`] write zeros for it (callers check first).
+    Unsupported(HashName),
 }
 
 /// Names accepted by [`Hash::from_name`], for error messages.
-pub const HASH_NAMES: &str = "sha1, sha224, sha256, sha384, sha512, ripemd160";
+pub const HASH_NAMES: &str = "sha1, sha224, sha256, sha384, sha512, ripemd160, whirlpool";
 
 impl Hash {
     /// The hash called `name` (case-insensitive, as the backend's lookups are).
@@ -38,8 +84,23 @@ impl Hash {
             "sha384" => Hash::Sha384,
             "sha512" => Hash::Sha512,
             "ripemd160" => Hash::Ripemd160,
+            "whirlpool" => Hash::Whirlpool,
             _ => return None,
         })
+    }
+
+    /// [`Hash::from_name`], or [`Hash::Unsupported`] keeping the name.
+    #[must_use]
+    pub fn parse(name: &str) -> Hash {
+        Hash::from_name(name).unwrap_or_else(|| Hash::Unsupported(HashName::new(name)))
+    }
+
+    /// `self` if dmemu implements it, else "unsupported hash NAME" naming `what` used it.
+    pub fn supported(self, what: &'static str) -> crate::error::Result<Hash> {
+        match self {
+            Hash::Unsupported(n) => Err(unsupported(what, n.as_str())),
+            h => Ok(h),
+        }
     }
 
     /// The cryptsetup name.
@@ -52,6 +113,8 @@ impl Hash {
             Hash::Sha384 => "sha384",
             Hash::Sha512 => "sha512",
             Hash::Ripemd160 => "ripemd160",
+            Hash::Whirlpool => "whirlpool",
+            Hash::Unsupported(_) => "unsupported",
         }
     }
 
@@ -63,7 +126,9 @@ impl Hash {
             Hash::Sha224 => 28,
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
-            Hash::Sha512 => 64,
+            Hash::Sha512 | Hash::Whirlpool => 64,
+            // No check can be made with it; 64 bounds what a digest field may hold.
+            Hash::Unsupported(_) => 64,
         }
     }
 
@@ -77,6 +142,8 @@ impl Hash {
             Hash::Sha384 => p::<sha2::Sha384>(password, salt, rounds, out),
             Hash::Sha512 => p::<sha2::Sha512>(password, salt, rounds, out),
             Hash::Ripemd160 => p::<ripemd::Ripemd160>(password, salt, rounds, out),
+            Hash::Whirlpool => p::<whirlpool::Whirlpool>(password, salt, rounds, out),
+            Hash::Unsupported(_) => out.fill(0),
         }
     }
 
@@ -99,14 +166,31 @@ impl Hash {
             Hash::Sha384 => run::<sha2::Sha384>(parts, out),
             Hash::Sha512 => run::<sha2::Sha512>(parts, out),
             Hash::Ripemd160 => run::<ripemd::Ripemd160>(parts, out),
+            Hash::Whirlpool => run::<whirlpool::Whirlpool>(parts, out),
+            Hash::Unsupported(_) => out.fill(0),
         }
     }
 }
 
 impl fmt::Display for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Hash::Unsupported(n) => f.write_str(n.as_str()),
+            h => f.write_str(h.name()),
+        }
     }
+}
+
+/// "unsupported hash NAME" (cryptsetup: "Requested LUKS hash NAME is not supported."),
+/// an invalid argument, not damage: the header is well formed, dmemu lacks the hash.
+pub(crate) fn unsupported(what: &'static str, name: &str) -> crate::error::Error {
+    crate::error::Error::invalid(
+        what,
+        format!(
+            "unsupported hash {} (dmemu has: {HASH_NAMES})",
+            crate::error::quote(name)
+        ),
+    )
 }
 
 /// `diffuse` of cryptsetup's lib/luks1/af.c: piece i of `buf` (digest-sized, the last
@@ -161,7 +245,13 @@ mod tests {
 
     #[test]
     fn af_merge_inverts_af_split_for_every_hash_and_odd_key_sizes() {
-        for hash in [Hash::Sha1, Hash::Sha256, Hash::Sha512, Hash::Ripemd160] {
+        for hash in [
+            Hash::Sha1,
+            Hash::Sha256,
+            Hash::Sha512,
+            Hash::Ripemd160,
+            Hash::Whirlpool,
+        ] {
             for n in [16usize, 32, 33, 64] {
                 let key: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
                 let mut m: Vec<u8> = (0..n * 10).map(|i| (i * 13 % 256) as u8).collect();
@@ -184,6 +274,19 @@ mod tests {
     #[test]
     fn hash_names_are_case_insensitive_and_unknown_ones_refused() {
         assert_eq!(Hash::from_name("SHA256"), Some(Hash::Sha256));
-        assert_eq!(Hash::from_name("whirlpool"), None);
+        assert_eq!(Hash::from_name("WhirlPool"), Some(Hash::Whirlpool));
+        assert_eq!(Hash::from_name("stribog512"), None);
+        let h = Hash::parse("stribog512");
+        assert_eq!(h.to_string(), "stribog512");
+        let e = h.supported("LUKS2 digest hash").unwrap_err().to_string();
+        assert!(e.contains("unsupported hash \"stribog512\""), "{e}");
+    }
+
+    #[test]
+    fn whirlpool_is_the_iso_10118_3_digest() {
+        // ISO/IEC 10118-3 test vector: Whirlpool("abc").
+        let mut out = [0u8; 64];
+        Hash::Whirlpool.digest_into(&[b"abc"], &mut out);
+        assert_eq!(out[..8], [0x4e, 0x24, 0x48, 0xa4, 0xc6, 0xf4, 0x86, 0xbb]);
     }
 }

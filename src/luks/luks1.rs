@@ -5,7 +5,7 @@
 //! key slots must be ENABLED or DISABLED, key material must lie after the header, before
 //! the payload (when the payload is on the same device) and inside the header device.
 
-use super::hash::{Hash, HASH_NAMES};
+use super::hash::Hash;
 use super::{corrupt, MAX_KEY_BYTES, MAX_MATERIAL_BYTES};
 use crate::error::Result;
 
@@ -118,16 +118,8 @@ impl Luks1Header {
         if cipher_name.is_empty() || cipher_mode.is_empty() {
             return Err(corrupt("LUKS1 cipherName/cipherMode", 8, "empty"));
         }
-        let hash = Hash::from_name(&hash_spec).ok_or_else(|| {
-            corrupt(
-                "LUKS1 hashSpec",
-                72,
-                format!(
-                    "unknown hash {} (known: {HASH_NAMES})",
-                    crate::error::quote(&hash_spec)
-                ),
-            )
-        })?;
+        // keymanage.c _check_and_convert_hdr: "Requested LUKS hash %s is not supported."
+        let hash = Hash::parse(&hash_spec).supported("LUKS1 hashSpec")?;
         let payload_offset = be32(b, 104);
         let key_bytes = be32(b, 108);
         if key_bytes == 0 || key_bytes > MAX_KEY_BYTES {

@@ -114,7 +114,7 @@ fn luks1_fields_out_of_range_are_named() {
         (208, &[1, 2, 3, 4], "neither ENABLED nor DISABLED"),
         (208 + 44, &[0xff, 0xff, 0xff, 0xff], "stripes"),
         (208 + 40, &[0x7f, 0, 0, 0], "keyMaterialOffset"),
-        (72, b"whirlpool\0", "unknown hash \"whirlpool\""),
+        (72, b"stribog512\0", "unsupported hash \"stribog512\""),
     ];
     for (at, bytes, want) in cases {
         let mut img = base.clone();
@@ -232,12 +232,8 @@ fn json_numbers_out_of_range_are_named_by_path() {
             "unknown KDF \"scrypt\"",
         ),
         (
-            Box::new(|v| v["keyslots"]["0"]["af"]["hash"] = json!("whirlpool")),
-            "keyslots.0.af.hash: unknown hash",
-        ),
-        (
-            Box::new(|v| v["digests"]["0"]["hash"] = json!("md4")),
-            "digests.0.hash",
+            Box::new(|v| v["keyslots"]["0"]["af"]["hash"] = json!(7)),
+            "keyslots.0.af.hash: not a string",
         ),
         (
             Box::new(|v| v["digests"]["0"]["salt"] = json!("!!")),
@@ -255,6 +251,41 @@ fn json_numbers_out_of_range_are_named_by_path() {
     for (f, want) in cases {
         let e = err(l2_with(f));
         assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+/// cryptsetup's JSON validation only checks that a hash is a string: a header naming
+/// one dmemu lacks opens and dumps, and unlocking says "unsupported hash", never "no key"
+/// or "corrupt".
+#[test]
+fn unsupported_luks2_hashes_open_and_dump_and_unlock_names_them() {
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|v| v["keyslots"]["0"]["af"]["hash"] = json!("sm3")),
+            "key slot AF hash",
+        ),
+        (
+            Box::new(|v| v["digests"]["0"]["hash"] = json!("md4")),
+            "LUKS digest hash",
+        ),
+        (
+            Box::new(|v| {
+                v["keyslots"]["0"]["kdf"] = json!({"type": "pbkdf2", "hash": "stribog256",
+                    "iterations": 1000, "salt": "AAAAAAAAAAAAAAAAAAAAAA=="});
+            }),
+            "key slot PBKDF2 hash",
+        ),
+    ];
+    for (f, what) in cases {
+        let luks = open(l2_with(f)).unwrap();
+        let dump = luks.dump("x");
+        assert!(dump.contains("LUKS header information"), "{dump}");
+        let e = luks
+            .unlock(b"alpha", Some(0), &KdfLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what) && e.contains("unsupported hash"), "{e}");
+        assert!(!e.contains("no key") && !e.contains("corrupt"), "{e}");
     }
 }
 
@@ -292,7 +323,10 @@ fn unsupported_luks2_states_are_refused_by_name() {
             "segment type \"hw-opal-crypt\"",
         ),
         (
-            Box::new(|v| v["segments"]["1"] = v["segments"]["0"].clone()),
+            Box::new(|v| {
+                v["segments"]["1"] = v["segments"]["0"].clone();
+                v["digests"]["0"]["segments"] = json!(["0", "1"]);
+            }),
             "2 segments",
         ),
     ];
@@ -381,7 +415,15 @@ fn random_header_corruption_never_panics() {
 
 #[test]
 fn a_key_slot_bound_to_no_segment_does_not_open_the_volume() {
-    let img = l2_with(|v| v["digests"]["0"]["segments"] = json!([]));
+    // As `luksAddKey --unbound` leaves it: key slot 0 moved to a digest of its own that
+    // names no segment (segment 0 stays covered by digest 0 and its other key slots).
+    let img = l2_with(|v| {
+        let mut d = v["digests"]["0"].clone();
+        d["keyslots"] = json!(["0"]);
+        d["segments"] = json!([]);
+        v["digests"]["1"] = d;
+        v["digests"]["0"]["keyslots"] = json!(["3", "4"]);
+    });
     let e = open(img)
         .unwrap()
         .unlock(b"alpha", None, &KdfLimits::default())
@@ -470,4 +512,67 @@ fn a_wrong_passphrase_on_32_slots_stops_at_the_attempts_kdf_budget() {
     let (r, runs) = luks.unlock_counted(b"wrong", None, &all);
     assert!(r.unwrap_err().to_string().contains("no key available"));
     assert_eq!(runs, 64);
+}
+
+/// A key slot whose material decrypts to garbage (digest intact) fails the passphrase as
+/// cryptsetup says it ("No key available with this passphrase"); a key slot that cannot
+/// be opened at all (its area cipher unusable) says which slot and why, not "no key".
+#[test]
+fn damaged_key_slots_say_what_failed() {
+    // LUKS2 slot 0's area: flip bytes of its key material.
+    let mut img = fixture("l2-argon2id.img.gz");
+    let lim = KdfLimits::default();
+    open(img.clone())
+        .unwrap()
+        .unlock(b"alpha", Some(0), &lim)
+        .unwrap();
+    let meta: Value = {
+        let a = &img[4096..16384];
+        serde_json::from_slice(&a[..a.iter().position(|&c| c == 0).unwrap()]).unwrap()
+    };
+    let off: usize = meta["keyslots"]["0"]["area"]["offset"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    img[off..off + 4096].iter_mut().for_each(|b| *b ^= 0x5a);
+    let luks = open(img).unwrap();
+    let e = luks
+        .unlock(b"alpha", Some(0), &KdfLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no key available with this passphrase"), "{e}");
+    // The other slots still open.
+    luks.unlock(b"bravo", None, &KdfLimits::default()).unwrap();
+
+    // LUKS1 slot 0's material, likewise.
+    let mut l1 = fixture("l1-xts256.img.gz");
+    let k = open(l1.clone())
+        .unwrap()
+        .unlock(b"alpha", None, &lim)
+        .unwrap();
+    assert_eq!(k.keyslot, Some(0));
+    let at = u32::from_be_bytes(l1[208 + 40..208 + 44].try_into().unwrap()) as usize * 512;
+    l1[at..at + 4096].iter_mut().for_each(|b| *b ^= 0x5a);
+    let e = open(l1)
+        .unwrap()
+        .unlock(b"alpha", None, &KdfLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no key available with this passphrase"), "{e}");
+
+    // An area cipher the crypt target refuses: the slot and the cipher are named.
+    let luks = open(l2_with(|v| {
+        v["keyslots"]["0"]["area"]["encryption"] = json!("aes-bogus-plain64");
+    }))
+    .unwrap();
+    let e = luks
+        .unlock(b"wrong", Some(0), &KdfLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key slot 0") && e.contains("aes-bogus-plain64"),
+        "{e}"
+    );
+    assert!(!e.contains("no key available"), "{e}");
 }

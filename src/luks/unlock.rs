@@ -53,6 +53,17 @@ fn is_budget(e: &Error) -> bool {
     matches!(e, Error::InvalidArgument { what, .. } if *what == "key derivation budget")
 }
 
+/// A key slot that could not be opened (its KDF, cipher or area unusable): the error
+/// names the slot, so it is never mistaken for a wrong passphrase.
+fn in_slot(id: u32, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument { what, reason } if what != "key derivation budget" => {
+            Error::invalid(what, format!("key slot {id}: {reason}"))
+        }
+        e => e,
+    }
+}
+
 /// Decrypt `material` (ciphertext, a whole number of sectors) with `cipher` keyed by
 /// `key`, 512-byte sectors numbered from 0, through the crypt target itself.
 fn decrypt_area(cipher: &str, key: &[u8], material: Vec<u8>) -> Result<Zeroizing<Vec<u8>>> {
@@ -101,6 +112,7 @@ fn open_slot(
     limits: &KdfLimits,
     budget: &mut KdfBudget,
 ) -> Result<Zeroizing<Vec<u8>>> {
+    af_hash.supported("key slot AF hash")?;
     let dk = kdf.derive(pass, salt, slot_key_len, limits, budget)?;
     let stripes = usize::try_from(stripes).map_err(|_| Error::invalid("stripes", "too many"))?;
     let n = vk_len * stripes;
@@ -122,6 +134,7 @@ fn digest_ok(
     limits: &KdfLimits,
     budget: &mut KdfBudget,
 ) -> Result<bool> {
+    hash.supported("LUKS digest hash")?;
     limits.check_iterations(iterations, "the volume key digest")?;
     budget.spend(
         pbkdf2_cost(hash, iterations, want.len()),
@@ -214,7 +227,7 @@ impl Luks {
                         Ok(vk) => vk,
                         Err(e) if is_budget(&e) => return Err(e),
                         Err(e) => {
-                            first_err.get_or_insert(e);
+                            first_err.get_or_insert(in_slot(s, e));
                             continue;
                         }
                     };
@@ -343,12 +356,7 @@ impl Luks {
             limits,
             budget,
         )
-        .map_err(|e| match e {
-            Error::InvalidArgument { what, reason } if what != "key derivation budget" => {
-                Error::invalid(what, format!("key slot {id}: {reason}"))
-            }
-            e => e,
-        })?;
+        .map_err(|e| in_slot(id, e))?;
         // Only a digest that also covers segment 0 makes the key a data key: a key slot
         // bound to no segment (cryptsetup's "unbound" keys) cannot open the volume.
         for (&did, d) in &h.meta.digests {

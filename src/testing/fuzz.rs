@@ -347,13 +347,14 @@ fn seal_luks2_copy(img: &mut [u8], at: usize) {
 pub fn af_digest(data: &[u8]) {
     use crate::luks::hash::{af_merge, af_split, Hash};
 
-    const HASHES: [Hash; 6] = [
+    const HASHES: [Hash; 7] = [
         Hash::Sha1,
         Hash::Sha224,
         Hash::Sha256,
         Hash::Sha384,
         Hash::Sha512,
         Hash::Ripemd160,
+        Hash::Whirlpool,
     ];
     let [h, s0, s1, k, material @ ..] = data else {
         return;

@@ -147,6 +147,14 @@ pub fn read_copy(dev: &dyn Volume, offset: u64, primary: bool) -> Result<BinHead
             "JSON text is not NUL-terminated",
         )
     })?;
+    // validate_json_area: nothing but zeros after the JSON text.
+    if let Some(i) = area[end..].iter().position(|&c| c != 0) {
+        return Err(corrupt(
+            "LUKS2 JSON area",
+            offset + BIN_SIZE as u64 + (end + i) as u64,
+            "non-zero bytes after the JSON text's terminating NUL",
+        ));
+    }
     area.truncate(end);
     let json = String::from_utf8(area).map_err(|e| {
         corrupt(

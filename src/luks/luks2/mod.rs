@@ -48,6 +48,13 @@ fn validate(bin: &BinHeader, m: &Metadata, dev_bytes: u64) -> Result<()> {
             m.config.keyslots_size
         )));
     }
+    // LUKS2_MAX_KEYSLOTS_SIZE (luks2.h): 128 MiB.
+    if m.config.keyslots_size > 128 << 20 {
+        return Err(bad(format!(
+            "config.keyslots_size: {} is more than 128 MiB",
+            m.config.keyslots_size
+        )));
+    }
     let area_start = 2 * bin.hdr_size;
     let area_end = area_start
         .checked_add(m.config.keyslots_size)
@@ -60,10 +67,11 @@ fn validate(bin: &BinHeader, m: &Metadata, dev_bytes: u64) -> Result<()> {
             Keyslot::Other { .. } => continue,
         };
         let end = offset.saturating_add(size);
-        if offset % 512 != 0 || offset < area_start || end > area_end {
+        // cryptsetup checks the range only (an unaligned offset is accepted).
+        if offset < area_start || end > area_end {
             return Err(bad(format!(
-                "keyslots.{id}.area: [{offset}, {end}) is not 512-aligned inside the key-slot \
-                 area [{area_start}, {area_end})"
+                "keyslots.{id}.area: [{offset}, {end}) is not inside the key-slot area \
+                 [{area_start}, {area_end})"
             )));
         }
         if end > dev_bytes {
@@ -87,12 +95,42 @@ fn validate(bin: &BinHeader, m: &Metadata, dev_bytes: u64) -> Result<()> {
             )));
         }
     }
+    for (&id, t) in &m.tokens {
+        if let Some(k) = t.keyslots.iter().find(|k| !m.keyslots.contains_key(k)) {
+            return Err(bad(format!("tokens.{id}.keyslots: no keyslot {k}")));
+        }
+    }
     for (&id, d) in &m.digests {
         if let Some(k) = d.keyslots.iter().find(|k| !m.keyslots.contains_key(k)) {
             return Err(bad(format!("digests.{id}.keyslots: no keyslot {k}")));
         }
         if let Some(s) = d.segments.iter().find(|s| !m.segments.contains_key(s)) {
             return Err(bad(format!("digests.{id}.segments: no segment {s}")));
+        }
+    }
+    // hdr_validate_digests / segments: every key slot that holds a key is named by exactly
+    // one digest ("Keyslot %d is not assigned to exactly 1 digest"), every crypt segment by
+    // at least one ("Crypt segment %s not assigned to key digest").
+    for (&id, ks) in &m.keyslots {
+        if !matches!(ks, Keyslot::Luks2(_)) {
+            continue;
+        }
+        let n = m
+            .digests
+            .values()
+            .filter(|d| d.keyslots.contains(&id))
+            .count();
+        if n != 1 {
+            return Err(bad(format!(
+                "keyslots.{id}: named by {n} digests, must be exactly 1"
+            )));
+        }
+    }
+    for (&id, s) in &m.segments {
+        if s.kind == "crypt" && !m.digests.values().any(|d| d.segments.contains(&id)) {
+            return Err(bad(format!(
+                "segments.{id}: crypt segment named by no digest"
+            )));
         }
     }
     Ok(())
