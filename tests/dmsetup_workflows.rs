@@ -99,3 +99,55 @@ fn docker_grows_its_pool_by_truncate_reload_resume() {
     }
     run("dmsetup remove base && dmsetup remove pool");
 }
+
+/// The device nodes follow the devices: a file per active device in `$DM_DEV_DIR/mapper`,
+/// renamed and removed with it; a table naming a node by a relative path gets the device
+/// (not the file; `.` keeps the sandbox from rewriting the path); the mount goes with
+/// the host.
+#[test]
+fn device_nodes_follow_create_rename_remove() {
+    if !Sandbox::nodes() {
+        eprintln!("skipping: /dev/fuse is missing");
+        return;
+    }
+    let sb = Sandbox::new(&[16 * MIB]);
+    let mapper = sb.state().join("dev/mapper");
+    let names = || {
+        let mut v: Vec<String> = std::fs::read_dir(&mapper)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let run = |cmd: &str| {
+        let (out, rc) = sb.run(cmd);
+        assert_eq!(
+            rc,
+            0,
+            "{cmd}:\n{out}{}",
+            std::fs::read_to_string(sb.state().join("dmesg.log")).unwrap_or_default()
+        );
+        out
+    };
+    run("dmsetup create a --table \"0 32768 linear /dev/vda 0\"");
+    assert_eq!(names(), ["a"]);
+    assert_eq!(std::fs::metadata(mapper.join("a")).unwrap().len(), 16 * MIB);
+    run("dmsetup create b --notable");
+    assert_eq!(names(), ["a"], "a device without a live table has no node");
+    run("dmsetup rename a c");
+    assert_eq!(names(), ["c"]);
+    run("dmsetup load b --table \"0 8 linear state/dev/./mapper/c 8\" && dmsetup resume b");
+    assert_eq!(run("dmsetup table b"), "0 8 linear 253:0 8\n");
+    assert_eq!(names(), ["b", "c"]);
+    run("dmsetup remove b");
+    assert_eq!(names(), ["c"]);
+    run("dmsetup remove c");
+    // The host has exited and unmounted: the directory is the empty one underneath.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&mapper.display().to_string()),
+        "still mounted: {mounts}"
+    );
+    assert!(names().is_empty());
+}
