@@ -377,7 +377,7 @@ pub fn host_dev_dir(state: &StateDir) -> PathBuf {
 }
 
 /// Mount the exports as the device nodes `DM_DEV_DIR/mapper/NAME`; `None` (with the reason
-/// in host.log) where FUSE is unavailable or the directory cannot be made.
+/// in host.log) where FUSE is unavailable, or the directory cannot be made or is not empty.
 #[cfg(feature = "fuse")]
 fn mount_nodes(state: &StateDir, exports: &Exports) -> Option<crate::serve::fuse::FuseMount> {
     use crate::serve::fuse::{unmount_stale, FuseMount};
@@ -401,6 +401,14 @@ fn mount_nodes(state: &StateDir, exports: &Exports) -> Option<crate::serve::fuse
         .create(&dir)
     {
         eprintln!("dmemu host: no device nodes: {}: {e}", dir.display());
+        return None;
+    }
+    // Never hide files (a real /dev/mapper when DM_DEV_DIR=/dev, run as root).
+    if std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_some()) {
+        eprintln!(
+            "dmemu host: no device nodes: {} is not an empty directory",
+            dir.display()
+        );
         return None;
     }
     match FuseMount::mount(exports.clone(), &dir) {
