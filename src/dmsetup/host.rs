@@ -12,6 +12,10 @@
 //!   of devices a crashed host lost, reported once;
 //! - `nbd.sock`: an NBD server (`serve`), one export per device with a live table, named
 //!   as the device; a client holding an export open makes `remove` busy, as an opener does;
+//! - `dev/mapper/` (or `$DM_DEV_DIR/mapper/` when the host's first client set it): a FUSE
+//!   mount showing the same exports as files, `mapper/NAME` (the device nodes), unmounted
+//!   when the host exits; where FUSE is unavailable the host runs without it and says why in
+//!   `host.log`;
 //! - `dmesg.log`: the reason behind each failed ioctl (what the kernel logs to dmesg);
 //! - `host.log`: the host's own stderr; `host.pid`: its process id.
 //!
@@ -202,6 +206,9 @@ struct Host {
     /// The command lock; `true` once the host is exiting.
     exiting: Mutex<bool>,
     lost: Mutex<Option<String>>,
+    /// The device nodes' FUSE mount.
+    #[cfg(feature = "fuse")]
+    nodes: Mutex<Option<crate::serve::fuse::FuseMount>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -209,6 +216,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Host {
+    /// Unmount the device nodes and end the process.
+    fn exit(&self) -> ! {
+        #[cfg(feature = "fuse")]
+        if let Some(m) = lock(&self.nodes).take() {
+            if let Err(e) = m.unmount() {
+                eprintln!("dmemu host: unmounting the device nodes: {}", e.chain());
+            }
+        }
+        std::process::exit(0);
+    }
+
     fn record_devices(&self) {
         let names: Vec<String> = self
             .fe
@@ -264,7 +282,7 @@ impl Host {
             let _ = std::fs::remove_file(self.state.devices());
             let _ = write_msg(&mut stream, &Response::Done(out));
             drop(stream);
-            std::process::exit(0);
+            self.exit();
         }
         self.record_devices();
         let _ = write_msg(&mut stream, &Response::Done(out));
@@ -313,21 +331,26 @@ pub fn serve(dir: &Path) -> i32 {
             return 1;
         }
     };
+    #[cfg(feature = "fuse")]
+    let nodes = mount_nodes(&state, &exports);
     fe.exports = Some(exports);
     let host = Arc::new(Host {
         fe,
         state: state.clone(),
         exiting: Mutex::new(false),
         lost: Mutex::new(lost),
+        #[cfg(feature = "fuse")]
+        nodes: Mutex::new(nodes),
     });
     // The socket is how clients find the host: if it goes (the dir was deleted), nobody
     // can reach the devices any more, so the host ends.
     let sock = state.socket();
+    let watch = Arc::clone(&host);
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_secs(2));
         let now = std::fs::metadata(&sock).map(|m| m.ino()).ok();
         if now.is_none() || now != ino {
-            std::process::exit(0);
+            watch.exit();
         }
     });
     for stream in listener.incoming() {
@@ -342,4 +365,57 @@ pub fn serve(dir: &Path) -> i32 {
     drop(server);
     drop(lockf);
     0
+}
+
+/// The host's `DM_DEV_DIR`: its environment's (inherited from the client that started
+/// it), else `dev` in the state dir.
+#[must_use]
+pub fn host_dev_dir(state: &StateDir) -> PathBuf {
+    std::env::var_os("DM_DEV_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| state.dev_dir(), PathBuf::from)
+}
+
+/// Mount the exports as the device nodes `DM_DEV_DIR/mapper/NAME`; `None` (with the reason
+/// in host.log) where FUSE is unavailable, or the directory cannot be made or is not empty.
+#[cfg(feature = "fuse")]
+fn mount_nodes(state: &StateDir, exports: &Exports) -> Option<crate::serve::fuse::FuseMount> {
+    use crate::serve::fuse::{unmount_stale, FuseMount};
+    let dir = host_dev_dir(state).join("mapper");
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!(
+            "dmemu host: /dev/fuse is missing: no device nodes in {}",
+            dir.display()
+        );
+        return None;
+    }
+    if let Err(e) = unmount_stale(&dir) {
+        eprintln!(
+            "dmemu host: {}: a dead FUSE mount is left there: {e}",
+            dir.display()
+        );
+    }
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        eprintln!("dmemu host: no device nodes: {}: {e}", dir.display());
+        return None;
+    }
+    // Never hide files (a real /dev/mapper when DM_DEV_DIR=/dev, run as root).
+    if std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_some()) {
+        eprintln!(
+            "dmemu host: no device nodes: {} is not an empty directory",
+            dir.display()
+        );
+        return None;
+    }
+    match FuseMount::mount(exports.clone(), &dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            eprintln!("dmemu host: no device nodes: {}", e.chain());
+            None
+        }
+    }
 }

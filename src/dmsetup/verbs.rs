@@ -686,11 +686,33 @@ impl Frontend {
 
     /// The name a device argument gives (`/dev/mapper/NAME` and `$DM_DEV_DIR/mapper/NAME`
     /// name NAME).
+    /// Any other spelling of a path into `$DM_DEV_DIR/mapper/` (relative to the working
+    /// directory, through `..` or symlinks) names the device too: the host never opens its own
+    /// device nodes as image files.
     fn strip<'n>(env: &Env, name: &'n str) -> &'n str {
         let own = format!("{}/mapper/", env.dev_dir.trim_end_matches('/'));
         name.strip_prefix(own.as_str())
             .or_else(|| name.strip_prefix("/dev/mapper/"))
+            .or_else(|| Self::node_name(env, name))
             .unwrap_or(name)
+    }
+
+    /// `NAME` when `path` is `DIR/mapper/NAME` with `DIR` the same directory as
+    /// `$DM_DEV_DIR` (compared without looking inside the FUSE mount itself).
+    fn node_name<'n>(env: &Env, path: &'n str) -> Option<&'n str> {
+        if !path.contains('/') || env.dev_dir.is_empty() {
+            return None;
+        }
+        let p = std::path::Path::new(path);
+        let file = p.file_name()?.to_str()?;
+        let mapper = p.parent()?;
+        if mapper.file_name()? != "mapper" {
+            return None;
+        }
+        let dir = mapper.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = std::fs::canonicalize(dir.unwrap_or(std::path::Path::new("."))).ok()?;
+        let dev = std::fs::canonicalize(&env.dev_dir).ok()?;
+        (dir == dev).then(|| &path[path.len() - file.len()..])
     }
 
     /// The device a command names: its argument, or `-u UUID`, or `-j MAJ -m MIN`. `None`

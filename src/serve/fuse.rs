@@ -206,6 +206,17 @@ impl Drop for FuseMount {
     }
 }
 
+/// Detach whatever FUSE mount is left on `path` by a process that ended without
+/// unmounting (its files answer ENOTCONN); a no-op when nothing is mounted there.
+pub fn unmount_stale(path: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()) => {
+            unmount(path, true)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// umount(2) as root; fusermount3 -u otherwise. `lazy`: MNT_DETACH / -z.
 fn unmount(path: &Path, lazy: bool) -> std::io::Result<()> {
     use rustix::mount::UnmountFlags;

@@ -112,9 +112,21 @@ impl Sandbox {
         self.dir.path().join("state")
     }
 
-    /// `cmd` with the oracle's disk paths replaced by the images.
+    /// Whether device nodes can be mounted here (the host mounts them with FUSE).
+    pub fn nodes() -> bool {
+        std::path::Path::new("/dev/fuse").exists()
+    }
+
+    /// `cmd` with the oracle's disk paths replaced by the images, and `/dev/mapper/NAME`
+    /// by dmemu's device node `$DM_DEV_DIR/mapper/NAME` (where FUSE is available).
     pub fn local_cmd(&self, cmd: &str) -> String {
         let mut c = cmd.to_string();
+        if Self::nodes() {
+            c = c.replace(
+                "/dev/mapper/",
+                &format!("{}/dev/mapper/", self.state().display()),
+            );
+        }
         for (i, p) in self.disks.iter().enumerate() {
             c = c.replace(&format!("/dev/{}", DISKS[i]), &p.display().to_string());
         }
