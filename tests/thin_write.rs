@@ -869,3 +869,24 @@ fn a_drained_last_leaf_merges_back_into_the_run_repacked_before_it() {
     );
     assert_eq!(md.mappings(root).unwrap().len(), 230);
 }
+
+/// A pool built without a device layer (`ThinPool::over`) cannot be reloaded to grow, so a
+/// write that needs a block on a full pool fails ENOSPC at once in `queue_if_no_space` mode:
+/// the pool is out of data space but still queueing by its feature (a timed-out queue would
+/// have turned it to `error_if_no_space`).
+#[test]
+fn a_full_pool_without_a_device_layer_fails_writes_at_once() {
+    let meta = Arc::new(MemVolume::new(SectorCount(8192)).unwrap());
+    let data = Arc::new(MemVolume::new(SectorCount(512)).unwrap());
+    let pool = Arc::new(ThinPool::over(&pool_args("0"), SectorCount(512), meta, data).unwrap());
+    msg(&pool, "create_thin 0");
+    let t = Thin::over(pool.clone(), 0, SectorCount(4096), None).unwrap();
+    for b in 0..4 {
+        t.write(Sector(b * 128), &[1u8; 4096]).unwrap();
+    }
+    let e = t.write(Sector(4 * 128), &[1u8; 4096]).unwrap_err();
+    assert_eq!(e.errno(), 28, "{e}");
+    let status = pool.status();
+    assert!(status.contains("out_of_data_space"), "{status}");
+    assert!(status.contains("queue_if_no_space"), "{status}");
+}

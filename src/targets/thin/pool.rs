@@ -231,6 +231,10 @@ pub(super) struct Pool {
     /// The `no_space_timeout` module parameter when the pool was created (0: queue for
     /// ever).
     no_space_timeout: Duration,
+    /// Whether writes queue on a full pool in `queue_if_no_space` mode: only where a device
+    /// layer can reload the pool to grow it (not for `ThinPool::over`, where nothing could
+    /// and a write would wait out the timeout).
+    queues: bool,
     /// Raised when writes queued on a full pool should look again (space came back, or
     /// the timeout turned the pool to erroring).
     space: Stop,
@@ -380,20 +384,22 @@ impl ThinPool {
     }
 
     /// A pool over already-open volumes, bound as if its table had resumed (library use,
-    /// tests, benches).
+    /// tests, benches). Nothing can reload it, so when it is full a write that needs a block
+    /// fails ENOSPC at once even in `queue_if_no_space` mode.
     pub fn over(
         args: &ThinPoolArgs,
         len: SectorCount,
         meta: SharedVolume,
         data: SharedVolume,
     ) -> Result<ThinPool> {
-        let pool = Pool::open(
+        let mut pool = Pool::open(
             args,
             len,
             (meta, Arc::clone(&data), Arc::clone(&data)),
             Arc::new(SystemClock::new()),
             NO_SPACE_TIMEOUT,
         )?;
+        pool.queues = false;
         let tp = ThinPool {
             args: args.clone(),
             len,
@@ -568,6 +574,7 @@ impl Pool {
             gate: Gate::default(),
             clock,
             no_space_timeout,
+            queues: true,
             space: Stop::default(),
         })
     }
@@ -641,6 +648,9 @@ impl Pool {
     /// Whether a write that found no free block waits for space (`queue_if_no_space`)
     /// rather than failing.
     pub(super) fn queues_when_full(&self) -> bool {
+        if !self.queues {
+            return false;
+        }
         let mut st = lock(&self.state);
         self.check_no_space_timeout(&mut st);
         st.mode == Mode::OutOfDataSpace && !st.error_if_no_space
