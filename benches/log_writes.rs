@@ -128,38 +128,42 @@ fn log_full(t: &LogWrites) -> bool {
     used + per_batch + 64 >= LOG.0 || !t.logging_enabled()
 }
 
-fn bench_mem(c: &mut Criterion) {
-    let dev = mem(SIZE);
-    let log = mem(LOG);
-    let group = "log_writes_4k_write_flush64_mem";
+/// linear, log-writes, the two-copies floor and linear again, over `dev` and `log`.
+fn bench_all(c: &mut Criterion, group: &str, dev: &SharedVolume, log: &SharedVolume) {
     batches(
         c,
         group,
         "linear",
-        || Linear::over(Arc::clone(&dev), SectorCount(0), SIZE).unwrap(),
+        || Linear::over(Arc::clone(dev), SectorCount(0), SIZE).unwrap(),
         |_| false,
     );
     batches(
         c,
         group,
         "log_writes",
-        || LogWrites::over(Arc::clone(&dev), Arc::clone(&log), SIZE),
+        || LogWrites::over(Arc::clone(dev), Arc::clone(log), SIZE),
         log_full,
     );
     batches(
         c,
         group,
         "two_copies_floor",
-        || TwoCopies::new(&dev, &log),
+        || TwoCopies::new(dev, log),
         |_| false,
     );
     batches(
         c,
         group,
         "linear_again",
-        || Linear::over(Arc::clone(&dev), SectorCount(0), SIZE).unwrap(),
+        || Linear::over(Arc::clone(dev), SectorCount(0), SIZE).unwrap(),
         |_| false,
     );
+}
+
+fn bench_mem(c: &mut Criterion) {
+    let dev = mem(SIZE);
+    let log = mem(LOG);
+    bench_all(c, "log_writes_4k_write_flush64_mem", &dev, &log);
 }
 
 fn file(dir: &std::path::Path, name: &str, sectors: SectorCount) -> SharedVolume {
@@ -185,35 +189,7 @@ fn bench_files(c: &mut Criterion) {
     for s in (0..LOG.0).step_by(2048) {
         log.write(Sector(s), &chunk).unwrap();
     }
-    let group = "log_writes_4k_write_flush64_file";
-    batches(
-        c,
-        group,
-        "linear",
-        || Linear::over(Arc::clone(&dev), SectorCount(0), SIZE).unwrap(),
-        |_| false,
-    );
-    batches(
-        c,
-        group,
-        "log_writes",
-        || LogWrites::over(Arc::clone(&dev), Arc::clone(&log), SIZE),
-        log_full,
-    );
-    batches(
-        c,
-        group,
-        "two_copies_floor",
-        || TwoCopies::new(&dev, &log),
-        |_| false,
-    );
-    batches(
-        c,
-        group,
-        "linear_again",
-        || Linear::over(Arc::clone(&dev), SectorCount(0), SIZE).unwrap(),
-        |_| false,
-    );
+    bench_all(c, "log_writes_4k_write_flush64_file", &dev, &log);
 }
 
 criterion_group!(benches, bench_mem, bench_files);
