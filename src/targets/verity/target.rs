@@ -94,6 +94,19 @@ impl Verity {
         fec_dev: Option<SharedVolume>,
     ) -> Result<Verity> {
         let geo = args.geometry()?;
+        // VerityArgs is public: a library caller (or a fuzzer) can build one whose root
+        // digest does not fit the algorithm; refuse it here as the table parser does.
+        let ds = args.algorithm.digest_size();
+        if args.root_digest.len() != ds {
+            return Err(Error::invalid(
+                "verity",
+                format!(
+                    "Invalid root digest: {} bytes, {} needs {ds}",
+                    args.root_digest.len(),
+                    args.algorithm.name()
+                ),
+            ));
+        }
         let hbs = u64::from(args.hash_block_size);
         if data.size().bytes() < len.bytes() {
             return Err(Error::invalid("verity", "Data device is too small"));
