@@ -391,3 +391,20 @@ fn fec_rebuilds_a_block_whose_read_failed_and_without_fec_the_error_passes_up() 
     .unwrap();
     assert!(matches!(read_block(&v, 12), Err(Error::Io { .. })));
 }
+
+#[test]
+fn a_root_digest_of_another_length_than_the_algorithms_is_refused_at_construction() {
+    // VerityArgs is public, so a library caller can pair a sha256-sized root with sha512
+    // (the table parser refuses that with "Invalid root digest"); construction must too.
+    let c = case("v1-sha256-4k");
+    let mut args = c.args("d", "h", "");
+    args.algorithm = dmemu::targets::verity::HashAlg::from_name("sha512").unwrap();
+    let e = Verity::over(
+        &args,
+        SectorCount(c.sectors()),
+        mem(load(&c.data)),
+        mem(load(&c.hash)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("Invalid root digest"), "{e}");
+}
