@@ -310,6 +310,27 @@ impl LoadedTable {
 }
 
 impl LoadedTable {
+    /// A read that spans lines: pieces served at once when a line holds requests (see
+    /// `concurrent`), in order otherwise.
+    #[cold]
+    fn read_pieces(&self, sector: Sector, count: SectorCount, buf: &mut [u8]) -> Result<()> {
+        if self.concurrent {
+            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
+            let mut rest = buf;
+            self.for_pieces(sector, count, |seg, rel, len, _| {
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(len.usize_bytes()?);
+                rest = tail;
+                jobs.push(Box::new(move || seg.target.read(rel, piece)));
+                Ok(())
+            })?;
+            return run_all(jobs);
+        }
+        self.for_pieces(sector, count, |seg, rel, len, done| {
+            let end = done + len.usize_bytes()?;
+            seg.target.read(rel, &mut buf[done..end])
+        })
+    }
+
     /// Write `buf` at `sector` with `op` on each line's piece: pieces served at once when a
     /// line holds requests (see `concurrent`), in order otherwise.
     fn write_pieces(
@@ -360,6 +381,9 @@ impl Volume for LoadedTable {
         self.size
     }
 
+    // The hot path (one request inside one segment) is small enough to inline into the
+    // device's read; requests that span segments take `read_pieces`.
+    #[inline]
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         let count = check_io(self.size, sector, buf.len())?;
         if count.0 == 0 {
@@ -370,23 +394,8 @@ impl Volume for LoadedTable {
         if rel.0 + count.0 <= seg.len.0 {
             return seg.target.read(rel, buf);
         }
-        if self.concurrent {
-            let mut jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + '_>> = Vec::new();
-            let mut rest = buf;
-            self.for_pieces(sector, count, |seg, rel, len, _| {
-                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(len.usize_bytes()?);
-                rest = tail;
-                jobs.push(Box::new(move || seg.target.read(rel, piece)));
-                Ok(())
-            })?;
-            return run_all(jobs);
-        }
-        self.for_pieces(sector, count, |seg, rel, len, done| {
-            let end = done + len.usize_bytes()?;
-            seg.target.read(rel, &mut buf[done..end])
-        })
+        self.read_pieces(sector, count, buf)
     }
-
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         self.write_pieces(sector, buf, |t, rel, piece| t.write(rel, piece))
     }
