@@ -24,6 +24,7 @@ pub mod flakey;
 pub mod linear;
 pub mod log_writes;
 pub mod other;
+pub mod pdata;
 pub mod snapshot;
 pub mod striped;
 pub mod thin;
