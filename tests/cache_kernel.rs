@@ -30,7 +30,12 @@ fn gunzip(name: &str) -> Vec<u8> {
 
 /// kernel.txt's `KIND NAME REST` lines as NAME -> REST.
 fn kernel(kind: &str) -> BTreeMap<String, String> {
-    std::fs::read_to_string(fixtures().join("kernel.txt"))
+    lines("kernel.txt", kind)
+}
+
+/// A fixture text file's `KIND NAME REST` lines as NAME -> REST.
+fn lines(file: &str, kind: &str) -> BTreeMap<String, String> {
+    std::fs::read_to_string(fixtures().join(file))
         .unwrap()
         .lines()
         .filter_map(|l| {
@@ -147,7 +152,11 @@ fn dump_equals_the_host_cache_dump_byte_for_byte() {
     for name in CACHES {
         let t = images(name);
         let out = dmemu(&["cache", "dump", "meta.img"], t.path());
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let want = std::fs::read_to_string(fixtures().join(format!("{name}.xml"))).unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), want, "{name}");
     }
@@ -165,4 +174,113 @@ fn writeback_dirty_blocks_come_from_the_bitset_in_format_2_and_the_flags_in_form
         let n = text.lines().skip(1).filter(|l| l.ends_with(" 1")).count();
         assert_eq!(n, dirty, "{name}: {text}");
     }
+}
+
+/// The writes `replayed_writes_read_back_as_the_kernel_reads_them` makes on each cache:
+/// (sector, 4 KiB pages, fill byte): inside a dirty block, inside clean mapped blocks,
+/// unmapped blocks, across a block edge, and the last page of the device.
+const WRITES: [(u64, usize, u8); 6] = [
+    (4 * 128 + 16, 1, 0xa1),
+    (6 * 128, 2, 0xb2),
+    (41 * 128 + 120, 4, 0xc3),
+    (60 * 128 + 8, 1, 0xd4),
+    (90 * 128, 16, 0xe5),
+    (16384 - 8, 1, 0xf6),
+];
+
+/// The table each cache is written through: its kernel table, wt1 in passthrough mode.
+fn write_table(name: &str) -> String {
+    let t = kernel("FRESH_TABLE")[name].clone();
+    if name == "wt1" {
+        t.replace("1 writethrough", "1 passthrough")
+    } else {
+        t
+    }
+}
+
+#[test]
+fn replayed_writes_read_back_as_the_kernel_reads_them() {
+    let out = std::env::var_os("DMEMU_CACHE_WRITE_OUT").map(PathBuf::from);
+    for name in CACHES {
+        let t = images(name);
+        let r = registry(name, t.path(), Access::ReadWrite);
+        let d = r
+            .create_all(&parse_concise(&format!("{name},,,rw,{}", write_table(name))).unwrap())
+            .unwrap()
+            .remove(0);
+        for (sector, pages, byte) in WRITES {
+            let buf: Vec<u8> = (0..pages * 4096)
+                .map(|i| byte ^ u8::try_from(i % 251).unwrap())
+                .collect();
+            d.write(Sector(sector), &buf).unwrap();
+        }
+        d.flush().unwrap();
+        let ours = sha256_of(d.as_ref());
+        if let Some(dir) = &out {
+            for f in ["meta", "cache", "origin"] {
+                std::fs::copy(
+                    t.path().join(format!("{f}.img")),
+                    dir.join(format!("{name}-{f}.img")),
+                )
+                .unwrap();
+            }
+            println!("DMEMU_SHA256 {name} {ours}");
+        } else {
+            // dmemu-kernel.txt: the kernel's sha256 of each cache after these writes.
+            let want = lines("dmemu-kernel.txt", "SHA256");
+            assert_eq!(ours, want[name], "{name}");
+        }
+    }
+}
+
+/// `dmemu cache check` on wb2's metadata with `patch` applied: its stderr (it must fail).
+fn check_damaged(patch: &dyn Fn(&mut Vec<u8>)) -> String {
+    let t = images("wb2");
+    let p = t.path().join("meta.img");
+    let mut img = std::fs::read(&p).unwrap();
+    patch(&mut img);
+    std::fs::write(&p, img).unwrap();
+    let out = dmemu(&["cache", "check", "meta.img"], t.path());
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Recompute the checksum of block `b` (CRC-32C of bytes 4.. xored with `xor`, at 0).
+fn reseal(img: &mut [u8], b: usize, xor: u32) {
+    let blk = &mut img[b * 4096..(b + 1) * 4096];
+    let c = dmemu::targets::pdata::block::checksum(&blk[4..], xor);
+    blk[..4].copy_from_slice(&c.to_le_bytes());
+}
+
+#[test]
+fn damaged_metadata_is_refused_naming_block_and_field() {
+    let e = check_damaged(&|m| m[100] ^= 1);
+    assert!(
+        e.contains("cache superblock") && e.contains("block 0, byte 0: csum"),
+        "{e}"
+    );
+    let e = check_damaged(&|m| {
+        m[32] = 1;
+        reseal(m, 0, 9_031_977);
+    });
+    assert!(e.contains("block 0, byte 32: magic"), "{e}");
+    let e = check_damaged(&|m| {
+        m[40] = 3;
+        reseal(m, 0, 9_031_977);
+    });
+    assert!(e.contains("version 3 found"), "{e}");
+    // The mapping array's btree root (mapping_root, byte 192) names an array block.
+    let e = check_damaged(&|m| {
+        let root = usize::try_from(u64::from_le_bytes(m[192..200].try_into().unwrap())).unwrap();
+        let leaf = u64::from_le_bytes(m[root * 4096 + 32 + 8 * 252..][..8].try_into().unwrap());
+        let leaf = usize::try_from(leaf).unwrap();
+        m[leaf * 4096 + 12] = 9; // value_size
+        reseal(m, leaf, 595_846_735);
+    });
+    assert!(
+        e.contains("array block") && e.contains("byte 12: value_size 9"),
+        "{e}"
+    );
+    let e = check_damaged(&|m| m.truncate(2048));
+    assert!(e.contains("smaller than one block"), "{e}");
 }
