@@ -49,7 +49,7 @@ pub struct Superblock {
     pub policy_name: String,
     /// `policy_version`.
     pub policy_version: [u32; 3],
-    /// `policy_hint_size` (bytes per hint).
+    /// `policy_hint_size` as stored (see [`Superblock::hint_width`]).
     pub policy_hint_size: u32,
     /// `metadata_space_map_root`.
     pub metadata_sm: SmRoot,
@@ -165,18 +165,19 @@ impl Superblock {
                 format_args!("metadata_block_size {}: wanted 8", sb.metadata_block_size),
             ));
         }
-        if sb.policy_hint_size != 0 && sb.policy_hint_size != 4 {
-            return Err(corrupt(
-                SB,
-                0,
-                60,
-                format_args!(
-                    "policy_hint_size {}: only 0 and 4 exist",
-                    sb.policy_hint_size
-                ),
-            ));
-        }
         Ok(sb)
+    }
+
+    /// Bytes per hint as the tools read them: `policy_hint_size` only with the
+    /// variable-hint-size incompat bit (which the kernel refuses), else 4: cache_restore
+    /// 0.9 stores 0 there for smq's 4-byte hints, the kernel stores 4.
+    #[must_use]
+    pub fn hint_width(&self) -> u32 {
+        if self.compat[2] & 1 != 0 {
+            self.policy_hint_size
+        } else {
+            4
+        }
     }
 
     /// Whether the last shutdown was clean (`CLEAN_SHUTDOWN`).
@@ -279,8 +280,8 @@ impl Metadata {
             })?;
         }
         let mut hints = Vec::new();
-        if sb.hint_root != 0 && sb.policy_hint_size != 0 {
-            let size = sb.policy_hint_size as usize;
+        if sb.hint_root != 0 {
+            let size = sb.hint_width() as usize;
             let mut i = 0;
             array::walk(dev, sb.hint_root, nr, size, &mut |cb, v| {
                 if mappings.get(i).is_some_and(|m| m.cblock == cb) {
@@ -343,7 +344,7 @@ impl Metadata {
             sb.data_block_size,
             sb.cache_blocks,
             sb.policy_name,
-            sb.policy_hint_size
+            sb.hint_width()
         );
         out.push_str("  <mappings>\n");
         for m in &self.mappings {
