@@ -10,6 +10,8 @@ src/testing/fuzz.rs takes:
   verity_tree   root hash length, root hash, a hash image with its superblock at 0
   fec_decode    roots, then 255 bytes of a FEC fixture, then erasure positions
   shell_lines   a table index, then the dust message script of tests/fixtures/fault
+  cache_metadata  a flags byte (bit 0: re-seal every block), then a kernel cache metadata
+                image up to its last used block
   log_writes_log  an options byte, then a dm-log-writes log of tests/fixtures/log-writes
                 (cut after its last counted entry), plain and damaged
 """
@@ -132,3 +134,14 @@ put('log_writes_log', 'ops-super-claims-more', b'\x08' + bytes(more))
 put('log_writes_log', 'ops-truncated', b'\0' + ops[:38400])
 put('log_writes_log', 'ext4-first-8', b'\x0c' + lw_cut(lw('ext4-log'), 8))
 put('log_writes_log', 'no-super', b'\0' + lw('full-log'))
+
+
+def cache_meta(name):
+    """A kernel-made cache metadata image up to its last non-zero block."""
+    img = gzip.open(os.path.join(FIX, 'cache', name + '-meta.img.gz')).read()
+    last = max(i for i in range(0, len(img), 4096) if any(img[i:i + 4096]))
+    return img[:last + 4096]
+
+
+put('cache_metadata', 'kernel-wb2', b'\0' + cache_meta('wb2'))
+put('cache_metadata', 'kernel-wb1', b'\0' + cache_meta('wb1'))

@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::verity::cli::VerityCommand,
     },
+    /// dm-cache metadata: dump (cache_dump's XML), check, ls (mappings).
+    Cache {
+        #[command(subcommand)]
+        cmd: crate::targets::cache::cli::CacheCommand,
+    },
     /// dm-thin pool metadata: dump (thin_dump's XML), ls (devices), check (space maps).
     Thin {
         #[command(subcommand)]
@@ -329,6 +334,7 @@ fn run_command(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Verity { cmd } => crate::targets::verity::cli::run(cmd),
+        Command::Cache { cmd } => crate::targets::cache::cli::run(cmd),
         Command::Thin { cmd } => crate::targets::thin::cli::run(cmd),
         Command::Check {
             file,

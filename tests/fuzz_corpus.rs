@@ -89,3 +89,15 @@ fn fuzz_seed_corpus_log_writes_log_runs_clean() {
 fn thin_metadata_driver_takes_the_empty_input() {
     fuzz::thin_metadata(&[]);
 }
+
+#[test]
+fn fuzz_seed_corpus_cache_metadata_runs_clean() {
+    for (_, data) in corpus("cache_metadata") {
+        fuzz::cache_metadata(&data);
+        // The same image with every checksum refreshed.
+        let mut resealed = data.clone();
+        resealed[0] |= 1;
+        fuzz::cache_metadata(&resealed);
+    }
+    fuzz::cache_metadata(&[]);
+}

@@ -15,6 +15,7 @@ use crate::targets::context::BuildContext;
 use crate::units::SectorCount;
 use crate::volume::Volume;
 
+pub mod cache;
 pub mod context;
 pub mod crypt;
 pub mod delay;
@@ -24,12 +25,14 @@ pub mod flakey;
 pub mod linear;
 pub mod log_writes;
 pub mod other;
+pub mod pdata;
 pub mod snapshot;
 pub mod striped;
 pub mod thin;
 pub mod verity;
 pub mod zero;
 
+pub use cache::{Cache, CacheArgs};
 pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
@@ -171,6 +174,8 @@ pub enum TargetSpec {
     Thin(ThinArgs),
     /// `log-writes <dev> <logdev>`
     LogWrites(LogWritesArgs),
+    /// `cache <meta> <cache> <origin> <block> <#features> <feature>* <policy> <#args> <arg>*`
+    Cache(CacheArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -253,6 +258,7 @@ impl TargetSpec {
             "thin-pool" => TargetSpec::ThinPool(ThinPoolArgs::parse(args)?),
             "thin" => TargetSpec::Thin(ThinArgs::parse(args)?),
             "log-writes" => TargetSpec::LogWrites(LogWritesArgs::parse(args)?),
+            "cache" => TargetSpec::Cache(CacheArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -277,6 +283,7 @@ impl TargetSpec {
             TargetSpec::ThinPool(_) => ThinPoolArgs::TYPE,
             TargetSpec::Thin(_) => ThinArgs::TYPE,
             TargetSpec::LogWrites(_) => LogWritesArgs::TYPE,
+            TargetSpec::Cache(_) => CacheArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -297,6 +304,7 @@ impl TargetSpec {
             TargetSpec::ThinPool(a) => write!(out, "{a}"),
             TargetSpec::Thin(a) => write!(out, "{a}"),
             TargetSpec::LogWrites(a) => write!(out, "{a}"),
+            TargetSpec::Cache(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -328,6 +336,9 @@ impl TargetSpec {
                 v
             }
             TargetSpec::LogWrites(a) => vec![a.dev.0.clone(), a.log_dev.0.clone()],
+            TargetSpec::Cache(a) => {
+                vec![a.metadata.0.clone(), a.cache.0.clone(), a.origin.0.clone()]
+            }
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -350,6 +361,7 @@ impl TargetSpec {
             TargetSpec::ThinPool(a) => Arc::new(ThinPool::new(a, len, ctx)?),
             TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, ctx)?),
             TargetSpec::LogWrites(a) => Arc::new(LogWrites::new(a, len, ctx)?),
+            TargetSpec::Cache(a) => Arc::new(Cache::new(a, len, ctx)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

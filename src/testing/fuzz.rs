@@ -713,3 +713,70 @@ pub fn log_writes_log(data: &[u8]) {
         });
     }
 }
+
+/// dm-cache metadata from untrusted bytes: the first byte's bit 0 asks for every block's
+/// checksum to be fixed first (block 0 as the cache superblock, blocks whose offset-16
+/// `blocknr` names them as array blocks, the rest as btree nodes), so the fuzzer reaches
+/// the checks behind the checksums; the rest, zero-padded to whole 4 KiB blocks and cut at
+/// 64 blocks, is the metadata device. It is opened, dumped, and a cache built over it is
+/// read, written and asked for its status: errors, never a panic, hang or unbounded
+/// allocation.
+pub fn cache_metadata(data: &[u8]) {
+    use std::sync::Arc;
+
+    use crate::targets::cache::metadata::{Metadata, SUPERBLOCK_CSUM_XOR};
+    use crate::targets::pdata::array::ARRAY_CSUM_XOR;
+    use crate::targets::pdata::block::BTREE_CSUM_XOR;
+    use crate::targets::pdata::block::{checksum, le64, put32, seal, MetaDev, BLOCK_SIZE};
+    use crate::targets::{Cache, CacheArgs, Target};
+    use crate::volume::{MemVolume, Volume};
+    use crate::{Sector, SectorCount};
+
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let mut img = rest[..rest.len().min(64 * BLOCK_SIZE)].to_vec();
+    img.resize(img.len().div_ceil(BLOCK_SIZE).max(1) * BLOCK_SIZE, 0);
+    if flags & 1 != 0 {
+        for (b, blk) in img.chunks_mut(BLOCK_SIZE).enumerate() {
+            let b = u64::try_from(b).unwrap_or(0);
+            if b == 0 {
+                seal(blk, SUPERBLOCK_CSUM_XOR);
+            } else if le64(blk, 16) == b {
+                let c = checksum(&blk[4..], ARRAY_CSUM_XOR);
+                put32(blk, 0, c);
+            } else {
+                seal(blk, BTREE_CSUM_XOR);
+            }
+        }
+    }
+    let meta = Arc::new(MemVolume::from_bytes(img).expect("metadata volume"));
+    let Ok(md) = Metadata::open(&MetaDev::new(meta.clone())) else {
+        return;
+    };
+    let _ = md.dump_xml();
+    let _ = md.nr_dirty();
+    let block = u64::from(md.sb.data_block_size);
+    let cache_sectors = u64::from(md.sb.cache_blocks).saturating_mul(block);
+    if block == 0 || cache_sectors > 16384 {
+        return;
+    }
+    let tokens: Vec<String> = ["m", "c", "o", &block.to_string(), "0", "smq", "0"]
+        .map(str::to_string)
+        .to_vec();
+    let Ok(args) = CacheArgs::parse(&mut crate::table::args::Args::new(&tokens)) else {
+        return;
+    };
+    let origin_len = SectorCount(16384);
+    let cache = Arc::new(MemVolume::new(SectorCount(cache_sectors)).expect("cache volume"));
+    let origin = Arc::new(MemVolume::new(origin_len).expect("origin volume"));
+    let Ok(c) = Cache::over(&args, origin_len, meta, cache, origin) else {
+        return;
+    };
+    let _ = c.status();
+    let mut buf = vec![0; 8192];
+    for s in [0, 120, 8000, 16368] {
+        let _ = c.read(Sector(s), &mut buf);
+        let _ = c.write(Sector(s), &buf);
+    }
+}

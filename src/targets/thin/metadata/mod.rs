@@ -16,9 +16,7 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::volume::SharedVolume;
 
-pub mod block;
-pub mod btree;
-pub mod space_map;
+pub use crate::targets::pdata::{block, btree, space_map};
 pub mod superblock;
 pub mod writer;
 

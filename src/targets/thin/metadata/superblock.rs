@@ -4,6 +4,7 @@
 use crate::error::Result;
 
 use super::block::{corrupt, le32, le64, put32, put64, seal, BLOCK_SIZE, SUPERBLOCK_CSUM_XOR};
+pub use crate::targets::pdata::space_map::{SmRoot, SM_ROOT_SIZE};
 
 /// `THIN_SUPERBLOCK_MAGIC`.
 pub const MAGIC: u64 = 27_022_010;
@@ -13,41 +14,6 @@ pub const LOCATION: u64 = 0;
 pub const VERSION: u32 = 2;
 /// `THIN_METADATA_NEEDS_CHECK_FLAG` in `flags`.
 pub const NEEDS_CHECK: u32 = 1;
-/// Size of the space-map root area in the superblock (`SPACE_MAP_ROOT_SIZE`).
-pub const SM_ROOT_SIZE: usize = 128;
-
-/// `struct disk_sm_root`: the root of a space map, stored in the superblock.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SmRoot {
-    /// Blocks the space map covers.
-    pub nr_blocks: u64,
-    /// Blocks with a non-zero reference count.
-    pub nr_allocated: u64,
-    /// Data: root of the btree of index entries; metadata: the index block.
-    pub bitmap_root: u64,
-    /// Root of the btree of reference counts above 2.
-    pub ref_count_root: u64,
-}
-
-impl SmRoot {
-    fn parse(b: &[u8], off: usize) -> SmRoot {
-        SmRoot {
-            nr_blocks: le64(b, off),
-            nr_allocated: le64(b, off + 8),
-            bitmap_root: le64(b, off + 16),
-            ref_count_root: le64(b, off + 24),
-        }
-    }
-
-    fn store(&self, b: &mut [u8], off: usize) {
-        b[off..off + SM_ROOT_SIZE].fill(0);
-        put64(b, off, self.nr_blocks);
-        put64(b, off + 8, self.nr_allocated);
-        put64(b, off + 16, self.bitmap_root);
-        put64(b, off + 24, self.ref_count_root);
-    }
-}
-
 /// A decoded thin superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Superblock {

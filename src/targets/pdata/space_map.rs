@@ -7,9 +7,46 @@
 
 use crate::error::Result;
 
-use super::block::{corrupt, le32, le64, Kind, MetaDev, BLOCK_SIZE};
+use super::block::{corrupt, le32, le64, put64, Kind, MetaDev, BLOCK_SIZE};
 use super::btree;
-use super::superblock::SmRoot;
+
+/// Size of the space-map root area in the superblock (`SPACE_MAP_ROOT_SIZE`).
+pub const SM_ROOT_SIZE: usize = 128;
+
+/// `struct disk_sm_root`: the root of a space map, stored in the superblock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmRoot {
+    /// Blocks the space map covers.
+    pub nr_blocks: u64,
+    /// Blocks with a non-zero reference count.
+    pub nr_allocated: u64,
+    /// Data: root of the btree of index entries; metadata: the index block.
+    pub bitmap_root: u64,
+    /// Root of the btree of reference counts above 2.
+    pub ref_count_root: u64,
+}
+
+impl SmRoot {
+    /// Decode the 32 meaningful bytes at `off`.
+    #[must_use]
+    pub fn parse(b: &[u8], off: usize) -> SmRoot {
+        SmRoot {
+            nr_blocks: le64(b, off),
+            nr_allocated: le64(b, off + 8),
+            bitmap_root: le64(b, off + 16),
+            ref_count_root: le64(b, off + 24),
+        }
+    }
+
+    /// Encode at `off`, zeroing the rest of the 128-byte area.
+    pub fn store(&self, b: &mut [u8], off: usize) {
+        b[off..off + SM_ROOT_SIZE].fill(0);
+        put64(b, off, self.nr_blocks);
+        put64(b, off + 8, self.nr_allocated);
+        put64(b, off + 16, self.bitmap_root);
+        put64(b, off + 24, self.ref_count_root);
+    }
+}
 
 /// Bitmap block header (`struct disk_bitmap_header`).
 pub const BITMAP_HEADER: usize = 16;
