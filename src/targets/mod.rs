@@ -21,6 +21,7 @@ pub mod delay;
 pub mod dust;
 pub mod error;
 pub mod flakey;
+pub mod integrity;
 pub mod linear;
 pub mod log_writes;
 pub mod other;
@@ -34,6 +35,7 @@ pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
 pub use flakey::{Flakey, FlakeyArgs};
+pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
 pub use log_writes::{LogWrites, LogWritesArgs};
 pub use other::OtherArgs;
@@ -171,6 +173,8 @@ pub enum TargetSpec {
     Thin(ThinArgs),
     /// `log-writes <dev> <logdev>`
     LogWrites(LogWritesArgs),
+    /// `integrity <dev> <offset> <tag_size> <mode> <#opts> <opt>...`
+    Integrity(IntegrityArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -253,6 +257,7 @@ impl TargetSpec {
             "thin-pool" => TargetSpec::ThinPool(ThinPoolArgs::parse(args)?),
             "thin" => TargetSpec::Thin(ThinArgs::parse(args)?),
             "log-writes" => TargetSpec::LogWrites(LogWritesArgs::parse(args)?),
+            "integrity" => TargetSpec::Integrity(IntegrityArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -277,6 +282,7 @@ impl TargetSpec {
             TargetSpec::ThinPool(_) => ThinPoolArgs::TYPE,
             TargetSpec::Thin(_) => ThinArgs::TYPE,
             TargetSpec::LogWrites(_) => LogWritesArgs::TYPE,
+            TargetSpec::Integrity(_) => IntegrityArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -297,6 +303,7 @@ impl TargetSpec {
             TargetSpec::ThinPool(a) => write!(out, "{a}"),
             TargetSpec::Thin(a) => write!(out, "{a}"),
             TargetSpec::LogWrites(a) => write!(out, "{a}"),
+            TargetSpec::Integrity(a) => a.write(out, keys),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -328,6 +335,11 @@ impl TargetSpec {
                 v
             }
             TargetSpec::LogWrites(a) => vec![a.dev.0.clone(), a.log_dev.0.clone()],
+            TargetSpec::Integrity(a) => {
+                let mut v = vec![a.dev.0.clone()];
+                v.extend(a.meta_device.iter().map(|d| d.0.clone()));
+                v
+            }
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -350,6 +362,7 @@ impl TargetSpec {
             TargetSpec::ThinPool(a) => Arc::new(ThinPool::new(a, len, ctx)?),
             TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, ctx)?),
             TargetSpec::LogWrites(a) => Arc::new(LogWrites::new(a, len, ctx)?),
+            TargetSpec::Integrity(a) => integrity::build(a, len, ctx)?,
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
