@@ -270,7 +270,16 @@ fn view(t: &dyn Volume, len: SectorCount) -> Vec<u8> {
 /// kernel-made image it starts from, the table name in kernel-6.12.txt, and the writes
 /// (sector, seed, bytes); `crash_last` cuts the last write off after its first device
 /// write (the journal section).
-const DMEMU_CASES: &[(&str, &str, &str, &[(u64, u8, usize)], bool)] = &[
+/// (name, source image, table name, writes (sector, seed, bytes), crash in the last write).
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(u64, u8, usize)],
+    bool,
+);
+
+const DMEMU_CASES: &[Case] = &[
     (
         "dw-d-crc32c",
         "d-crc32c",
@@ -302,7 +311,7 @@ const DMEMU_CASES: &[(&str, &str, &str, &[(u64, u8, usize)], bool)] = &[
 ];
 
 /// Run one case: the image dmemu leaves and the device view the kernel must see in it.
-fn dmemu_case(case: &(&str, &str, &str, &[(u64, u8, usize)], bool)) -> (Vec<u8>, Vec<u8>) {
+fn dmemu_case(case: &Case) -> (Vec<u8>, Vec<u8>) {
     let (_, image, name, writes, crash_last) = *case;
     let (t, len, vol) = open(image, name);
     let mut expect = view(&t, len);
