@@ -145,6 +145,14 @@ pub enum Error {
     /// "No key available with this passphrase").
     #[error("{0}")]
     KeyRejected(String),
+    /// Data and its integrity tag disagree (dm-integrity's "Checksum failed", EILSEQ).
+    #[error("{target}: checksum failed at sector {sector}")]
+    ChecksumMismatch {
+        /// Target type name.
+        target: &'static str,
+        /// First sector of the block whose tag does not match.
+        sector: Sector,
+    },
     /// Here the kernel would restart or panic the machine (dm-verity's `restart_on_*` /
     /// `panic_on_*`). dmemu never does; the I/O fails with this error (EIO) so the caller can
     /// tell it apart from an ordinary failure and decide.
@@ -275,6 +283,8 @@ pub mod errno {
     pub const ENXIO: i32 = 6;
     /// Resource temporarily unavailable.
     pub const EAGAIN: i32 = 11;
+    /// Illegal byte sequence (dm-integrity's tag mismatch).
+    pub const EILSEQ: i32 = 84;
 }
 
 impl Error {
@@ -303,6 +313,7 @@ impl Error {
             Error::InLine { source, .. } => source.errno(),
             Error::TryAgain { .. } => errno::EAGAIN,
             Error::NotPermitted { .. } => errno::EPERM,
+            Error::ChecksumMismatch { .. } => errno::EILSEQ,
         }
     }
 

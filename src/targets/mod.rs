@@ -22,6 +22,7 @@ pub mod delay;
 pub mod dust;
 pub mod error;
 pub mod flakey;
+pub mod integrity;
 pub mod linear;
 pub mod log_writes;
 pub mod other;
@@ -37,6 +38,7 @@ pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
 pub use flakey::{Flakey, FlakeyArgs};
+pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
 pub use log_writes::{LogWrites, LogWritesArgs};
 pub use other::OtherArgs;
@@ -176,6 +178,8 @@ pub enum TargetSpec {
     LogWrites(LogWritesArgs),
     /// `cache <meta> <cache> <origin> <block> <#features> <feature>* <policy> <#args> <arg>*`
     Cache(CacheArgs),
+    /// `integrity <dev> <offset> <tag_size> <mode> <#opts> <opt>...`
+    Integrity(IntegrityArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -259,6 +263,7 @@ impl TargetSpec {
             "thin" => TargetSpec::Thin(ThinArgs::parse(args)?),
             "log-writes" => TargetSpec::LogWrites(LogWritesArgs::parse(args)?),
             "cache" => TargetSpec::Cache(CacheArgs::parse(args)?),
+            "integrity" => TargetSpec::Integrity(IntegrityArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -284,6 +289,7 @@ impl TargetSpec {
             TargetSpec::Thin(_) => ThinArgs::TYPE,
             TargetSpec::LogWrites(_) => LogWritesArgs::TYPE,
             TargetSpec::Cache(_) => CacheArgs::TYPE,
+            TargetSpec::Integrity(_) => IntegrityArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -305,6 +311,7 @@ impl TargetSpec {
             TargetSpec::Thin(a) => write!(out, "{a}"),
             TargetSpec::LogWrites(a) => write!(out, "{a}"),
             TargetSpec::Cache(a) => write!(out, "{a}"),
+            TargetSpec::Integrity(a) => a.write(out, keys),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -339,6 +346,11 @@ impl TargetSpec {
             TargetSpec::Cache(a) => {
                 vec![a.metadata.0.clone(), a.cache.0.clone(), a.origin.0.clone()]
             }
+            TargetSpec::Integrity(a) => {
+                let mut v = vec![a.dev.0.clone()];
+                v.extend(a.meta_device.iter().map(|d| d.0.clone()));
+                v
+            }
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -362,6 +374,7 @@ impl TargetSpec {
             TargetSpec::Thin(a) => Arc::new(Thin::new(a, len, ctx)?),
             TargetSpec::LogWrites(a) => Arc::new(LogWrites::new(a, len, ctx)?),
             TargetSpec::Cache(a) => Arc::new(Cache::new(a, len, ctx)?),
+            TargetSpec::Integrity(a) => integrity::build(a, len, ctx)?,
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
