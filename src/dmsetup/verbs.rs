@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::args::Invocation;
+use super::paths::{self, Resolved};
 use super::report::{render, split_lvm_name, Align, Column, Layout};
 use super::{attr, deps_line, info_text_with, DepsForm, READ_AHEAD_SECTORS};
 use crate::error::{Error, Result};
@@ -176,6 +178,17 @@ pub struct Frontend {
     /// device (`sync_exports` after each command); an NBD client holding one open counts
     /// as an opener.
     pub exports: Option<Exports>,
+    /// The device host's own device nodes (its FUSE mount), if it mounted them.
+    pub nodes: Option<NodeDir>,
+}
+
+/// Where the device host shows its devices as files (`DM_DEV_DIR/mapper`).
+#[derive(Clone, Debug)]
+pub struct NodeDir {
+    /// The directory, canonical (taken before the mount: nothing in it is ever looked at).
+    pub dir: PathBuf,
+    /// The mount's device number (`st_dev`), which tells its files under any other path.
+    pub dev: Option<u64>,
 }
 
 struct Cmd {
@@ -512,6 +525,9 @@ fn info_value(id: &str, i: &DeviceInfo, read_ahead: u32) -> String {
     }
 }
 
+/// Block device required (a path that is no device node).
+const ENOTBLK: i32 = 15;
+
 const DEFAULT_INFO_FIELDS: &str = "name,major,minor,attr,open,segments,events,uuid";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -527,6 +543,7 @@ impl Frontend {
             read_ahead: Mutex::new(BTreeMap::new()),
             log: None,
             exports: None,
+            nodes: None,
         }
     }
 
@@ -684,42 +701,77 @@ impl Frontend {
         self.log(&format!("device-mapper: {ioctl} {name}: {}", e.chain()));
     }
 
-    /// The name a device argument gives (`/dev/mapper/NAME` and `$DM_DEV_DIR/mapper/NAME`
-    /// name NAME).
-    /// Any other spelling of a path into `$DM_DEV_DIR/mapper/` (relative to the working
-    /// directory, through `..` or symlinks) names the device too: the host never opens its own
-    /// device nodes as image files.
-    fn strip<'n>(env: &Env, name: &'n str) -> &'n str {
-        let own = format!("{}/mapper/", env.dev_dir.trim_end_matches('/'));
-        name.strip_prefix(own.as_str())
-            .or_else(|| name.strip_prefix("/dev/mapper/"))
-            .or_else(|| Self::node_name(env, name))
-            .unwrap_or(name)
+    /// The name a device argument gives: `/dev/mapper/NAME`, `$DM_DEV_DIR/mapper/NAME` and
+    /// any other path resolving into a device-node directory (relative to the working
+    /// directory, through `..` or symlinks: [`paths::resolve`]) name NAME; anything else
+    /// is itself.
+    fn strip(&self, env: &Env, name: &str) -> String {
+        if !name.contains('/') {
+            return name.to_string();
+        }
+        match self.node_of(env, name) {
+            Ok(Some(n)) => n,
+            _ => name.to_string(),
+        }
     }
 
-    /// `NAME` when `path` is `DIR/mapper/NAME` with `DIR` the same directory as
-    /// `$DM_DEV_DIR` (compared without looking inside the FUSE mount itself).
-    fn node_name<'n>(env: &Env, path: &'n str) -> Option<&'n str> {
-        if !path.contains('/') || env.dev_dir.is_empty() {
-            return None;
+    /// The device-node directories a path may reach: the host's own (its mount),
+    /// `$DM_DEV_DIR/mapper` and `/dev/mapper`, each canonical.
+    fn node_dirs(&self, env: &Env) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.nodes.iter().map(|n| n.dir.clone()).collect();
+        let mut add = |dev: &str| {
+            if dev.is_empty() {
+                return;
+            }
+            if let Ok(Resolved::Path(p)) = paths::resolve(std::path::Path::new(dev), &dirs) {
+                let m = p.join("mapper");
+                if !dirs.contains(&m) {
+                    dirs.push(m);
+                }
+            }
+        };
+        add(&env.dev_dir);
+        add("/dev");
+        dirs
+    }
+
+    /// The device NAME a device path names (`None`: the path is no device node: an image
+    /// file, or nothing). A bare word is a path relative to the working directory here. A path into the host's own mount under some other name (a bind mount)
+    /// names the device its file shows; a node-directory itself is no device (ENOTBLK).
+    fn node_of(&self, env: &Env, name: &str) -> Result<Option<String>> {
+        let own = format!("{}/mapper/", env.dev_dir.trim_end_matches('/'));
+        if let Some(n) = name
+            .strip_prefix(own.as_str())
+            .or_else(|| name.strip_prefix("/dev/mapper/"))
+        {
+            return Ok(Some(n.to_string()));
         }
-        let p = std::path::Path::new(path);
-        let file = p.file_name()?.to_str()?;
-        let mapper = p.parent()?;
-        if mapper.file_name()? != "mapper" {
-            return None;
+        let io = |e: std::io::Error| Error::Io {
+            device: name.to_string(),
+            source: e,
+        };
+        match paths::resolve(std::path::Path::new(name), &self.node_dirs(env)).map_err(io)? {
+            Resolved::Node(n) => Ok(Some(n)),
+            Resolved::NodeDir => Err(io(std::io::Error::from_raw_os_error(ENOTBLK))),
+            Resolved::Path(p) => {
+                let own_dev = self.nodes.as_ref().and_then(|n| n.dev);
+                let dev = std::fs::metadata(&p).ok().map(|m| m.dev());
+                if own_dev.is_none() || dev != own_dev {
+                    return Ok(None);
+                }
+                match p.file_name().and_then(|f| f.to_str()) {
+                    Some(f) => Ok(Some(f.to_string())),
+                    None => Err(io(std::io::Error::from_raw_os_error(ENOTBLK))),
+                }
+            }
         }
-        let dir = mapper.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = std::fs::canonicalize(dir.unwrap_or(std::path::Path::new("."))).ok()?;
-        let dev = std::fs::canonicalize(&env.dev_dir).ok()?;
-        (dir == dev).then(|| &path[path.len() - file.len()..])
     }
 
     /// The device a command names: its argument, or `-u UUID`, or `-j MAJ -m MIN`. `None`
     /// when none is named.
     fn target_name(&self, cx: &Cx, arg: Option<&String>) -> Option<String> {
         if let Some(a) = arg {
-            return Some(Self::strip(cx.env, a).to_string());
+            return Some(self.strip(cx.env, a));
         }
         if let Some(u) = cx.inv.value("uuid") {
             return Some(
@@ -825,11 +877,22 @@ impl Frontend {
                 if !refs.iter().any(|r| r == t) || crate::registry::is_major_minor(t) {
                     continue;
                 }
-                if let Some(d) = self.registry.mapped(Self::strip(env, t)) {
-                    let (ma, mi) = d.dev();
-                    *t = format!("{ma}:{mi}");
-                    changed = true;
-                }
+                // A bare word names a device before it names a file.
+                let d = match self.registry.mapped(t) {
+                    Some(d) if !t.contains('/') => d,
+                    _ => {
+                        let Some(name) = self.node_of(env, t)? else {
+                            continue;
+                        };
+                        // A device node of no device is never opened as a file.
+                        self.registry.mapped(&name).ok_or_else(|| {
+                            Error::NoDevice(format!("{t} (no device of that name is defined)"))
+                        })?
+                    }
+                };
+                let (ma, mi) = d.dev();
+                *t = format!("{ma}:{mi}");
+                changed = true;
             }
             lines.push(toks.join(" "));
         }
@@ -1276,7 +1339,7 @@ impl Frontend {
                     return false;
                 }
             },
-            [old, new, ..] => (Self::strip(cx.env, old).to_string(), new.clone()),
+            [old, new, ..] => (self.strip(cx.env, old), new.clone()),
             [] => {
                 cx.e("No device specified.\n");
                 return false;
@@ -1308,7 +1371,7 @@ impl Frontend {
         let (name, rest) = if cx.inv.has("uuid") || cx.inv.has("major") {
             (self.target_name(cx, None).unwrap_or_default(), args)
         } else {
-            (Self::strip(cx.env, &args[0]).to_string(), &args[1..])
+            (self.strip(cx.env, &args[0]), &args[1..])
         };
         let Some((sector, words)) = rest.split_first() else {
             cx.e("Incorrect number of arguments.\n");
