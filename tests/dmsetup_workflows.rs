@@ -99,6 +99,44 @@ fn docker_grows_its_pool_as_the_kernel_does() {
     );
 }
 
+/// ember's dm-thin flow: pool init, deinit and re-init on the same metadata keeping the
+/// thins and their data, a snapshot, a volume restored from its snapshot (delete +
+/// create_snap under the volume's id), and the same again after another re-init.
+#[test]
+fn ember_reinits_its_pool_and_restores_from_a_snapshot_as_the_kernel_does() {
+    replay_flows(
+        "ember-",
+        &[],
+        &[
+            "ember-write-1",
+            "ember-write-2",
+            "ember-status-0",
+            "ember-reinit",
+            "ember-read",
+            "ember-read-restored",
+            "ember-status-1",
+            "ember-reinit-2",
+            "ember-read-2",
+        ],
+    );
+}
+
+/// The dmsetup command lines sts-libs' `DmDevice` methods run (sts/dm/base.py: create with
+/// its flags, info in its three forms, status, table, deps in each output form, suspend,
+/// resume, load, clear, its reload_table's positional table, message, rename, setuuid,
+/// wipe_table, mknodes, mangle, setgeometry, splitname, wait, create --concise, ls in each
+/// form, the udev calls, remove with each flag, remove_all).
+#[test]
+fn sts_libs_dm_calls_print_what_the_kernel_printed() {
+    replay_flows("sts-", &[], &[]);
+}
+
+/// `ls --exec`, `measure` (6.12's IMA measurement strings) and `stats` with no regions.
+#[test]
+fn ls_exec_measure_and_stats_print_what_the_kernel_printed() {
+    replay_flows("extra-", &[], &["extra-ls-exec-args"]);
+}
+
 /// The device nodes follow the devices: a file per active device in `$DM_DEV_DIR/mapper`,
 /// renamed and removed with it; a table naming a node by a relative path gets the device
 /// (not the file; `.` keeps the sandbox from rewriting the path); the mount goes with

@@ -29,6 +29,9 @@ use crate::units::{Sector, SectorCount};
 pub const USAGE: &str = include_str!("usage.txt");
 /// The report field list (`help -c`, an unknown `-o` field).
 pub const FIELDS: &str = include_str!("fields.txt");
+
+/// `dmsetup stats` without a subcommand: dmstats's usage (dmsetup 1.02.185, from the oracle).
+const STATS_USAGE: &str = include_str!("stats_usage.txt");
 /// `dmsetup version`.
 pub const VERSION: &str = "Library version:   1.02.185 (2022-05-18)\nDriver version:    4.48.0\n";
 
@@ -58,6 +61,10 @@ pub struct Output {
     pub parts: Vec<(bool, String)>,
     /// Exit status.
     pub code: i32,
+    /// Commands the caller runs after printing, in order, each waited for and its status
+    /// ignored (`ls --exec`: dmsetup forks them in the caller's context).
+    #[serde(default)]
+    pub exec: Vec<Vec<String>>,
 }
 
 impl Output {
@@ -120,6 +127,12 @@ impl Output {
             }
         }
         let _ = std::io::stdout().flush();
+        for argv in &self.exec {
+            if let Some((prog, args)) = argv.split_first() {
+                // execvp in a child; one that cannot start is dmsetup's `_exit(127)`.
+                let _ = std::process::Command::new(prog).args(args).status();
+            }
+        }
         self.code
     }
 }
@@ -301,7 +314,7 @@ const COMMANDS: &[Cmd] = &[
         min: 0,
         max: None,
         repeatable: true,
-        f: Frontend::noop_device,
+        f: Frontend::measure,
     },
     Cmd {
         name: "message",
@@ -459,6 +472,45 @@ pub fn strerror(errno: i32) -> String {
     match s.rfind(" (os error") {
         Some(i) => s[..i].to_string(),
         None => s,
+    }
+}
+
+/// A table line's (`START LEN TYPE ARGS...`) IMA string, as its 6.12 target emits it for
+/// `STATUSTYPE_IMA`; `None` for a target dmemu has no string for.
+fn ima_string(t: &[&str]) -> Option<String> {
+    let ty = *t.get(2)?;
+    let args = &t[3..];
+    let head = |name: &str| {
+        let v = TARGETS.iter().find(|(n, _)| *n == name).map_or("", |x| x.1);
+        format!("target_name={name},target_version={v}")
+    };
+    match ty {
+        "zero" | "error" | "delay" | "flakey" | "dust" | "log-writes" => Some(String::new()),
+        "linear" => Some(format!(
+            "{},device_name={},start={};",
+            head("linear"),
+            args.first()?,
+            args.get(1)?
+        )),
+        "striped" => {
+            let n: usize = args.first()?.parse().ok()?;
+            let mut s = format!(
+                "{},stripes={n},chunk_size={}",
+                head("striped"),
+                args.get(1)?
+            );
+            for i in 0..n {
+                let dev = args.get(2 + 2 * i)?;
+                let start = args.get(3 + 2 * i)?;
+                let _ = write!(
+                    s,
+                    ",stripe_{i}_device_name={dev},stripe_{i}_physical_start={start},stripe_{i}_status=A"
+                );
+            }
+            s.push(';');
+            Some(s)
+        }
+        _ => None,
     }
 }
 
@@ -802,7 +854,8 @@ impl Frontend {
         if let Some(v) = cx.inv.value("readahead") {
             let v = v.trim();
             let n = match v {
-                "auto" => READ_AHEAD_SECTORS,
+                // libdm's DM_READ_AHEAD_AUTO: the kernel's value stays.
+                "auto" => return,
                 "none" => 0,
                 _ => {
                     let num: u32 = v.trim_start_matches('+').parse().unwrap_or(0);
@@ -958,9 +1011,68 @@ impl Frontend {
         }
     }
 
-    fn stats(&self, cx: &mut Cx, _: &[String]) -> bool {
-        cx.e("dmsetup stats: not available in dmemu (no I/O statistics are kept).\n");
-        false
+    /// `measure`: each live table line as `START LEN TYPE IMA`, the string the 6.12 target
+    /// gives dm-ima (`STATUSTYPE_IMA`): linear's and striped's; empty for zero, error,
+    /// delay, flakey, dust and log-writes, as theirs are. Other targets are refused with
+    /// one line rather than given a made-up string.
+    fn measure(&self, cx: &mut Cx, args: &[String]) -> bool {
+        self.each(cx, args, |me, cx, n| {
+            let text = match me.registry.device(n) {
+                Ok(d) => d.table_text_of(Slot::Live, Keys::Hidden),
+                Err(_) => {
+                    cx.e("Device does not exist.\n");
+                    return false;
+                }
+            };
+            let mut lines = String::new();
+            for l in text.lines() {
+                let t: Vec<&str> = l.split(' ').collect();
+                let Some(ima) = ima_string(&t) else {
+                    cx.e(&format!(
+                        "dmsetup measure: dmemu does not compute the IMA string of a {} target.\n",
+                        t.get(2).unwrap_or(&"")
+                    ));
+                    return false;
+                };
+                let _ = writeln!(lines, "{} {} {} {ima}", t[0], t[1], t[2]);
+            }
+            me.lines(cx, n, &lines);
+            true
+        })
+    }
+
+    /// `stats` (dmstats) as dmsetup answers with no regions, which is always so here:
+    /// `list`, `report`, and `print`/`delete`/`clear` with `--allregions` or
+    /// `--regionid` print nothing for devices that exist. Creating regions is refused.
+    fn stats(&self, cx: &mut Cx, args: &[String]) -> bool {
+        let Some((sub, devs)) = args.split_first() else {
+            // dmstats's own usage error: status 1 without libdm's `Command failed.`.
+            cx.e("Incorrect number of arguments.\n");
+            cx.e(STATS_USAGE);
+            cx.out.code = 1;
+            return true;
+        };
+        match sub.as_str() {
+            "list" | "report" | "print" | "delete" | "clear" => {}
+            _ => {
+                cx.e(&format!(
+                    "dmsetup stats {sub}: not available in dmemu (no I/O statistics are kept).\n"
+                ));
+                return false;
+            }
+        }
+        let needs_region = matches!(sub.as_str(), "print" | "delete" | "clear");
+        if needs_region && !cx.inv.has("allregions") && !cx.inv.has("regionid") {
+            cx.e("Please specify a --regionid or use --allregions.\n");
+            return false;
+        }
+        for d in devs {
+            if self.registry.device(&self.strip(cx.env, d)).is_err() {
+                cx.e("Device does not exist.\n");
+                return false;
+            }
+        }
+        true
     }
 
     /// `udevflags`/`udevcomplete COOKIE`: no udev here, so any valid cookie is done.
@@ -980,8 +1092,10 @@ impl Frontend {
     fn mangle(&self, cx: &mut Cx, args: &[String]) -> bool {
         self.each(cx, args, |me, cx, n| match me.registry.device(n) {
             Ok(d) => {
-                let u = d.uuid().unwrap_or_else(|| "[no UUID]".to_string());
-                cx.o(&format!("{n}: {u}: name already in correct form\n"));
+                let (u, and) = d
+                    .uuid()
+                    .map_or(("[no UUID]".to_string(), ""), |u| (u, "and UUID "));
+                cx.o(&format!("{n}: {u}: name {and}already in correct form\n"));
                 true
             }
             Err(_) => {
@@ -991,12 +1105,16 @@ impl Frontend {
         })
     }
 
-    fn udevcomplete_all(&self, cx: &mut Cx, _: &[String]) -> bool {
+    fn udevcomplete_all(&self, cx: &mut Cx, args: &[String]) -> bool {
+        // `udevcomplete_all AGE`: only cookies older than AGE minutes.
+        let older = args
+            .first()
+            .map_or(String::new(), |a| format!("older than {a} minutes "));
         if cx.inv.has("yes") {
             cx.o("0 semaphores with keys prefixed by 3405 (0xd4d) destroyed. 0 skipped.\n");
         } else {
             // dmsetup asks on the terminal; the host has none, which answers no.
-            cx.e("WARNING: This operation will destroy all semaphores with keys that have a prefix 3405 (0xd4d).\n");
+            cx.e(&format!("WARNING: This operation will destroy all semaphores {older}with keys that have a prefix 3405 (0xd4d).\n"));
             cx.o("Do you really want to continue? [y/n]: \nSemaphores with keys prefixed by 3405 (0xd4d) NOT destroyed.\n");
         }
         true
@@ -1289,6 +1407,9 @@ impl Frontend {
         } else {
             RemoveMode::Normal
         };
+        if mode == RemoveMode::Force && !args.is_empty() {
+            self.error_table_of_no_table(cx, &name);
+        }
         // libdm's --retry: up to 25 tries, 200 ms apart, while the device is busy.
         let tries = if cx.inv.has("retry") { 25 } else { 1 };
         for n in 1..=tries {
@@ -1318,12 +1439,27 @@ impl Frontend {
         false
     }
 
+    /// `remove --force`'s first step (dmsetup's `_error_device`) loads an `error` table as
+    /// long as the live one; for a device without a live table that is a zero-length
+    /// target, which the kernel refuses: libdm prints the failed reload and goes on.
+    fn error_table_of_no_table(&self, cx: &mut Cx, name: &str) {
+        if self.registry.info(name).is_ok_and(|i| !i.live_table) {
+            let e = Error::invalid("table", "zero-length target");
+            self.ioctl_error(cx, "reload", name, None, &e);
+        }
+    }
+
     fn remove_all(&self, cx: &mut Cx, _: &[String]) -> bool {
         let mode = if cx.inv.has("force") {
             RemoveMode::Force
         } else {
             RemoveMode::Normal
         };
+        if mode == RemoveMode::Force {
+            for (n, _) in self.registry.list() {
+                self.error_table_of_no_table(cx, &n);
+            }
+        }
         self.registry.remove_all(mode);
         let left: BTreeSet<String> = self.registry.list().into_iter().map(|(n, _)| n).collect();
         lock(&self.read_ahead).retain(|n, _| left.contains(n));
@@ -1559,12 +1695,12 @@ impl Frontend {
         })
     }
 
-    /// Print a table's or status's lines as dmsetup does: `NAME: ` before each with
-    /// several devices or `--target`, only the lines of `--target`'s type, one empty line
+    /// Print a table's or status's lines as dmsetup does: `NAME: ` before each when no
+    /// device is named (all of them), only the lines of `--target`'s type, one empty line
     /// for a device without a table.
     fn lines(&self, cx: &mut Cx, name: &str, text: &str) {
         let target = cx.inv.value("target").map(str::to_string);
-        let prefix = if cx.multiple || target.is_some() {
+        let prefix = if cx.multiple {
             format!("{name}: ")
         } else {
             String::new()
@@ -1611,15 +1747,24 @@ impl Frontend {
             cx.o("No devices found\n");
             return true;
         }
+        if let Some(cmd) = cx.inv.value("exec") {
+            // `_exec_command`: the words of the command, then the device's node path.
+            let dir = format!("{}/mapper", cx.env.dev_dir.trim_end_matches('/'));
+            let words: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+            let target = cx.inv.value("target");
+            for (n, _) in &all {
+                if target.is_some_and(|t| !self.has_target(n, t)) || words.is_empty() {
+                    continue;
+                }
+                let mut argv = words.clone();
+                argv.push(format!("{dir}/{n}"));
+                cx.out.exec.push(argv);
+            }
+            return true;
+        }
         if let Some(t) = cx.inv.value("target") {
             for (n, (ma, mi)) in &all {
-                let has = self
-                    .registry
-                    .device(n)
-                    .ok()
-                    .and_then(|d| d.live_table())
-                    .is_some_and(|tb| tb.table().lines.iter().any(|l| l.spec.target_type() == t));
-                if has {
+                if self.has_target(n, t) {
                     cx.o(&format!("{n}\t({ma}, {mi})\n"));
                 }
             }
@@ -1630,7 +1775,14 @@ impl Frontend {
         }
         let opt = cx.inv.value("options").unwrap_or("devno");
         for (n, (ma, mi)) in &all {
+            // 6.12 adds a device's disk (dm-N in sysfs) at its first table load: before,
+            // dmsetup can name it only by number.
+            let disk = self
+                .registry
+                .info(n)
+                .is_ok_and(|i| i.live_table || i.inactive_table);
             let shown = match opt {
+                "devname" | "blkdevname" if !disk => format!("{ma}:{mi}"),
                 "devname" => n.clone(),
                 "blkdevname" => format!("dm-{mi}"),
                 "devno" => format!("{ma}:{mi}"),
@@ -1644,16 +1796,27 @@ impl Frontend {
         true
     }
 
+    /// Whether `name`'s live table has a target of type `t`.
+    fn has_target(&self, name: &str, t: &str) -> bool {
+        self.registry
+            .device(name)
+            .ok()
+            .and_then(|d| d.live_table())
+            .is_some_and(|tb| tb.table().lines.iter().any(|l| l.spec.target_type() == t))
+    }
+
     /// `ls --tree`: libdm's dependency tree (`-o inverted` turns it upside down).
     fn tree(&self, cx: &mut Cx, all: &[(String, (u32, u32))]) -> bool {
         let opts = cx.inv.value("options").unwrap_or("");
         let mut ascii = !cx.env.utf8;
         let mut inverted = false;
+        let mut uuid = false;
         for o in opts.split(',').filter(|o| !o.is_empty()) {
             match o {
                 "ascii" => ascii = true,
                 "utf" | "vt100" => ascii = false,
                 "inverted" => inverted = true,
+                "uuid" => uuid = true,
                 _ => {}
             }
         }
@@ -1663,6 +1826,7 @@ impl Frontend {
         let mut label: BTreeMap<String, String> = BTreeMap::new();
         let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        #[allow(clippy::too_many_arguments)]
         fn add(
             me: &Frontend,
             name: &str,
@@ -1671,6 +1835,7 @@ impl Frontend {
             deps: &mut BTreeMap<String, Vec<String>>,
             users: &mut BTreeMap<String, Vec<String>>,
             depth: usize,
+            uuid: bool,
         ) {
             if label.contains_key(name) || depth > crate::registry::MAX_STACK_DEPTH {
                 return;
@@ -1679,7 +1844,13 @@ impl Frontend {
                 return;
             };
             let (ma, mi) = d.dev();
-            label.insert(name.to_string(), format!("{name} ({ma}:{mi})"));
+            // `-o uuid`: `[UUID]` after each mapped device (`[]` without one).
+            let u = if uuid {
+                format!(" [{}]", d.uuid().unwrap_or_default())
+            } else {
+                String::new()
+            };
+            label.insert(name.to_string(), format!("{name} ({ma}:{mi}){u}"));
             order.push(name.to_string());
             let list: Vec<Dep> = me.registry.deps(name, Slot::Live).unwrap_or_default();
             let mut mine = Vec::new();
@@ -1689,7 +1860,7 @@ impl Frontend {
                     None => format!("\0{}", dep.reference),
                 };
                 if dep.mapped.is_some() {
-                    add(me, &key, order, label, deps, users, depth + 1);
+                    add(me, &key, order, label, deps, users, depth + 1, uuid);
                 } else if !label.contains_key(&key) {
                     label.insert(key.clone(), format!(" ({})", dep.reference));
                     order.push(key.clone());
@@ -1700,7 +1871,9 @@ impl Frontend {
             deps.insert(name.to_string(), mine);
         }
         for (n, _) in all {
-            add(self, n, &mut order, &mut label, &mut deps, &mut users, 0);
+            add(
+                self, n, &mut order, &mut label, &mut deps, &mut users, 0, uuid,
+            );
         }
         #[allow(clippy::type_complexity)]
         let (down, is_root): (

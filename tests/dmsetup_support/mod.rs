@@ -186,6 +186,8 @@ impl Sandbox {
             k = k.replace(&format!("254:{}", i * 16), &p);
             k = k.replace(&format!("(254, {})", i * 16), &format!("({p})"));
             k = k.replace(&format!("/dev/{}", DISKS[i]), &p);
+            // A disk's block device name (deps/ls `-o blkdevname`) is the file's name.
+            k = k.replace(&format!("({})", DISKS[i]), &format!("({}.img)", DISKS[i]));
         }
         for (dev, devno, p) in &self.loops {
             let p = p.display().to_string();
