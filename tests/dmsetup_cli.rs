@@ -143,3 +143,27 @@ fn stale_socket_second_host_and_foreign_state_dir() {
         "{out}"
     );
 }
+
+/// Paths reaching `/dev/mapper/NAME` through symlinks, `..` and relative names (in tables
+/// and as device arguments) name the device, as the kernel's `lookup_bdev` finds the dm
+/// node (tests/fixtures/dmsetup/kernel-6.12-paths.txt, made by make-paths.sh). In dmemu
+/// `/dev/mapper` is the host's own FUSE mount: a host that opened one of its node files
+/// as an image would serve its own I/O (and hang on exit); the table shows the device's
+/// number instead, the device is held (remove is busy), and a path to a missing node, to
+/// the node directory or below a node fails as the kernel's does.
+#[test]
+fn paths_through_symlinks_into_the_node_dir_name_the_device() {
+    let sb = Sandbox::new(&[MIB]);
+    let all = steps("kernel-6.12-paths.txt");
+    assert!(all.len() > 10, "the fixture has {} steps", all.len());
+    let skip: &[(&str, &str)] = if Sandbox::nodes() {
+        &[]
+    } else {
+        &[(
+            "paths-io",
+            "I/O through a device node (/dev/fuse is missing)",
+        )]
+    };
+    let report = sb.replay(&all, skip);
+    assert!(report.is_empty(), "differences from the kernel:\n{report}");
+}

@@ -1,7 +1,8 @@
 //! The seed workflows (issue 12) as literal command lines, against the 6.12 kernel's answers
 //! (tests/fixtures/dmsetup/kernel-6.12-workflows.txt, made by make-workflows.sh on the
 //! oracle): the tutorial's linear concatenation and snapshot-origin + snapshot, docker's
-//! devicemapper thin flow, lvm2 test aux's fault-table swaps. Every step runs in order
+//! devicemapper thin flow, lvm2 test aux's fault-table swaps; and kernel-6.12-flows.txt
+//! (make-flows.sh): docker's pool growth, ember's flow, sts-libs' calls. Every step runs in order
 //! through the `dmsetup` and `blockdev` symlinks; output and exit status must be the
 //! kernel's. `/dev/mapper/NAME` is dmemu's device node `$DM_DEV_DIR/mapper/NAME` (the
 //! host's FUSE mount), so dd, mkfs.ext4 and e2fsck run on the device; where /dev/fuse is
@@ -48,56 +49,92 @@ fn the_seed_workflows_print_what_the_kernel_printed() {
     assert!(report.is_empty(), "differences from the kernel:\n{report}");
 }
 
-/// The data blocks `dmsetup status POOL` reports: `used/total` of a thin-pool status line.
-fn data_blocks(status: &str) -> (u64, u64) {
-    let f: Vec<&str> = status.split_whitespace().collect();
-    assert_eq!(f.get(2), Some(&"thin-pool"), "a thin-pool status: {status}");
-    let (used, total) = f[5].split_once('/').expect("used/total data blocks");
-    (used.parse().unwrap(), total.parse().unwrap())
+/// The steps of kernel-6.12-flows.txt (made by make-flows.sh on the oracle) whose id starts
+/// with `section`, replayed in a fresh sandbox (disks vda 4 MiB, vdb 64 MiB, vdc 16 MiB;
+/// the guest's loop devices over `data` and `metadata` are those files); `node_io` are the
+/// steps that need I/O through a device node (or numbers that depend on it), skipped where
+/// /dev/fuse is missing.
+fn replay_flows(section: &str, skip: &[(&str, &str)], node_io: &[&str]) {
+    let sb = Sandbox::new(&[4 * MIB, 64 * MIB, 16 * MIB])
+        .with_loop(0, "data")
+        .with_loop(1, "metadata");
+    let all: Vec<_> = steps("kernel-6.12-flows.txt")
+        .into_iter()
+        .filter(|s| s.id.starts_with(section))
+        .collect();
+    assert!(
+        all.len() > 5,
+        "{section}: the fixture has {} steps",
+        all.len()
+    );
+    let mut skip = skip.to_vec();
+    if !Sandbox::nodes() {
+        skip.extend(node_io.iter().map(|id| (*id, NODE)));
+    }
+    let report = sb.replay(&all, &skip);
+    assert!(report.is_empty(), "differences from the kernel:\n{report}");
 }
 
-/// docker's devicemapper driver grows its pool by enlarging the sparse data file and
-/// reloading the pool with the longer table (the fixture has no growth step): the literal
-/// command lines, then the new size in the status, and the thin device still intact.
+/// docker's loop-lvm pool growth (deviceset.go ResizePool): truncate the sparse data file,
+/// refresh the loop device's size, suspend the pool, reload it with the longer table,
+/// resume; the base thin keeps its data and a new thin fills past the old size.
 #[test]
-fn docker_grows_its_pool_by_truncate_reload_resume() {
-    let sb = Sandbox::new(&[4 * MIB, 64 * MIB]);
-    let run = |cmd: &str| {
-        let (out, rc) = sb.run(cmd);
-        assert_eq!(rc, 0, "{cmd}:\n{out}");
-        out
-    };
-    run("dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=notrunc status=none");
-    run("dmsetup create pool --table \"0 131072 thin-pool /dev/vda /dev/vdb 128 32768 1 skip_block_zeroing\"");
-    run("dmsetup message pool 0 \"create_thin 0\" && dmsetup create base --table \"0 65536 thin /dev/mapper/pool 0\"");
-    if Sandbox::nodes() {
-        run("printf 'kept' | dd of=/dev/mapper/base bs=512 seek=1000 conv=notrunc status=none; sync");
-    }
-    assert_eq!(data_blocks(&run("dmsetup status pool")).1, 1024);
-    run("truncate -s 128M /dev/vdb");
-    run("dmsetup reload pool --table \"0 262144 thin-pool /dev/vda /dev/vdb 128 32768 1 skip_block_zeroing\"");
-    // Loaded, not yet live: the pool still has its old size.
-    assert_eq!(data_blocks(&run("dmsetup status pool")).1, 1024);
-    run("dmsetup resume pool");
-    let status = run("dmsetup status pool");
-    assert!(status.starts_with("0 262144 thin-pool "), "{status}");
-    let (used, total) = data_blocks(&status);
-    assert_eq!(total, 2048, "{status}");
-    assert_eq!(
-        run("blockdev --getsz /dev/mapper/pool"),
-        "262144\n",
-        "the pool device grew"
+fn docker_grows_its_pool_as_the_kernel_does() {
+    const LOOP: &str = "a loop device: dmemu opens the file itself, and a load re-reads its size";
+    replay_flows(
+        "grow-",
+        &[
+            ("grow-loop", LOOP),
+            ("grow-capacity", LOOP),
+            ("grow-unloop", LOOP),
+        ],
+        &[
+            "grow-write",
+            "grow-status-0",
+            "grow-resume",
+            "grow-read",
+            "grow-fill",
+            "grow-status-1",
+        ],
     );
-    if Sandbox::nodes() {
-        assert_eq!(used, 1, "{status}");
-        assert_eq!(
-            run("dd if=/dev/mapper/base bs=512 skip=1000 count=1 status=none | head -c 4"),
-            "kept"
-        );
-    } else {
-        eprintln!("skipping the I/O through /dev/mapper/base: /dev/fuse is missing");
-    }
-    run("dmsetup remove base && dmsetup remove pool");
+}
+
+/// ember's dm-thin flow: pool init, deinit and re-init on the same metadata keeping the
+/// thins and their data, a snapshot, a volume restored from its snapshot (delete +
+/// create_snap under the volume's id), and the same again after another re-init.
+#[test]
+fn ember_reinits_its_pool_and_restores_from_a_snapshot_as_the_kernel_does() {
+    replay_flows(
+        "ember-",
+        &[],
+        &[
+            "ember-write-1",
+            "ember-write-2",
+            "ember-status-0",
+            "ember-reinit",
+            "ember-read",
+            "ember-read-restored",
+            "ember-status-1",
+            "ember-reinit-2",
+            "ember-read-2",
+        ],
+    );
+}
+
+/// The dmsetup command lines sts-libs' `DmDevice` methods run (sts/dm/base.py: create with
+/// its flags, info in its three forms, status, table, deps in each output form, suspend,
+/// resume, load, clear, its reload_table's positional table, message, rename, setuuid,
+/// wipe_table, mknodes, mangle, setgeometry, splitname, wait, create --concise, ls in each
+/// form, the udev calls, remove with each flag, remove_all).
+#[test]
+fn sts_libs_dm_calls_print_what_the_kernel_printed() {
+    replay_flows("sts-", &[], &[]);
+}
+
+/// `ls --exec`, `measure` (6.12's IMA measurement strings) and `stats` with no regions.
+#[test]
+fn ls_exec_measure_and_stats_print_what_the_kernel_printed() {
+    replay_flows("extra-", &[], &["extra-ls-exec-args"]);
 }
 
 /// The device nodes follow the devices: a file per active device in `$DM_DEV_DIR/mapper`,

@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::args;
-use super::verbs::{blocks, Env, Frontend, Output};
+use super::verbs::{blocks, Env, Frontend, NodeDir, Output};
 use crate::registry::Registry;
 use crate::serve::{Exports, Listen, Server};
 
@@ -332,7 +332,12 @@ pub fn serve(dir: &Path) -> i32 {
         }
     };
     #[cfg(feature = "fuse")]
-    let nodes = mount_nodes(&state, &exports);
+    let nodes = mount_nodes(&state, &exports).map(|(m, dir)| {
+        // The mount's root answers from the FUSE threads; nothing else is looked at.
+        let dev = std::fs::metadata(m.path()).ok().map(|md| md.dev());
+        fe.nodes = Some(NodeDir { dir, dev });
+        m
+    });
     fe.exports = Some(exports);
     let host = Arc::new(Host {
         fe,
@@ -376,10 +381,14 @@ pub fn host_dev_dir(state: &StateDir) -> PathBuf {
         .map_or_else(|| state.dev_dir(), PathBuf::from)
 }
 
-/// Mount the exports as the device nodes `DM_DEV_DIR/mapper/NAME`; `None` (with the reason
-/// in host.log) where FUSE is unavailable, or the directory cannot be made or is not empty.
+/// Mount the exports as the device nodes `DM_DEV_DIR/mapper/NAME`, with the directory's
+/// canonical path (taken before the mount); `None` (with the reason in host.log) where
+/// FUSE is unavailable, or the directory cannot be made or is not empty.
 #[cfg(feature = "fuse")]
-fn mount_nodes(state: &StateDir, exports: &Exports) -> Option<crate::serve::fuse::FuseMount> {
+fn mount_nodes(
+    state: &StateDir,
+    exports: &Exports,
+) -> Option<(crate::serve::fuse::FuseMount, PathBuf)> {
     use crate::serve::fuse::{unmount_stale, FuseMount};
     let dir = host_dev_dir(state).join("mapper");
     if !Path::new("/dev/fuse").exists() {
@@ -411,8 +420,15 @@ fn mount_nodes(state: &StateDir, exports: &Exports) -> Option<crate::serve::fuse
         );
         return None;
     }
+    let canonical = match std::fs::canonicalize(&dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dmemu host: no device nodes: {}: {e}", dir.display());
+            return None;
+        }
+    };
     match FuseMount::mount(exports.clone(), &dir) {
-        Ok(m) => Some(m),
+        Ok(m) => Some((m, canonical)),
         Err(e) => {
             eprintln!("dmemu host: no device nodes: {}", e.chain());
             None

@@ -15,6 +15,7 @@ pub mod args;
 pub mod blockdev;
 pub mod client;
 pub mod host;
+pub mod paths;
 pub mod report;
 pub mod verbs;
 

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::args::Invocation;
+use super::paths::{self, Resolved};
 use super::report::{render, split_lvm_name, Align, Column, Layout};
 use super::{attr, deps_line, info_text_with, DepsForm, READ_AHEAD_SECTORS};
 use crate::error::{Error, Result};
@@ -27,6 +29,9 @@ use crate::units::{Sector, SectorCount};
 pub const USAGE: &str = include_str!("usage.txt");
 /// The report field list (`help -c`, an unknown `-o` field).
 pub const FIELDS: &str = include_str!("fields.txt");
+
+/// `dmsetup stats` without a subcommand: dmstats's usage (dmsetup 1.02.185, from the oracle).
+const STATS_USAGE: &str = include_str!("stats_usage.txt");
 /// `dmsetup version`.
 pub const VERSION: &str = "Library version:   1.02.185 (2022-05-18)\nDriver version:    4.48.0\n";
 
@@ -56,6 +61,10 @@ pub struct Output {
     pub parts: Vec<(bool, String)>,
     /// Exit status.
     pub code: i32,
+    /// Commands the caller runs after printing, in order, each waited for and its status
+    /// ignored (`ls --exec`: dmsetup forks them in the caller's context).
+    #[serde(default)]
+    pub exec: Vec<Vec<String>>,
 }
 
 impl Output {
@@ -118,6 +127,12 @@ impl Output {
             }
         }
         let _ = std::io::stdout().flush();
+        for argv in &self.exec {
+            if let Some((prog, args)) = argv.split_first() {
+                // execvp in a child; one that cannot start is dmsetup's `_exit(127)`.
+                let _ = std::process::Command::new(prog).args(args).status();
+            }
+        }
         self.code
     }
 }
@@ -176,6 +191,17 @@ pub struct Frontend {
     /// device (`sync_exports` after each command); an NBD client holding one open counts
     /// as an opener.
     pub exports: Option<Exports>,
+    /// The device host's own device nodes (its FUSE mount), if it mounted them.
+    pub nodes: Option<NodeDir>,
+}
+
+/// Where the device host shows its devices as files (`DM_DEV_DIR/mapper`).
+#[derive(Clone, Debug)]
+pub struct NodeDir {
+    /// The directory, canonical (taken before the mount: nothing in it is ever looked at).
+    pub dir: PathBuf,
+    /// The mount's device number (`st_dev`), which tells its files under any other path.
+    pub dev: Option<u64>,
 }
 
 struct Cmd {
@@ -288,7 +314,7 @@ const COMMANDS: &[Cmd] = &[
         min: 0,
         max: None,
         repeatable: true,
-        f: Frontend::noop_device,
+        f: Frontend::measure,
     },
     Cmd {
         name: "message",
@@ -449,6 +475,45 @@ pub fn strerror(errno: i32) -> String {
     }
 }
 
+/// A table line's (`START LEN TYPE ARGS...`) IMA string, as its 6.12 target emits it for
+/// `STATUSTYPE_IMA`; `None` for a target dmemu has no string for.
+fn ima_string(t: &[&str]) -> Option<String> {
+    let ty = *t.get(2)?;
+    let args = &t[3..];
+    let head = |name: &str| {
+        let v = TARGETS.iter().find(|(n, _)| *n == name).map_or("", |x| x.1);
+        format!("target_name={name},target_version={v}")
+    };
+    match ty {
+        "zero" | "error" | "delay" | "flakey" | "dust" | "log-writes" => Some(String::new()),
+        "linear" => Some(format!(
+            "{},device_name={},start={};",
+            head("linear"),
+            args.first()?,
+            args.get(1)?
+        )),
+        "striped" => {
+            let n: usize = args.first()?.parse().ok()?;
+            let mut s = format!(
+                "{},stripes={n},chunk_size={}",
+                head("striped"),
+                args.get(1)?
+            );
+            for i in 0..n {
+                let dev = args.get(2 + 2 * i)?;
+                let start = args.get(3 + 2 * i)?;
+                let _ = write!(
+                    s,
+                    ",stripe_{i}_device_name={dev},stripe_{i}_physical_start={start},stripe_{i}_status=A"
+                );
+            }
+            s.push(';');
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
 /// The info columns dmsetup knows that dmemu reports.
 fn info_column(id: &str) -> Option<Column> {
     let c = |id, heading, width, align| Column {
@@ -512,6 +577,9 @@ fn info_value(id: &str, i: &DeviceInfo, read_ahead: u32) -> String {
     }
 }
 
+/// Block device required (a path that is no device node).
+const ENOTBLK: i32 = 15;
+
 const DEFAULT_INFO_FIELDS: &str = "name,major,minor,attr,open,segments,events,uuid";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -527,6 +595,7 @@ impl Frontend {
             read_ahead: Mutex::new(BTreeMap::new()),
             log: None,
             exports: None,
+            nodes: None,
         }
     }
 
@@ -684,42 +753,77 @@ impl Frontend {
         self.log(&format!("device-mapper: {ioctl} {name}: {}", e.chain()));
     }
 
-    /// The name a device argument gives (`/dev/mapper/NAME` and `$DM_DEV_DIR/mapper/NAME`
-    /// name NAME).
-    /// Any other spelling of a path into `$DM_DEV_DIR/mapper/` (relative to the working
-    /// directory, through `..` or symlinks) names the device too: the host never opens its own
-    /// device nodes as image files.
-    fn strip<'n>(env: &Env, name: &'n str) -> &'n str {
-        let own = format!("{}/mapper/", env.dev_dir.trim_end_matches('/'));
-        name.strip_prefix(own.as_str())
-            .or_else(|| name.strip_prefix("/dev/mapper/"))
-            .or_else(|| Self::node_name(env, name))
-            .unwrap_or(name)
+    /// The name a device argument gives: `/dev/mapper/NAME`, `$DM_DEV_DIR/mapper/NAME` and
+    /// any other path resolving into a device-node directory (relative to the working
+    /// directory, through `..` or symlinks: [`paths::resolve`]) name NAME; anything else
+    /// is itself.
+    fn strip(&self, env: &Env, name: &str) -> String {
+        if !name.contains('/') {
+            return name.to_string();
+        }
+        match self.node_of(env, name) {
+            Ok(Some(n)) => n,
+            _ => name.to_string(),
+        }
     }
 
-    /// `NAME` when `path` is `DIR/mapper/NAME` with `DIR` the same directory as
-    /// `$DM_DEV_DIR` (compared without looking inside the FUSE mount itself).
-    fn node_name<'n>(env: &Env, path: &'n str) -> Option<&'n str> {
-        if !path.contains('/') || env.dev_dir.is_empty() {
-            return None;
+    /// The device-node directories a path may reach: the host's own (its mount),
+    /// `$DM_DEV_DIR/mapper` and `/dev/mapper`, each canonical.
+    fn node_dirs(&self, env: &Env) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.nodes.iter().map(|n| n.dir.clone()).collect();
+        let mut add = |dev: &str| {
+            if dev.is_empty() {
+                return;
+            }
+            if let Ok(Resolved::Path(p)) = paths::resolve(std::path::Path::new(dev), &dirs) {
+                let m = p.join("mapper");
+                if !dirs.contains(&m) {
+                    dirs.push(m);
+                }
+            }
+        };
+        add(&env.dev_dir);
+        add("/dev");
+        dirs
+    }
+
+    /// The device NAME a device path names (`None`: the path is no device node: an image
+    /// file, or nothing). A bare word is a path relative to the working directory here. A path into the host's own mount under some other name (a bind mount)
+    /// names the device its file shows; a node-directory itself is no device (ENOTBLK).
+    fn node_of(&self, env: &Env, name: &str) -> Result<Option<String>> {
+        let own = format!("{}/mapper/", env.dev_dir.trim_end_matches('/'));
+        if let Some(n) = name
+            .strip_prefix(own.as_str())
+            .or_else(|| name.strip_prefix("/dev/mapper/"))
+        {
+            return Ok(Some(n.to_string()));
         }
-        let p = std::path::Path::new(path);
-        let file = p.file_name()?.to_str()?;
-        let mapper = p.parent()?;
-        if mapper.file_name()? != "mapper" {
-            return None;
+        let io = |e: std::io::Error| Error::Io {
+            device: name.to_string(),
+            source: e,
+        };
+        match paths::resolve(std::path::Path::new(name), &self.node_dirs(env)).map_err(io)? {
+            Resolved::Node(n) => Ok(Some(n)),
+            Resolved::NodeDir => Err(io(std::io::Error::from_raw_os_error(ENOTBLK))),
+            Resolved::Path(p) => {
+                let own_dev = self.nodes.as_ref().and_then(|n| n.dev);
+                let dev = std::fs::metadata(&p).ok().map(|m| m.dev());
+                if own_dev.is_none() || dev != own_dev {
+                    return Ok(None);
+                }
+                match p.file_name().and_then(|f| f.to_str()) {
+                    Some(f) => Ok(Some(f.to_string())),
+                    None => Err(io(std::io::Error::from_raw_os_error(ENOTBLK))),
+                }
+            }
         }
-        let dir = mapper.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = std::fs::canonicalize(dir.unwrap_or(std::path::Path::new("."))).ok()?;
-        let dev = std::fs::canonicalize(&env.dev_dir).ok()?;
-        (dir == dev).then(|| &path[path.len() - file.len()..])
     }
 
     /// The device a command names: its argument, or `-u UUID`, or `-j MAJ -m MIN`. `None`
     /// when none is named.
     fn target_name(&self, cx: &Cx, arg: Option<&String>) -> Option<String> {
         if let Some(a) = arg {
-            return Some(Self::strip(cx.env, a).to_string());
+            return Some(self.strip(cx.env, a));
         }
         if let Some(u) = cx.inv.value("uuid") {
             return Some(
@@ -750,7 +854,8 @@ impl Frontend {
         if let Some(v) = cx.inv.value("readahead") {
             let v = v.trim();
             let n = match v {
-                "auto" => READ_AHEAD_SECTORS,
+                // libdm's DM_READ_AHEAD_AUTO: the kernel's value stays.
+                "auto" => return,
                 "none" => 0,
                 _ => {
                     let num: u32 = v.trim_start_matches('+').parse().unwrap_or(0);
@@ -825,11 +930,22 @@ impl Frontend {
                 if !refs.iter().any(|r| r == t) || crate::registry::is_major_minor(t) {
                     continue;
                 }
-                if let Some(d) = self.registry.mapped(Self::strip(env, t)) {
-                    let (ma, mi) = d.dev();
-                    *t = format!("{ma}:{mi}");
-                    changed = true;
-                }
+                // A bare word names a device before it names a file.
+                let d = match self.registry.mapped(t) {
+                    Some(d) if !t.contains('/') => d,
+                    _ => {
+                        let Some(name) = self.node_of(env, t)? else {
+                            continue;
+                        };
+                        // A device node of no device is never opened as a file.
+                        self.registry.mapped(&name).ok_or_else(|| {
+                            Error::NoDevice(format!("{t} (no device of that name is defined)"))
+                        })?
+                    }
+                };
+                let (ma, mi) = d.dev();
+                *t = format!("{ma}:{mi}");
+                changed = true;
             }
             lines.push(toks.join(" "));
         }
@@ -895,9 +1011,68 @@ impl Frontend {
         }
     }
 
-    fn stats(&self, cx: &mut Cx, _: &[String]) -> bool {
-        cx.e("dmsetup stats: not available in dmemu (no I/O statistics are kept).\n");
-        false
+    /// `measure`: each live table line as `START LEN TYPE IMA`, the string the 6.12 target
+    /// gives dm-ima (`STATUSTYPE_IMA`): linear's and striped's; empty for zero, error,
+    /// delay, flakey, dust and log-writes, as theirs are. Other targets are refused with
+    /// one line rather than given a made-up string.
+    fn measure(&self, cx: &mut Cx, args: &[String]) -> bool {
+        self.each(cx, args, |me, cx, n| {
+            let text = match me.registry.device(n) {
+                Ok(d) => d.table_text_of(Slot::Live, Keys::Hidden),
+                Err(_) => {
+                    cx.e("Device does not exist.\n");
+                    return false;
+                }
+            };
+            let mut lines = String::new();
+            for l in text.lines() {
+                let t: Vec<&str> = l.split(' ').collect();
+                let Some(ima) = ima_string(&t) else {
+                    cx.e(&format!(
+                        "dmsetup measure: dmemu does not compute the IMA string of a {} target.\n",
+                        t.get(2).unwrap_or(&"")
+                    ));
+                    return false;
+                };
+                let _ = writeln!(lines, "{} {} {} {ima}", t[0], t[1], t[2]);
+            }
+            me.lines(cx, n, &lines);
+            true
+        })
+    }
+
+    /// `stats` (dmstats) as dmsetup answers with no regions, which is always so here:
+    /// `list`, `report`, and `print`/`delete`/`clear` with `--allregions` or
+    /// `--regionid` print nothing for devices that exist. Creating regions is refused.
+    fn stats(&self, cx: &mut Cx, args: &[String]) -> bool {
+        let Some((sub, devs)) = args.split_first() else {
+            // dmstats's own usage error: status 1 without libdm's `Command failed.`.
+            cx.e("Incorrect number of arguments.\n");
+            cx.e(STATS_USAGE);
+            cx.out.code = 1;
+            return true;
+        };
+        match sub.as_str() {
+            "list" | "report" | "print" | "delete" | "clear" => {}
+            _ => {
+                cx.e(&format!(
+                    "dmsetup stats {sub}: not available in dmemu (no I/O statistics are kept).\n"
+                ));
+                return false;
+            }
+        }
+        let needs_region = matches!(sub.as_str(), "print" | "delete" | "clear");
+        if needs_region && !cx.inv.has("allregions") && !cx.inv.has("regionid") {
+            cx.e("Please specify a --regionid or use --allregions.\n");
+            return false;
+        }
+        for d in devs {
+            if self.registry.device(&self.strip(cx.env, d)).is_err() {
+                cx.e("Device does not exist.\n");
+                return false;
+            }
+        }
+        true
     }
 
     /// `udevflags`/`udevcomplete COOKIE`: no udev here, so any valid cookie is done.
@@ -917,8 +1092,10 @@ impl Frontend {
     fn mangle(&self, cx: &mut Cx, args: &[String]) -> bool {
         self.each(cx, args, |me, cx, n| match me.registry.device(n) {
             Ok(d) => {
-                let u = d.uuid().unwrap_or_else(|| "[no UUID]".to_string());
-                cx.o(&format!("{n}: {u}: name already in correct form\n"));
+                let (u, and) = d
+                    .uuid()
+                    .map_or(("[no UUID]".to_string(), ""), |u| (u, "and UUID "));
+                cx.o(&format!("{n}: {u}: name {and}already in correct form\n"));
                 true
             }
             Err(_) => {
@@ -928,12 +1105,16 @@ impl Frontend {
         })
     }
 
-    fn udevcomplete_all(&self, cx: &mut Cx, _: &[String]) -> bool {
+    fn udevcomplete_all(&self, cx: &mut Cx, args: &[String]) -> bool {
+        // `udevcomplete_all AGE`: only cookies older than AGE minutes.
+        let older = args
+            .first()
+            .map_or(String::new(), |a| format!("older than {a} minutes "));
         if cx.inv.has("yes") {
             cx.o("0 semaphores with keys prefixed by 3405 (0xd4d) destroyed. 0 skipped.\n");
         } else {
             // dmsetup asks on the terminal; the host has none, which answers no.
-            cx.e("WARNING: This operation will destroy all semaphores with keys that have a prefix 3405 (0xd4d).\n");
+            cx.e(&format!("WARNING: This operation will destroy all semaphores {older}with keys that have a prefix 3405 (0xd4d).\n"));
             cx.o("Do you really want to continue? [y/n]: \nSemaphores with keys prefixed by 3405 (0xd4d) NOT destroyed.\n");
         }
         true
@@ -1226,6 +1407,9 @@ impl Frontend {
         } else {
             RemoveMode::Normal
         };
+        if mode == RemoveMode::Force && !args.is_empty() {
+            self.error_table_of_no_table(cx, &name);
+        }
         // libdm's --retry: up to 25 tries, 200 ms apart, while the device is busy.
         let tries = if cx.inv.has("retry") { 25 } else { 1 };
         for n in 1..=tries {
@@ -1255,12 +1439,27 @@ impl Frontend {
         false
     }
 
+    /// `remove --force`'s first step (dmsetup's `_error_device`) loads an `error` table as
+    /// long as the live one; for a device without a live table that is a zero-length
+    /// target, which the kernel refuses: libdm prints the failed reload and goes on.
+    fn error_table_of_no_table(&self, cx: &mut Cx, name: &str) {
+        if self.registry.info(name).is_ok_and(|i| !i.live_table) {
+            let e = Error::invalid("table", "zero-length target");
+            self.ioctl_error(cx, "reload", name, None, &e);
+        }
+    }
+
     fn remove_all(&self, cx: &mut Cx, _: &[String]) -> bool {
         let mode = if cx.inv.has("force") {
             RemoveMode::Force
         } else {
             RemoveMode::Normal
         };
+        if mode == RemoveMode::Force {
+            for (n, _) in self.registry.list() {
+                self.error_table_of_no_table(cx, &n);
+            }
+        }
         self.registry.remove_all(mode);
         let left: BTreeSet<String> = self.registry.list().into_iter().map(|(n, _)| n).collect();
         lock(&self.read_ahead).retain(|n, _| left.contains(n));
@@ -1276,7 +1475,7 @@ impl Frontend {
                     return false;
                 }
             },
-            [old, new, ..] => (Self::strip(cx.env, old).to_string(), new.clone()),
+            [old, new, ..] => (self.strip(cx.env, old), new.clone()),
             [] => {
                 cx.e("No device specified.\n");
                 return false;
@@ -1308,7 +1507,7 @@ impl Frontend {
         let (name, rest) = if cx.inv.has("uuid") || cx.inv.has("major") {
             (self.target_name(cx, None).unwrap_or_default(), args)
         } else {
-            (Self::strip(cx.env, &args[0]).to_string(), &args[1..])
+            (self.strip(cx.env, &args[0]), &args[1..])
         };
         let Some((sector, words)) = rest.split_first() else {
             cx.e("Incorrect number of arguments.\n");
@@ -1496,12 +1695,12 @@ impl Frontend {
         })
     }
 
-    /// Print a table's or status's lines as dmsetup does: `NAME: ` before each with
-    /// several devices or `--target`, only the lines of `--target`'s type, one empty line
+    /// Print a table's or status's lines as dmsetup does: `NAME: ` before each when no
+    /// device is named (all of them), only the lines of `--target`'s type, one empty line
     /// for a device without a table.
     fn lines(&self, cx: &mut Cx, name: &str, text: &str) {
         let target = cx.inv.value("target").map(str::to_string);
-        let prefix = if cx.multiple || target.is_some() {
+        let prefix = if cx.multiple {
             format!("{name}: ")
         } else {
             String::new()
@@ -1548,15 +1747,24 @@ impl Frontend {
             cx.o("No devices found\n");
             return true;
         }
+        if let Some(cmd) = cx.inv.value("exec") {
+            // `_exec_command`: the words of the command, then the device's node path.
+            let dir = format!("{}/mapper", cx.env.dev_dir.trim_end_matches('/'));
+            let words: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+            let target = cx.inv.value("target");
+            for (n, _) in &all {
+                if target.is_some_and(|t| !self.has_target(n, t)) || words.is_empty() {
+                    continue;
+                }
+                let mut argv = words.clone();
+                argv.push(format!("{dir}/{n}"));
+                cx.out.exec.push(argv);
+            }
+            return true;
+        }
         if let Some(t) = cx.inv.value("target") {
             for (n, (ma, mi)) in &all {
-                let has = self
-                    .registry
-                    .device(n)
-                    .ok()
-                    .and_then(|d| d.live_table())
-                    .is_some_and(|tb| tb.table().lines.iter().any(|l| l.spec.target_type() == t));
-                if has {
+                if self.has_target(n, t) {
                     cx.o(&format!("{n}\t({ma}, {mi})\n"));
                 }
             }
@@ -1567,7 +1775,14 @@ impl Frontend {
         }
         let opt = cx.inv.value("options").unwrap_or("devno");
         for (n, (ma, mi)) in &all {
+            // 6.12 adds a device's disk (dm-N in sysfs) at its first table load: before,
+            // dmsetup can name it only by number.
+            let disk = self
+                .registry
+                .info(n)
+                .is_ok_and(|i| i.live_table || i.inactive_table);
             let shown = match opt {
+                "devname" | "blkdevname" if !disk => format!("{ma}:{mi}"),
                 "devname" => n.clone(),
                 "blkdevname" => format!("dm-{mi}"),
                 "devno" => format!("{ma}:{mi}"),
@@ -1581,16 +1796,27 @@ impl Frontend {
         true
     }
 
+    /// Whether `name`'s live table has a target of type `t`.
+    fn has_target(&self, name: &str, t: &str) -> bool {
+        self.registry
+            .device(name)
+            .ok()
+            .and_then(|d| d.live_table())
+            .is_some_and(|tb| tb.table().lines.iter().any(|l| l.spec.target_type() == t))
+    }
+
     /// `ls --tree`: libdm's dependency tree (`-o inverted` turns it upside down).
     fn tree(&self, cx: &mut Cx, all: &[(String, (u32, u32))]) -> bool {
         let opts = cx.inv.value("options").unwrap_or("");
         let mut ascii = !cx.env.utf8;
         let mut inverted = false;
+        let mut uuid = false;
         for o in opts.split(',').filter(|o| !o.is_empty()) {
             match o {
                 "ascii" => ascii = true,
                 "utf" | "vt100" => ascii = false,
                 "inverted" => inverted = true,
+                "uuid" => uuid = true,
                 _ => {}
             }
         }
@@ -1600,6 +1826,7 @@ impl Frontend {
         let mut label: BTreeMap<String, String> = BTreeMap::new();
         let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        #[allow(clippy::too_many_arguments)]
         fn add(
             me: &Frontend,
             name: &str,
@@ -1608,6 +1835,7 @@ impl Frontend {
             deps: &mut BTreeMap<String, Vec<String>>,
             users: &mut BTreeMap<String, Vec<String>>,
             depth: usize,
+            uuid: bool,
         ) {
             if label.contains_key(name) || depth > crate::registry::MAX_STACK_DEPTH {
                 return;
@@ -1616,7 +1844,13 @@ impl Frontend {
                 return;
             };
             let (ma, mi) = d.dev();
-            label.insert(name.to_string(), format!("{name} ({ma}:{mi})"));
+            // `-o uuid`: `[UUID]` after each mapped device (`[]` without one).
+            let u = if uuid {
+                format!(" [{}]", d.uuid().unwrap_or_default())
+            } else {
+                String::new()
+            };
+            label.insert(name.to_string(), format!("{name} ({ma}:{mi}){u}"));
             order.push(name.to_string());
             let list: Vec<Dep> = me.registry.deps(name, Slot::Live).unwrap_or_default();
             let mut mine = Vec::new();
@@ -1626,7 +1860,7 @@ impl Frontend {
                     None => format!("\0{}", dep.reference),
                 };
                 if dep.mapped.is_some() {
-                    add(me, &key, order, label, deps, users, depth + 1);
+                    add(me, &key, order, label, deps, users, depth + 1, uuid);
                 } else if !label.contains_key(&key) {
                     label.insert(key.clone(), format!(" ({})", dep.reference));
                     order.push(key.clone());
@@ -1637,7 +1871,9 @@ impl Frontend {
             deps.insert(name.to_string(), mine);
         }
         for (n, _) in all {
-            add(self, n, &mut order, &mut label, &mut deps, &mut users, 0);
+            add(
+                self, n, &mut order, &mut label, &mut deps, &mut users, 0, uuid,
+            );
         }
         #[allow(clippy::type_complexity)]
         let (down, is_root): (

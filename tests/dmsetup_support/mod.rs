@@ -84,6 +84,9 @@ pub struct Sandbox {
     pub dir: tempfile::TempDir,
     /// `disks[i]` stands for `/dev/vd{a+i}`.
     pub disks: Vec<PathBuf>,
+    /// Loop devices of the oracle's script: (`/dev/loopN`, `7:N`, the file in `dir` it
+    /// showed), named by the file here.
+    pub loops: Vec<(String, String, PathBuf)>,
 }
 
 impl Sandbox {
@@ -104,7 +107,21 @@ impl Sandbox {
                 p
             })
             .collect();
-        Sandbox { dir, disks }
+        Sandbox {
+            dir,
+            disks,
+            loops: Vec::new(),
+        }
+    }
+
+    /// The oracle's `/dev/loopN` over `file` (relative to the guest's and the sandbox's
+    /// working directory) is the file itself here.
+    #[must_use]
+    pub fn with_loop(mut self, n: u32, file: &str) -> Sandbox {
+        let path = self.dir.path().join(file);
+        self.loops
+            .push((format!("/dev/loop{n}"), format!("7:{n}"), path));
+        self
     }
 
     /// The state dir.
@@ -129,6 +146,9 @@ impl Sandbox {
         }
         for (i, p) in self.disks.iter().enumerate() {
             c = c.replace(&format!("/dev/{}", DISKS[i]), &p.display().to_string());
+        }
+        for (dev, _, p) in &self.loops {
+            c = c.replace(dev.as_str(), &p.display().to_string());
         }
         c
     }
@@ -166,6 +186,15 @@ impl Sandbox {
             k = k.replace(&format!("254:{}", i * 16), &p);
             k = k.replace(&format!("(254, {})", i * 16), &format!("({p})"));
             k = k.replace(&format!("/dev/{}", DISKS[i]), &p);
+            // A disk's block device name (deps/ls `-o blkdevname`) is the file's name.
+            k = k.replace(&format!("({})", DISKS[i]), &format!("({}.img)", DISKS[i]));
+        }
+        for (dev, devno, p) in &self.loops {
+            let p = p.display().to_string();
+            k = replace_devno(&k, devno, &p);
+            let (ma, mi) = devno.split_once(':').unwrap();
+            k = k.replace(&format!("({ma}, {mi})"), &format!("({p})"));
+            k = k.replace(dev.as_str(), &p);
         }
         k
     }
@@ -197,6 +226,24 @@ impl Drop for Sandbox {
         // Leave no host behind: removing the last device ends it.
         let _ = self.run("dmsetup remove_all --force");
     }
+}
+
+/// `text` with each `devno` (`MAJ:MIN`) that is a whole number pair (no digit before or
+/// after) replaced by `with`.
+fn replace_devno(text: &str, devno: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(devno) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + devno.len()..].chars().next();
+        let whole = !before.is_some_and(|c| c.is_ascii_digit() || c == ':')
+            && !after.is_some_and(|c| c.is_ascii_digit() || c == ':');
+        out.push_str(&rest[..i]);
+        out.push_str(if whole { with } else { devno });
+        rest = &rest[i + devno.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether `path` holds an executable named `tool` on PATH.

@@ -323,6 +323,20 @@ fn pool_error(reason: String) -> Error {
     Error::invalid("thin-pool", reason)
 }
 
+/// A message that fails with the kernel's errno (EEXIST, ENODATA from the metadata's
+/// btree lookups) rather than EINVAL.
+fn pool_errno(reason: String, errno: i32) -> Error {
+    Error::Io {
+        device: format!("thin-pool: {reason}"),
+        source: std::io::Error::from_raw_os_error(errno),
+    }
+}
+
+/// `File exists`: `__create_thin` / `__create_snap` on an id in use.
+const EEXIST: i32 = 17;
+/// `No data available`: `__open_device` of an origin id that is not there.
+const ENODATA: i32 = 61;
+
 fn usize_of(v: u64) -> Result<usize> {
     usize::try_from(v).map_err(|_| pool_error(format!("{v} does not fit in memory")))
 }
@@ -1023,14 +1037,14 @@ impl Pool {
             "create_thin" => {
                 count(2)?;
                 let id = dev_id(argv[1])?;
-                let failed = || {
-                    pool_error(format!(
-                        "Creation of new thinly-provisioned device with id {} failed.",
-                        argv[1]
-                    ))
-                };
                 if st.devices.contains_key(&id) {
-                    return Err(failed());
+                    return Err(pool_errno(
+                        format!(
+                            "Creation of new thinly-provisioned device with id {} failed.",
+                            argv[1]
+                        ),
+                        EEXIST,
+                    ));
                 }
                 let details = DeviceDetails {
                     mapped_blocks: 0,
@@ -1050,16 +1064,23 @@ impl Pool {
                 count(3)?;
                 let id = dev_id(argv[1])?;
                 let origin_id = dev_id(argv[2])?;
-                let failed = || {
-                    pool_error(format!(
-                        "Creation of new snapshot {} of device {} failed.",
-                        argv[1], argv[2]
-                    ))
+                let failed = |errno| {
+                    pool_errno(
+                        format!(
+                            "Creation of new snapshot {} of device {} failed.",
+                            argv[1], argv[2]
+                        ),
+                        errno,
+                    )
                 };
                 if st.devices.contains_key(&id) {
-                    return Err(failed());
+                    return Err(failed(EEXIST));
                 }
-                let origin = st.devices.get(&origin_id).cloned().ok_or_else(failed)?;
+                let origin = st
+                    .devices
+                    .get(&origin_id)
+                    .cloned()
+                    .ok_or_else(|| failed(ENODATA))?;
                 // __create_snap: time++, then the snapshot and its origin both record it.
                 st.sb.time = st.sb.time.wrapping_add(1);
                 let time = st.sb.time;
