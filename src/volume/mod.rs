@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
+pub mod copy;
 mod file;
 mod io;
 mod lock;
