@@ -16,7 +16,7 @@ use crate::mapped_device::MappedDevice;
 use crate::registry::Registry;
 use crate::table::{concise::format_concise, parse_concise, parse_table, DeviceSpec, TableMode};
 use crate::targets::Keys;
-use crate::units::{Sector, SECTOR_SIZE};
+use crate::units::Sector;
 use crate::volume::Access;
 
 /// The exit status, as `--help` prints it (README's "Exit status" says the same).
@@ -389,9 +389,13 @@ fn run_command(cli: Cli) -> Result<()> {
             // A read never writes: tables load read-only (a thin pool with `read_only`)
             // and image files open shared, so readers run side by side.
             spec.read_only = true;
-            read_out(&*spec.open()?, &out)
+            let dev = spec.open()?;
+            read_out(&*dev, &out, dev.block_size() as usize)
         }
-        Command::Write { spec, input } => write_in(&*spec.open()?, &input, SECTOR_SIZE),
+        Command::Write { spec, input } => {
+            let dev = spec.open()?;
+            write_in(&*dev, &input, dev.block_size() as usize)
+        }
         Command::Status { spec } => out(&spec.open()?.status_text(), &mut stdout),
         Command::Table { spec, showkeys } => {
             let keys = if showkeys { Keys::Shown } else { Keys::Hidden };

@@ -297,3 +297,89 @@ fn luks_write_in_whole_crypt_sectors() {
     );
     assert!(std::fs::read(&img).unwrap() == before);
 }
+
+/// An image of `sectors` sectors of a pattern that differs in every sector.
+fn patterned(dir: &Path, name: &str, sectors: usize) -> (String, Vec<u8>) {
+    let v: Vec<u8> = (0..sectors * 512)
+        .map(|i| ((i % 253) ^ (i / 512)) as u8)
+        .collect();
+    let p = dir.join(name);
+    std::fs::write(&p, &v).unwrap();
+    (p.display().to_string(), v)
+}
+
+#[test]
+fn read_stops_at_the_first_failing_sector_with_everything_before_it_copied() {
+    // Error lines at sectors 5000 and 12000 (in the 3rd and 6th 1 MiB chunk): the chunks
+    // are read on several threads, yet the output holds exactly the sectors before 5000,
+    // and sector 5000 is the one reported.
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, data) = patterned(tmp.path(), "d.img", 16384);
+    let table = format!(
+        "0 5000 linear {disk} 0\n5000 8 error\n5008 6992 linear {disk} 5008\n\
+         12000 8 error\n12008 4376 linear {disk} 12008"
+    );
+    let o = dmemu(&["read", "--table", &table], b"");
+    assert_eq!(o.status.code(), Some(5), "{}", err(&o));
+    assert!(
+        err(&o).starts_with(
+            "dmemu: reading sectors [5000, +1) failed; sectors [0, +5000) before them were \
+             copied to stdout\n"
+        ),
+        "{}",
+        err(&o)
+    );
+    assert_eq!(o.stdout.len(), 5000 * 512);
+    assert!(o.stdout == data[..5000 * 512]);
+
+    // From sector 100 into a file: the same prefix, at the same offsets.
+    let out = tmp.path().join("out.img");
+    let o = dmemu(
+        &[
+            "read",
+            "--table",
+            &table,
+            "--start",
+            "100",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", err(&o));
+    assert!(
+        err(&o).contains("sectors [100, +4900) before them were copied"),
+        "{}",
+        err(&o)
+    );
+    let got = std::fs::read(&out).unwrap();
+    assert!(got == data[100 * 512..5000 * 512], "{} bytes", got.len());
+}
+
+#[test]
+fn nothing_after_a_failed_write_is_written() {
+    // 4 MiB writes: the second, [8192, +8192), meets the error line at 10000; its linear
+    // part before the error is written, nothing from the third write on.
+    let tmp = tempfile::tempdir().unwrap();
+    let (disk, before) = patterned(tmp.path(), "d.img", 32768);
+    let table = format!("0 10000 linear {disk} 0\n10000 8 error\n10008 22760 linear {disk} 10008");
+    let input = tmp.path().join("in");
+    let new = vec![0xa5u8; 24576 * 512];
+    std::fs::write(&input, &new).unwrap();
+    let o = dmemu(
+        &["write", "--table", &table, "-i", input.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", err(&o));
+    let e = err(&o);
+    assert!(
+        e.starts_with(
+            "dmemu: sectors [0, +8192) were written before the error below\n\
+             dmemu: the write of sectors [8192, +8192) failed"
+        ),
+        "{e}"
+    );
+    let after = std::fs::read(&disk).unwrap();
+    assert!(after[..10000 * 512] == new[..10000 * 512]);
+    assert!(after[10000 * 512..] == before[10000 * 512..]);
+}

@@ -18,20 +18,16 @@ use std::os::unix::fs::{FileExt as _, FileTypeExt as _};
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount, SECTOR_SIZE};
+use crate::volume::copy::{self, CopyOptions};
 use crate::volume::{check_range, ImageFile, Volume};
 
 /// Transfers of at least this many bytes show a progress bar, when stderr is a terminal.
 pub const PROGRESS_MIN_BYTES: u64 = 8 << 20;
-/// Bytes moved per device call.
-const CHUNK: usize = 4 << 20;
-/// Buffer alignment; also the unit of sparse output.
+/// The unit of sparse output (and of `O_DIRECT` writes).
 const ALIGN: usize = 4096;
-/// Buffers in flight between the reading thread and the writer.
-const IN_FLIGHT: usize = 3;
 
 /// A progress bar for `total_bytes`: drawn on stderr when it is a terminal and the transfer
 /// is at least [`PROGRESS_MIN_BYTES`], hidden otherwise (pipes and logs get nothing).
@@ -88,28 +84,6 @@ impl Volume for Counted<'_> {
     }
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         self.inner.discard(sector, count)
-    }
-}
-
-/// A zeroizing buffer whose data starts on a 4096-byte boundary (copies into and out of
-/// misaligned large buffers run several times slower on this class of CPU; see
-/// docs/design.md). Zeroizing because it carries decrypted LUKS data.
-struct Buf {
-    raw: Zeroizing<Vec<u8>>,
-    offset: usize,
-}
-
-impl Buf {
-    fn new() -> Buf {
-        let raw = Zeroizing::new(vec![0u8; CHUNK + ALIGN]);
-        let offset = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        Buf { raw, offset }
-    }
-    fn get(&mut self, n: usize) -> &mut [u8] {
-        &mut self.raw[self.offset..self.offset + n.min(CHUNK)]
-    }
-    fn data(&self, n: usize) -> &[u8] {
-        &self.raw[self.offset..self.offset + n.min(CHUNK)]
     }
 }
 
@@ -238,6 +212,14 @@ impl Sink {
         }
     }
 
+    /// Push what a stream holds to its output.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Stream(out) => out.flush(),
+            Sink::File { .. } => Ok(()),
+        }
+    }
+
     /// Give the output its full length (a trailing hole) and flush a stream.
     fn finish(&mut self, len: u64) -> io::Result<()> {
         match self {
@@ -267,8 +249,10 @@ fn open_direct(path: &Path) -> Option<File> {
         .map(File::from)
 }
 
-/// `read`: copy sectors `[start, start + sectors)` of `vol` to the output.
-pub fn read_out(vol: &dyn Volume, args: &ReadArgs) -> Result<()> {
+/// `read`: copy sectors `[start, start + sectors)` of `vol` to the output, through the copy
+/// engine (chunks read and decrypted on every core, written out in order). `block` is the
+/// unit the device is addressed in (a crypt sector size): a failing read is located to it.
+pub fn read_out(vol: &dyn Volume, args: &ReadArgs, block: usize) -> Result<()> {
     let size = vol.size();
     let start = args.start;
     let count = match args.sectors {
@@ -287,48 +271,32 @@ pub fn read_out(vol: &dyn Volume, args: &ReadArgs) -> Result<()> {
     let mut sink = Sink::open(args, &name)?;
     let total = SectorCount(count).bytes();
     let bar = progress(total);
-    let step = (CHUNK / SECTOR_SIZE) as u64;
-    let end = start + count;
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(u64, usize, Buf)>(IN_FLIGHT);
-    let (free_tx, free_rx) = std::sync::mpsc::channel::<Buf>();
-    for _ in 0..IN_FLIGHT {
-        let _ = free_tx.send(Buf::new());
-    }
-    std::thread::scope(|s| {
-        let producer = s.spawn(move || -> Result<()> {
-            let mut at = start;
-            while at < end {
-                let n = (end - at).min(step);
-                let Ok(mut buf) = free_rx.recv() else {
-                    return Ok(()); // the writer stopped; its error is reported
-                };
-                let len = SectorCount(n).usize_bytes()?;
-                vol.read(Sector(at), buf.get(len))?;
-                if full_tx.send((at - start, len, buf)).is_err() {
-                    return Ok(());
-                }
-                at += n;
-            }
+    let opts = CopyOptions::default().with_block(block);
+    let copied = copy::read_range(
+        vol,
+        Sector(start),
+        SectorCount(count),
+        &opts,
+        &mut |at, b| {
+            sink.put(at, b).map_err(Error::io(&name))?;
+            bar.inc(b.len() as u64);
             Ok(())
-        });
-        let mut written = Ok(());
-        for (at, len, buf) in full_rx {
-            if let Err(e) = sink.put(at * SECTOR_SIZE as u64, buf.data(len)) {
-                written = Err(Error::io(&name)(e));
-                break;
-            }
-            bar.inc(len as u64);
-            let _ = free_tx.send(buf);
+        },
+    );
+    bar.finish_and_clear();
+    if let Err(stopped) = copied {
+        // What was read before the failure is in the output (a stream flushed).
+        let _ = sink.flush();
+        if let Some(sector) = stopped.sector {
+            eprintln!(
+                "dmemu: reading sectors [{sector}, +{}) failed; sectors [{start}, +{}) \
+                 before them were copied to {name}",
+                stopped.count.0, stopped.done.0
+            );
         }
-        drop(free_tx);
-        let produced = producer
-            .join()
-            .unwrap_or_else(|_| Err(Error::invalid("read", "reading thread panicked")));
-        bar.finish_and_clear();
-        written?;
-        produced?;
-        sink.finish(total).map_err(Error::io(&name))
-    })
+        return Err(stopped.error);
+    }
+    sink.finish(total).map_err(Error::io(&name))
 }
 
 /// What to write where (`write`, `luks write`).
@@ -356,7 +324,7 @@ pub fn write_in(vol: &dyn Volume, args: &WriteArgs, granularity: usize) -> Resul
         .input
         .as_ref()
         .map_or_else(|| "stdin".into(), |p| p.display().to_string());
-    let (mut reader, len): (Box<dyn Read>, Option<u64>) = match &args.input {
+    let (mut reader, len): (Box<dyn Read + Send>, Option<u64>) = match &args.input {
         Some(p) => {
             let f = File::open(p).map_err(Error::io(&name))?;
             if f.metadata().map_err(Error::io(&name))?.is_dir() {
@@ -365,7 +333,7 @@ pub fn write_in(vol: &dyn Volume, args: &WriteArgs, granularity: usize) -> Resul
             let len = regular_size(&f);
             (Box::new(f), len)
         }
-        None => (Box::new(io::stdin().lock()), regular_size(&io::stdin())),
+        None => (Box::new(io::stdin()), regular_size(&io::stdin())),
     };
     let size = vol.size();
     let start = args.start;
@@ -386,15 +354,8 @@ pub fn write_in(vol: &dyn Volume, args: &WriteArgs, granularity: usize) -> Resul
         }
     }
     let bar = progress(len.unwrap_or(0));
-    let mut buf = Buf::new();
-    let mut at = start;
-    let result = (|| loop {
-        let b = buf.get(CHUNK);
-        let n = fill(&mut reader, b).map_err(Error::io(&name))?;
-        if n == 0 {
-            return Ok(());
-        }
-        let sectors = (n / SECTOR_SIZE) as u64;
+    let mut input = |b: &mut [u8]| fill(&mut reader, b).map_err(Error::io(&name));
+    let mut check = |done: SectorCount, n: usize| -> Result<()> {
         if n as u64 % unit != 0 {
             return Err(Error::invalid(
                 "input",
@@ -404,28 +365,40 @@ pub fn write_in(vol: &dyn Volume, args: &WriteArgs, granularity: usize) -> Resul
                 ),
             ));
         }
-        if at - start + sectors > room {
-            return Err(too_big(
-                &name,
-                at - start + sectors,
-                start,
-                size,
-                at - start,
-            ));
+        let sectors = done.0 + (n / SECTOR_SIZE) as u64;
+        if sectors > room {
+            return Err(too_big(&name, sectors, start, size, done.0));
         }
-        vol.write(Sector(at), &b[..n])?;
         bar.inc(n as u64);
-        at += sectors;
-    })()
-    .and_then(|()| vol.flush());
+        Ok(())
+    };
+    let result = copy::write_from(
+        vol,
+        Sector(start),
+        copy::WRITE_CHUNK_BYTES,
+        &mut input,
+        &mut check,
+    );
     bar.finish_and_clear();
-    if result.is_err() && at > start {
-        eprintln!(
-            "dmemu: sectors [{start}, +{}) were written before the error below",
-            at - start
-        );
+    match result {
+        Ok(_) => vol.flush(),
+        Err(stopped) => {
+            if stopped.done.0 > 0 {
+                eprintln!(
+                    "dmemu: sectors [{start}, +{}) were written before the error below",
+                    stopped.done.0
+                );
+            }
+            if let Some(sector) = stopped.sector {
+                eprintln!(
+                    "dmemu: the write of sectors [{sector}, +{}) failed (its sectors before the \
+                     failing one may have been written); nothing after it was written",
+                    stopped.count.0
+                );
+            }
+            Err(stopped.error)
+        }
     }
-    result
 }
 
 fn too_big(name: &str, sectors: u64, start: u64, size: SectorCount, written: u64) -> Error {

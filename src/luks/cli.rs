@@ -241,7 +241,12 @@ pub fn run(cmd: LuksCommand) -> Result<()> {
         }
         LuksCommand::Read { unlock, out } => {
             let (luks, vk) = unlock.open(Access::ReadOnly)?;
-            read_out(&luks.volume(&vk)?, &out)
+            let sector_size = luks
+                .crypt_args(&vk, "luks-data", false)?
+                .1
+                .options
+                .sector_size;
+            read_out(&luks.volume(&vk)?, &out, sector_size as usize)
         }
         LuksCommand::Write { unlock, input } => {
             let (luks, vk) = unlock.open(Access::ReadWrite)?;

@@ -42,7 +42,7 @@ pub use self::luks2::Luks2Header;
 pub use self::unlock::VolumeKey;
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{Access, FileVolume, SharedVolume, Volume};
+use crate::volume::{Access, FileVolume, MmapVolume, SharedVolume, Volume};
 
 /// Largest volume or key-slot key accepted, in bytes (4096 bits).
 pub const MAX_KEY_BYTES: u32 = 512;
@@ -134,7 +134,15 @@ impl Luks {
         header: Option<&Path>,
         access: Access,
     ) -> Result<Luks> {
-        let d: SharedVolume = Arc::new(FileVolume::open(data, access)?);
+        // A regular file read only is mapped: crypt then decrypts from the mapping in one
+        // pass (`Volume::mapped`).
+        let data = data.as_ref();
+        let d: SharedVolume =
+            if access == Access::ReadOnly && std::fs::metadata(data).is_ok_and(|m| m.is_file()) {
+                Arc::new(MmapVolume::open(data)?)
+            } else {
+                Arc::new(FileVolume::open(data, access)?)
+            };
         let h = match header {
             Some(p) => Some(Arc::new(FileVolume::open(p, Access::ReadOnly)?) as SharedVolume),
             None => None,

@@ -319,6 +319,22 @@ impl MappedDevice {
             .unwrap_or(Table { lines: Vec::new() })
     }
 
+    /// The unit the live table must be addressed in, in bytes: the largest a line requires
+    /// (a crypt sector size, a verity data block), 512 otherwise.
+    #[must_use]
+    pub fn block_size(&self) -> u32 {
+        self.table()
+            .lines
+            .iter()
+            .map(|l| match &l.spec {
+                crate::targets::TargetSpec::Crypt(c) => c.options.sector_size,
+                crate::targets::TargetSpec::Verity(v) => v.data_block_size,
+                _ => 512,
+            })
+            .max()
+            .unwrap_or(512)
+    }
+
     /// `DM_TARGET_MSG`: messages starting with `@` are for dm core (`message_for_md`:
     /// `@cancel_deferred_remove`); the rest go to the live table's target covering `sector`.
     pub fn message(&self, sector: Sector, argv: &[&str]) -> Result<String> {

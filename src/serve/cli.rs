@@ -17,7 +17,6 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::error::{Error, Result};
 use crate::mapped_device::MappedDevice;
 use crate::table::TableMode;
-use crate::targets::TargetSpec;
 use crate::volume::SharedVolume;
 
 use super::export::{Export, ExportAccess};
@@ -270,16 +269,7 @@ fn export_of(dev: &Arc<MappedDevice>, mode: TableMode, read_only: bool) -> Resul
     } else {
         ExportAccess::ReadWrite
     };
-    let block = table
-        .lines
-        .iter()
-        .map(|l| match &l.spec {
-            TargetSpec::Crypt(c) => c.options.sector_size,
-            TargetSpec::Verity(v) => v.data_block_size,
-            _ => 512,
-        })
-        .max()
-        .unwrap_or(512);
+    let block = dev.block_size();
     let volume: SharedVolume = Arc::clone(dev) as SharedVolume;
     Export::new(dev.name(), volume)
         .with_access(access)

@@ -77,6 +77,13 @@ impl Volume for MmapVolume {
         Ok(())
     }
 
+    fn mapped(&self, sector: Sector, count: SectorCount) -> Option<&[u8]> {
+        check_range(self.size, sector, count).ok()?;
+        let start = usize::try_from(sector.byte_offset()).ok()?;
+        let len = count.usize_bytes().ok()?;
+        Some(&self.map.as_deref().unwrap_or(&[])[start..start + len])
+    }
+
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         check_io(self.size, sector, buf.len())?;
         Err(self.readonly())

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 
+pub mod copy;
 mod file;
 mod io;
 mod lock;
@@ -58,6 +59,15 @@ pub trait Volume: Send + Sync + fmt::Debug {
         let _ = unmap;
         check_range(self.size(), sector, count)?;
         write_zero_buffers(self, sector, count)
+    }
+
+    /// The bytes of `[sector, sector + count)` in memory, when the volume is a memory map
+    /// of them (`MmapVolume`): a target that transforms what it reads (crypt) can then do it
+    /// in one pass from the mapping into the caller's buffer instead of copying first. The
+    /// default (and any range out of bounds) is `None`; callers then `read`.
+    fn mapped(&self, sector: Sector, count: SectorCount) -> Option<&[u8]> {
+        let _ = (sector, count);
+        None
     }
 
     /// How `[sector, sector + count)` is allocated (NBD's `base:allocation` context):
