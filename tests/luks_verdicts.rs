@@ -54,3 +54,133 @@ fn dump_accepts_exactly_where_cryptsetup_accepts() {
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
 }
+
+/// One LUKS1 case of tests/fixtures/luks/verdicts1/verdicts.tsv (written by make.py there).
+struct Luks1Case {
+    name: String,
+    size: usize,
+    patches: String,
+    field: String,
+    dump_rc: i32,
+    dump_err: String,
+    dump_why: String,
+    open_rc: i32,
+    open_err: String,
+}
+
+fn luks1_cases() -> Vec<Luks1Case> {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luks/verdicts1");
+    std::fs::read_to_string(d.join("verdicts.tsv"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 9, "{l}");
+            Luks1Case {
+                name: f[0].into(),
+                size: f[1].parse().unwrap(),
+                patches: f[2].into(),
+                field: f[3].into(),
+                dump_rc: f[4].parse().unwrap(),
+                dump_err: f[5].into(),
+                dump_why: f[6].into(),
+                open_rc: f[7].parse().unwrap(),
+                open_err: f[8].into(),
+            }
+        })
+        .collect()
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The case's device: base.img.gz with the case's patches, cut or zero-extended to its size.
+fn luks1_image(c: &Luks1Case) -> SharedVolume {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luks/verdicts1");
+    let mut data = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(d.join("base.img.gz")).unwrap())
+        .read_to_end(&mut data)
+        .unwrap();
+    if c.patches != "-" {
+        for p in c.patches.split(',') {
+            let (at, bytes) = p.split_once('=').unwrap();
+            let (at, bytes) = match at.split_once('*') {
+                Some((at, n)) => (at, vec![hex(bytes)[0]; n.parse().unwrap()]),
+                None => (at, hex(bytes)),
+            };
+            let at: usize = at.parse().unwrap();
+            data[at..at + bytes.len()].copy_from_slice(&bytes);
+        }
+    }
+    data.resize(c.size, 0);
+    Arc::new(MemVolume::from_bytes(data).unwrap())
+}
+
+/// cryptsetup's "LUKS keyslot N is invalid." names slot N.
+fn named_slot(err: &str) -> Option<&str> {
+    err.strip_prefix("LUKS keyslot ")?
+        .strip_suffix(" is invalid.")
+}
+
+#[test]
+fn luks1_dump_and_unlock_verdicts_equal_cryptsetups() {
+    let cases = luks1_cases();
+    assert!(cases.len() >= 25, "{}", cases.len());
+    assert!(cases.iter().any(|c| c.dump_rc == 0) && cases.iter().any(|c| c.dump_rc != 0));
+    assert!(cases.iter().any(|c| c.open_rc == 2));
+    let mut differ = Vec::new();
+    for c in &cases {
+        let why = format!("{} ({})", c.dump_err, c.dump_why);
+        let got = Luks::open(luks1_image(c), None);
+        match (&got, c.dump_rc == 0) {
+            (Ok(l), true) => {
+                assert_eq!(l.version(), 1, "{}", c.name);
+                let _ = l.dump("IMAGE");
+            }
+            (Err(e), false) => {
+                let e = e.to_string();
+                if let Some(n) = named_slot(&c.dump_err) {
+                    if !e.contains(&format!("key slot {n}:")) {
+                        differ.push(format!(
+                            "{}: cryptsetup names slot {n} ({why}), dmemu: {e}",
+                            c.name
+                        ));
+                    }
+                }
+                if !e.contains(&c.field) {
+                    differ.push(format!(
+                        "{}: the error does not name {}: {e}",
+                        c.name, c.field
+                    ));
+                }
+                if c.open_rc == 0 {
+                    differ.push(format!("{}: inconsistent fixture", c.name));
+                }
+            }
+            (Ok(_), false) => differ.push(format!("{}: dmemu accepts, cryptsetup: {why}", c.name)),
+            (Err(e), true) => differ.push(format!("{}: cryptsetup accepts, dmemu: {e}", c.name)),
+        }
+        let Ok(l) = got else { continue };
+        // cryptsetup open --test-passphrase: 0 opened, 2 no key (EPERM), 1 anything else.
+        let opened = l.unlock(b"alpha", None, &dmemu::luks::KdfLimits::default());
+        let class = match &opened {
+            Ok(_) => 0,
+            Err(dmemu::Error::KeyRejected(_)) => 2,
+            Err(_) => 1,
+        };
+        if class != c.open_rc {
+            differ.push(format!(
+                "{}: cryptsetup open exits {} ({}), dmemu: {:?}",
+                c.name,
+                c.open_rc,
+                c.open_err,
+                opened.map(|_| "opened").map_err(|e| e.to_string())
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
