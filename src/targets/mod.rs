@@ -119,9 +119,34 @@ impl fmt::Display for DeviceRef {
 }
 
 impl DeviceRef {
-    /// Read a device token.
+    /// Read a device token ([`DeviceRef::from_token`]).
     pub fn parse(args: &mut Args<'_>, reason: &str) -> ArgResult<DeviceRef> {
-        Ok(DeviceRef(args.next(reason)?.to_string()))
+        let t = args.next(reason)?;
+        DeviceRef::from_token(t).map_err(|e| args.error_last(e))
+    }
+
+    /// A device token as the kernel's `dm_devt_from_path` reads it: `sscanf("%u:%u%c")`
+    /// matching two numbers is a device number (digits only, each taken modulo 2^32, as
+    /// the kernel's sscanf stores them), kept in the form the kernel prints (`007:01` is
+    /// `7:1`); a major or minor that does not fit a `dev_t` (12 and 20 bits) fails as the
+    /// kernel's lookup does (EOVERFLOW, "Device lookup failed"). Anything else (`+7:1`,
+    /// `7:1x`, a name) is a path, kept as written.
+    pub fn from_token(t: &str) -> Result<DeviceRef, String> {
+        let Some((maj, min)) = t.split_once(':') else {
+            return Ok(DeviceRef(t.to_string()));
+        };
+        let (Some(major), Some(minor)) = (
+            crate::table::args::scan_u32(maj),
+            crate::table::args::scan_u32(min),
+        ) else {
+            return Ok(DeviceRef(t.to_string()));
+        };
+        if major >= 1 << 12 || minor >= 1 << 20 {
+            return Err(format!(
+                "Device lookup failed ({major}:{minor} does not fit a dev_t: EOVERFLOW)"
+            ));
+        }
+        Ok(DeviceRef(format!("{major}:{minor}")))
     }
 }
 
