@@ -269,13 +269,17 @@ impl CipherSpec {
         let essiv = essiv_hash(ivmode, ivopts, Some(cipher))?;
         if chainmode == "adiantum" {
             let transform = adiantum(cipher).ok_or_else(|| {
-                format!("Error allocating crypto tfm (no adiantum({cipher}) in the kernel)")
+                format!(
+                    "Error allocating crypto tfm (no {} in the kernel)",
+                    crate::error::quote(&format!("adiantum({cipher})"))
+                )
             })?;
             return Self::finish(text, transform, keycount, ivmode, ivopts);
         }
         if !KERNEL_CIPHERS.contains(&cipher) || !KERNEL_MODES.contains(&chainmode) {
             return Err(format!(
-                "Error allocating crypto tfm (no {chainmode}({cipher}) in the kernel)"
+                "Error allocating crypto tfm (no {} in the kernel)",
+                crate::error::quote(&format!("{chainmode}({cipher})"))
             ));
         }
         let transform = Transform::Block {
