@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::args;
-use super::verbs::{blocks, Env, Frontend, NodeDir, Output};
+use super::verbs::{blocks, Env, Frontend, Output};
 use crate::registry::Registry;
 use crate::serve::{Exports, Listen, Server};
 
@@ -343,7 +343,7 @@ pub fn serve(dir: &Path) -> i32 {
     let nodes = mount_nodes(&state, &exports).map(|(m, dir)| {
         // The mount's root answers from the FUSE threads; nothing else is looked at.
         let dev = std::fs::metadata(m.path()).ok().map(|md| md.dev());
-        fe.nodes = Some(NodeDir { dir, dev });
+        fe.nodes = Some(super::verbs::NodeDir { dir, dev });
         m
     });
     fe.exports = Some(exports);
