@@ -30,6 +30,7 @@ pub mod pdata;
 pub mod snapshot;
 pub mod striped;
 pub mod thin;
+pub mod unstriped;
 pub mod verity;
 pub mod zero;
 
@@ -45,6 +46,7 @@ pub use other::OtherArgs;
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
+pub use unstriped::{Unstriped, UnstripedArgs};
 pub use verity::{Verity, VerityArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
@@ -175,6 +177,8 @@ pub enum TargetSpec {
     Linear(LinearArgs),
     /// `striped <#stripes> <chunk> (<dev> <offset>)+`
     Striped(StripedArgs),
+    /// `unstriped <#stripes> <chunk_size> <stripe #> <dev> <offset>`
+    Unstriped(UnstripedArgs),
     /// `crypt <cipher> <key> <iv_offset> <dev> <offset> [<#opts> <opts>...]`
     Crypt(CryptArgs),
     /// `zero`
@@ -266,6 +270,7 @@ impl TargetSpec {
         Ok(match target_type {
             "linear" => TargetSpec::Linear(LinearArgs::parse(args)?),
             "striped" => TargetSpec::Striped(StripedArgs::parse(args, len)?),
+            "unstriped" => TargetSpec::Unstriped(UnstripedArgs::parse(args, len)?),
             "crypt" => TargetSpec::Crypt(CryptArgs::parse(args, len)?),
             "zero" => {
                 zero::parse(args)?;
@@ -300,6 +305,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Linear(_) => LinearArgs::TYPE,
             TargetSpec::Striped(_) => StripedArgs::TYPE,
+            TargetSpec::Unstriped(_) => UnstripedArgs::TYPE,
             TargetSpec::Crypt(_) => CryptArgs::TYPE,
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
@@ -324,6 +330,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Linear(a) => write!(out, "{a}"),
             TargetSpec::Striped(a) => write!(out, "{a}"),
+            TargetSpec::Unstriped(a) => write!(out, "{a}"),
             TargetSpec::Crypt(a) => a.write(out, keys),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
             TargetSpec::Verity(a) => write!(out, "{a}"),
@@ -348,6 +355,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Linear(a) => vec![at(&a.dest)],
             TargetSpec::Striped(a) => a.stripes.iter().map(at).collect(),
+            TargetSpec::Unstriped(a) => vec![at(&a.dest)],
             TargetSpec::Crypt(a) => vec![at(&a.dest)],
             TargetSpec::Verity(a) => {
                 let mut v = vec![a.data_dev.0.clone(), a.hash_dev.0.clone()];
@@ -385,6 +393,7 @@ impl TargetSpec {
         Ok(match self {
             TargetSpec::Linear(a) => Arc::new(Linear::new(a, len, ctx)?),
             TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, ctx)?),
+            TargetSpec::Unstriped(a) => Arc::new(Unstriped::new(a, len, ctx)?),
             TargetSpec::Crypt(a) => Arc::new(Crypt::new(a, len, ctx)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),
