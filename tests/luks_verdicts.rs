@@ -1,6 +1,9 @@
 //! dmemu's `luks dump` verdict (accept or refuse) on damaged LUKS2 headers equals
 //! cryptsetup 2.6.1's `luksDump` verdict, recorded by tests/fixtures/luks/verdicts/make.py
-//! in verdicts.tsv next to each damaged image.
+//! in verdicts.tsv next to each damaged image; and on damaged LUKS1 headers
+//! (tests/fixtures/luks/verdicts1/make.py) dmemu's dump and unlock verdicts equal
+//! `cryptsetup luksDump`'s and `cryptsetup open --test-passphrase`'s, a dump prints the same
+//! bytes, and a refusal names the slot cryptsetup names and the field.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -8,6 +11,7 @@ use std::sync::Arc;
 
 use dmemu::luks::Luks;
 use dmemu::{MemVolume, SharedVolume};
+use sha2::Digest;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/luks/verdicts")
@@ -66,6 +70,8 @@ struct Luks1Case {
     dump_why: String,
     open_rc: i32,
     open_err: String,
+    /// SHA-256 of cryptsetup luksDump's output (image path IMAGE), when it printed one.
+    dump_sha256: String,
 }
 
 fn luks1_cases() -> Vec<Luks1Case> {
@@ -75,7 +81,7 @@ fn luks1_cases() -> Vec<Luks1Case> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            assert_eq!(f.len(), 9, "{l}");
+            assert_eq!(f.len(), 10, "{l}");
             Luks1Case {
                 name: f[0].into(),
                 size: f[1].parse().unwrap(),
@@ -86,6 +92,7 @@ fn luks1_cases() -> Vec<Luks1Case> {
                 dump_why: f[6].into(),
                 open_rc: f[7].parse().unwrap(),
                 open_err: f[8].into(),
+                dump_sha256: f[9].into(),
             }
         })
         .collect()
@@ -139,7 +146,17 @@ fn luks1_dump_and_unlock_verdicts_equal_cryptsetups() {
         match (&got, c.dump_rc == 0) {
             (Ok(l), true) => {
                 assert_eq!(l.version(), 1, "{}", c.name);
-                let _ = l.dump("IMAGE");
+                let dump = l.dump("IMAGE");
+                let got = sha2::Sha256::digest(dump.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>();
+                if got != c.dump_sha256 {
+                    differ.push(format!(
+                        "{}: the dump differs from luksDump's:\n{dump}",
+                        c.name
+                    ));
+                }
             }
             (Err(e), false) => {
                 let e = e.to_string();
