@@ -45,6 +45,10 @@ pub struct LoadedTable {
     size: SectorCount,
     /// Some line holds requests (delay): pieces of a request are served concurrently.
     concurrent: bool,
+    /// The device's logical block size in sectors: the largest of its lines' (the queue
+    /// limits `dm_calculate_queue_limits` stacks; ebs sets its own). The block layer
+    /// refuses requests that are not whole blocks.
+    block: u64,
     /// What the table keeps open (open-count guards of the mapped devices it uses).
     holds: Vec<OpenGuard>,
     /// The hook its targets raise events through.
@@ -128,6 +132,12 @@ impl LoadedTable {
             name: name.to_string(),
             starts: segments.iter().map(|s| s.start.0).collect(),
             concurrent: segments.iter().any(|s| s.target.holds_requests()),
+            block: segments
+                .iter()
+                .map(|s| u64::from(s.target.logical_block_size()) / 512)
+                .max()
+                .unwrap_or(1)
+                .max(1),
             segments,
             table,
             mode,
@@ -340,6 +350,7 @@ impl LoadedTable {
         op: impl Fn(&dyn Target, Sector, &[u8]) -> Result<()> + Copy + Send,
     ) -> Result<()> {
         let count = check_io(self.size, sector, buf.len())?;
+        self.check_block(sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());
@@ -376,9 +387,33 @@ fn run_all<'a>(jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + 'a>>) -> Result
     })
 }
 
+impl LoadedTable {
+    /// The block layer's check for a device with logical blocks larger than a sector:
+    /// a request must start and end on a block (EINVAL otherwise).
+    #[inline]
+    fn check_block(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        if self.block > 1 && (sector.0 % self.block != 0 || count.0 % self.block != 0) {
+            return Err(Error::invalid(
+                "request",
+                format!(
+                    "sector {} count {} is not aligned to the logical block size {}",
+                    sector.0,
+                    count.0,
+                    self.block * 512
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Volume for LoadedTable {
     fn size(&self) -> SectorCount {
         self.size
+    }
+
+    fn logical_block_size(&self) -> u32 {
+        u32::try_from(self.block * 512).unwrap_or(u32::MAX)
     }
 
     // The hot path (one request inside one segment) is small enough to inline into the
@@ -386,6 +421,7 @@ impl Volume for LoadedTable {
     #[inline]
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         let count = check_io(self.size, sector, buf.len())?;
+        self.check_block(sector, count)?;
         if count.0 == 0 {
             return Ok(());
         }
@@ -419,6 +455,7 @@ impl Volume for LoadedTable {
 
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.size, sector, count)?;
+        self.check_block(sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());
@@ -436,6 +473,7 @@ impl Volume for LoadedTable {
     /// Split like `discard`; each line zeroes its piece its own way.
     fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
         check_range(self.size, sector, count)?;
+        self.check_block(sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());
