@@ -125,19 +125,20 @@ impl LoadedTable {
         segments: Vec<Segment>,
     ) -> LoadedTable {
         let size = table.size();
+        let block = segments
+            .iter()
+            .map(|s| u64::from(s.target.logical_block_size()) / 512)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         LoadedTable {
             holds: Vec::new(),
             events: TableEvents::new(),
-            unfit: None,
+            unfit: misaligned_table(&segments, block),
             name: name.to_string(),
             starts: segments.iter().map(|s| s.start.0).collect(),
             concurrent: segments.iter().any(|s| s.target.holds_requests()),
-            block: segments
-                .iter()
-                .map(|s| u64::from(s.target.logical_block_size()) / 512)
-                .max()
-                .unwrap_or(1)
-                .max(1),
+            block,
             segments,
             table,
             mode,
@@ -385,6 +386,29 @@ fn run_all<'a>(jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + 'a>>) -> Result
         }
         first
     })
+}
+
+/// `validate_hardware_logical_block_alignment` where it matters here: the table must end on
+/// a whole logical block of the device (the largest of its lines'). The kernel then names
+/// the last line with the number of lines as its index. (Its other refusal, a line whose
+/// own devices' block size cannot take the sectors left over from the line before, needs
+/// block sizes dmemu's plain volumes do not have.)
+fn misaligned_table(segments: &[Segment], block: u64) -> Option<Error> {
+    let last = segments.last()?;
+    let end = last.start.0.checked_add(last.len.0)?;
+    if block <= 1 || end % block == 0 {
+        return None;
+    }
+    Some(Error::invalid(
+        "table",
+        format!(
+            "table line {} (start sect {} len {}) not aligned to h/w logical block size {}",
+            segments.len(),
+            last.start.0,
+            last.len.0,
+            block * 512
+        ),
+    ))
 }
 
 impl LoadedTable {

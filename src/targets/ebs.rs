@@ -191,6 +191,7 @@ impl Ebs {
         }
         self.start
             .checked_add(sector.0)
+            .filter(|at| at.checked_add(count.0).is_some())
             .ok_or_else(|| ebs_error("sector beyond the addressable range"))
     }
 
