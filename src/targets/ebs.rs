@@ -337,3 +337,41 @@ impl Volume for Ebs {
 
 /// STATUSTYPE_INFO prints nothing: the default status.
 impl Target for Ebs {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::volume::MemVolume;
+
+    proptest! {
+        /// The pieces tile the range in order; a partial piece lies inside one underlying
+        /// block, a whole one starts and ends on blocks.
+        #[test]
+        fn pieces_tile_the_range(at in 0u64..100_000, count in 1u64..5_000, shift in 0u32..8) {
+            let ubs = 1u64 << shift;
+            let ebs = Ebs {
+                device: Arc::new(MemVolume::new(SectorCount(8)).unwrap()),
+                start: 0,
+                ebs: 1,
+                ubs,
+                size: SectorCount(200_000),
+            };
+            let mut next = at;
+            for (s, n, whole) in ebs.pieces(at, count) {
+                prop_assert_eq!(s, next);
+                prop_assert!(n > 0);
+                if whole {
+                    prop_assert!(s % ubs == 0 && (s + n) % ubs == 0);
+                } else {
+                    prop_assert_eq!(s / ubs, (s + n - 1) / ubs);
+                }
+                next = s + n;
+            }
+            prop_assert_eq!(next, at + count);
+        }
+    }
+}

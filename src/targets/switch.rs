@@ -458,3 +458,72 @@ impl Switch {
         &self.args
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::volume::MemVolume;
+
+    /// A switch of `paths` paths, all on one memory volume.
+    fn switch(paths: usize, region: u32, len: u64) -> Switch {
+        let mem: SharedVolume = Arc::new(MemVolume::new(SectorCount(len)).unwrap());
+        let args = SwitchArgs {
+            region_size: region,
+            paths: (0..paths)
+                .map(|i| DeviceAt {
+                    device: DeviceRef(format!("d{i}")),
+                    offset: SectorCount(0),
+                })
+                .collect(),
+        };
+        Switch::over(vec![mem; paths], &args, SectorCount(len)).unwrap()
+    }
+
+    #[test]
+    fn the_table_starts_round_robin_for_every_entry_width() {
+        for paths in [1usize, 2, 3, 4, 5, 16, 17, 255, 256, 257, 65_537] {
+            let s = switch(paths, 1, 300);
+            let want: Vec<u32> = (0..300u32).map(|r| r % paths as u32).collect();
+            assert_eq!(s.region_paths(), want, "{paths} paths");
+        }
+    }
+
+    #[test]
+    fn a_table_past_the_limit_is_refused_without_allocating_it() {
+        let mem: SharedVolume = Arc::new(MemVolume::new(SectorCount(8)).unwrap());
+        let args = SwitchArgs {
+            region_size: 1,
+            paths: vec![DeviceAt {
+                device: DeviceRef("d".into()),
+                offset: SectorCount(0),
+            }],
+        };
+        let err = Switch::over(vec![mem], &args, SectorCount(1 << 40)).unwrap_err();
+        assert!(
+            err.to_string().contains("Cannot allocate region table"),
+            "{err}"
+        );
+    }
+
+    proptest! {
+        /// Any message words: no panic, and every region still names an existing path.
+        #[test]
+        fn messages_never_panic_and_keep_paths_in_range(
+            words in prop::collection::vec("[0-9a-fA-FrR:,x]{0,20}", 0..8),
+            paths in 1usize..6,
+            len in 1u64..200,
+        ) {
+            let s = switch(paths, 4, len);
+            let mut argv = vec!["set_region_mappings"];
+            argv.extend(words.iter().map(String::as_str));
+            let _ = s.message(&argv);
+            for p in s.region_paths() {
+                prop_assert!((p as usize) < paths);
+            }
+        }
+    }
+}
