@@ -20,6 +20,7 @@ pub mod context;
 pub mod crypt;
 pub mod delay;
 pub mod dust;
+pub mod ebs;
 pub mod error;
 pub mod flakey;
 pub mod integrity;
@@ -29,6 +30,7 @@ pub mod other;
 pub mod pdata;
 pub mod snapshot;
 pub mod striped;
+pub mod switch;
 pub mod thin;
 pub mod unstriped;
 pub mod verity;
@@ -38,6 +40,7 @@ pub use cache::{Cache, CacheArgs};
 pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
+pub use ebs::{Ebs, EbsArgs};
 pub use flakey::{Flakey, FlakeyArgs};
 pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
@@ -45,6 +48,7 @@ pub use log_writes::{LogWrites, LogWritesArgs};
 pub use other::OtherArgs;
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
+pub use switch::{Switch, SwitchArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use unstriped::{Unstriped, UnstripedArgs};
 pub use verity::{Verity, VerityArgs};
@@ -179,6 +183,10 @@ pub enum TargetSpec {
     Striped(StripedArgs),
     /// `unstriped <#stripes> <chunk_size> <stripe #> <dev> <offset>`
     Unstriped(UnstripedArgs),
+    /// `switch <num_paths> <region_size> <#opt args> (<dev> <offset>)+`
+    Switch(SwitchArgs),
+    /// `ebs <dev> <offset> <ebs> [<ubs>]`
+    Ebs(EbsArgs),
     /// `crypt <cipher> <key> <iv_offset> <dev> <offset> [<#opts> <opts>...]`
     Crypt(CryptArgs),
     /// `zero`
@@ -271,6 +279,8 @@ impl TargetSpec {
             "linear" => TargetSpec::Linear(LinearArgs::parse(args)?),
             "striped" => TargetSpec::Striped(StripedArgs::parse(args, len)?),
             "unstriped" => TargetSpec::Unstriped(UnstripedArgs::parse(args, len)?),
+            "switch" => TargetSpec::Switch(SwitchArgs::parse(args)?),
+            "ebs" => TargetSpec::Ebs(EbsArgs::parse(args)?),
             "crypt" => TargetSpec::Crypt(CryptArgs::parse(args, len)?),
             "zero" => {
                 zero::parse(args)?;
@@ -306,6 +316,8 @@ impl TargetSpec {
             TargetSpec::Linear(_) => LinearArgs::TYPE,
             TargetSpec::Striped(_) => StripedArgs::TYPE,
             TargetSpec::Unstriped(_) => UnstripedArgs::TYPE,
+            TargetSpec::Switch(_) => SwitchArgs::TYPE,
+            TargetSpec::Ebs(_) => EbsArgs::TYPE,
             TargetSpec::Crypt(_) => CryptArgs::TYPE,
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
@@ -331,6 +343,8 @@ impl TargetSpec {
             TargetSpec::Linear(a) => write!(out, "{a}"),
             TargetSpec::Striped(a) => write!(out, "{a}"),
             TargetSpec::Unstriped(a) => write!(out, "{a}"),
+            TargetSpec::Switch(a) => write!(out, "{a}"),
+            TargetSpec::Ebs(a) => write!(out, "{a}"),
             TargetSpec::Crypt(a) => a.write(out, keys),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
             TargetSpec::Verity(a) => write!(out, "{a}"),
@@ -356,6 +370,8 @@ impl TargetSpec {
             TargetSpec::Linear(a) => vec![at(&a.dest)],
             TargetSpec::Striped(a) => a.stripes.iter().map(at).collect(),
             TargetSpec::Unstriped(a) => vec![at(&a.dest)],
+            TargetSpec::Switch(a) => a.paths.iter().map(at).collect(),
+            TargetSpec::Ebs(a) => vec![at(&a.dest)],
             TargetSpec::Crypt(a) => vec![at(&a.dest)],
             TargetSpec::Verity(a) => {
                 let mut v = vec![a.data_dev.0.clone(), a.hash_dev.0.clone()];
@@ -394,6 +410,8 @@ impl TargetSpec {
             TargetSpec::Linear(a) => Arc::new(Linear::new(a, len, ctx)?),
             TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, ctx)?),
             TargetSpec::Unstriped(a) => Arc::new(Unstriped::new(a, len, ctx)?),
+            TargetSpec::Switch(a) => Arc::new(Switch::new(a, len, ctx)?),
+            TargetSpec::Ebs(a) => Arc::new(Ebs::new(a, len, ctx)?),
             TargetSpec::Crypt(a) => Arc::new(Crypt::new(a, len, ctx)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),

@@ -8,15 +8,7 @@ use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, Ta
 use crate::units::{Sector, SectorCount};
 
 /// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &[
-    "clone",
-    "ebs",
-    "era",
-    "mirror",
-    "raid",
-    "switch",
-    "writecache",
-];
+const OTHER_TYPES: &[&str] = &["clone", "era", "mirror", "raid", "writecache"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -269,6 +261,41 @@ pub fn unstriped() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     )
 }
 
+/// `switch` with 1 to 6 paths and any region size (offsets printed as parsed).
+pub fn switch() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        1u32..=u32::MAX,
+        prop::collection::vec(dev_off(), 1..=6),
+    )
+        .prop_map(|(len, region, paths)| {
+            let params = format!("{} {region} 0 {}", paths.len(), paths.join(" "));
+            typed("switch", len, params)
+        })
+}
+
+/// `ebs` with and without `<ubs>`, in the sizes the kernel takes (a length of whole
+/// emulated blocks, an offset of whole underlying blocks).
+pub fn ebs() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 32,
+        device_ref(),
+        0u32..=3,
+        prop::option::of(0u32..=15),
+        any::<u32>(),
+    )
+        .prop_map(|(blocks, dev, e, u, off)| {
+            let ebs = 1u64 << e;
+            let ubs = u.map(|u| 1u64 << u);
+            let offset = u64::from(off) * ubs.unwrap_or(1);
+            let mut params = format!("{dev} {offset} {ebs}");
+            if let Some(ubs) = ubs {
+                params.push_str(&format!(" {ubs}"));
+            }
+            typed("ebs", blocks * ebs, params)
+        })
+}
+
 /// `cache` in the forms the kernel prints back as given: feature words, a policy and its
 /// key/value pairs.
 pub fn cache() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
@@ -407,6 +434,8 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         thin(),
         log_writes(),
         unstriped(),
+        switch(),
+        ebs(),
         cache()
     ]
 }
