@@ -181,3 +181,65 @@ fn tables_the_kernel_refuses_are_refused_with_its_words() {
     }
     assert_eq!(refused, 6, "the fixture's refused cases");
 }
+
+/// Through the dmsetup front end, each refused create prints what the 6.12 dmsetup printed
+/// (`reload ioctl ... failed`: the kernel refuses a table off its device at the device's
+/// first load, not at the resume) and exits 1.
+#[test]
+fn refused_creates_print_what_dmsetup_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("vda.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(DISK as u64)
+        .unwrap();
+    let bin = dir.path().join("dmsetup");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dmemu"), &bin).unwrap();
+    let mut refused = 0;
+    for (name, case) in cases() {
+        let Some(want) = case.get("create-err") else {
+            continue;
+        };
+        let table = case["table-in"]
+            .join("\n")
+            .replace("/dev/vda", &disk.display().to_string());
+        let out = std::process::Command::new(&bin)
+            .args(["create", &name, "--table", &table])
+            .env("DMEMU_DIR", dir.path().join("state"))
+            .env_remove("DM_DEV_DIR")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            want.iter().map(|l| format!("{l}\n")).collect::<String>(),
+            "{name}"
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 6, "the fixture's refused cases");
+}
+
+/// The kernel checks device areas at a device's first good load (`dm_setup_md_queue`), and
+/// on later loads only at the resume (`dm_swap_table`; tests/lifecycle_kernel.rs).
+#[test]
+fn a_table_off_its_device_fails_the_first_load_and_a_later_resume() {
+    let reg = Registry::new();
+    reg.insert_volume(
+        "254:0",
+        Arc::new(MemVolume::new(SectorCount((DISK / 512) as u64)).unwrap()),
+    );
+    let off = Table::parse("0 8 unstriped 4 8 0 254:0 16380").unwrap();
+    reg.create_device("u", None, None).unwrap();
+    let err = reg
+        .load("u", off.clone(), TableMode::ReadWrite)
+        .unwrap_err();
+    assert!(err.to_string().contains("too small for target"), "{err}");
+    assert!(reg.device("u").unwrap().inactive_table().is_none());
+    let good = Table::parse("0 8 unstriped 4 8 0 254:0 0").unwrap();
+    reg.load("u", good, TableMode::ReadWrite).unwrap();
+    reg.resume("u").unwrap();
+    reg.load("u", off, TableMode::ReadWrite).unwrap();
+    let err = reg.resume("u").unwrap_err();
+    assert!(err.to_string().contains("too small for target"), "{err}");
+}

@@ -96,6 +96,9 @@ pub struct MappedDevice {
     events: Arc<EventCounter>,
     /// The immutable target type of the live table (`md->immutable_target_type`).
     immutable_type: Mutex<Option<String>>,
+    /// A table load has set the device up (`md->type` is no longer `DM_TYPE_NONE`): until
+    /// then a load checks the table's device areas itself (`dm_setup_md_queue`).
+    set_up: AtomicBool,
 }
 
 impl fmt::Debug for MappedDevice {
@@ -158,6 +161,7 @@ impl MappedDevice {
             opens: AtomicU32::new(0),
             events: Arc::new(EventCounter::default()),
             immutable_type: Mutex::new(None),
+            set_up: AtomicBool::new(false),
         }
     }
 
@@ -388,6 +392,16 @@ impl MappedDevice {
     #[must_use]
     pub fn immutable_type(&self) -> Option<String> {
         lock(&self.immutable_type).clone()
+    }
+
+    /// Whether a load has set the device up (`md->type` set by the first good load).
+    pub(crate) fn is_set_up(&self) -> bool {
+        self.set_up.load(Ordering::Acquire)
+    }
+
+    /// Record that a load set the device up; it stays so for the device's life.
+    pub(crate) fn mark_set_up(&self) {
+        self.set_up.store(true, Ordering::Release);
     }
 
     /// Put `table` in the inactive slot (`table_load`), returning the table it replaces

@@ -337,7 +337,8 @@ impl Registry {
     /// `DM_TABLE_LOAD`: construct `table` and put it in the device's inactive slot
     /// (replacing any table there). The kernel's checks apply: the table's own rules, its
     /// mode, and an immutable target type (thin-pool, verity, multipath) that a new table may
-    /// not change except to `error`. Nothing changes when the load fails.
+    /// not change except to `error`; the device areas on the device's first good load (later
+    /// loads leave them to the resume). Nothing changes when the load fails.
     pub fn load(&self, name: &str, table: Table, mode: TableMode) -> Result<()> {
         let dev = self.device(name)?;
         let loaded = self.build(&dev, table, mode)?;
@@ -354,6 +355,13 @@ impl Registry {
                     format!("can't replace immutable target type {old}"),
                 ));
             }
+        }
+        if !dev.is_set_up() {
+            // The first good load sets the device's queue up (`dm_setup_md_queue`), which
+            // checks the device areas then: a table off its devices fails this load, not
+            // only the resume as on a reload.
+            loaded.check_fit()?;
+            dev.mark_set_up();
         }
         let old = dev.set_inactive(Arc::new(loaded));
         drop(old);
