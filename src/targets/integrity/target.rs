@@ -26,7 +26,7 @@ use crate::targets::{Target, TargetSpec};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, SharedVolume, Volume};
 
-use super::hash::TagHasher;
+use super::hash::{Crc32cRun, TagHasher};
 use super::journal::{self, JournalBlock, Replay};
 use super::layout::Layout;
 use super::superblock::{
@@ -74,6 +74,8 @@ pub struct Integrity {
     layout: Layout,
     sb: Mutex<Superblock>,
     hasher: Option<TagHasher>,
+    /// crc32c with 4-byte tags: a whole run checked in one CRC pass (see [`Crc32cRun`]).
+    crc_run: Option<Crc32cRun>,
     /// Start of the superblock on `dev`, in bytes.
     base: u64,
     /// Replayed journal blocks, by data sector.
@@ -264,7 +266,14 @@ impl Integrity {
             .map(|b| b as u64)
             .collect();
         let pending = !replay.blocks.is_empty();
+        let crc_run = hasher.as_ref().and_then(|h| {
+            h.crc32c_run(
+                usize::try_from(layout.tag_size).unwrap_or(0),
+                layout.block_bytes(),
+            )
+        });
         Ok(Integrity {
+            crc_run,
             args: args.clone(),
             len,
             base,
@@ -401,6 +410,13 @@ impl Integrity {
             return Ok(());
         };
         let l = &self.layout;
+        // All blocks matching passes at once; otherwise each block is checked as the kernel
+        // does (the failing sector, the mismatch count, skipped and discarded blocks).
+        if let Some(run) = &self.crc_run {
+            if run.run_ok(sec, l.sectors_per_block(), data, tags) {
+                return Ok(());
+            }
+        }
         let ts = usize::try_from(l.tag_size).unwrap_or(0);
         let mut t = [0u8; 256];
         let discard_ok = self.args.flags.allow_discards && !self.args.flags.allow_discards_keyed;
