@@ -32,6 +32,8 @@ const DEFAULT_JOURNAL_SIZE_FACTOR: u32 = 7;
 const DEFAULT_LOG2_SECTORS_PER_BITMAP_BIT: u32 = 15;
 /// Bytes written per wipe request.
 const WIPE_CHUNK: usize = 1 << 20;
+/// Blocks whose tags one wipe request writes (bounded memory whatever the interleave).
+const WIPE_TAG_BLOCKS: u64 = 1 << 16;
 
 /// What `integritysetup format` is told.
 #[derive(Clone, Debug)]
@@ -194,19 +196,24 @@ fn wipe(dev: &dyn Volume, p: &FormatParams, sb: &Superblock, layout: &Layout) ->
             )?;
             s += n;
         }
-        // Tags of this area, contiguous from the first block's.
-        let blocks = usize::try_from((end - at) / spb).unwrap_or(0);
-        let mut tags = vec![0u8; blocks * ts];
-        for (i, t) in tags.chunks_mut(ts).enumerate() {
-            hasher.tag(at + i as u64 * spb, &zero_block, t);
+        // Tags of this area, contiguous from the first block's, a bounded run at a time.
+        let mut b = at;
+        while b < end {
+            let stop = (b + WIPE_TAG_BLOCKS * spb).min(end);
+            let blocks = usize::try_from((stop - b) / spb).unwrap_or(0);
+            let mut tags = vec![0u8; blocks * ts];
+            for (i, t) in tags.chunks_mut(ts).enumerate() {
+                hasher.tag(b + i as u64 * spb, &zero_block, t);
+            }
+            let pos = layout.tag_position(b);
+            let first = pos / 512;
+            let skip = usize::try_from(pos % 512).unwrap_or(0);
+            let mut buf = vec![0u8; (skip + tags.len()).div_ceil(512) * 512];
+            dev.read(Sector(first), &mut buf)?;
+            buf[skip..skip + tags.len()].copy_from_slice(&tags);
+            dev.write(Sector(first), &buf)?;
+            b = stop;
         }
-        let pos = layout.tag_position(at);
-        let first = pos / 512;
-        let skip = usize::try_from(pos % 512).unwrap_or(0);
-        let mut buf = vec![0u8; (skip + tags.len()).div_ceil(512) * 512];
-        dev.read(Sector(first), &mut buf)?;
-        buf[skip..skip + tags.len()].copy_from_slice(&tags);
-        dev.write(Sector(first), &buf)?;
         at = end;
     }
     Ok(())
