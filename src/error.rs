@@ -121,7 +121,7 @@ pub enum Error {
     NoSuchDevice(String),
     /// The operation cannot go ahead now; try again after fixing the state (EAGAIN: crypt's
     /// resume without a key).
-    #[error("{what}: {reason}")]
+    #[error("{what}: {}", Escaped(.reason))]
     TryAgain {
         /// Target type or subsystem.
         what: &'static str,
@@ -131,7 +131,7 @@ pub enum Error {
     /// A target constructor failed with an error of its own errno (not EINVAL): the line
     /// and target type are added, the errno stays the constructor's, as
     /// `dm_table_add_target` returns it.
-    #[error("line {line}: {target_type} target: {source}")]
+    #[error("line {line}: {} target: {source}", Escaped(.target_type))]
     InLine {
         /// 1-based table line.
         line: usize,
@@ -143,7 +143,7 @@ pub enum Error {
     },
     /// A passphrase, key file or volume key that opens no key slot (EPERM, as cryptsetup's
     /// "No key available with this passphrase").
-    #[error("{0}")]
+    #[error("{}", Escaped(.0))]
     KeyRejected(String),
     /// Data and its integrity tag disagree (dm-integrity's "Checksum failed", EILSEQ).
     #[error("{target}: checksum failed at sector {sector}")]
@@ -237,11 +237,8 @@ impl fmt::Display for Escaped<'_> {
 /// start, followed by `...` and its length (`"aaaa"... (5000 bytes)`).
 #[must_use]
 pub fn quote(s: &str) -> String {
-    let mut end = s.len().min(MAX_QUOTED_BYTES);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    let head = &s[..end];
+    let head = head(s);
+    let end = head.len();
     let mut out = String::with_capacity(end + 24);
     out.push('"');
     for c in head.chars() {
@@ -257,6 +254,29 @@ pub fn quote(s: &str) -> String {
         out.push_str(&format!("... ({} bytes)", s.len()));
     }
     out
+}
+
+/// At most the first [`MAX_QUOTED_BYTES`] of `s`, cut at a character boundary.
+fn head(s: &str) -> &str {
+    let mut end = s.len().min(MAX_QUOTED_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A user-given token inside words that quote it their own way (the kernel's
+/// `'%s'`): as [`quote`] bounds it, without the double quotes and their escapes: the token,
+/// or its first 64 bytes followed by `... (N bytes)`. Control characters are left to the
+/// message's [`Escaped`] display.
+#[must_use]
+pub fn clip(s: &str) -> String {
+    let h = head(s);
+    if h.len() < s.len() {
+        format!("{h}... ({} bytes)", s.len())
+    } else {
+        s.to_string()
+    }
 }
 
 /// errno values used by [`Error::errno`].
@@ -414,5 +434,11 @@ mod quoting_tests {
         assert_eq!(quote("a\"b\\"), "\"a\\\"b\\\\\"");
         let multibyte = "é".repeat(40);
         assert!(quote(&multibyte).ends_with("\"... (80 bytes)"));
+        assert_eq!(clip("frob"), "frob");
+        assert_eq!(
+            clip(&"b".repeat(100)),
+            format!("{}... (100 bytes)", "b".repeat(64))
+        );
+        assert_eq!(quote("\x7f"), "\"\\x7f\"");
     }
 }

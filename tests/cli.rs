@@ -200,7 +200,7 @@ fn message_to_target_without_messages_is_refused() {
 
 #[test]
 fn unexecuted_target_is_refused_clearly() {
-    let out = dmemu(&["read", "--table", "-"], b"0 8 cache a b c 64 0 smq 0\n");
+    let out = dmemu(&["read", "--table", "-"], b"0 8 era a b 8\n");
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("parsed and printed, not executed"));
 }

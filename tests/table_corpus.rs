@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 
 use dmemu::error::Error;
+use dmemu::registry::is_major_minor;
 use dmemu::table::{Table, TableMode};
 use dmemu::targets::{Keys, TargetSpec, KERNEL_TARGET_TYPES};
 
@@ -363,5 +364,124 @@ fn tables_the_kernel_refuses_are_refused_with_the_kernel_words() {
     assert!(
         checked >= typed && typed >= 50,
         "{checked} checked, {typed} typed"
+    );
+}
+
+const GRAMMAR: &str = include_str!("fixtures/kernel-tables/grammar.txt");
+
+/// One case of grammar.txt (grammar.guest.sh): a table given to `dmsetup create`, and what
+/// `dmsetup table` printed or how dmsetup or the kernel refused it.
+#[derive(Debug, Default)]
+struct Gram {
+    name: String,
+    read_only: bool,
+    input: Vec<String>,
+    table: Vec<String>,
+    refused: bool,
+    stderr: Vec<String>,
+    dmesg: Vec<String>,
+}
+
+fn grammar() -> (String, Vec<Gram>) {
+    let mut kernel = String::new();
+    let mut cases: Vec<Gram> = Vec::new();
+    for line in GRAMMAR.lines().filter(|l| !l.starts_with('#')) {
+        let (tag, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let last = cases.last_mut();
+        match (tag, last) {
+            ("@@kernel", _) => kernel = rest.to_string(),
+            ("@@gram", _) => cases.push(Gram {
+                name: rest.to_string(),
+                ..Gram::default()
+            }),
+            ("@@readonly", Some(c)) => c.read_only = true,
+            ("@@input", Some(c)) => c.input.push(rest.to_string()),
+            ("@@table", Some(c)) => c.table.push(rest.to_string()),
+            ("@@refused", Some(c)) => c.refused = true,
+            ("@@stderr", Some(c)) => c.stderr.push(rest.to_string()),
+            ("@@dmesg", Some(c)) => c.dmesg.push(rest.to_string()),
+            _ => {}
+        }
+    }
+    (kernel, cases)
+}
+
+/// dmsetup's own refusal of a line it cannot split ("Invalid format on line N of table").
+fn dmsetup_words(g: &Gram) -> Option<&str> {
+    g.stderr
+        .iter()
+        .find(|l| l.starts_with("Invalid format on line"))
+        .map(|_| "Invalid format")
+}
+
+#[test]
+fn grammar_cases_replay_as_dmsetup_and_the_6_12_kernel_answered() {
+    let (kernel, cases) = grammar();
+    assert!(kernel.starts_with("6.12."), "{kernel}");
+    assert!(cases.len() >= 50, "{}", cases.len());
+    let mut failures = Vec::new();
+    let (mut printed, mut refused, mut lookups) = (0, 0, 0);
+    for g in &cases {
+        let parsed =
+            Table::parse(&text(&g.input)).and_then(|t| t.check_mode(mode(g.read_only)).map(|()| t));
+        if !g.refused {
+            match parsed {
+                Ok(t) if t.to_text(Keys::Hidden) == text(&g.table) => printed += 1,
+                Ok(t) => failures.push(format!(
+                    "{}: the kernel printed {:?}, dmemu {:?}",
+                    g.name,
+                    text(&g.table),
+                    t.to_text(Keys::Hidden)
+                )),
+                Err(e) => failures.push(format!("{}: the kernel loaded it, dmemu: {e}", g.name)),
+            }
+            continue;
+        }
+        let want = g
+            .dmesg
+            .iter()
+            .find_map(|l| kernel_message(l))
+            .or_else(|| dmsetup_words(g))
+            .unwrap_or_else(|| panic!("{}: no refusal words in {g:?}", g.name));
+        // A token the kernel took for a path (not "%u:%u") fails its lookup with ENOENT: that
+        // is a device dmemu looks up when it builds the table; the parse keeps the token as
+        // a path, unchanged.
+        if want.ends_with("Device lookup failed")
+            && g.dmesg.iter().any(|l| l.ends_with("(-ENOENT)"))
+        {
+            match parsed {
+                Ok(t) => {
+                    let token = g.input[0].split(' ').nth(3).unwrap();
+                    let out = t.to_text(Keys::Hidden);
+                    if out.split(' ').nth(3) == Some(token) && !is_major_minor(token) {
+                        lookups += 1;
+                    } else {
+                        failures.push(format!("{}: {token} printed as {out:?}", g.name));
+                    }
+                }
+                Err(e) => failures.push(format!("{}: a path, dmemu refused: {e}", g.name)),
+            }
+            continue;
+        }
+        match parsed {
+            Err(Error::Table { reason: ours, .. })
+                if ours == want
+                    || ours.starts_with(&format!("{want}: "))
+                    || ours.starts_with(&format!("{want} (")) =>
+            {
+                refused += 1;
+            }
+            Err(e) => failures.push(format!("{}: the kernel said {want:?}, dmemu: {e}", g.name)),
+            Ok(t) => failures.push(format!(
+                "{}: the kernel said {want:?}, dmemu accepted {:?}",
+                g.name,
+                t.to_text(Keys::Hidden)
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        printed >= 20 && refused >= 25 && lookups >= 4,
+        "{printed} {refused} {lookups}"
     );
 }

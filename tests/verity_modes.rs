@@ -6,7 +6,8 @@ mod verity_support;
 use std::sync::Arc;
 
 use dmemu::error::HaltAction;
-use dmemu::targets::verity::Verity;
+use dmemu::table::args::Args;
+use dmemu::targets::verity::{Verity, VerityArgs};
 use dmemu::{Error, MemVolume, Result, Sector, SectorCount, SharedVolume, Target, Volume};
 use verity_support::{case, load, Case};
 
@@ -226,17 +227,27 @@ fn corrupt_hash_block_is_reported_as_metadata_and_not_cached() {
     assert_eq!(v.corruption_count(), 2);
 }
 
-fn fec_target(opts: &str, fec_len: usize) -> Result<Verity> {
+/// A verity target with FEC; the error as text, whether the table parse (verity_fec_ctr's
+/// device-free checks) or the build (device sizes) refused it.
+fn fec_target(opts: &str, fec_len: usize) -> std::result::Result<Verity, String> {
     let c = case("v1-sha256-4k");
     let mut fec = load("fec-v1-sha256-4k-r4.img");
     fec.resize(fec_len, 0);
+    let toks: Vec<String> = c
+        .table_args("d", "h", opts)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let args =
+        VerityArgs::parse(&mut Args::new(&toks), SectorCount(c.sectors())).map_err(|e| e.reason)?;
     Verity::over_with_fec(
-        &c.args("d", "h", opts),
+        &args,
         SectorCount(c.sectors()),
         mem(load(&c.data)),
         mem(load(&c.hash)),
         Some(mem(fec)),
     )
+    .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -271,7 +282,7 @@ fn fec_table_checks_use_the_kernel_words() {
         ),
     ];
     for (opts, len, want) in cases {
-        let e = fec_target(&opts, len).unwrap_err().to_string();
+        let e = fec_target(&opts, len).err().unwrap();
         assert!(e.contains(want), "{opts}: {e}");
     }
     let v = fec_target(&fec("fec_blocks 259 fec_start 0 fec_roots 4"), full).unwrap();

@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::args;
-use super::verbs::{blocks, Env, Frontend, NodeDir, Output};
+use super::verbs::{blocks, Env, Frontend, Output};
 use crate::registry::Registry;
 use crate::serve::{Exports, Listen, Server};
 
@@ -216,14 +216,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Host {
-    /// Unmount the device nodes and end the process.
-    fn exit(&self) -> ! {
+    /// Unmount the device nodes (once; later calls do nothing).
+    fn unmount_nodes(&self) {
         #[cfg(feature = "fuse")]
         if let Some(m) = lock(&self.nodes).take() {
             if let Err(e) = m.unmount() {
                 eprintln!("dmemu host: unmounting the device nodes: {}", e.chain());
             }
         }
+    }
+
+    /// Unmount the device nodes and end the process.
+    fn exit(&self) -> ! {
+        self.unmount_nodes();
         std::process::exit(0);
     }
 
@@ -280,6 +285,9 @@ impl Host {
             let _ = std::fs::remove_file(self.state.socket());
             let _ = std::fs::remove_file(self.state.nbd());
             let _ = std::fs::remove_file(self.state.devices());
+            // The nodes go before the answer: a harness that checks the node dir right after
+            // its last `remove` finds no mount left behind.
+            self.unmount_nodes();
             let _ = write_msg(&mut stream, &Response::Done(out));
             drop(stream);
             self.exit();
@@ -335,7 +343,7 @@ pub fn serve(dir: &Path) -> i32 {
     let nodes = mount_nodes(&state, &exports).map(|(m, dir)| {
         // The mount's root answers from the FUSE threads; nothing else is looked at.
         let dev = std::fs::metadata(m.path()).ok().map(|md| md.dev());
-        fe.nodes = Some(NodeDir { dir, dev });
+        fe.nodes = Some(super::verbs::NodeDir { dir, dev });
         m
     });
     fe.exports = Some(exports);

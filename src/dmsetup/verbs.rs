@@ -893,14 +893,7 @@ impl Frontend {
     fn check_format(cx: &mut Cx, text: &[u8], file: &str) -> bool {
         for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
             let line = String::from_utf8_lossy(raw);
-            let line = line.split('#').next().unwrap_or("");
-            let toks: Vec<&str> = line.split_whitespace().collect();
-            if toks.is_empty() {
-                continue;
-            }
-            let ok =
-                toks.len() >= 3 && toks[0].parse::<u64>().is_ok() && toks[1].parse::<u64>().is_ok();
-            if !ok {
+            if !crate::table::parse::dmsetup_splits(&line) {
                 cx.e(&format!(
                     "Invalid format on line {} of table {file}.\n",
                     i + 1

@@ -1,12 +1,16 @@
 //! The LUKS1 partition header (`struct luks_phdr`, cryptsetup lib/luks1/luks.h): 592
 //! big-endian bytes at offset 0 with 8 key slots of 48 bytes.
 //!
-//! Every field is checked before use: strings must be NUL-terminated printable ASCII,
-//! key slots must be ENABLED or DISABLED, key material must lie after the header, before
-//! the payload (when the payload is on the same device) and inside the header device.
+//! Every field is checked before use: strings must be NUL-terminated printable ASCII; the
+//! key-slot geometry is checked as cryptsetup 2.6.1's lib/luks1/keymanage.c checks it
+//! (`LUKS_check_keyslots`, then `LUKS_check_device_size`), for every slot, enabled or not:
+//! 4000 stripes, material after the header, before the payload when payloadOffset is not 0,
+//! no two slots' material overlapping, the last slot's material inside the device. A slot
+//! whose state is neither ENABLED nor DISABLED is unusable, not a bad header (as cryptsetup).
+//! tests/luks_verdicts.rs holds dmemu's verdicts to cryptsetup's on damaged headers.
 
 use super::hash::Hash;
-use super::{corrupt, MAX_KEY_BYTES, MAX_MATERIAL_BYTES};
+use super::{corrupt, MAX_KEY_BYTES};
 use crate::error::Result;
 
 /// `LUKS\xba\xbe`.
@@ -15,10 +19,13 @@ pub const MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
 pub const PHDR_SIZE: usize = 592;
 /// `LUKS_KEY_ENABLED`.
 const KEY_ENABLED: u32 = 0x00AC_71F3;
-/// `LUKS_KEY_DISABLED`.
-const KEY_DISABLED: u32 = 0x0000_DEAD;
 /// Key slots in a LUKS1 header.
 pub const SLOTS: usize = 8;
+/// `LUKS_STRIPES`: the only stripe count cryptsetup accepts.
+pub const STRIPES: u32 = 4000;
+/// Byte offset of key slot 0 and the size of one.
+const SLOT_AT: usize = 208;
+const SLOT_SIZE: usize = 48;
 
 /// One LUKS1 key slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,9 +98,10 @@ pub(super) fn c_string(b: &[u8], at: usize, len: usize, what: &'static str) -> R
 
 impl Luks1Header {
     /// Parse the first [`PHDR_SIZE`] bytes of `b`; `device_bytes` is the size of the device
-    /// holding the header (key material must fit in it), `detached` says the payload lives
-    /// on another device.
-    pub fn parse(b: &[u8], device_bytes: u64, detached: bool) -> Result<Luks1Header> {
+    /// holding the header (key material must fit in it). `_detached` (the payload lives on
+    /// another device) changes no check: as in cryptsetup, a payloadOffset of 0 is what
+    /// skips the payload rules.
+    pub fn parse(b: &[u8], device_bytes: u64, _detached: bool) -> Result<Luks1Header> {
         if b.len() < PHDR_SIZE {
             return Err(corrupt(
                 "LUKS1 header",
@@ -122,17 +130,8 @@ impl Luks1Header {
         let hash = Hash::parse(&hash_spec).supported("LUKS1 hashSpec")?;
         let payload_offset = be32(b, 104);
         let key_bytes = be32(b, 108);
-        if key_bytes == 0 || key_bytes > MAX_KEY_BYTES {
-            return Err(corrupt(
-                "LUKS1 keyBytes",
-                108,
-                format!("{key_bytes}, must be 1..={MAX_KEY_BYTES}"),
-            ));
-        }
+        // cryptsetup accepts a zero count here and fails the unlock (the digest's PBKDF2).
         let mk_digest_iterations = be32(b, 164);
-        if mk_digest_iterations == 0 {
-            return Err(corrupt("LUKS1 mkDigestIterations", 164, "0"));
-        }
         let uuid = c_string(b, 168, 40, "LUKS1 uuid")?;
         let mut h = Luks1Header {
             cipher_name,
@@ -148,78 +147,138 @@ impl Luks1Header {
             slots: Vec::with_capacity(SLOTS),
         };
         for i in 0..SLOTS {
-            let at = 208 + 48 * i;
-            h.slots
-                .push(h.parse_slot(b, at, i, device_bytes, detached)?);
+            let at = SLOT_AT + SLOT_SIZE * i;
+            h.slots.push(Luks1Slot {
+                // A state neither ENABLED nor DISABLED is an unusable slot
+                // (LUKS_keyslot_info: CRYPT_SLOT_INVALID), not a bad header.
+                active: be32(b, at) == KEY_ENABLED,
+                iterations: be32(b, at + 4),
+                salt: b[at + 8..at + 40].try_into().unwrap_or([0; 32]),
+                material_offset: be32(b, at + 40),
+                stripes: be32(b, at + 44),
+            });
         }
+        h.check_keyslots()?;
+        h.check_device_size(device_bytes)?;
         Ok(h)
     }
 
-    fn parse_slot(
-        &self,
-        b: &[u8],
-        at: usize,
-        i: usize,
-        device_bytes: u64,
-        detached: bool,
-    ) -> Result<Luks1Slot> {
-        let active = match be32(b, at) {
-            KEY_ENABLED => true,
-            KEY_DISABLED => false,
-            v => {
+    /// Sectors of one key slot's material: `AF_split_sectors(keyBytes, 4000)`.
+    fn slot_sectors(&self) -> u64 {
+        (u64::from(self.key_bytes) * u64::from(STRIPES)).div_ceil(512)
+    }
+
+    /// keymanage.c `LUKS_check_keyslots`, rule for rule and in its order: every slot,
+    /// enabled or not, has 4000 stripes and its material after the header; when the payload
+    /// is on this device (payloadOffset not 0) each slot's material ends before it; sorted
+    /// by offset, no slot's material runs into the next one's. Each refusal names the slot
+    /// cryptsetup names ("LUKS keyslot N is invalid.") and the field.
+    fn check_keyslots(&self) -> Result<()> {
+        let secs = self.slot_sectors();
+        let payload = self.payload_offset;
+        let field_at = |i: usize, off: usize| (SLOT_AT + SLOT_SIZE * i + off) as u64;
+        for (i, k) in self.slots.iter().enumerate() {
+            if k.stripes != STRIPES {
                 return Err(corrupt(
-                    "LUKS1 key slot state",
-                    at as u64,
-                    format!("slot {i}: 0x{v:08x} is neither ENABLED nor DISABLED"),
-                ))
+                    "LUKS1 stripes",
+                    field_at(i, 44),
+                    format!(
+                        "key slot {i}: {} stripes, LUKS1 requires {STRIPES} (enabled or not)",
+                        k.stripes
+                    ),
+                ));
             }
-        };
-        let slot = Luks1Slot {
-            active,
-            iterations: be32(b, at + 4),
-            salt: b[at + 8..at + 40].try_into().unwrap_or([0; 32]),
-            material_offset: be32(b, at + 40),
-            stripes: be32(b, at + 44),
-        };
-        if !active {
-            return Ok(slot);
+            // cryptsetup multiplies in 32 bits: an offset of 2^23 sectors wraps to 0.
+            if (k.material_offset.wrapping_mul(512) as usize) < PHDR_SIZE {
+                return Err(corrupt(
+                    "LUKS1 keyMaterialOffset",
+                    field_at(i, 40),
+                    format!(
+                        "key slot {i}: offset {} sectors lies inside the {PHDR_SIZE}-byte header",
+                        k.material_offset
+                    ),
+                ));
+            }
+            if payload == 0 {
+                continue;
+            }
+            if payload <= k.material_offset {
+                return Err(corrupt(
+                    "LUKS1 keyMaterialOffset",
+                    field_at(i, 40),
+                    format!(
+                        "key slot {i}: offset {} sectors is at or beyond the data area \
+                         (payloadOffset {payload})",
+                        k.material_offset
+                    ),
+                ));
+            }
+            if u64::from(payload) < u64::from(k.material_offset) + secs {
+                return Err(corrupt(
+                    "LUKS1 keyMaterialOffset",
+                    field_at(i, 40),
+                    format!(
+                        "key slot {i}: key material of {secs} sectors (keyBytes {} x {STRIPES} \
+                         stripes) at offset {} runs into the data area (payloadOffset {payload})",
+                        self.key_bytes, k.material_offset
+                    ),
+                ));
+            }
         }
-        let bad = |field: &'static str, off: usize, why: String| {
-            corrupt(field, (at + off) as u64, format!("slot {i}: {why}"))
-        };
-        if slot.iterations == 0 {
-            return Err(bad("LUKS1 passwordIterations", 4, "0".into()));
+        let mut sorted: Vec<usize> = (0..SLOTS).collect();
+        // Stable, as cryptsetup's insertion sort.
+        sorted.sort_by_key(|&i| self.slots[i].material_offset);
+        for w in sorted.windows(2) {
+            let (prev, next) = (w[0], w[1]);
+            let (p, n) = (
+                u64::from(self.slots[prev].material_offset),
+                u64::from(self.slots[next].material_offset),
+            );
+            if n < p + secs {
+                return Err(corrupt(
+                    "LUKS1 keyMaterialOffset",
+                    field_at(prev, 40),
+                    format!(
+                        "key slot {prev}: key material [{p}, {}) sectors (keyBytes {} x \
+                         {STRIPES} stripes) overlaps key slot {next}'s at offset {n}",
+                        p + secs,
+                        self.key_bytes
+                    ),
+                ));
+            }
         }
-        let material = u64::from(self.key_bytes) * u64::from(slot.stripes);
-        if slot.stripes == 0 || material > MAX_MATERIAL_BYTES {
-            return Err(bad(
-                "LUKS1 stripes",
-                44,
+        Ok(())
+    }
+
+    /// keymanage.c `LUKS_check_device_size`: a volume key of some bytes, and the device
+    /// holds the last key slot's material.
+    fn check_device_size(&self, device_bytes: u64) -> Result<()> {
+        if self.key_bytes == 0 || self.key_bytes > MAX_KEY_BYTES {
+            return Err(corrupt(
+                "LUKS1 keyBytes",
+                108,
+                format!("{}, must be 1..={MAX_KEY_BYTES}", self.key_bytes),
+            ));
+        }
+        let (last, k) = self
+            .slots
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, k)| (k.material_offset, *i))
+            .unwrap_or((0, &self.slots[0]));
+        let need = u64::from(k.material_offset) + self.slot_sectors();
+        if need > device_bytes / 512 {
+            return Err(corrupt(
+                "LUKS1 device size",
+                0,
                 format!(
-                    "{} stripes of {} bytes: must be 1.. and at most {MAX_MATERIAL_BYTES} bytes",
-                    slot.stripes, self.key_bytes
+                    "device size {device_bytes} bytes: LUKS1 requires at least {} bytes (key \
+                     slot {last}'s material ends at sector {need})",
+                    need * 512
                 ),
             ));
         }
-        let start = u64::from(slot.material_offset) * 512;
-        let end = start + material.div_ceil(512) * 512;
-        let payload = u64::from(self.payload_offset) * 512;
-        if start < 1024 || end > device_bytes || (!detached && payload > 0 && end > payload) {
-            return Err(bad(
-                "LUKS1 keyMaterialOffset",
-                40,
-                format!(
-                    "key material [{start}, {end}) must lie after the header, inside the \
-                     device ({device_bytes} bytes){}",
-                    if detached {
-                        String::new()
-                    } else {
-                        format!(" and before the payload ({payload})")
-                    }
-                ),
-            ));
-        }
-        Ok(slot)
+        Ok(())
     }
 
     /// The dm-crypt cipher specification: `cipherName-cipherMode`.

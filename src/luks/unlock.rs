@@ -135,6 +135,12 @@ fn digest_ok(
     budget: &mut KdfBudget,
 ) -> Result<bool> {
     hash.supported("LUKS digest hash")?;
+    if iterations == 0 {
+        return Err(Error::invalid(
+            "LUKS digest",
+            "0 PBKDF2 iterations, the volume key cannot be checked",
+        ));
+    }
     limits.check_iterations(iterations, "the volume key digest")?;
     budget.spend(
         pbkdf2_cost(hash, iterations, want.len()),
@@ -202,9 +208,23 @@ impl Luks {
                     }
                     None => (0u32..8).filter(|&i| h.slots[i as usize].active).collect(),
                 };
+                if slots.is_empty() {
+                    // LUKS_open_key_with_hdr: every slot ENOENT (cryptsetup exits 1).
+                    return Err(Error::invalid(
+                        "LUKS1 key slots",
+                        "no usable key slot is available (none is ENABLED)",
+                    ));
+                }
                 let mut first_err = None;
                 for s in slots {
                     let k = &h.slots[s as usize];
+                    if k.iterations == 0 {
+                        // crypt_pbkdf fails: cryptsetup stops with "Cannot open keyslot".
+                        return Err(Error::invalid(
+                            "LUKS1 passwordIterations",
+                            format!("key slot {s}: 0 PBKDF2 iterations, the slot cannot be opened"),
+                        ));
+                    }
                     let kdf = Kdf::Pbkdf2 {
                         hash: h.hash,
                         iterations: k.iterations,

@@ -586,6 +586,15 @@ impl Volume for MappedDevice {
         self.with_live(|t| t.read(sector, buf))
     }
 
+    /// The live table's (512 without one).
+    fn logical_block_size(&self) -> u32 {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(512, |t| t.logical_block_size())
+    }
+
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         self.with_live(|t| {
             check_io(t.size(), sector, buf.len())?;

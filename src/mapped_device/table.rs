@@ -45,6 +45,10 @@ pub struct LoadedTable {
     size: SectorCount,
     /// Some line holds requests (delay): pieces of a request are served concurrently.
     concurrent: bool,
+    /// The device's logical block size in sectors: the largest of its lines' (the queue
+    /// limits `dm_calculate_queue_limits` stacks; ebs sets its own). The block layer
+    /// refuses requests that are not whole blocks.
+    block: u64,
     /// What the table keeps open (open-count guards of the mapped devices it uses).
     holds: Vec<OpenGuard>,
     /// The hook its targets raise events through.
@@ -121,13 +125,20 @@ impl LoadedTable {
         segments: Vec<Segment>,
     ) -> LoadedTable {
         let size = table.size();
+        let block = segments
+            .iter()
+            .map(|s| u64::from(s.target.logical_block_size()) / 512)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         LoadedTable {
             holds: Vec::new(),
             events: TableEvents::new(),
-            unfit: None,
+            unfit: misaligned_table(&segments, block),
             name: name.to_string(),
             starts: segments.iter().map(|s| s.start.0).collect(),
             concurrent: segments.iter().any(|s| s.target.holds_requests()),
+            block,
             segments,
             table,
             mode,
@@ -340,6 +351,7 @@ impl LoadedTable {
         op: impl Fn(&dyn Target, Sector, &[u8]) -> Result<()> + Copy + Send,
     ) -> Result<()> {
         let count = check_io(self.size, sector, buf.len())?;
+        self.check_block(sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());
@@ -376,9 +388,56 @@ fn run_all<'a>(jobs: Vec<Box<dyn FnOnce() -> Result<()> + Send + 'a>>) -> Result
     })
 }
 
+/// `validate_hardware_logical_block_alignment` where it matters here: the table must end on
+/// a whole logical block of the device (the largest of its lines'). The kernel then names
+/// the last line with the number of lines as its index. (Its other refusal, a line whose
+/// own devices' block size cannot take the sectors left over from the line before, needs
+/// block sizes dmemu's plain volumes do not have.)
+fn misaligned_table(segments: &[Segment], block: u64) -> Option<Error> {
+    let last = segments.last()?;
+    let end = last.start.0.checked_add(last.len.0)?;
+    if block <= 1 || end % block == 0 {
+        return None;
+    }
+    Some(Error::invalid(
+        "table",
+        format!(
+            "table line {} (start sect {} len {}) not aligned to h/w logical block size {}",
+            segments.len(),
+            last.start.0,
+            last.len.0,
+            block * 512
+        ),
+    ))
+}
+
+impl LoadedTable {
+    /// The block layer's check for a device with logical blocks larger than a sector:
+    /// a request must start and end on a block (EINVAL otherwise).
+    #[inline]
+    fn check_block(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        if self.block > 1 && (sector.0 % self.block != 0 || count.0 % self.block != 0) {
+            return Err(Error::invalid(
+                "request",
+                format!(
+                    "sector {} count {} is not aligned to the logical block size {}",
+                    sector.0,
+                    count.0,
+                    self.block * 512
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Volume for LoadedTable {
     fn size(&self) -> SectorCount {
         self.size
+    }
+
+    fn logical_block_size(&self) -> u32 {
+        u32::try_from(self.block * 512).unwrap_or(u32::MAX)
     }
 
     // The hot path (one request inside one segment) is small enough to inline into the
@@ -386,6 +445,7 @@ impl Volume for LoadedTable {
     #[inline]
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         let count = check_io(self.size, sector, buf.len())?;
+        self.check_block(sector, count)?;
         if count.0 == 0 {
             return Ok(());
         }
@@ -419,6 +479,7 @@ impl Volume for LoadedTable {
 
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
         check_range(self.size, sector, count)?;
+        self.check_block(sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());
@@ -436,6 +497,7 @@ impl Volume for LoadedTable {
     /// Split like `discard`; each line zeroes its piece its own way.
     fn write_zeroes(&self, sector: Sector, count: SectorCount, unmap: Unmap) -> Result<()> {
         check_range(self.size, sector, count)?;
+        self.check_block(sector, count)?;
         self.writable()?;
         if count.0 == 0 {
             return Ok(());

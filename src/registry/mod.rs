@@ -118,7 +118,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    let bad = |reason: &str| Err(Error::invalid("device name", format!("{name:?}: {reason}")));
+    let bad = |reason: &str| {
+        Err(Error::invalid(
+            "device name",
+            format!("{}: {reason}", crate::error::quote(name)),
+        ))
+    };
     if name.is_empty() {
         return bad("name not supplied when creating device");
     }

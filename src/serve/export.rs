@@ -108,8 +108,8 @@ impl Export {
             return Err(Error::invalid(
                 "export block size",
                 format!(
-                    "{block_size} for {:?} ({} bytes): needs a power of two in [512, 65536] dividing the size",
-                    self.name, self.size
+                    "{block_size} for {} ({} bytes): needs a power of two in [512, 65536] dividing the size",
+                    crate::error::quote(&self.name), self.size
                 ),
             ));
         }
@@ -186,7 +186,7 @@ impl Export {
         match self.access {
             ExportAccess::ReadWrite => Ok(()),
             ExportAccess::ReadOnly => Err(Error::ReadOnly {
-                target: format!("export {:?}", self.name),
+                target: format!("export {}", crate::error::quote(&self.name)),
             }),
         }
     }

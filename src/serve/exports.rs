@@ -119,7 +119,7 @@ impl Exports {
         let mut list = self.write();
         if list.iter().any(|e| e.export.name() == export.name()) {
             return Err(Error::Busy {
-                what: format!("export {:?}", export.name()),
+                what: format!("export {}", crate::error::quote(export.name())),
                 reason: "an export of that name is already served".into(),
             });
         }
@@ -138,12 +138,15 @@ impl Exports {
     pub fn remove(&self, name: &str) -> Result<Arc<Export>> {
         let mut list = self.write();
         let Some(i) = list.iter().position(|e| e.export.name() == name) else {
-            return Err(Error::NoSuchDevice(format!("export {name:?}")));
+            return Err(Error::NoSuchDevice(format!(
+                "export {}",
+                crate::error::quote(name)
+            )));
         };
         let users = list[i].users.load(Ordering::SeqCst);
         if users > 0 {
             return Err(Error::Busy {
-                what: format!("export {name:?}"),
+                what: format!("export {}", crate::error::quote(name)),
                 reason: format!("open by {users} client(s)"),
             });
         }

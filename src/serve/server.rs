@@ -56,7 +56,10 @@ impl FromStr for Listen {
         }
         Err(Error::invalid(
             "--nbd",
-            format!("{s:?} is neither unix:PATH nor tcp:HOST:PORT"),
+            format!(
+                "{} is neither unix:PATH nor tcp:HOST:PORT",
+                crate::error::quote(s)
+            ),
         ))
     }
 }

@@ -10,7 +10,7 @@ use crate::units::{Sector, SectorCount, SECTOR_SHIFT};
 pub mod args;
 pub mod concise;
 pub mod lexer;
-mod parse;
+pub(crate) mod parse;
 
 pub use concise::{parse_boot, parse_concise, DeviceSpec};
 pub use parse::{parse_line_params, parse_table};

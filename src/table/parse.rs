@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::targets::TargetSpec;
 use crate::units::{Sector, SectorCount};
 
-use super::args::{parse_llu, Args};
+use super::args::Args;
 use super::lexer::split_args;
 use super::{Table, TableLine};
 
@@ -34,6 +34,44 @@ pub fn parse_table(text: &[u8]) -> Result<Table> {
     let table = Table { lines };
     table.validate_lines(|i| line_numbers.get(i).copied().unwrap_or(0))?;
     Ok(table)
+}
+
+/// Whether dmsetup's `_parse_line` splits `line` (`sscanf("%llu %llu %s %n") == 3`, after
+/// trimming; blank and `#` lines count as fine): its "Invalid format on line N" test.
+pub(crate) fn dmsetup_splits(line: &str) -> bool {
+    let t = line.trim_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
+    if t.is_empty() || t.starts_with('#') {
+        return true;
+    }
+    scan_llu_glibc(t)
+        .and_then(|(_, _, r)| scan_llu_glibc(r))
+        .is_some_and(|(_, _, r)| !first_word(r).is_empty())
+}
+
+/// The first whitespace-separated word of `s` (for an error's token).
+fn first_word(s: &str) -> &str {
+    let s = s.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
+    &s[..s.bytes().position(is_c_space).unwrap_or(s.len())]
+}
+
+/// glibc `sscanf("%llu")` at the start of `s`: leading C whitespace, an optional `+` or
+/// `-`, one or more decimal digits (strtoull: past 2^64 - 1 the value saturates; a `-`
+/// negates modulo 2^64). Returns the value, the text it read and what follows.
+fn scan_llu_glibc(s: &str) -> Option<(u64, &str, &str)> {
+    let t = s.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
+    let b = t.as_bytes();
+    let sign = usize::from(matches!(b.first(), Some(b'+' | b'-')));
+    let digits = b[sign..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let end = sign + digits;
+    let v = match t[sign..end].parse::<u64>() {
+        Err(_) => u64::MAX,
+        Ok(v) if b[0] == b'-' => v.wrapping_neg(),
+        Ok(v) => v,
+    };
+    Some((v, &t[..end], &t[end..]))
 }
 
 fn table_error(line: usize, token: Option<(usize, &str)>, reason: impl Into<String>) -> Error {
@@ -69,30 +107,51 @@ fn parse_one(raw: &[u8], line_no: usize) -> Result<Option<TableLine>> {
             ),
         ));
     }
-    let mut rest = line;
-    let mut field = || -> Option<&str> {
-        let s = rest.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
-        let end = s.bytes().position(is_c_space).unwrap_or(s.len());
-        if end == 0 {
-            return None;
-        }
-        let (tok, after) = s.split_at(end);
-        rest = after;
-        Some(tok)
+    // dmsetup's `sscanf(ptr, "%llu %llu %s %n", ...)`: glibc's %llu skips whitespace, takes
+    // an optional sign and decimal digits (so `+8`, `-0` and `08` are numbers, `-8` wraps to
+    // 2^64 - 8, an overflow saturates), stops at the first non-digit; %s takes the next
+    // non-whitespace run. So `0 8linear` is length 8 of type `linear`, `0 0x8 linear` is
+    // length 0 of type `x8`.
+    let invalid = |token: Option<(usize, &str)>| {
+        table_error(
+            line_no,
+            token,
+            "Invalid format: expected <start> <length> <target_type> [<params>] (dmsetup: \
+             Invalid format on line)",
+        )
     };
-    let (Some(start), Some(len), Some(target_type)) = (field(), field(), field()) else {
+    let (start, start_text, rest) =
+        scan_llu_glibc(line).ok_or_else(|| invalid(Some((1, first_word(line)))))?;
+    let (len, len_text, rest) =
+        scan_llu_glibc(rest).ok_or_else(|| invalid(Some((2, first_word(rest)))))?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii() && is_c_space(c as u8));
+    let type_end = rest.bytes().position(is_c_space).unwrap_or(rest.len());
+    if type_end == 0 {
+        return Err(invalid(None));
+    }
+    let (target_type, rest) = rest.split_at(type_end);
+    let start = Sector(start);
+    let len = SectorCount(len);
+    // dm_table_add_target checks these before it looks the type up.
+    if len.0 == 0 {
         return Err(table_error(
             line_no,
-            None,
-            "Invalid format: expected <start> <length> <target_type> [<params>]",
+            Some((2, len_text)),
+            "zero-length target",
         ));
-    };
-    let start = parse_llu(start)
-        .map(Sector)
-        .ok_or_else(|| table_error(line_no, Some((1, start)), "invalid start sector"))?;
-    let len = parse_llu(len)
-        .map(SectorCount)
-        .ok_or_else(|| table_error(line_no, Some((2, len)), "invalid length"))?;
+    }
+    if start
+        .0
+        .checked_add(len.0)
+        .is_none_or(|end| end > super::MAX_DEVICE_SECTORS)
+    {
+        let token = if start.0 > super::MAX_DEVICE_SECTORS {
+            (1, start_text)
+        } else {
+            (2, len_text)
+        };
+        return Err(table_error(line_no, Some(token), "too large device"));
+    }
     if target_type.len() > MAX_TYPE_NAME {
         return Err(table_error(
             line_no,

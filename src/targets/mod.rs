@@ -20,6 +20,7 @@ pub mod context;
 pub mod crypt;
 pub mod delay;
 pub mod dust;
+pub mod ebs;
 pub mod error;
 pub mod flakey;
 pub mod integrity;
@@ -29,7 +30,9 @@ pub mod other;
 pub mod pdata;
 pub mod snapshot;
 pub mod striped;
+pub mod switch;
 pub mod thin;
+pub mod unstriped;
 pub mod verity;
 pub mod zero;
 
@@ -37,6 +40,7 @@ pub use cache::{Cache, CacheArgs};
 pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
+pub use ebs::{Ebs, EbsArgs};
 pub use flakey::{Flakey, FlakeyArgs};
 pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
@@ -44,7 +48,9 @@ pub use log_writes::{LogWrites, LogWritesArgs};
 pub use other::OtherArgs;
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
+pub use switch::{Switch, SwitchArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
+pub use unstriped::{Unstriped, UnstripedArgs};
 pub use verity::{Verity, VerityArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
@@ -119,9 +125,34 @@ impl fmt::Display for DeviceRef {
 }
 
 impl DeviceRef {
-    /// Read a device token.
+    /// Read a device token ([`DeviceRef::from_token`]).
     pub fn parse(args: &mut Args<'_>, reason: &str) -> ArgResult<DeviceRef> {
-        Ok(DeviceRef(args.next(reason)?.to_string()))
+        let t = args.next(reason)?;
+        DeviceRef::from_token(t).map_err(|e| args.error_last(e))
+    }
+
+    /// A device token as the kernel's `dm_devt_from_path` reads it: `sscanf("%u:%u%c")`
+    /// matching two numbers is a device number (digits only, each taken modulo 2^32, as
+    /// the kernel's sscanf stores them), kept in the form the kernel prints (`007:01` is
+    /// `7:1`); a major or minor that does not fit a `dev_t` (12 and 20 bits) fails as the
+    /// kernel's lookup does (EOVERFLOW, "Device lookup failed"). Anything else (`+7:1`,
+    /// `7:1x`, a name) is a path, kept as written.
+    pub fn from_token(t: &str) -> Result<DeviceRef, String> {
+        let Some((maj, min)) = t.split_once(':') else {
+            return Ok(DeviceRef(t.to_string()));
+        };
+        let (Some(major), Some(minor)) = (
+            crate::table::args::scan_u32(maj),
+            crate::table::args::scan_u32(min),
+        ) else {
+            return Ok(DeviceRef(t.to_string()));
+        };
+        if major >= 1 << 12 || minor >= 1 << 20 {
+            return Err(format!(
+                "Device lookup failed ({major}:{minor} does not fit a dev_t: EOVERFLOW)"
+            ));
+        }
+        Ok(DeviceRef(format!("{major}:{minor}")))
     }
 }
 
@@ -150,6 +181,12 @@ pub enum TargetSpec {
     Linear(LinearArgs),
     /// `striped <#stripes> <chunk> (<dev> <offset>)+`
     Striped(StripedArgs),
+    /// `unstriped <#stripes> <chunk_size> <stripe #> <dev> <offset>`
+    Unstriped(UnstripedArgs),
+    /// `switch <num_paths> <region_size> <#opt args> (<dev> <offset>)+`
+    Switch(SwitchArgs),
+    /// `ebs <dev> <offset> <ebs> [<ubs>]`
+    Ebs(EbsArgs),
     /// `crypt <cipher> <key> <iv_offset> <dev> <offset> [<#opts> <opts>...]`
     Crypt(CryptArgs),
     /// `zero`
@@ -241,6 +278,9 @@ impl TargetSpec {
         Ok(match target_type {
             "linear" => TargetSpec::Linear(LinearArgs::parse(args)?),
             "striped" => TargetSpec::Striped(StripedArgs::parse(args, len)?),
+            "unstriped" => TargetSpec::Unstriped(UnstripedArgs::parse(args, len)?),
+            "switch" => TargetSpec::Switch(SwitchArgs::parse(args)?),
+            "ebs" => TargetSpec::Ebs(EbsArgs::parse(args)?),
             "crypt" => TargetSpec::Crypt(CryptArgs::parse(args, len)?),
             "zero" => {
                 zero::parse(args)?;
@@ -275,6 +315,9 @@ impl TargetSpec {
         match self {
             TargetSpec::Linear(_) => LinearArgs::TYPE,
             TargetSpec::Striped(_) => StripedArgs::TYPE,
+            TargetSpec::Unstriped(_) => UnstripedArgs::TYPE,
+            TargetSpec::Switch(_) => SwitchArgs::TYPE,
+            TargetSpec::Ebs(_) => EbsArgs::TYPE,
             TargetSpec::Crypt(_) => CryptArgs::TYPE,
             TargetSpec::Zero => "zero",
             TargetSpec::Error => "error",
@@ -299,6 +342,9 @@ impl TargetSpec {
         match self {
             TargetSpec::Linear(a) => write!(out, "{a}"),
             TargetSpec::Striped(a) => write!(out, "{a}"),
+            TargetSpec::Unstriped(a) => write!(out, "{a}"),
+            TargetSpec::Switch(a) => write!(out, "{a}"),
+            TargetSpec::Ebs(a) => write!(out, "{a}"),
             TargetSpec::Crypt(a) => a.write(out, keys),
             TargetSpec::Zero | TargetSpec::Error => Ok(()),
             TargetSpec::Verity(a) => write!(out, "{a}"),
@@ -323,6 +369,9 @@ impl TargetSpec {
         match self {
             TargetSpec::Linear(a) => vec![at(&a.dest)],
             TargetSpec::Striped(a) => a.stripes.iter().map(at).collect(),
+            TargetSpec::Unstriped(a) => vec![at(&a.dest)],
+            TargetSpec::Switch(a) => a.paths.iter().map(at).collect(),
+            TargetSpec::Ebs(a) => vec![at(&a.dest)],
             TargetSpec::Crypt(a) => vec![at(&a.dest)],
             TargetSpec::Verity(a) => {
                 let mut v = vec![a.data_dev.0.clone(), a.hash_dev.0.clone()];
@@ -360,6 +409,9 @@ impl TargetSpec {
         Ok(match self {
             TargetSpec::Linear(a) => Arc::new(Linear::new(a, len, ctx)?),
             TargetSpec::Striped(a) => Arc::new(Striped::new(a, len, ctx)?),
+            TargetSpec::Unstriped(a) => Arc::new(Unstriped::new(a, len, ctx)?),
+            TargetSpec::Switch(a) => Arc::new(Switch::new(a, len, ctx)?),
+            TargetSpec::Ebs(a) => Arc::new(Ebs::new(a, len, ctx)?),
             TargetSpec::Crypt(a) => Arc::new(Crypt::new(a, len, ctx)?),
             TargetSpec::Zero => Arc::new(zero::Zero::new(len)),
             TargetSpec::Error => Arc::new(error::ErrorTarget::new(len)),

@@ -1,5 +1,5 @@
 //! Kernel targets dmemu parses but does not execute (era, integrity, mirror,
-//! multipath, raid, switch, unstriped, writecache, log-writes, vdo, zoned, ...): kept as
+//! multipath, raid, writecache, log-writes, vdo, zoned, ...): kept as
 //! their type and parameter text so a table prints back unchanged.
 
 use std::fmt;

@@ -8,17 +8,7 @@ use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, Ta
 use crate::units::{Sector, SectorCount};
 
 /// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &[
-    "cache",
-    "clone",
-    "ebs",
-    "era",
-    "mirror",
-    "raid",
-    "switch",
-    "unstriped",
-    "writecache",
-];
+const OTHER_TYPES: &[&str] = &["clone", "era", "mirror", "raid", "writecache"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -256,6 +246,87 @@ pub fn log_writes() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         .prop_map(|(len, (dev, log))| typed("log-writes", len, format!("{dev} {log}")))
 }
 
+/// `unstriped` with any stripe the kernel takes (up to and including the stripe count).
+pub fn unstriped() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (1u64..1 << 20, 1u32..16, 1u32..1024, 0u32..=16, dev_off()).prop_map(
+        |(rows, stripes, chunk, stripe, dest)| {
+            let stripe = if stripes > 1 {
+                stripe.min(stripes)
+            } else {
+                stripe
+            };
+            let params = format!("{stripes} {chunk} {stripe} {dest}");
+            typed("unstriped", rows * u64::from(chunk), params)
+        },
+    )
+}
+
+/// `switch` with 1 to 6 paths and any region size (offsets printed as parsed).
+pub fn switch() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        1u32..=u32::MAX,
+        prop::collection::vec(dev_off(), 1..=6),
+    )
+        .prop_map(|(len, region, paths)| {
+            let params = format!("{} {region} 0 {}", paths.len(), paths.join(" "));
+            typed("switch", len, params)
+        })
+}
+
+/// `ebs` with and without `<ubs>`, in the sizes the kernel takes (a length of whole
+/// emulated blocks, an offset of whole underlying blocks).
+pub fn ebs() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 32,
+        device_ref(),
+        0u32..=3,
+        prop::option::of(0u32..=15),
+        any::<u32>(),
+    )
+        .prop_map(|(blocks, dev, e, u, off)| {
+            let ebs = 1u64 << e;
+            let ubs = u.map(|u| 1u64 << u);
+            let offset = u64::from(off) * ubs.unwrap_or(1);
+            let mut params = format!("{dev} {offset} {ebs}");
+            if let Some(ubs) = ubs {
+                params.push_str(&format!(" {ubs}"));
+            }
+            typed("ebs", blocks * ebs, params)
+        })
+}
+
+/// `cache` in the forms the kernel prints back as given: feature words, a policy and its
+/// key/value pairs.
+pub fn cache() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 32,
+        (device_ref(), device_ref(), device_ref()),
+        6u32..=21,
+        prop::sample::subsequence(vec!["metadata2", "no_discard_passdown"], 0..=2),
+        prop::sample::select(vec!["", "writeback", "writethrough", "passthrough"]),
+        prop::sample::select(vec!["smq", "default", "cleaner", "mq"]),
+        prop::option::of(1u32..100_000),
+    )
+        .prop_map(
+            |(len, (meta, cache, origin), shift, mut features, mode, policy, mig)| {
+                if !mode.is_empty() {
+                    features.push(mode);
+                }
+                let mut params = format!("{meta} {cache} {origin} {}", 1u64 << shift);
+                params.push_str(&format!(" {}", features.len()));
+                for f in &features {
+                    params.push_str(&format!(" {f}"));
+                }
+                match mig {
+                    Some(m) => params.push_str(&format!(" {policy} 2 migration_threshold {m}")),
+                    None => params.push_str(&format!(" {policy} 0")),
+                }
+                typed("cache", len, params)
+            },
+        )
+}
+
 /// `thin` with and without an external origin.
 pub fn thin() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     (1u64..1 << 32, two_devices(), 0u32..1 << 24, prop::bool::ANY).prop_map(
@@ -361,7 +432,11 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         snapshot(),
         snapshot_origin(),
         thin(),
-        log_writes()
+        log_writes(),
+        unstriped(),
+        switch(),
+        ebs(),
+        cache()
     ]
 }
 

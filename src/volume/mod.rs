@@ -39,6 +39,13 @@ pub trait Volume: Send + Sync + fmt::Debug {
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()>;
     /// Make every completed write durable.
     fn flush(&self) -> Result<()>;
+
+    /// The logical block size in bytes (what `blockdev --getss` reports): 512 for plain
+    /// volumes. A target that emulates another one says so (ebs), and a target that adapts
+    /// to its device's (ebs without `<ubs>`) asks it. Wrappers need not forward it.
+    fn logical_block_size(&self) -> u32 {
+        512
+    }
     /// The range's contents are no longer needed (REQ_OP_DISCARD). What a later read returns
     /// is documented per implementation; volumes that cannot discard return `Unsupported`.
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()>;

@@ -49,7 +49,9 @@ fn zero_length_is_refused() {
 #[test]
 fn overflow_is_refused() {
     assert!(err("0 18014398509481983 zero\n18014398509481983 1 zero").contains("too large device"));
-    assert!(err("0 99999999999999999999 zero").contains("invalid length"));
+    // dmsetup's sscanf saturates an overflowing number: the kernel then finds it too large.
+    assert!(err("0 99999999999999999999 zero").contains("too large device"));
+    assert!(err("0 -8 zero").contains("too large device"));
 }
 
 #[test]

@@ -26,6 +26,7 @@ use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
 use super::{DeviceRef, Target};
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod metadata;
 #[cfg(test)]

@@ -178,6 +178,36 @@ const KERNEL_HASHES: &[(&str, usize)] = &[
     ("blake2b-512", 64),
 ];
 
+/// Which key lengths within a cipher's range its setkey takes.
+type KeyLenOk = fn(usize) -> bool;
+
+/// A kernel block cipher's key sizes: `cia_min_keysize..=cia_max_keysize` and which
+/// lengths in that range its setkey takes (Linux 6.12 crypto/).
+fn kernel_key_sizes(cipher: &str) -> Option<(usize, usize, KeyLenOk)> {
+    let aes_like: KeyLenOk = |n| matches!(n, 16 | 24 | 32);
+    let any: KeyLenOk = |_| true;
+    let words: KeyLenOk = |n| n % 4 == 0;
+    Some(match cipher {
+        "aes" | "twofish" | "camellia" | "aria" => (16, 32, aes_like),
+        "serpent" => (0, 32, any),
+        "cast6" => (16, 32, words),
+        "anubis" => (16, 40, words),
+        "sm4" | "seed" | "tea" | "xtea" | "xeta" | "khazad" => (16, 16, any),
+        "blowfish" => (4, 56, any),
+        "cast5" => (5, 16, any),
+        "des" | "fcrypt" => (8, 8, any),
+        "des3_ede" => (24, 24, any),
+        "cipher_null" => (0, 0, any),
+        _ => return None,
+    })
+}
+
+/// Whether `cipher`'s setkey takes an `n`-byte key; `None` for a cipher not listed.
+#[must_use]
+pub(super) fn kernel_key_size_ok(cipher: &str, n: usize) -> Option<bool> {
+    kernel_key_sizes(cipher).map(|(lo, hi, ok)| (lo..=hi).contains(&n) && ok(n))
+}
+
 /// The digest size of a kernel hash.
 #[must_use]
 pub(super) fn digest_size(hash: &str) -> Option<usize> {
@@ -236,16 +266,20 @@ impl CipherSpec {
         if chainmode != "ecb" && ivmode.is_none() {
             return Err("IV mechanism required".into());
         }
-        let essiv = essiv_hash(ivmode, ivopts)?;
+        let essiv = essiv_hash(ivmode, ivopts, Some(cipher))?;
         if chainmode == "adiantum" {
             let transform = adiantum(cipher).ok_or_else(|| {
-                format!("Error allocating crypto tfm (no adiantum({cipher}) in the kernel)")
+                format!(
+                    "Error allocating crypto tfm (no {} in the kernel)",
+                    crate::error::quote(&format!("adiantum({cipher})"))
+                )
             })?;
             return Self::finish(text, transform, keycount, ivmode, ivopts);
         }
         if !KERNEL_CIPHERS.contains(&cipher) || !KERNEL_MODES.contains(&chainmode) {
             return Err(format!(
-                "Error allocating crypto tfm (no {chainmode}({cipher}) in the kernel)"
+                "Error allocating crypto tfm (no {} in the kernel)",
+                crate::error::quote(&format!("{chainmode}({cipher})"))
             ));
         }
         let transform = Transform::Block {
@@ -268,7 +302,11 @@ impl CipherSpec {
         };
         let keycount = if ivmode == Some("lmk") { 64 } else { 1 };
         let mut transform = parse_api(api)?;
-        if let Some(hash) = essiv_hash(ivmode, ivopts)? {
+        let block_cipher = match &transform {
+            Transform::Block { cipher, .. } => Some(cipher.as_str()),
+            _ => None,
+        };
+        if let Some(hash) = essiv_hash(ivmode, ivopts, block_cipher)? {
             transform = match transform {
                 Transform::Block {
                     mode,
@@ -339,14 +377,22 @@ fn parse_u32(s: &str) -> Option<u32> {
 }
 
 /// The essiv hash when the ivmode is `essiv` ("Digest algorithm missing for ESSIV mode").
-fn essiv_hash(ivmode: Option<&str>, ivopts: Option<&str>) -> Result<Option<String>, String> {
+fn essiv_hash(
+    ivmode: Option<&str>,
+    ivopts: Option<&str>,
+    cipher: Option<&str>,
+) -> Result<Option<String>, String> {
     if ivmode != Some("essiv") {
         return Ok(None);
     }
     let hash = ivopts.ok_or("Digest algorithm missing for ESSIV mode")?;
     // essiv_supported_algorithms: the digest must lie within the cipher's key size range
-    // (16..=32 for the 16-byte-block ciphers); a size inside the range that is not a key
-    // size (sha1's 20) passes here and fails at setkey.
+    // (16..=32 for AES, 0..=32 for Serpent; 16..=32 when the cipher is not listed); a size
+    // inside the range that is not a key size (sha1's 20 for AES) passes here and fails at
+    // setkey ("Error decoding and setting key").
+    let (lo, hi) = cipher
+        .and_then(kernel_key_sizes)
+        .map_or((16, 32), |(lo, hi, _)| (lo, hi));
     match digest_size(hash) {
         None => {
             return Err(format!(
@@ -354,7 +400,7 @@ fn essiv_hash(ivmode: Option<&str>, ivopts: Option<&str>) -> Result<Option<Strin
                 crate::error::quote(hash)
             ))
         }
-        Some(n) if !(16..=32).contains(&n) => {
+        Some(n) if !(lo..=hi).contains(&n) => {
             return Err(format!(
                 "Error allocating crypto tfm ({hash} digest of {n} bytes cannot key the cipher)"
             ))

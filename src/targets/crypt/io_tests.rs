@@ -68,7 +68,10 @@ fn crypt_keyring_key_needs_the_caller_to_supply_it() {
     let args = parse(32, "aes-xts-plain64 :64:logon:vol 0 d 0").unwrap();
     let ring = Keyring::default();
     let e = Crypt::over(disk.clone(), &args, SectorCount(32), &ring).unwrap_err();
-    assert!(e.to_string().contains("logon:vol was not supplied"), "{e}");
+    assert!(
+        e.to_string().contains("\"logon:vol\" was not supplied"),
+        "{e}"
+    );
     ring.insert("logon", "vol", &[9u8; 32]);
     let e = Crypt::over(disk.clone(), &args, SectorCount(32), &ring).unwrap_err();
     assert!(e.to_string().contains("has 32 bytes"), "{e}");

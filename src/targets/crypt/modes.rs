@@ -205,6 +205,10 @@ impl Tfm {
         let what = format!("{mode:?}({name})").to_lowercase();
         let keyed = |k: &[u8]| Cipher::new(name, k).ok_or_else(|| bad_len(&what));
         let mode = match (name, mode) {
+            // crypto_null.c: min and max key size 0, so setkey refuses any key but `-`.
+            ("cipher_null", ChainMode::Ecb | ChainMode::Cbc) if !key.is_empty() => {
+                return Err(bad_len(&what))
+            }
             ("cipher_null", ChainMode::Ecb | ChainMode::Cbc) => Mode::Null,
             ("cipher_null", _) => return Err(TfmError::Unsupported(what)),
             (_, ChainMode::Ecb) => Mode::Ecb(keyed(key)?),
@@ -337,10 +341,13 @@ impl Tfm {
 }
 
 /// The essiv template's IV cipher: the same block cipher keyed with hash(key)
-/// (crypto/essiv.c `essiv_skcipher_setkey`; the template refuses a digest that is not a
-/// valid key length for the cipher, e.g. sha1 with AES).
+/// (crypto/essiv.c `essiv_skcipher_setkey`: the cipher's setkey refuses a digest that is
+/// not one of its key sizes, e.g. sha1's 20 bytes with AES or Twofish; Serpent takes any
+/// length up to 32).
 fn essiv_cipher(cipher: &str, hash: &str, key: &[u8]) -> Result<Cipher, TfmError> {
-    if let Some(n) = super::cipher::digest_size(hash).filter(|n| ![16, 24, 32].contains(n)) {
+    if let Some(n) = super::cipher::digest_size(hash)
+        .filter(|&n| super::cipher::kernel_key_size_ok(cipher, n) == Some(false))
+    {
         return Err(TfmError::KeyLength(format!(
             "the {n}-byte {hash} digest does not key {cipher}"
         )));

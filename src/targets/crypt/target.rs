@@ -192,8 +192,8 @@ impl Crypt {
                     Error::invalid(
                         "crypt key",
                         format!(
-                            "keyring key {}:{} was not supplied (Keyring::insert)",
-                            r.key_type, r.description
+                            "keyring key {} was not supplied (Keyring::insert)",
+                            crate::error::quote(&format!("{}:{}", r.key_type, r.description))
                         ),
                     )
                 })?;
@@ -201,9 +201,8 @@ impl Crypt {
                     return Err(Error::invalid(
                         "crypt key",
                         format!(
-                            "keyring key {}:{} has {} bytes, the table says {}",
-                            r.key_type,
-                            r.description,
+                            "keyring key {} has {} bytes, the table says {}",
+                            crate::error::quote(&format!("{}:{}", r.key_type, r.description)),
                             k.len(),
                             r.size
                         ),

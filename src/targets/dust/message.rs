@@ -65,7 +65,7 @@ impl Target for Dust {
                 } else {
                     Err(msg_error(format!(
                         "unrecognized message '{}' received",
-                        argv[0]
+                        crate::error::clip(argv[0])
                     )))
                 }
             }
@@ -89,7 +89,7 @@ impl Target for Dust {
                 } else {
                     Err(msg_error(format!(
                         "unrecognized message '{}' received",
-                        argv[0]
+                        crate::error::clip(argv[0])
                     )))
                 }
             }
@@ -106,7 +106,7 @@ impl Target for Dust {
                 } else {
                     Err(msg_error(format!(
                         "unrecognized message '{}' received",
-                        argv[0]
+                        crate::error::clip(argv[0])
                     )))
                 }
             }

@@ -386,7 +386,11 @@ pub fn thin_ls(md: &Metadata, fields: &str, headers: bool) -> Result<String> {
     if let Some(bad) = names.iter().find(|n| !FIELDS.contains(n)) {
         return Err(Error::invalid(
             "--format",
-            format!("unknown field {bad:?} (known: {})", FIELDS.join(",")),
+            format!(
+                "unknown field {} (known: {})",
+                crate::error::quote(bad),
+                FIELDS.join(",")
+            ),
         ));
     }
     let bs = u64::from(md.superblock().data_block_size);

@@ -155,8 +155,8 @@ impl TreeOpts {
             Error::invalid(
                 "--hash",
                 format!(
-                    "{:?} (known: {})",
-                    self.hash_alg,
+                    "{} (known: {})",
+                    crate::error::quote(&self.hash_alg),
                     HashAlg::names().join(", ")
                 ),
             )

@@ -221,7 +221,24 @@ impl VerityArgs {
                 args.next("")?;
             }
         }
-        Geometry::new(version, dbs, hbs, ds, data_blocks, hash_start).map_err(Args::error)?;
+        let geo =
+            Geometry::new(version, dbs, hbs, ds, data_blocks, hash_start).map_err(Args::error)?;
+        if let Some(f) = &v.fec {
+            // verity_fec_ctr's checks that need no device, in its order and words (the
+            // hash device's size is checked when the target is built).
+            if dbs != hbs {
+                return Err(Args::error("Block sizes must match to use FEC"));
+            }
+            if f.roots == 0 {
+                return Err(Args::error("Missing fec_roots"));
+            }
+            if f.blocks == 0 {
+                return Err(Args::error("Missing fec_blocks"));
+            }
+            if f.blocks < data_blocks.saturating_add(geo.hash_end - geo.hash_start) {
+                return Err(Args::error("Invalid fec_blocks"));
+            }
+        }
         Ok(v)
     }
 
@@ -274,7 +291,8 @@ impl VerityArgs {
                         if fec_dev.is_some() {
                             return Err(opts.error_at(at, "FEC device already specified"));
                         }
-                        fec_dev = Some(DeviceRef(val.to_string()));
+                        fec_dev =
+                            Some(DeviceRef::from_token(val).map_err(|e| opts.error_at(at, e))?);
                     }
                     "fec_blocks" => {
                         fec_blocks = blocks_fit(val, self.data_block_size).ok_or_else(invalid)?;

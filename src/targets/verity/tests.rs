@@ -251,9 +251,12 @@ mod roundtrip {
             let root = hash::to_hex(&vec![0x5a; alg.digest_size()]);
             let salt = if salt.is_empty() { "-".to_string() } else { hash::to_hex(&salt) };
             let mut opts: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+            // FEC needs equal block sizes and fec_blocks covering data and hash blocks
+            // (verity_fec_ctr): at most `blocks` hash blocks, as each holds 2 digests.
+            let hbs_bits = if fec.is_some() { dbs_bits } else { hbs_bits };
             if let Some((b, s, r)) = fec {
                 opts.extend(["use_fec_from_device".into(), "/f".into(), "fec_blocks".into(),
-                    b.to_string(), "fec_start".into(), s.to_string(), "fec_roots".into(), r.to_string()]);
+                    (2 * blocks + b).to_string(), "fec_start".into(), s.to_string(), "fec_roots".into(), r.to_string()]);
             }
             if let Some(k) = sig {
                 opts.extend(["root_hash_sig_key_desc".into(), k]);

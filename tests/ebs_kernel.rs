@@ -1,0 +1,329 @@
+//! ebs against the real Linux 6.12 kernel: every case of
+//! tests/fixtures/remap/kernel-6.12-ebs.txt (made by make-ebs.sh, which builds dm-ebs.ko
+//! and runs ebs.guest.sh on shared/oracle over two loop devices, 7:0 with 512-byte and 7:1
+//! with 4096-byte logical blocks) replays on dmemu over the same bytes: the table and
+//! status dmsetup printed, the size and logical block size, the sha256 of the device read
+//! 4 KiB at a time, then each dd write or read of odd sizes and offsets (one request per dd
+//! block, in order, stopping at the first failure, as `dd oflag=direct` does) and each
+//! blkdiscard, with its verdict and the backing device's sha256 after it. Tables the
+//! kernel refused are refused with the kernel's words.
+
+use std::sync::Arc;
+
+use dmemu::table::DeviceSpec;
+use dmemu::volume::{Extent, SharedVolume};
+use dmemu::{Error, MemVolume, Registry, Result, Sector, SectorCount, Table, TableMode, Volume};
+use sha2::{Digest, Sha256};
+
+const FIXTURE: &str = include_str!("fixtures/remap/kernel-6.12-ebs.txt");
+const BACKING: usize = 2 << 20;
+
+/// The first `len` bytes of what `seq FIRST STEP LAST` prints.
+fn seq_text(first: i64, step: i64, last: i64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut n = first;
+    while out.len() < len && (step > 0 && n <= last || step < 0 && n >= last) {
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+        n += step;
+    }
+    out.truncate(len);
+    out
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A loop device with `lbs`-byte logical blocks: the block layer refuses any request that
+/// is not whole blocks.
+#[derive(Debug)]
+struct Loop {
+    mem: Arc<MemVolume>,
+    lbs: u64,
+}
+
+impl Loop {
+    fn check(&self, sector: Sector, count: u64) -> Result<()> {
+        let block = self.lbs / 512;
+        if sector.0 % block != 0 || count % block != 0 {
+            return Err(Error::invalid(
+                "loop",
+                "request not aligned to the block size",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Volume for Loop {
+    fn size(&self) -> SectorCount {
+        self.mem.size()
+    }
+    fn logical_block_size(&self) -> u32 {
+        u32::try_from(self.lbs).unwrap()
+    }
+    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        self.check(sector, buf.len() as u64 / 512)?;
+        self.mem.read(sector, buf)
+    }
+    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
+        self.check(sector, buf.len() as u64 / 512)?;
+        self.mem.write(sector, buf)
+    }
+    fn flush(&self) -> Result<()> {
+        self.mem.flush()
+    }
+    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        self.check(sector, count.0)?;
+        self.mem.discard(sector, count)
+    }
+    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
+        self.mem.allocation(sector, count)
+    }
+}
+
+/// One `### name` block: its lines as (key, value), in order; a table or status of two
+/// lines prints its second line bare: it continues the key before.
+fn cases() -> Vec<(String, Vec<(String, String)>)> {
+    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in FIXTURE.lines() {
+        if let Some(name) = line.strip_prefix("### ") {
+            out.push((name.to_string(), Vec::new()));
+            continue;
+        }
+        let (_, case) = out.last_mut().expect("a case header first");
+        match line.split_once(' ') {
+            Some((k, v))
+                if k.starts_with(|c: char| c.is_ascii_lowercase())
+                    && k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+            {
+                case.push((k.to_string(), v.to_string()));
+            }
+            // dd's own complaint during the first full read, on a line of its own.
+            _ if line.starts_with("dd: ") => {}
+            _ => {
+                let last = case.last_mut().expect("a key line first");
+                last.1.push('\n');
+                last.1.push_str(line);
+            }
+        }
+    }
+    out
+}
+
+fn get<'a>(lines: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn one<'a>(lines: &'a [(String, String)], key: &str, what: &str) -> &'a str {
+    get(lines, key).unwrap_or_else(|| panic!("{what}: {key} in case"))
+}
+
+fn input(lines: &[(String, String)], name: &str) -> String {
+    one(lines, "table-in", name)
+        .replace("/dev/loop0", "7:0")
+        .replace("/dev/loop1", "7:1")
+}
+
+/// The backing devices as the guest's `fill` leaves them.
+fn backing() -> (Registry, [Arc<MemVolume>; 2]) {
+    let mems = [0i64, 1].map(|i| {
+        Arc::new(MemVolume::from_bytes(seq_text(i * 1_000_000 + 1, 1, 3_000_000, BACKING)).unwrap())
+    });
+    let reg = Registry::new();
+    for (i, lbs) in [(0usize, 512u64), (1, 4096)] {
+        let v: SharedVolume = Arc::new(Loop {
+            mem: mems[i].clone(),
+            lbs,
+        });
+        reg.insert_volume(&format!("7:{i}"), v);
+    }
+    (reg, mems)
+}
+
+fn sha_of(v: &MemVolume) -> String {
+    let mut bytes = vec![0u8; BACKING];
+    v.read(Sector(0), &mut bytes).unwrap();
+    hex(Sha256::digest(&bytes))
+}
+
+/// `dd if=DEV bs=BS skip=SKIP count=COUNT iflag=direct`: what it read, and whether it
+/// stopped on an error.
+fn dd_read(dev: &dyn Volume, bs: u64, skip: u64, count: Option<u64>) -> (Vec<u8>, bool) {
+    let size = dev.size().0 * 512;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; usize::try_from(bs).unwrap()];
+    let mut k = 0;
+    while count.is_none_or(|c| k < c) && (skip + k) * bs < size {
+        if dev.read(Sector((skip + k) * bs / 512), &mut buf).is_err() {
+            return (out, true);
+        }
+        out.extend_from_slice(&buf);
+        k += 1;
+    }
+    (out, false)
+}
+
+#[test]
+fn ebs_reads_writes_discards_and_prints_as_the_kernel() {
+    let mut accepted = 0;
+    let mut ops = [0usize; 2];
+    for (name, lines) in cases() {
+        if get(&lines, "create-rc").is_some() {
+            continue;
+        }
+        let (reg, mems) = backing();
+        let dev = reg
+            .create(&DeviceSpec {
+                name: name.clone(),
+                uuid: String::new(),
+                minor: None,
+                mode: TableMode::ReadWrite,
+                table: Table::parse(&input(&lines, &name))
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            dev.table_text(Default::default()).trim_end(),
+            one(&lines, "table", &name),
+            "{name}"
+        );
+        assert_eq!(
+            dev.status_text().trim_end_matches('\n'),
+            one(&lines, "status", &name),
+            "{name}"
+        );
+        let size = dev.size().0 * 512;
+        assert_eq!(size.to_string(), one(&lines, "size", &name), "{name}");
+        let lbs = one(&lines, "block-sizes", &name).split(' ').next().unwrap();
+        assert_eq!(dev.logical_block_size().to_string(), lbs, "{name}");
+        let backing = if input(&lines, &name).contains("7:0") {
+            &mems[0]
+        } else {
+            &mems[1]
+        };
+
+        let (data, _) = dd_read(&*dev, 4096, 0, None);
+        assert_eq!(
+            hex(Sha256::digest(&data)),
+            one(&lines, "read-sha256", &name),
+            "{name}"
+        );
+
+        for (n, (k, op)) in lines.iter().enumerate().filter(|(_, (k, _))| k == "op") {
+            let _ = k;
+            let what = format!("{name}: op {op}");
+            let after = &lines[n + 1..];
+            let w: Vec<u64> = op.split(' ').skip(1).map(|x| x.parse().unwrap()).collect();
+            let rc = one(after, "rc", &what);
+            match op.as_bytes()[0] {
+                b'w' => {
+                    let (bs, seek, count) = (w[0], w[1], w[2]);
+                    let pattern = seq_text(5_000_000, -1, 1, usize::try_from(bs * count).unwrap());
+                    // dd cannot seek past the device's end; then it writes nothing.
+                    let mut failed = seek * bs > size;
+                    if !failed {
+                        for (k, block) in pattern.chunks(usize::try_from(bs).unwrap()).enumerate() {
+                            if dev
+                                .write(Sector((seek + k as u64) * bs / 512), block)
+                                .is_err()
+                            {
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    dev.flush().unwrap();
+                    assert_eq!(rc.starts_with('1'), failed, "{what}: kernel {rc:?}");
+                }
+                b'r' => {
+                    // The rc the guest printed is not dd's; its stderr tells whether it
+                    // stopped on an error.
+                    let (data, failed) = dd_read(&*dev, w[0], w[1], Some(w[2]));
+                    assert_eq!(rc.contains("error reading"), failed, "{what}: {rc:?}");
+                    assert_eq!(
+                        hex(Sha256::digest(&data)),
+                        one(after, "data-sha256", &what),
+                        "{what}"
+                    );
+                }
+                b'd' => {
+                    // blkdiscard reads the device's start first (libblkid); when that
+                    // fails it discards nothing.
+                    if !rc.contains("failed to probe") {
+                        let r = dev.discard(Sector(w[0] / 512), SectorCount(w[1] / 512));
+                        assert_eq!(rc.starts_with('1'), r.is_err(), "{what}: {rc:?} {r:?}");
+                        if let Err(e) = r {
+                            assert_eq!(e.errno(), 22, "{what}: {e}");
+                            assert!(rc.contains("not aligned"), "{what}: {rc:?}");
+                        }
+                    }
+                }
+                _ => panic!("{what}: unknown op"),
+            }
+            assert_eq!(
+                sha_of(backing),
+                one(after, "disk-sha256", &what),
+                "{what}: the backing device"
+            );
+            ops[usize::from(rc.starts_with('1'))] += 1;
+        }
+        accepted += 1;
+    }
+    assert_eq!(accepted, 10, "the fixture's accepted cases");
+    assert!(ops[0] >= 50 && ops[1] >= 30, "ops ok/failed: {ops:?}");
+}
+
+#[test]
+fn tables_the_kernel_refuses_are_refused_with_its_words() {
+    let mut refused = 0;
+    for (name, lines) in cases() {
+        if get(&lines, "create-rc").is_none() {
+            continue;
+        }
+        let (reg, _) = backing();
+        let err = Table::parse(&input(&lines, &name)).and_then(|table| {
+            reg.create(&DeviceSpec {
+                name: name.clone(),
+                uuid: String::new(),
+                minor: None,
+                mode: TableMode::ReadWrite,
+                table,
+            })
+        });
+        let err = err.expect_err(&name);
+        assert_eq!(err.errno(), 22, "{name}: {err}");
+        // "device-mapper: table: 253:0: ebs: WORDS (-EINVAL)" (dm_table_add_target), or a
+        // device-area check's own line (which names the device as the kernel does).
+        // The last one: a misaligned table first logs blk_stack_limits' "caused an
+        // alignment inconsistency" lines, then the refusal.
+        let kernel = lines
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "kernel-err")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name}: kernel-err in case"));
+        let words = if let Some(at) = kernel.find("too small for target") {
+            &kernel[at..]
+        } else if let Some(at) = kernel.find("table line ") {
+            &kernel[at..]
+        } else if let Some(at) = kernel.find("len=") {
+            kernel[at..].split(" of ").next().unwrap()
+        } else {
+            kernel
+                .split_once("ebs: ")
+                .map_or(kernel, |(_, w)| w.split(" (-").next().unwrap())
+        };
+        let ours = err.to_string();
+        assert!(
+            ours.contains(words.trim()),
+            "{name}: ours {ours:?}, kernel {kernel:?}"
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, 17, "the fixture's refused cases");
+}

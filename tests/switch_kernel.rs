@@ -1,0 +1,275 @@
+//! switch against the real Linux 6.12 kernel: every case of
+//! tests/fixtures/remap/kernel-6.12-switch.txt (made by make-switch.sh, which runs
+//! switch.guest.sh on shared/oracle over three loop devices) replays on dmemu over the same
+//! path bytes: the table and status dmsetup printed, the device size; then, as loaded and
+//! after each `set_region_mappings` message in turn (accepted, or refused with the kernel's
+//! DMWARN words and the arguments before the bad one staying applied), the sha256 of the
+//! device read 4 KiB at a time and of each path after a pattern written through the device;
+//! discards, sent whole down the path of their first sector, with each path's sha256 after.
+//! Tables the kernel refused are refused with the kernel's `ti->error` words.
+
+use std::sync::Arc;
+
+use dmemu::table::DeviceSpec;
+use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
+use sha2::{Digest, Sha256};
+
+const FIXTURE: &str = include_str!("fixtures/remap/kernel-6.12-switch.txt");
+const PATH_BYTES: usize = 2 << 20;
+
+/// The first `len` bytes of what `seq FIRST STEP LAST` prints.
+fn seq_text(first: i64, step: i64, last: i64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut n = first;
+    while out.len() < len && (step > 0 && n <= last || step < 0 && n >= last) {
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+        n += step;
+    }
+    out.truncate(len);
+    out
+}
+
+/// What the guest's `fill` puts on path `i`.
+fn path_pattern(i: i64) -> Vec<u8> {
+    seq_text(i * 1_000_000 + 1, 1, 3_000_000, PATH_BYTES)
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One `### name` block: its lines as (key, value), in order. A table or status of two
+/// lines prints its second line bare: it continues the key before.
+fn cases() -> Vec<(String, Vec<(String, String)>)> {
+    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in FIXTURE.lines() {
+        if let Some(name) = line.strip_prefix("### ") {
+            out.push((name.to_string(), Vec::new()));
+            continue;
+        }
+        let (_, case) = out.last_mut().expect("a case header first");
+        match line.split_once(' ') {
+            Some((k, v))
+                if k.starts_with(|c: char| c.is_ascii_lowercase())
+                    && k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+            {
+                case.push((k.to_string(), v.to_string()));
+            }
+            _ => {
+                let last = case.last_mut().expect("a key line first");
+                last.1.push('\n');
+                last.1.push_str(line);
+            }
+        }
+    }
+    out
+}
+
+fn get<'a>(lines: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn one<'a>(lines: &'a [(String, String)], key: &str, name: &str) -> &'a str {
+    get(lines, key).unwrap_or_else(|| panic!("{name}: {key} in case"))
+}
+
+fn input(lines: &[(String, String)], name: &str) -> String {
+    one(lines, "table-in", name)
+        .replace("/dev/loop0", "7:0")
+        .replace("/dev/loop1", "7:1")
+        .replace("/dev/loop2", "7:2")
+}
+
+fn path_shas(paths: &[Arc<MemVolume>]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| {
+            let mut bytes = vec![0u8; PATH_BYTES];
+            p.read(Sector(0), &mut bytes).unwrap();
+            hex(Sha256::digest(&bytes))
+        })
+        .collect()
+}
+
+fn fill(paths: &[Arc<MemVolume>]) {
+    for (i, p) in paths.iter().enumerate() {
+        p.write(Sector(0), &path_pattern(i as i64)).unwrap();
+    }
+}
+
+fn check_paths(step: &[(String, String)], paths: &[Arc<MemVolume>], what: &str) {
+    for (i, sha) in path_shas(paths).iter().enumerate() {
+        assert_eq!(
+            sha,
+            one(step, &format!("path{i}-sha256"), what),
+            "{what}: path {i}"
+        );
+    }
+}
+
+#[test]
+fn switch_maps_messages_and_prints_as_the_kernel() {
+    let mut accepted = 0;
+    let mut messages = (0, 0);
+    let mut discards = 0;
+    for (name, lines) in cases() {
+        if get(&lines, "create-rc").is_some() {
+            continue;
+        }
+        let paths: Vec<Arc<MemVolume>> = (0..3)
+            .map(|i| Arc::new(MemVolume::from_bytes(path_pattern(i)).unwrap()))
+            .collect();
+        let reg = Registry::new();
+        for (i, p) in paths.iter().enumerate() {
+            reg.insert_volume(&format!("7:{i}"), p.clone());
+        }
+        let dev = reg
+            .create(&DeviceSpec {
+                name: name.clone(),
+                uuid: String::new(),
+                minor: None,
+                mode: TableMode::ReadWrite,
+                table: Table::parse(&input(&lines, &name))
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            dev.table_text(Default::default()).trim_end(),
+            one(&lines, "table", &name),
+            "{name}"
+        );
+        assert_eq!(
+            dev.status_text().trim_end_matches('\n'),
+            one(&lines, "status", &name),
+            "{name}"
+        );
+        let size = dev.size().0 * 512;
+        assert_eq!(size.to_string(), one(&lines, "size", &name), "{name}");
+
+        // The steps: each `step` line and the lines up to the next.
+        let starts: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| k == "step")
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!starts.is_empty(), "{name}: steps");
+        for (n, &at) in starts.iter().enumerate() {
+            let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+            let step = &lines[at + 1..end];
+            let words: Vec<&str> = lines[at].1.split(' ').collect();
+            let what = format!("{name}: step {}", lines[at].1);
+            match words[0] {
+                "discard" => {
+                    let off: u64 = words[1].parse().unwrap();
+                    let len: u64 = words[2].parse().unwrap();
+                    assert_eq!(one(step, "discard-rc", &what), "0", "{what}");
+                    dev.discard(Sector(off / 512), SectorCount(len / 512))
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    check_paths(step, &paths, &what);
+                    fill(&paths);
+                    discards += 1;
+                    continue;
+                }
+                "msg" => {
+                    let sector: u64 = words[1].parse().unwrap();
+                    let r = dev.message(Sector(sector), &words[2..]);
+                    match one(step, "message-rc", &what) {
+                        "0" => {
+                            r.unwrap_or_else(|e| panic!("{what}: {e}"));
+                            messages.0 += 1;
+                        }
+                        _ => {
+                            let err = r.expect_err(&what);
+                            assert_eq!(err.errno(), 22, "{what}: {err}");
+                            let kernel = one(step, "kernel-warn", &what);
+                            let words = kernel
+                                .strip_prefix("device-mapper: switch: ")
+                                .unwrap_or(kernel);
+                            assert!(
+                                err.to_string().contains(words),
+                                "{what}: ours {err}, kernel {kernel:?}"
+                            );
+                            messages.1 += 1;
+                        }
+                    }
+                }
+                "loaded" => {}
+                other => panic!("{what}: unknown step {other}"),
+            }
+            // The device read 4 KiB at a time, then the pattern written through it.
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 4096];
+            for b in 0..size / 4096 {
+                dev.read(Sector(b * 8), &mut buf)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                h.update(&buf);
+            }
+            assert_eq!(hex(h.finalize()), one(step, "read-sha256", &what), "{what}");
+            let pattern = seq_text(9_000_000, -1, 1, usize::try_from(size).unwrap());
+            for (i, block) in pattern.chunks(4096).enumerate() {
+                dev.write(Sector(i as u64 * 8), block)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            dev.flush().unwrap();
+            assert_eq!(one(step, "write-rc", &what), "0", "{what}");
+            check_paths(step, &paths, &what);
+            fill(&paths);
+        }
+        accepted += 1;
+    }
+    assert_eq!(accepted, 4, "the fixture's accepted cases");
+    assert!(
+        messages.0 >= 10 && messages.1 >= 20,
+        "messages {messages:?}"
+    );
+    assert!(discards >= 5, "discards {discards}");
+}
+
+#[test]
+fn tables_the_kernel_refuses_are_refused_with_its_words() {
+    let mut refused = 0;
+    for (name, lines) in cases() {
+        if get(&lines, "create-rc").is_none() {
+            continue;
+        }
+        let reg = Registry::new();
+        for i in 0..3 {
+            reg.insert_volume(
+                &format!("7:{i}"),
+                Arc::new(MemVolume::new(SectorCount((PATH_BYTES / 512) as u64)).unwrap()),
+            );
+        }
+        let err = Table::parse(&input(&lines, &name)).and_then(|table| {
+            reg.create(&DeviceSpec {
+                name: name.clone(),
+                uuid: String::new(),
+                minor: None,
+                mode: TableMode::ReadWrite,
+                table,
+            })
+        });
+        let err = err.expect_err(&name);
+        assert_eq!(err.errno(), 22, "{name}: {err}");
+        // "device-mapper: table: 254:0: switch: WORDS (-22)" (dm_table_add_target), or the
+        // device-area check's own line.
+        let kernel = one(&lines, "kernel-err", &name);
+        let words = match kernel.find("too small for target") {
+            Some(at) => &kernel[at..],
+            None => kernel
+                .split_once("switch: ")
+                .map_or(kernel, |(_, w)| w.split(" (-").next().unwrap()),
+        };
+        let ours = err.to_string();
+        assert!(
+            ours.contains(words.trim()),
+            "{name}: ours {ours:?}, kernel {kernel:?}"
+        );
+        refused += 1;
+    }
+    assert!(refused >= 12, "the fixture's refused cases: {refused}");
+}
