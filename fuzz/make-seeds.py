@@ -14,6 +14,9 @@ src/testing/fuzz.rs takes:
                 image up to its last used block
   log_writes_log  an options byte, then a dm-log-writes log of tests/fixtures/log-writes
                 (cut after its last counted entry), plain and damaged
+  integrity_superblock  a table byte (bits 0-1 mode D/J/B/R, bits 2-3 hash crc32c/sha256/
+                crc32/hmac(sha256)), then a kernel-made dm-integrity image's first bytes
+                (superblock, journal or bitmap, first tags)
 """
 import gzip, json, os, struct
 
@@ -145,3 +148,15 @@ def cache_meta(name):
 
 put('cache_metadata', 'kernel-wb2', b'\0' + cache_meta('wb2'))
 put('cache_metadata', 'kernel-wb1', b'\0' + cache_meta('wb1'))
+
+
+def integrity(name, cut):
+    """The first `cut` bytes of a dm-integrity fixture image."""
+    return gzip.open(os.path.join(FIX, 'integrity', name + '.img.gz')).read()[:cut]
+
+
+put('integrity_superblock', 'd-crc32c', b'\x00' + integrity('d-crc32c', 256 << 10))
+put('integrity_superblock', 'j-sha256-journal', b'\x05' + integrity('j-sha256-journal', 1 << 20))
+put('integrity_superblock', 'b-crc32c-dirty', b'\x02' + integrity('b-crc32c-dirty', 256 << 10))
+put('integrity_superblock', 'd-hmac-sha256', b'\x0c' + integrity('d-hmac-sha256', 256 << 10))
+put('integrity_superblock', 'f-sha256-1k-nowipe', b'\x04' + integrity('format/f-sha256-1k-nowipe', 256 << 10))

@@ -121,6 +121,11 @@ enum Command {
         #[command(subcommand)]
         cmd: crate::targets::verity::cli::VerityCommand,
     },
+    /// dm-integrity images: dump and format (like integritysetup).
+    Integrity {
+        #[command(subcommand)]
+        cmd: crate::targets::integrity::cli::IntegrityCommand,
+    },
     /// dm-cache metadata: dump (cache_dump's XML), check, ls (mappings).
     Cache {
         #[command(subcommand)]
@@ -335,6 +340,7 @@ fn run_command(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Verity { cmd } => crate::targets::verity::cli::run(cmd),
         Command::Cache { cmd } => crate::targets::cache::cli::run(cmd),
+        Command::Integrity { cmd } => crate::targets::integrity::cli::run(cmd),
         Command::Thin { cmd } => crate::targets::thin::cli::run(cmd),
         Command::Check {
             file,

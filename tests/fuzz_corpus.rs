@@ -101,3 +101,19 @@ fn fuzz_seed_corpus_cache_metadata_runs_clean() {
     }
     fuzz::cache_metadata(&[]);
 }
+
+#[test]
+fn fuzz_seed_corpus_integrity_superblock_runs_clean() {
+    for (_, data) in corpus("integrity_superblock") {
+        fuzz::integrity_superblock(&data);
+        // Every table byte over each seed, and the seed cut inside its journal.
+        for flags in 0..16u8 {
+            let mut d = data.clone();
+            d[0] = flags;
+            fuzz::integrity_superblock(&d);
+        }
+        fuzz::integrity_superblock(&data[..data.len().min(70_000)]);
+    }
+    fuzz::integrity_superblock(&[]);
+    fuzz::integrity_superblock(&[0]);
+}

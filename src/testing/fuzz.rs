@@ -780,3 +780,78 @@ pub fn cache_metadata(data: &[u8]) {
         let _ = c.write(Sector(s), &buf);
     }
 }
+
+/// A dm-integrity device from untrusted bytes: the first byte picks the table (bits 0-1:
+/// mode D, J, B, R; bits 2-3: internal hash crc32c, sha256, crc32, hmac(sha256)), the rest
+/// (at most 2 MiB, zero-padded to a 2 MiB device) is the device from its superblock on.
+/// integritysetup's dump of it, the kernel's refusal check, the superblock, geometry and
+/// journal replay of a target built over it, and reads and a write must give errors or
+/// answers, never a panic, hang or unbounded allocation.
+pub fn integrity_superblock(data: &[u8]) {
+    use std::sync::Arc;
+
+    use crate::table::args::Args;
+    use crate::targets::integrity::dump::{dump_text, kernel_refusal, read_superblock};
+    use crate::targets::integrity::layout::Layout;
+    use crate::targets::integrity::superblock::Superblock;
+    use crate::targets::{Integrity, IntegrityArgs};
+    use crate::volume::{MemVolume, Volume};
+    use crate::{Sector, SectorCount};
+
+    const DEVICE: usize = 2 << 20;
+    let Some((&flags, rest)) = data.split_first() else {
+        return;
+    };
+    let img = &rest[..rest.len().min(DEVICE)];
+    if let Ok(sb) = read_superblock(img) {
+        let _ = dump_text("fuzz.img", &sb);
+        let _ = kernel_refusal(&sb, DEVICE as u64);
+    }
+    let mut dev = img.to_vec();
+    dev.resize(DEVICE, 0);
+    let mut raw = [0u8; Superblock::SIZE];
+    raw.copy_from_slice(&dev[..Superblock::SIZE]);
+    let Ok(Some(sb)) = Superblock::decode(&raw) else {
+        return;
+    };
+    let Ok(layout) = Layout::new(&sb, 0, (DEVICE / 512) as u64, 128) else {
+        return;
+    };
+    let mode = ["D", "J", "B", "R"][usize::from(flags & 3)];
+    let hash = [
+        "internal_hash:crc32c".to_string(),
+        "internal_hash:sha256".to_string(),
+        "internal_hash:crc32".to_string(),
+        format!("internal_hash:hmac(sha256):{}", "5a".repeat(32)),
+    ][usize::from((flags >> 2) & 3)]
+    .clone();
+    let block = 512u32 << sb.log2_sectors_per_block.min(3);
+    let tokens: Vec<String> = [
+        "/dev/fuzz".to_string(),
+        "0".into(),
+        sb.integrity_tag_size.to_string(),
+        mode.into(),
+        "2".into(),
+        format!("block_size:{block}"),
+        hash,
+    ]
+    .into();
+    let Ok(args) = IntegrityArgs::parse(&mut Args::new(&tokens)) else {
+        return;
+    };
+    let vol = Arc::new(MemVolume::from_bytes(dev).expect("device volume"));
+    let len = SectorCount(layout.provided_data_sectors.min(1024));
+    let Ok(t) = Integrity::over(vol, &args, len) else {
+        return;
+    };
+    let bb = layout.block_bytes();
+    let mut buf = vec![0u8; bb * 4];
+    let mut at = 0u64;
+    while at + (buf.len() as u64 / 512) <= len.0 {
+        let _ = t.read(Sector(at), &mut buf);
+        at += 128;
+    }
+    let _ = t.write(Sector(0), &buf[..bb]);
+    let _ = t.read(Sector(0), &mut buf[..bb]);
+    let _ = t.flush();
+}

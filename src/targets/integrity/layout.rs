@@ -96,6 +96,11 @@ impl Layout {
         Ok((entry, per_sector, section_entries, section_sectors))
     }
 
+    /// Sectors of one journal section for `sb` with `tag_size` (`journal_section_sectors`).
+    pub fn journal_section_sectors(sb: &Superblock, tag_size: u32) -> Result<u32> {
+        Ok(Self::journal_geometry(sb, tag_size)?.3)
+    }
+
     /// The kernel's ctr checks on `sb` and the geometry for a device of `device_sectors`
     /// (its whole size) with the superblock at `start` and the table's `buffer_sectors`.
     pub fn new(

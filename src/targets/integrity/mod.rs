@@ -22,6 +22,10 @@ use crate::units::SectorCount;
 
 use super::{DeviceRef, Keys};
 
+#[cfg(feature = "cli")]
+pub mod cli;
+pub mod dump;
+pub mod format;
 pub mod hash;
 pub mod journal;
 pub mod layout;

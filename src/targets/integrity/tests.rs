@@ -278,3 +278,38 @@ fn integrity_refuses_a_blank_device_a_wrong_tag_size_and_misaligned_io() {
     .unwrap_err();
     assert!(e.to_string().contains("Block size"), "{e}");
 }
+
+#[test]
+fn crc32c_run_check_agrees_with_per_block_tags_and_catches_any_one_bad_block() {
+    use super::hash::{Crc32cRun, TagHasher};
+    for (salt, bb, spb) in [
+        (Some([0x5au8; 16]), 512usize, 1u64),
+        (None, 512, 1),
+        (Some([1u8; 16]), 4096, 8),
+        (Some([9u8; 16]), 1024, 2),
+    ] {
+        let h = TagHasher::new("crc32c", None, salt).unwrap();
+        let run = Crc32cRun::new(salt, bb);
+        let blocks = 37usize;
+        let data: Vec<u8> = (0..blocks * bb)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let first = 4096 + 3 * spb;
+        let mut tags = vec![0u8; blocks * 4];
+        for (i, t) in tags.chunks_mut(4).enumerate() {
+            h.tag(first + i as u64 * spb, &data[i * bb..(i + 1) * bb], t);
+        }
+        assert!(run.run_ok(first, spb, &data, &tags));
+        assert!(!run.run_ok(first + spb, spb, &data, &tags));
+        for i in [0, 17, blocks - 1] {
+            let mut d = data.clone();
+            d[i * bb + 100] ^= 0x40;
+            assert!(!run.run_ok(first, spb, &d, &tags), "data of block {i}");
+            let mut t = tags.clone();
+            t[i * 4 + 2] ^= 1;
+            assert!(!run.run_ok(first, spb, &data, &t), "tag of block {i}");
+        }
+        assert!(h.crc32c_run(4, bb).is_some());
+        assert!(h.crc32c_run(8, bb).is_none());
+    }
+}
