@@ -237,3 +237,50 @@ fn format_with_fec_device_writes_veritysetup_parity() {
         text(&table.stdout)
     );
 }
+
+/// `verity format` with data, hash and FEC areas sharing files: accepted or refused as host
+/// veritysetup 2.6.1 did for each case, with its words (tests/fixtures/verity/overlaps,
+/// made by make.sh there).
+#[test]
+fn format_refuses_overlapping_areas_as_veritysetup_does() {
+    let text_of = std::fs::read_to_string(dir().join("overlaps/verdicts.txt")).unwrap();
+    let mut cases: Vec<(String, i32, Vec<String>)> = Vec::new();
+    for line in text_of.lines() {
+        if let Some(args) = line.strip_prefix("case ") {
+            cases.push((args.to_string(), 0, Vec::new()));
+        } else if let Some(rc) = line.strip_prefix("rc ") {
+            cases.last_mut().unwrap().1 = rc.parse().unwrap();
+        } else if let Some(e) = line.strip_prefix("err ") {
+            cases.last_mut().unwrap().2.push(e.to_string());
+        }
+    }
+    assert_eq!(cases.len(), 17);
+    for (args, rc, words) in cases {
+        let t = tempfile::tempdir().unwrap();
+        for (name, size) in [
+            ("vd.img", 4u64 << 20),
+            ("h.img", 1 << 20),
+            ("f.img", 1 << 20),
+        ] {
+            std::fs::File::create(t.path().join(name))
+                .unwrap()
+                .set_len(size)
+                .unwrap();
+        }
+        let mut argv = vec!["verity", "format"];
+        argv.extend(args.split(' '));
+        argv.extend(["--salt", "-"]);
+        let out = dmemu(&argv, t.path());
+        let err = text(&out.stderr);
+        if rc == 0 {
+            assert!(out.status.success(), "{args}: {err}");
+        } else {
+            // dmemu keeps its errno rule (EINVAL) where veritysetup exits 1.
+            assert_eq!(out.status.code(), Some(22), "{args}: {err}");
+            assert!(
+                err.contains(&words[0]),
+                "{args}: ours {err:?}, veritysetup {words:?}"
+            );
+        }
+    }
+}

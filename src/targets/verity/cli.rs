@@ -113,7 +113,7 @@ impl TreeOpts {
         if p.data_block_size != p.hash_block_size {
             return Err(Error::invalid(
                 "--fec-device",
-                "Block sizes must match for FEC",
+                "Block sizes must match for FEC.",
             ));
         }
         if !(2..=24).contains(&self.fec_roots) {
@@ -283,6 +283,54 @@ fn print(s: &str) -> Result<()> {
         .map_err(Error::io(&"stdout"))
 }
 
+/// Whether two paths are one file (cryptsetup's `device_is_identical`: same device and
+/// inode).
+fn same_file(a: &Path, b: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (ma, mb) = (
+        std::fs::metadata(a).map_err(Error::io(&a.display()))?,
+        std::fs::metadata(b).map_err(Error::io(&b.display()))?,
+    );
+    Ok(ma.dev() == mb.dev() && ma.ino() == mb.ino())
+}
+
+/// `verity format`'s area checks, as cryptsetup's `_crypt_format_verity` makes them, in its
+/// words. As there, the hash area taken to end `VERITY_hash_blocks` tree blocks after
+/// `--hash-offset` (the superblock not counted), and those blocks are counted from the
+/// `--data-blocks` given: none without it (cryptsetup reads `params->data_size`, still 0
+/// then), so a FEC area after the hash offset always passes (tests/fixtures/verity/overlaps).
+fn refuse_overlaps(
+    p: &FormatParams,
+    data_blocks_given: bool,
+    data: &Path,
+    hash: &Path,
+    fec: Option<(&Path, u64)>,
+) -> Result<()> {
+    let refuse = |words: &str| Err(Error::invalid("verity format", words.to_string()));
+    let data_end = p.data_blocks.saturating_mul(u64::from(p.data_block_size));
+    if same_file(hash, data)? && data_end > p.hash_offset {
+        return refuse("Data area overlaps with hash area.");
+    }
+    let Some((fec, fec_offset)) = fec else {
+        return Ok(());
+    };
+    let tree_blocks = if data_blocks_given {
+        p.geometry()?.tree_blocks()
+    } else {
+        0
+    };
+    let hash_end = tree_blocks
+        .saturating_mul(u64::from(p.hash_block_size))
+        .saturating_add(p.hash_offset);
+    if same_file(hash, fec)? && hash_end > fec_offset {
+        return refuse("Hash area overlaps with FEC area.");
+    }
+    if same_file(data, fec)? && data_end > fec_offset {
+        return refuse("Data area overlaps with FEC area.");
+    }
+    Ok(())
+}
+
 /// Run one `dmemu verity` subcommand.
 pub fn run(cmd: VerityCommand) -> Result<()> {
     match cmd {
@@ -298,6 +346,8 @@ pub fn run(cmd: VerityCommand) -> Result<()> {
                 .transpose()?;
             let dv = open(&data)?;
             let p = opts.params(&dv)?;
+            let fec = opts.fec_device.as_deref().map(|f| (f, opts.fec_offset));
+            refuse_overlaps(&p, opts.data_blocks.is_some(), &data, &hash, fec)?;
             // A progress bar (on a terminal) over the data read for the first level.
             let counted = Counted::new(&dv);
             let root = format(&p, &counted, hash_file.file())?;
