@@ -52,6 +52,52 @@ fn format_prints_what_veritysetup_prints_and_writes_its_bytes() {
     assert!(std::fs::read(t.path().join("new.img")).unwrap() == load(&c.hash));
 }
 
+/// veritysetup's short options: `-h` is the hash, `-s` the salt (`--help` stays help).
+#[test]
+fn format_takes_veritysetups_short_options() {
+    let t = setup();
+    let c = case("v1-sha256-4k");
+    let out = dmemu(
+        &[
+            "verity",
+            "format",
+            "data-a.img",
+            "new.img",
+            "-h",
+            "sha256",
+            "-s",
+            &c.salt,
+            "--uuid",
+            &c.uuid,
+        ],
+        t.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = std::fs::read_to_string(dir().join("format-v1-sha256-4k.txt")).unwrap();
+    assert_eq!(text(&out.stdout).replace("new.img", "t.img"), want);
+    let sha1 = dmemu(
+        &[
+            "verity",
+            "format",
+            "data-a.img",
+            "x.img",
+            "-h",
+            "sha1",
+            "-s",
+            "-",
+        ],
+        t.path(),
+    );
+    assert!(
+        text(&sha1.stdout).contains("Hash algorithm:  \tsha1\n"),
+        "{}",
+        text(&sha1.stdout)
+    );
+    let help = dmemu(&["verity", "format", "--help"], t.path());
+    assert!(help.status.success());
+    assert!(text(&help.stdout).contains("-h, --hash"));
+}
+
 #[test]
 fn dump_prints_what_veritysetup_dump_prints() {
     let t = setup();

@@ -20,6 +20,7 @@ use crate::volume::{Access, FileVolume, ImageFile, Volume};
 #[derive(Debug, Subcommand)]
 pub enum VerityCommand {
     /// Build the hash tree of DATA into HASH and print the root hash (`veritysetup format`).
+    #[command(disable_help_flag = true)]
     Format {
         /// Data image.
         data: PathBuf,
@@ -30,6 +31,7 @@ pub enum VerityCommand {
         opts: TreeOpts,
     },
     /// Check DATA against the tree on HASH and ROOT (`veritysetup verify`).
+    #[command(disable_help_flag = true)]
     Verify {
         /// Data image.
         data: PathBuf,
@@ -50,6 +52,7 @@ pub enum VerityCommand {
         hash_offset: u64,
     },
     /// Print the dm table line that opens DATA/HASH with ROOT (`veritysetup open` loads it).
+    #[command(disable_help_flag = true)]
     Table {
         /// Data image (printed as given).
         data: PathBuf,
@@ -66,8 +69,8 @@ pub enum VerityCommand {
 /// The tree options veritysetup takes.
 #[derive(Debug, ClapArgs)]
 pub struct TreeOpts {
-    /// Hash algorithm.
-    #[arg(long = "hash", default_value = "sha256")]
+    /// Hash algorithm (`-h`, as veritysetup's short option; help is `--help`).
+    #[arg(short = 'h', long = "hash", default_value = "sha256")]
     hash_alg: String,
     /// Data block size, bytes.
     #[arg(long, default_value_t = 4096)]
@@ -102,6 +105,9 @@ pub struct TreeOpts {
     /// Starting offset on the FEC device, bytes.
     #[arg(long, default_value_t = 0)]
     fec_offset: u64,
+    /// Print help (`-h` is `--hash` here, as in veritysetup).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
 }
 
 impl TreeOpts {
