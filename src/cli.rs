@@ -226,18 +226,16 @@ fn utf8(bytes: Vec<u8>, what: &'static str) -> Result<String> {
 
 impl SpecArgs {
     fn specs(&self) -> Result<Vec<DeviceSpec>> {
-        let mode = if self.read_only {
-            TableMode::ReadOnly
-        } else {
-            TableMode::ReadWrite
-        };
         if let Some(t) = &self.table {
             let table = parse_table(&table_input(t)?)?;
+            // `--read-only` is applied by `make_read_only`: a read-only table, or a pool
+            // line with the `read_only` feature (the kernel takes no pool in a read-only
+            // table).
             let mut spec = DeviceSpec {
                 name: "dmemu".into(),
                 uuid: String::new(),
                 minor: None,
-                mode,
+                mode: TableMode::ReadWrite,
                 table,
             };
             if self.read_only {

@@ -148,3 +148,27 @@ fn thin_help_says_what_each_subcommand_prints() {
         assert!(help.contains(s), "{s:?} missing:\n{help}");
     }
 }
+
+/// `--read-only` loads a thin pool as a `read_only` pool (the kernel takes no pool in a
+/// read-only table): over the kernel's pool it reports the kernel's status in `ro` mode,
+/// and neither image changes.
+#[test]
+fn read_only_loads_a_pool_as_a_read_only_pool_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let meta = unpack_fixture(tmp.path(), "thin/kernel-meta.img");
+    let data = unpack_fixture(tmp.path(), "thin/kernel-data.img");
+    let sha = |p: &Path| sha2::Sha256::digest(std::fs::read(p).unwrap()).to_vec();
+    let before = (sha(&meta), sha(&data));
+    let table = format!(
+        "0 65536 thin-pool {} {} 128 16 0",
+        meta.display(),
+        data.display()
+    );
+    let out = dmemu(&["status", "--read-only", "--table", &table], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // tests/fixtures/thin/kernel.txt: the kernel's status of this pool, read-write.
+    let kernel =
+        "0 65536 thin-pool 7 114/1024 27/512 - rw discard_passdown queue_if_no_space - 256 \n";
+    assert_eq!(text(&out.stdout), kernel.replace(" rw ", " ro "));
+    assert_eq!((sha(&meta), sha(&data)), before);
+}
