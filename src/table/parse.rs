@@ -14,7 +14,7 @@ const MAX_TYPE_NAME: usize = 15;
 
 /// glibc `isspace` in the C locale, which dmsetup uses to trim lines and split the first
 /// three fields.
-fn is_c_space(b: u8) -> bool {
+pub(crate) fn is_c_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 

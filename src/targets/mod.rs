@@ -138,6 +138,13 @@ impl DeviceRef {
     /// kernel's lookup does (EOVERFLOW, "Device lookup failed"). Anything else (`+7:1`,
     /// `7:1x`, a name) is a path, kept as written.
     pub fn from_token(t: &str) -> Result<DeviceRef, String> {
+        // dmsetup trims the end of every line it reads, so a device token ending in an
+        // (escaped) space could not print back as the last token of a line.
+        if t.ends_with(|c: char| c.is_ascii() && crate::table::parse::is_c_space(c as u8)) {
+            return Err(
+                "a device path ending in whitespace cannot be written as table text".into(),
+            );
+        }
         let Some((maj, min)) = t.split_once(':') else {
             return Ok(DeviceRef(t.to_string()));
         };
