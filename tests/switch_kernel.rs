@@ -8,80 +8,22 @@
 //! discards, sent whole down the path of their first sector, with each path's sha256 after.
 //! Tables the kernel refused are refused with the kernel's `ti->error` words.
 
+mod remap_support;
+
 use std::sync::Arc;
 
 use dmemu::table::DeviceSpec;
 use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
 use sha2::{Digest, Sha256};
 
+use remap_support::{cases, get, hex, input, one, seq_text};
+
 const FIXTURE: &str = include_str!("fixtures/remap/kernel-6.12-switch.txt");
 const PATH_BYTES: usize = 2 << 20;
-
-/// The first `len` bytes of what `seq FIRST STEP LAST` prints.
-fn seq_text(first: i64, step: i64, last: i64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    let mut n = first;
-    while out.len() < len && (step > 0 && n <= last || step < 0 && n >= last) {
-        out.extend_from_slice(format!("{n}\n").as_bytes());
-        n += step;
-    }
-    out.truncate(len);
-    out
-}
 
 /// What the guest's `fill` puts on path `i`.
 fn path_pattern(i: i64) -> Vec<u8> {
     seq_text(i * 1_000_000 + 1, 1, 3_000_000, PATH_BYTES)
-}
-
-fn hex(d: impl AsRef<[u8]>) -> String {
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// One `### name` block: its lines as (key, value), in order. A table or status of two
-/// lines prints its second line bare: it continues the key before.
-fn cases() -> Vec<(String, Vec<(String, String)>)> {
-    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
-    for line in FIXTURE.lines() {
-        if let Some(name) = line.strip_prefix("### ") {
-            out.push((name.to_string(), Vec::new()));
-            continue;
-        }
-        let (_, case) = out.last_mut().expect("a case header first");
-        match line.split_once(' ') {
-            Some((k, v))
-                if k.starts_with(|c: char| c.is_ascii_lowercase())
-                    && k.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
-            {
-                case.push((k.to_string(), v.to_string()));
-            }
-            _ => {
-                let last = case.last_mut().expect("a key line first");
-                last.1.push('\n');
-                last.1.push_str(line);
-            }
-        }
-    }
-    out
-}
-
-fn get<'a>(lines: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    lines
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
-fn one<'a>(lines: &'a [(String, String)], key: &str, name: &str) -> &'a str {
-    get(lines, key).unwrap_or_else(|| panic!("{name}: {key} in case"))
-}
-
-fn input(lines: &[(String, String)], name: &str) -> String {
-    one(lines, "table-in", name)
-        .replace("/dev/loop0", "7:0")
-        .replace("/dev/loop1", "7:1")
-        .replace("/dev/loop2", "7:2")
 }
 
 fn path_shas(paths: &[Arc<MemVolume>]) -> Vec<String> {
@@ -116,7 +58,7 @@ fn switch_maps_messages_and_prints_as_the_kernel() {
     let mut accepted = 0;
     let mut messages = (0, 0);
     let mut discards = 0;
-    for (name, lines) in cases() {
+    for (name, lines) in cases(FIXTURE) {
         if get(&lines, "create-rc").is_some() {
             continue;
         }
@@ -233,7 +175,7 @@ fn switch_maps_messages_and_prints_as_the_kernel() {
 #[test]
 fn tables_the_kernel_refuses_are_refused_with_its_words() {
     let mut refused = 0;
-    for (name, lines) in cases() {
+    for (name, lines) in cases(FIXTURE) {
         if get(&lines, "create-rc").is_none() {
             continue;
         }

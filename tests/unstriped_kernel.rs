@@ -6,75 +6,30 @@
 //! 4 KiB at a time through the device (up to the first failing block), and discards refused with
 //! EOPNOTSUPP. Tables the kernel refused are refused with the kernel's `ti->error` words.
 
-use std::collections::BTreeMap;
+mod remap_support;
+
 use std::sync::Arc;
 
 use dmemu::table::DeviceSpec;
 use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
 use sha2::{Digest, Sha256};
 
+use remap_support::{all, cases, get, hex, one, seq_text};
+
 const FIXTURE: &str = include_str!("fixtures/remap/kernel-6.12-unstriped.txt");
 const DISK: usize = 8 << 20;
-
-/// The first `len` bytes of what `seq FIRST STEP LAST` prints.
-fn seq_text(first: i64, step: i64, last: i64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    let mut n = first;
-    while out.len() < len && (step > 0 && n <= last || step < 0 && n >= last) {
-        out.extend_from_slice(format!("{n}\n").as_bytes());
-        n += step;
-    }
-    out.truncate(len);
-    out
-}
-
-fn hex(d: impl AsRef<[u8]>) -> String {
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// One `### name` block of the fixture: key → the lines it holds, in order.
-fn cases() -> Vec<(String, BTreeMap<String, Vec<String>>)> {
-    let mut out: Vec<(String, BTreeMap<String, Vec<String>>)> = Vec::new();
-    let mut last_key = String::new();
-    for line in FIXTURE.lines() {
-        if let Some(name) = line.strip_prefix("### ") {
-            out.push((name.to_string(), BTreeMap::new()));
-            continue;
-        }
-        let (_, case) = out.last_mut().expect("a case header first");
-        // A table or status of two lines prints its second line bare: it continues the key.
-        let (key, value) = match line.split_once(' ') {
-            Some((k, v))
-                if k.starts_with(|c: char| c.is_ascii_lowercase())
-                    && k.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
-            {
-                (k, v)
-            }
-            _ => (last_key.as_str(), line),
-        };
-        let key = key.to_string();
-        case.entry(key.clone()).or_default().push(value.to_string());
-        last_key = key;
-    }
-    out
-}
-
-fn one<'a>(case: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
-    &case.get(key).unwrap_or_else(|| panic!("{key} in case"))[0]
-}
 
 #[test]
 fn unstriped_reads_writes_and_prints_as_the_kernel() {
     let mut accepted = 0;
-    for (name, case) in cases() {
-        if case.contains_key("create-rc") {
+    for (name, case) in cases(FIXTURE) {
+        if get(&case, "create-rc").is_some() {
             continue;
         }
         let disk = Arc::new(MemVolume::from_bytes(seq_text(1, 1, 2_000_000, DISK)).unwrap());
         let reg = Registry::new();
         reg.insert_volume("254:0", disk.clone());
-        let input = case["table-in"].join("\n").replace("/dev/vda", "254:0");
+        let input = one(&case, "table-in", &name).replace("/dev/vda", "254:0");
         let dev = reg
             .create(&DeviceSpec {
                 name: name.clone(),
@@ -86,16 +41,16 @@ fn unstriped_reads_writes_and_prints_as_the_kernel() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             dev.table_text(Default::default()).trim_end(),
-            case["table"].join("\n"),
+            one(&case, "table", &name),
             "{name}"
         );
         assert_eq!(
             dev.status_text().trim_end_matches('\n'),
-            case["status"].join("\n"),
+            one(&case, "status", &name),
             "{name}"
         );
         let size = dev.size().0 * 512;
-        assert_eq!(size.to_string(), one(&case, "size"), "{name}");
+        assert_eq!(size.to_string(), one(&case, "size", &name), "{name}");
 
         // dd bs=4096: blocks in order until the first failure; the sha256 of what it read.
         let mut h = Sha256::new();
@@ -108,8 +63,16 @@ fn unstriped_reads_writes_and_prints_as_the_kernel() {
             h.update(&buf);
             blocks += 1;
         }
-        assert_eq!(hex(h.finalize()), one(&case, "read-sha256"), "{name}");
-        assert_eq!(blocks.to_string(), one(&case, "read-blocks"), "{name}");
+        assert_eq!(
+            hex(h.finalize()),
+            one(&case, "read-sha256", &name),
+            "{name}"
+        );
+        assert_eq!(
+            blocks.to_string(),
+            one(&case, "read-blocks", &name),
+            "{name}"
+        );
 
         let pattern = seq_text(3_000_000, -1, 1, usize::try_from(size).unwrap());
         let mut rc = 0;
@@ -120,16 +83,16 @@ fn unstriped_reads_writes_and_prints_as_the_kernel() {
             }
         }
         dev.flush().unwrap();
-        assert_eq!(rc.to_string(), one(&case, "write-rc"), "{name}");
+        assert_eq!(rc.to_string(), one(&case, "write-rc", &name), "{name}");
         let mut bytes = vec![0u8; DISK];
         disk.read(Sector(0), &mut bytes).unwrap();
         assert_eq!(
             hex(Sha256::digest(&bytes)),
-            one(&case, "disk-sha256-after-write"),
+            one(&case, "disk-sha256-after-write", &name),
             "{name}"
         );
 
-        let discard = one(&case, "discard-rc");
+        let discard = one(&case, "discard-rc", &name);
         if discard.contains("Operation not supported") {
             let err = dev.discard(Sector(0), SectorCount(8)).unwrap_err();
             assert_eq!(err.errno(), 95, "{name}: {err}");
@@ -142,8 +105,8 @@ fn unstriped_reads_writes_and_prints_as_the_kernel() {
 #[test]
 fn tables_the_kernel_refuses_are_refused_with_its_words() {
     let mut refused = 0;
-    for (name, case) in cases() {
-        if !case.contains_key("create-rc") {
+    for (name, case) in cases(FIXTURE) {
+        if get(&case, "create-rc").is_none() {
             continue;
         }
         let reg = Registry::new();
@@ -151,7 +114,7 @@ fn tables_the_kernel_refuses_are_refused_with_its_words() {
             "254:0",
             Arc::new(MemVolume::new(SectorCount((DISK / 512) as u64)).unwrap()),
         );
-        let input = case["table-in"].join("\n").replace("/dev/vda", "254:0");
+        let input = one(&case, "table-in", &name).replace("/dev/vda", "254:0");
         let err = Table::parse(&input).and_then(|table| {
             reg.create(&DeviceSpec {
                 name: name.clone(),
@@ -165,7 +128,7 @@ fn tables_the_kernel_refuses_are_refused_with_its_words() {
         assert_eq!(err.errno(), 22, "{name}: {err}");
         // "device-mapper: table: 254:0: unstriped: WORDS" (dm_table_add_target), or the
         // device-area check's own line.
-        let kernel = one(&case, "kernel-err");
+        let kernel = one(&case, "kernel-err", &name);
         let words = match kernel.find("too small for target") {
             Some(at) => &kernel[at..],
             None => kernel
@@ -196,13 +159,12 @@ fn refused_creates_print_what_dmsetup_printed() {
     let bin = dir.path().join("dmsetup");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_dmemu"), &bin).unwrap();
     let mut refused = 0;
-    for (name, case) in cases() {
-        let Some(want) = case.get("create-err") else {
+    for (name, case) in cases(FIXTURE) {
+        let want = all(&case, "create-err");
+        if want.is_empty() {
             continue;
-        };
-        let table = case["table-in"]
-            .join("\n")
-            .replace("/dev/vda", &disk.display().to_string());
+        }
+        let table = one(&case, "table-in", &name).replace("/dev/vda", &disk.display().to_string());
         let out = std::process::Command::new(&bin)
             .args(["create", &name, "--table", &table])
             .env("DMEMU_DIR", dir.path().join("state"))

@@ -1,0 +1,81 @@
+//! Shared by the remap kernel tests (unstriped, switch, ebs): the format of their fixtures in
+//! tests/fixtures/remap (made by the make-*.sh scripts there on the 6.12 oracle VM) and the
+//! data the guest scripts fill their devices with.
+#![allow(dead_code, unreachable_pub)]
+
+/// The first `len` bytes of what `seq FIRST STEP LAST` prints.
+pub fn seq_text(first: i64, step: i64, last: i64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 16);
+    let mut n = first;
+    while out.len() < len && (step > 0 && n <= last || step < 0 && n >= last) {
+        out.extend_from_slice(format!("{n}\n").as_bytes());
+        n += step;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Lower-case hex, as `sha256sum` prints a digest.
+pub fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fixture's `### name` blocks: each one's lines as (key, value), in order (a key may
+/// repeat). A table or status of two lines prints its second line bare: it continues the key
+/// before, joined with a newline. dd's own complaint during a failing read (`dd: ...`) sits
+/// on a line of its own and is skipped.
+pub fn cases(fixture: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for line in fixture.lines() {
+        if let Some(name) = line.strip_prefix("### ") {
+            out.push((name.to_string(), Vec::new()));
+            continue;
+        }
+        let (_, case) = out.last_mut().expect("a case header first");
+        match line.split_once(' ') {
+            Some((k, v))
+                if k.starts_with(|c: char| c.is_ascii_lowercase())
+                    && k.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+            {
+                case.push((k.to_string(), v.to_string()));
+            }
+            _ if line.starts_with("dd: ") => {}
+            _ => {
+                let last = case.last_mut().expect("a key line first");
+                last.1.push('\n');
+                last.1.push_str(line);
+            }
+        }
+    }
+    out
+}
+
+/// The first value of `key`.
+pub fn get<'a>(lines: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Every value of `key`, in order.
+pub fn all<'a>(lines: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The first value of `key`, which case `what` must have.
+pub fn one<'a>(lines: &'a [(String, String)], key: &str, what: &str) -> &'a str {
+    get(lines, key).unwrap_or_else(|| panic!("{what}: {key} in case"))
+}
+
+/// The case's table with the guest's loop devices named by their numbers (`7:N`).
+pub fn input(lines: &[(String, String)], name: &str) -> String {
+    (0..4).fold(one(lines, "table-in", name).to_string(), |t, i| {
+        t.replace(&format!("/dev/loop{i}"), &format!("7:{i}"))
+    })
+}
