@@ -56,21 +56,7 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("integrity_read_4k_random");
-    g.throughput(Throughput::Bytes(4096));
-    for (name, v) in vols {
-        g.bench_function(name, |b| {
-            let mut x = 0x9e37_79b9_7f4a_7c15u64;
-            b.iter(|| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                v.read(Sector(x % (len.0 / 8) * 8), buf.buf(4096)).unwrap();
-                black_box(&buf);
-            })
-        });
-    }
-    g.finish();
+    common::random_4k_reads(c, "integrity_read_4k_random", &vols, len);
 }
 
 criterion_group!(benches, bench);
