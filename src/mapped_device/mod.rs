@@ -533,21 +533,48 @@ impl MappedDevice {
 
     /// Run `op` on the live table, waiting while the device is suspended. The read lock
     /// held across `op` is what `suspend` drains; one request sees one table.
+    #[inline]
     fn with_live<R>(&self, op: impl FnOnce(&LoadedTable) -> Result<R>) -> Result<R> {
+        let g = self.enter()?;
+        match g.as_deref() {
+            Some(t) => op(t),
+            None => Err(self.no_table()),
+        }
+    }
+
+    /// The read lock on the live slot, once the device is not suspended and has a table.
+    /// The fast path is small and inline; waiting is out of line.
+    #[inline]
+    fn enter(&self) -> Result<RwLockReadGuard<'_, Option<Arc<LoadedTable>>>> {
+        let g = self.live.read().unwrap_or_else(PoisonError::into_inner);
+        if !self.blocked.load(Ordering::SeqCst) && g.is_some() {
+            return Ok(g);
+        }
+        drop(g);
+        self.enter_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn enter_slow(&self) -> Result<RwLockReadGuard<'_, Option<Arc<LoadedTable>>>> {
         loop {
-            let g: RwLockReadGuard<'_, _> =
-                self.live.read().unwrap_or_else(PoisonError::into_inner);
+            let g = self.live.read().unwrap_or_else(PoisonError::into_inner);
             if !self.blocked.load(Ordering::SeqCst) {
-                return match g.as_deref() {
-                    Some(t) => op(t),
-                    None => Err(Error::TargetFailed {
-                        target: "device-mapper",
-                        reason: format!("{}: no table loaded", self.name()),
-                    }),
+                return match *g {
+                    Some(_) => Ok(g),
+                    None => Err(self.no_table()),
                 };
             }
             drop(g);
             self.wait_unblocked()?;
+        }
+    }
+
+    #[cold]
+    fn no_table(&self) -> Error {
+        Error::TargetFailed {
+            target: "device-mapper",
+            reason: format!("{}: no table loaded", self.name()),
         }
     }
 
