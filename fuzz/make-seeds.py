@@ -9,6 +9,9 @@ src/testing/fuzz.rs takes:
   af_digest     hash index, stripes - 1 (le16), key length - 1, then a key slot's material
   verity_tree   root hash length, root hash, a hash image with its superblock at 0
   fec_decode    roots, then 255 bytes of a FEC fixture, then erasure positions
+  verity_fec    root hash length, root hash, fec_roots - 2, fec_start, extra fec_blocks,
+                le32-sized hash image (superblock at 0), le32-sized FEC image, then damage
+                to the data image as (le32 offset, xor byte) pairs
   shell_lines   a table index, then the dust message script of tests/fixtures/fault
   cache_metadata  a flags byte (bit 0: re-seal every block), then a kernel cache metadata
                 image up to its last used block
@@ -75,6 +78,25 @@ for line in open(os.path.join(FIX, 'verity', 'cases.txt')):
 fec = gzip.open(os.path.join(FIX, 'verity', 'fec-v1-sha256-4k-r4.img.gz')).read()
 put('fec_decode', 'r4-data', bytes([2]) + fec[4096:4096 + 255] + bytes([0, 17, 254]))
 put('fec_decode', 'r24-tail', bytes([22]) + fec[-255:] + bytes(range(0, 240, 10)))
+
+# verity_fec: veritysetup's v1-sha256-4k tree and its 4-root FEC image (fec-cases.txt:
+# fec_start 0, fec_blocks 259), undamaged, with one data block damaged within what FEC
+# corrects, with damage beyond it, and with the parity itself damaged.
+v = next(l.split() for l in open(os.path.join(FIX, 'verity', 'cases.txt'))
+         if l.split()[0] == 'v1-sha256-4k')
+tree = gzip.open(os.path.join(FIX, 'verity', v[2] + '.gz')).read()
+r = bytes.fromhex(v[12])
+head = bytes([len(r)]) + r + bytes([4 - 2, 0, 0]) + struct.pack('<I', len(tree)) + tree
+sized = lambda b: struct.pack('<I', len(b)) + b
+damage = lambda pairs: b''.join(struct.pack('<IB', o, x) for o, x in pairs)
+put('verity_fec', 'r4-clean', head + sized(fec))
+put('verity_fec', 'r4-block33', head + sized(fec) + damage((33 * 4096 + i, 0xff) for i in range(0, 60, 3)))
+put('verity_fec', 'r4-beyond', head + sized(fec)
+    + damage((b * 4096 + i, 0x5a) for b in (7, 9, 11, 13, 15) for i in range(0, 40, 5)))
+bad_fec = bytearray(fec)
+for i in range(0, 4096, 97):
+    bad_fec[i] ^= 0x21
+put('verity_fec', 'r4-bad-parity', head + sized(bytes(bad_fec)) + damage([(9 * 4096 + 1, 1)]))
 
 script = []
 for line in open(os.path.join(FIX, 'fault', 'dust.guest.sh')):

@@ -62,6 +62,28 @@ fn fuzz_seed_corpus_fec_decode_runs_clean() {
     }
 }
 
+/// The seeds reach the reads: the clean one reads all 256 blocks, one damaged block is
+/// corrected, damage beyond the code's capacity fails exactly the five blocks it hit, and
+/// parity damaged in the first parity block leaves a damaged block of the other round
+/// correctable.
+#[test]
+fn fuzz_seed_corpus_verity_fec_runs_clean_and_reaches_fec() {
+    let got: Vec<(String, Option<(u64, u64)>)> = corpus("verity_fec")
+        .into_iter()
+        .map(|(name, data)| {
+            (
+                name.rsplit('/').next().unwrap().to_string(),
+                fuzz::verity_fec(&data),
+            )
+        })
+        .collect();
+    let of = |n: &str| got.iter().find(|(name, _)| name == n).unwrap().1.unwrap();
+    assert_eq!(of("r4-clean"), (256, 0));
+    assert_eq!(of("r4-block33"), (256, 1));
+    assert_eq!(of("r4-beyond"), (251, 0));
+    assert_eq!(of("r4-bad-parity"), (256, 1));
+}
+
 #[test]
 fn fuzz_seed_corpus_shell_lines_runs_clean() {
     for (_, data) in corpus("shell_lines") {

@@ -387,34 +387,13 @@ pub fn af_digest(data: &[u8]) {
 /// (reads of every block, status) never panic, and the target never returns bytes that
 /// differ from the data device's.
 pub fn verity_tree(data: &[u8]) {
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
 
     use crate::targets::verity::format::{read_superblock, verify, FormatParams};
     use crate::targets::verity::Verity;
     use crate::targets::Target;
     use crate::volume::{MemVolume, SharedVolume, Volume};
     use crate::{Sector, SectorCount};
-
-    /// The fixtures' data images (tests/fixtures/verity/make.sh): block i = sha256("block
-    /// i") repeated, the listed blocks zero.
-    fn pattern(size: usize, bs: usize, zeros: &[usize]) -> Vec<u8> {
-        use sha2::Digest;
-        let mut out = Vec::with_capacity(size);
-        for i in 0..size / bs {
-            if zeros.contains(&i) {
-                out.resize(out.len() + bs, 0);
-            } else {
-                let d = sha2::Sha256::digest(format!("block {i}").as_bytes());
-                for _ in 0..bs / 32 {
-                    out.extend_from_slice(&d);
-                }
-            }
-        }
-        out
-    }
-    static DATA: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
-    let (a, b) =
-        DATA.get_or_init(|| (pattern(1 << 20, 4096, &[5, 200]), pattern(10240, 512, &[3])));
 
     let Some((&n, rest)) = data.split_first() else {
         return;
@@ -431,8 +410,8 @@ pub fn verity_tree(data: &[u8]) {
     if p.check().is_err() {
         return;
     }
-    let bytes = if p.data_block_size == 512 { b } else { a };
-    let data: SharedVolume = Arc::new(MemVolume::from_bytes(bytes.clone()).expect("data"));
+    let bytes = verity_data(p.data_block_size);
+    let data: SharedVolume = Arc::new(MemVolume::from_bytes(bytes.to_vec()).expect("data"));
     let _ = verify(&p, &*data, &*hash, root);
     let args = p.table_args("data", "hash", root);
     let Some(len) = p
@@ -461,6 +440,131 @@ pub fn verity_tree(data: &[u8]) {
         s += step;
     }
     let _ = v.status();
+}
+
+/// The verity data images of the fixtures (tests/fixtures/verity/make.sh): block i =
+/// sha256("block i") repeated, the listed blocks zero; 10 KiB of 512-byte blocks (data-b)
+/// for 512-byte data blocks, else 1 MiB of 4 KiB pattern blocks (data-a).
+fn verity_data(block_size: u32) -> &'static [u8] {
+    use std::sync::OnceLock;
+    fn pattern(size: usize, bs: usize, zeros: &[usize]) -> Vec<u8> {
+        use sha2::Digest;
+        let mut out = Vec::with_capacity(size);
+        for i in 0..size / bs {
+            if zeros.contains(&i) {
+                out.resize(out.len() + bs, 0);
+            } else {
+                let d = sha2::Sha256::digest(format!("block {i}").as_bytes());
+                for _ in 0..bs / 32 {
+                    out.extend_from_slice(&d);
+                }
+            }
+        }
+        out
+    }
+    static DATA: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    let (a, b) =
+        DATA.get_or_init(|| (pattern(1 << 20, 4096, &[5, 200]), pattern(10240, 512, &[3])));
+    if block_size == 512 {
+        b
+    } else {
+        a
+    }
+}
+
+/// Little-endian u32 length, then that many bytes (bounded by what is there).
+fn take_sized<'a>(data: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let (len, rest) = data.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len))
+        .ok()?
+        .min(rest.len());
+    let (part, rest) = rest.split_at(len);
+    *data = rest;
+    Some(part)
+}
+
+/// dm-verity with forward error correction over damaged devices. The input: root digest
+/// length and root digest; `fec_roots` (byte % 23 + 2), `fec_start` (blocks), extra
+/// `fec_blocks` beyond what data and hash need; a sized hash image (superblock at 0); a
+/// sized FEC image; then damage to the fixture data, as (u32 LE offset, xor byte) pairs.
+/// Construction refuses or succeeds without panicking; every read that succeeds returns
+/// the undamaged data (what FEC repairs is verified against the tree again), whatever the
+/// hash and FEC images hold; the status never panics. Returns, for a target that was
+/// built, the blocks read and the blocks FEC corrected.
+pub fn verity_fec(data: &[u8]) -> Option<(u64, u64)> {
+    use std::sync::Arc;
+
+    use crate::targets::verity::format::{read_superblock, FormatParams};
+    use crate::targets::verity::{FecArgs, Verity};
+    use crate::targets::{DeviceRef, Target};
+    use crate::volume::{MemVolume, SharedVolume, Volume};
+    use crate::{Sector, SectorCount};
+
+    let mut rest = data;
+    let (&n, r) = rest.split_first()?;
+    let n = usize::from(n).min(64).min(r.len());
+    let (root, r) = r.split_at(n);
+    let (&[roots, start, extra], r) = r.split_first_chunk::<3>()?;
+    rest = r;
+    let (hash, fec) = (take_sized(&mut rest)?, take_sized(&mut rest)?);
+    let padded = |b: &[u8]| -> SharedVolume {
+        let mut v = b.to_vec();
+        v.resize(v.len().div_ceil(512).max(1) * 512, 0);
+        Arc::new(MemVolume::from_bytes(v).expect("padded to sectors"))
+    };
+    let hash = padded(hash);
+    let fec = padded(fec);
+    let Ok(sb) = read_superblock(&*hash, 0) else {
+        return None;
+    };
+    let p = FormatParams::from_superblock(&sb, 0);
+    if p.check().is_err() {
+        return None;
+    }
+    let good = verity_data(p.data_block_size);
+    let Ok(geo) = p.geometry() else {
+        return None;
+    };
+    let bs = u64::from(p.data_block_size);
+    let len = p
+        .data_blocks
+        .checked_mul(bs / 512)
+        .filter(|&s| s <= good.len() as u64 / 512)?;
+    let mut damaged = good.to_vec();
+    for pair in rest.chunks_exact(5).take(64) {
+        let off = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]) as usize;
+        if let Some(b) = damaged.get_mut(off % good.len()) {
+            *b ^= pair[4].max(1);
+        }
+    }
+    let mut args = p.table_args("data", "hash", root);
+    args.fec = Some(FecArgs {
+        device: DeviceRef("fec".into()),
+        blocks: p.data_blocks + (geo.hash_end - geo.hash_start) + u64::from(extra % 4),
+        start: u64::from(start % 8),
+        roots: roots % 23 + 2,
+    });
+    let data_vol: SharedVolume = Arc::new(MemVolume::from_bytes(damaged).expect("data"));
+    let Ok(v) = Verity::over_with_fec(&args, SectorCount(len), data_vol, hash, Some(fec)) else {
+        return None;
+    };
+    let v = v.with_cache_blocks(4);
+    let step = bs / 512;
+    let mut buf = vec![0u8; usize::try_from(bs).expect("block size")];
+    let (mut s, mut good_reads) = (0, 0);
+    while s < len {
+        if v.read(Sector(s), &mut buf).is_ok() {
+            good_reads += 1;
+            let at = usize::try_from(s * 512).expect("offset");
+            assert!(
+                buf == good[at..at + buf.len()],
+                "verity with FEC returned other bytes than the data at sector {s}"
+            );
+        }
+        s += step;
+    }
+    let _ = v.status();
+    Some((good_reads, v.fec_corrected()))
 }
 
 /// Reed-Solomon decoding (dm-verity FEC, RS(255, 255 - roots) over GF(2^8)): byte 0 picks
