@@ -303,6 +303,8 @@ pub mod errno {
     pub const ENXIO: i32 = 6;
     /// Resource temporarily unavailable.
     pub const EAGAIN: i32 = 11;
+    /// Value too large for defined data type (a device number past a `dev_t`).
+    pub const EOVERFLOW: i32 = 75;
     /// Illegal byte sequence (dm-integrity's tag mismatch).
     pub const EILSEQ: i32 = 84;
 }

@@ -463,6 +463,40 @@ fn grammar_cases_replay_as_dmsetup_and_the_6_12_kernel_answered() {
             }
             continue;
         }
+        // A device number past a dev_t parses as the number (the kernel's sscanf) and
+        // fails its lookup with EOVERFLOW when the table is built, as dm_devt_from_path.
+        if want.ends_with("Device lookup failed")
+            && g.dmesg.iter().any(|l| l.ends_with("(-EOVERFLOW)"))
+        {
+            let e = parsed
+                .map_err(|e| format!("parse refused: {e}"))
+                .and_then(|t| {
+                    dmemu::Registry::new()
+                        .create(&dmemu::table::DeviceSpec {
+                            name: "g".into(),
+                            uuid: String::new(),
+                            minor: None,
+                            mode: TableMode::ReadWrite,
+                            table: t,
+                        })
+                        .map(|_| ())
+                        .map_err(|e| e.to_string() + &format!(" [errno {}]", e.errno()))
+                })
+                .err()
+                .unwrap_or_else(|| "built".into());
+            // dmsetup's words for the ioctl's errno: strerror(EOVERFLOW).
+            let strerror = "Value too large for defined data type";
+            assert!(g.stderr.iter().any(|l| l.ends_with(strerror)), "{g:?}");
+            if e.contains(strerror) && e.ends_with("[errno 75]") {
+                lookups += 1;
+            } else {
+                failures.push(format!(
+                    "{}: the kernel's lookup gave EOVERFLOW, dmemu: {e}",
+                    g.name
+                ));
+            }
+            continue;
+        }
         match parsed {
             Err(Error::Table { reason: ours, .. })
                 if ours == want
@@ -481,7 +515,7 @@ fn grammar_cases_replay_as_dmsetup_and_the_6_12_kernel_answered() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
-        printed >= 20 && refused >= 25 && lookups >= 4,
+        printed >= 20 && refused >= 23 && lookups >= 6,
         "{printed} {refused} {lookups}"
     );
 }

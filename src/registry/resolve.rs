@@ -73,7 +73,15 @@ impl Registry {
         if let Some(v) = lock(&self.named).get(name) {
             return Ok((Arc::clone(v), None));
         }
-        if let Some((major, _)) = parse_major_minor(name) {
+        if let Some((major, minor)) = parse_major_minor(name) {
+            // dm_devt_from_path: MKDEV of a major or minor past 12 / 20 bits fails the
+            // lookup with EOVERFLOW ("Value too large for defined data type").
+            if major >= 1 << 12 || minor >= 1 << 20 {
+                return Err(Error::Io {
+                    device: format!("{name} (does not fit a dev_t)"),
+                    source: std::io::Error::from_raw_os_error(crate::error::errno::EOVERFLOW),
+                });
+            }
             let Some(path) = self.bindings.get(name) else {
                 let hint = if major == DM_MAJOR {
                     "no mapped device has that number".to_string()

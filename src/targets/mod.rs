@@ -134,9 +134,10 @@ impl DeviceRef {
     /// A device token as the kernel's `dm_devt_from_path` reads it: `sscanf("%u:%u%c")`
     /// matching two numbers is a device number (digits only, each taken modulo 2^32, as
     /// the kernel's sscanf stores them), kept in the form the kernel prints (`007:01` is
-    /// `7:1`); a major or minor that does not fit a `dev_t` (12 and 20 bits) fails as the
-    /// kernel's lookup does (EOVERFLOW, "Device lookup failed"). Anything else (`+7:1`,
-    /// `7:1x`, a name) is a path, kept as written.
+    /// `7:1`). A major or minor that does not fit a `dev_t` (12 and 20 bits) parses, as in
+    /// the kernel, and fails its lookup when the table is built (EOVERFLOW, see
+    /// `Registry`'s resolver). Anything else (`+7:1`, `7:1x`, a name) is a path, kept as
+    /// written.
     pub fn from_token(t: &str) -> Result<DeviceRef, String> {
         // dmsetup trims the end of every line it reads, so a device token ending in an
         // (escaped) space could not print back as the last token of a line.
@@ -154,11 +155,6 @@ impl DeviceRef {
         ) else {
             return Ok(DeviceRef(t.to_string()));
         };
-        if major >= 1 << 12 || minor >= 1 << 20 {
-            return Err(format!(
-                "Device lookup failed ({major}:{minor} does not fit a dev_t: EOVERFLOW)"
-            ));
-        }
         Ok(DeviceRef(format!("{major}:{minor}")))
     }
 }
