@@ -293,7 +293,10 @@ impl IntegrityArgs {
         } else if let Some(v) = opt_u32(opt, "commit_time") {
             self.commit_time = Some(v);
         } else if let Some(dev) = opt.strip_prefix("meta_device:") {
-            self.meta_device = Some(DeviceRef(dev.to_string()));
+            // dm_get_device, as for every device token: `007:01` is the device 7:1.
+            self.meta_device = Some(DeviceRef::from_token(dev).map_err(|_| {
+                "a device path ending in whitespace cannot be written as table text"
+            })?);
         } else if let Some(v) = opt_u32(opt, "block_size") {
             if !(512..=MAX_SECTORS_PER_BLOCK * 512).contains(&v) || !v.is_power_of_two() {
                 return Err("Invalid block_size argument");
