@@ -10,8 +10,10 @@
 //!
 //! For every input: no panic (the parsers run on a thread whose panic is caught), no hang
 //! (each input has 10 s, watched from the test thread), the input file has the same SHA-256
-//! after as before, and every error message the parsers returned has no raw control
-//! character.
+//! after as before, every error message the parsers returned has no raw control
+//! character, and the process's peak resident memory (reset before each input through
+//! /proc/self/clear_refs) grows by at most `MAX_INPUT_KIB`; the largest growth and its
+//! input are printed.
 //!
 //! `DAMAGE_N` (default 150) inputs from `DAMAGE_SEED` (default 13); scripts/damage-campaign.sh
 //! runs 20,000 by default.
@@ -276,6 +278,32 @@ fn sha256(p: &Path) -> Vec<u8> {
     Sha256::digest(std::fs::read(p).unwrap()).to_vec()
 }
 
+/// Peak resident memory since the last reset, and the resident memory now, in KiB
+/// (`/proc/self/status` VmHWM and VmRSS); writing 5 to `/proc/self/clear_refs` resets the
+/// peak to the current size. `None` where the kernel offers neither.
+fn resident_kib() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// What one damaged input may add to the resident memory: far above what any parser needs
+/// for these fixtures (the largest is a few MiB), far below what a size read from a
+/// damaged field could ask for.
+const MAX_INPUT_KIB: u64 = 256 << 10;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -295,6 +323,8 @@ fn damaged_fixtures_never_panic_hang_modify_their_input_or_print_control_bytes()
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut per_kind = std::collections::BTreeMap::<Kind, (u64, u64)>::new();
+    // The largest growth of resident memory one input caused, and which input.
+    let mut most = (0u64, String::new());
     for i in 0..n {
         // Every kind in turn, then a fixture of that kind.
         let kind = *kinds
@@ -308,6 +338,7 @@ fn damaged_fixtures_never_panic_hang_modify_their_input_or_print_control_bytes()
         let path = dir.path().join(format!("input-{i}"));
         std::fs::write(&path, &bytes).unwrap();
         let before = sha256(&path);
+        let base = reset_peak().then(resident_kib).flatten();
         let (tx, rx) = mpsc::channel();
         let p = path.clone();
         let bytes = Arc::new(bytes);
@@ -333,6 +364,15 @@ fn damaged_fixtures_never_panic_hang_modify_their_input_or_print_control_bytes()
             }
             Ok(Err(panic)) => failures.push(format!("{label}: panicked: {panic}")),
             Ok(Ok(errors)) => {
+                if let (Some((_, rss)), Some((peak, _))) = (base, resident_kib()) {
+                    let grew = peak.saturating_sub(rss);
+                    if grew > most.0 {
+                        most = (grew, label.clone());
+                    }
+                    if grew > MAX_INPUT_KIB {
+                        failures.push(format!("{label}: resident memory grew by {grew} KiB"));
+                    }
+                }
                 let e = per_kind.entry(kind).or_default();
                 e.0 += 1;
                 e.1 += u64::from(!errors.is_empty());
@@ -350,9 +390,11 @@ fn damaged_fixtures_never_panic_hang_modify_their_input_or_print_control_bytes()
     }
     println!(
         "damage campaign: {n} inputs, seed {seed}, {:.1} s, {} failures; per kind (inputs, \
-         with errors): {per_kind:?}",
+         with errors): {per_kind:?}; most resident memory one input added: {} KiB ({})",
         started.elapsed().as_secs_f64(),
-        failures.len()
+        failures.len(),
+        most.0,
+        most.1
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
