@@ -161,4 +161,20 @@ fn os_errors_keep_their_errno_and_cause() {
     let o = dmemu(&["read", "--read-only", "--table", &table], b"");
     assert_eq!(o.status.code(), Some(21), "{}", err(&o));
     assert!(err(&o).contains("Is a directory"), "{}", err(&o));
+    // A path through a file: the lookup's own errno (ENOTDIR), not "missing" for every
+    // failed lookup (an unsearchable directory is EACCES the same way).
+    let file = tmp.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let through = file.join("x.img");
+    let table = format!("0 8 linear {} 0", through.display());
+    let o = dmemu(&["read", "--table", &table], b"");
+    assert_eq!(o.status.code(), Some(20), "{}", err(&o));
+    assert!(
+        err(&o).ends_with(&format!(
+            "{}: Not a directory (os error 20)\n",
+            through.display()
+        )),
+        "{}",
+        err(&o)
+    );
 }

@@ -112,8 +112,10 @@ impl Registry {
     }
 
     fn open_file(&self, path: &Path) -> Result<(SharedVolume, Option<Arc<FileVolume>>)> {
+        // The OS's error as it is: a missing file is ENOENT, a directory that cannot be
+        // searched EACCES ("x.img: Permission denied").
         let is_regular = std::fs::metadata(path)
-            .map_err(|e| Error::NoDevice(format!("{} ({e})", path.display())))?
+            .map_err(Error::io(&path.display()))?
             .is_file();
         let file = match self.access {
             Some(Access::ReadOnly) => {
