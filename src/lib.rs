@@ -189,6 +189,11 @@ pub mod testing;
 pub mod units;
 pub mod volume;
 
+/// README.md's Rust example, compiled and run by `cargo test --doc` so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use error::{Error, Result};
 pub use mapped_device::MappedDevice;
 pub use registry::Registry;
