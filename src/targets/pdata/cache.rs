@@ -178,3 +178,84 @@ impl BlockCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::targets::pdata::block::{put32, put64, seal, BITMAP_CSUM_XOR, BTREE_CSUM_XOR};
+    use crate::targets::pdata::btree::{max_entries, LEAF_NODE};
+    use crate::units::SectorCount;
+    use crate::volume::MemVolume;
+
+    /// 20 blocks: empty btree leaves, but block 5 (a leaf with a bad checksum) and block 6
+    /// (a bitmap).
+    fn dev() -> MetaDev {
+        let mut img = vec![0u8; 20 * 4096];
+        for (i, b) in img.chunks_mut(4096).enumerate() {
+            let i = i as u64;
+            put64(b, 8, i);
+            if i == 6 {
+                seal(b, BITMAP_CSUM_XOR);
+                continue;
+            }
+            put32(b, 4, LEAF_NODE);
+            put32(b, 20, u32::try_from(max_entries(8)).unwrap());
+            put32(b, 24, 8);
+            seal(b, BTREE_CSUM_XOR);
+            if i == 5 {
+                b[100] ^= 1;
+            }
+        }
+        let v = MemVolume::from_bytes(img).unwrap();
+        assert_eq!(v.size(), SectorCount(160));
+        MetaDev::new(Arc::new(v))
+    }
+
+    use crate::volume::Volume as _;
+
+    #[test]
+    fn resident_blocks_never_exceed_the_capacity_and_hits_read_nothing() {
+        let c = BlockCache::new(dev(), 3);
+        for round in 0..5 {
+            for b in (0..20).filter(|&b| b != 5 && b != 6) {
+                let e = c.get(b, Kind::BtreeNode).unwrap();
+                assert_eq!((e.block, e.shape.unwrap().leaf), (b, true));
+                assert!(c.resident() <= 3, "round {round}: {}", c.resident());
+            }
+        }
+        let reads = c.reads();
+        assert_eq!(reads, 5 * 18);
+        // A block used over and over stays resident while others pass through.
+        for b in 7..19 {
+            c.get(0, Kind::BtreeNode).unwrap();
+            c.get(b, Kind::BtreeNode).unwrap();
+        }
+        let before = c.reads();
+        c.get(0, Kind::BtreeNode).unwrap();
+        assert_eq!(c.reads(), before);
+    }
+
+    #[test]
+    fn a_damaged_block_is_never_cached_and_fails_every_time_with_its_block_and_field() {
+        let c = BlockCache::new(dev(), 4);
+        let e1 = c.get(5, Kind::BtreeNode).unwrap_err().to_string();
+        let e2 = c.get(5, Kind::BtreeNode).unwrap_err().to_string();
+        assert_eq!(e1, e2);
+        assert!(e1.contains("metadata block 5, byte 0: checksum"), "{e1}");
+        assert_eq!(c.resident(), 0);
+        assert_eq!(c.reads(), 2);
+        // A bitmap is no btree node, and a cached node is no bitmap.
+        c.get(6, Kind::Bitmap).unwrap();
+        let e = c.get(6, Kind::BtreeNode).unwrap_err().to_string();
+        assert!(e.contains("metadata block 6, byte 0: checksum"), "{e}");
+        c.get(7, Kind::BtreeNode).unwrap();
+        assert!(c.get(7, Kind::Bitmap).is_err());
+        // Past the device's end.
+        let e = c.get(20, Kind::BtreeNode).unwrap_err().to_string();
+        assert!(e.contains("beyond the metadata device"), "{e}");
+        c.clear();
+        assert_eq!(c.resident(), 0);
+    }
+}

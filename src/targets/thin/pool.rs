@@ -905,6 +905,8 @@ impl Pool {
     /// commits (blocks freed in this transaction become usable) and otherwise enters
     /// out-of-data-space mode (ENOSPC).
     pub(super) fn alloc_data_block(&self) -> Result<u64> {
+        // The free count the low water mark is judged by needs the data counts loaded.
+        lock(&self.state).load()?;
         self.check_low_water_mark();
         if let Some(b) = self.try_alloc()? {
             return Ok(b);
