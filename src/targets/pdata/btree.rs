@@ -282,6 +282,22 @@ fn via(e: Error, parent: Option<(u64, usize, usize)>) -> Error {
     }
 }
 
+/// A node's first and last keys must lie in the range `lo..hi` its parent gives it.
+fn in_range(block: u64, (first, last): (u64, u64), (lo, hi): (u64, Option<u64>)) -> Result<()> {
+    if first < lo || hi.is_some_and(|h| last >= h) {
+        return Err(corrupt(
+            "btree node keys",
+            block,
+            HEADER_SIZE,
+            format_args!(
+                "keys {first}..={last} outside the parent's range {lo}..{}",
+                hi.map_or_else(|| "".to_string(), |h| h.to_string())
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn walk_node(
     dev: &MetaDev,
@@ -311,17 +327,7 @@ fn walk_node(
     }
     let node = read_node(dev, block, value_size).map_err(|e| via(e, parent))?;
     if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
-        if first < lo || hi.is_some_and(|h| last >= h) {
-            return Err(corrupt(
-                "btree node keys",
-                block,
-                HEADER_SIZE,
-                format_args!(
-                    "keys {first}..={last} outside the parent's range {lo}..{}",
-                    hi.map_or_else(|| "".to_string(), |h| h.to_string())
-                ),
-            ));
-        }
+        in_range(block, (first, last), (lo, hi))?;
     }
     for i in 0..node.keys.len() {
         if node.leaf {
@@ -437,23 +443,44 @@ fn step(
         .expect(block, value_size)
         .map_err(|e| via(e, parent))?;
     if shape.nr_entries > 0 {
-        let (first, last) = (
+        let keys = (
             shape.key(&node.bytes, 0),
             shape.key(&node.bytes, shape.nr_entries - 1),
         );
-        if first < lo || hi.is_some_and(|h| last >= h) {
-            return Err(corrupt(
-                "btree node keys",
-                block,
-                HEADER_SIZE,
-                format_args!(
-                    "keys {first}..={last} outside the parent's range {lo}..{}",
-                    hi.map_or_else(|| "".to_string(), |h| h.to_string())
-                ),
-            ));
-        }
+        in_range(block, keys, (lo, hi))?;
     }
     Ok((node, shape))
+}
+
+/// A descent through `cache` from `root`: at each node `pick` names the entry to follow
+/// (`None`: the key is not there); the leaf, its shape and the entry picked in it.
+fn descend(
+    cache: &BlockCache,
+    root: u64,
+    value_size: usize,
+    pick: impl Fn(&[u8], &Shape) -> Option<usize>,
+) -> Result<Option<(Arc<Cached>, Shape, usize)>> {
+    let mut path = [0u64; MAX_DEPTH];
+    let mut depth = 0;
+    let mut block = root;
+    let mut range = (0, None);
+    let mut parent = None;
+    loop {
+        let (node, shape) = step(cache, block, value_size, range, parent, &path[..depth])?;
+        path[depth] = block;
+        depth += 1;
+        let buf = &node.bytes;
+        let Some(i) = pick(buf, &shape) else {
+            return Ok(None);
+        };
+        if shape.leaf {
+            return Ok(Some((node, shape, i)));
+        }
+        let next = (i + 1 < shape.nr_entries).then(|| shape.key(buf, i + 1));
+        range = (shape.key(buf, i), next.or(range.1));
+        parent = Some((block, i, shape.value_at(i)));
+        block = le64(buf, shape.value_at(i));
+    }
 }
 
 /// `dm_btree_lookup` through `cache`: the value of `key` in the tree at `root`, or `None`.
@@ -466,55 +493,19 @@ pub fn lookup_cached(
     key: u64,
     value_size: usize,
 ) -> Result<Option<Found>> {
-    let mut path = [0u64; MAX_DEPTH];
-    let mut depth = 0;
-    let mut block = root;
-    let mut range = (0, None);
-    let mut parent = None;
-    loop {
-        let (node, shape) = step(cache, block, value_size, range, parent, &path[..depth])?;
-        path[depth] = block;
-        depth += 1;
-        let buf = &node.bytes;
-        let Some(i) = shape.lower_bound(buf, key) else {
-            return Ok(None);
-        };
-        if shape.leaf {
-            if shape.key(buf, i) != key {
-                return Ok(None);
-            }
-            let offset = shape.value_at(i);
-            return Ok(Some(Found { leaf: node, offset }));
-        }
-        let next = (i + 1 < shape.nr_entries).then(|| shape.key(buf, i + 1));
-        range = (shape.key(buf, i), next.or(range.1));
-        parent = Some((block, i, shape.value_at(i)));
-        block = le64(buf, shape.value_at(i));
-    }
+    let found = descend(cache, root, value_size, |buf, s| s.lower_bound(buf, key))?;
+    Ok(found
+        .filter(|(leaf, s, i)| s.key(&leaf.bytes, *i) == key)
+        .map(|(leaf, s, i)| Found {
+            offset: s.value_at(i),
+            leaf,
+        }))
 }
 
 /// `dm_btree_find_highest_key` through `cache`: the last key of the tree at `root`, following
 /// the last child down with a lookup's checks; `None` for an empty tree (the kernel's
 /// `-ENODATA` from an empty node).
 pub fn highest_key_cached(cache: &BlockCache, root: u64, value_size: usize) -> Result<Option<u64>> {
-    let mut path = [0u64; MAX_DEPTH];
-    let mut depth = 0;
-    let mut block = root;
-    let mut range = (0, None);
-    let mut parent = None;
-    loop {
-        let (node, shape) = step(cache, block, value_size, range, parent, &path[..depth])?;
-        path[depth] = block;
-        depth += 1;
-        let Some(i) = shape.nr_entries.checked_sub(1) else {
-            return Ok(None);
-        };
-        let buf = &node.bytes;
-        if shape.leaf {
-            return Ok(Some(shape.key(buf, i)));
-        }
-        range = (shape.key(buf, i), range.1);
-        parent = Some((block, i, shape.value_at(i)));
-        block = le64(buf, shape.value_at(i));
-    }
+    let found = descend(cache, root, value_size, |_, s| s.nr_entries.checked_sub(1))?;
+    Ok(found.map(|(leaf, s, i)| s.key(&leaf.bytes, i)))
 }
