@@ -349,3 +349,26 @@ fn writes_after_on_demand_reads_commit_what_thin_check_accepts_and_thin_dump_exp
         );
     }
 }
+
+#[test]
+fn writes_in_place_status_and_flushes_keep_a_lazy_pool_lazy_and_its_metadata_unwritten() {
+    let image = gunzip("restore-big-meta.img.gz");
+    let meta = Arc::new(MemVolume::from_bytes(image.clone()).unwrap());
+    let pool = lazy_pool(meta.clone(), 16);
+    let xml = fixture_xml();
+    // Device 9 was never snapshotted (snap_time 0): its blocks are written in place.
+    let t9 = thin(&pool, 9);
+    let (&v, &(b, _)) = xml[&9].1.iter().nth(3).unwrap();
+    t9.write(Sector(v * BLOCK + 8), &[0x99; 1024]).unwrap();
+    let mut back = [0u8; 1024];
+    t9.read(Sector(v * BLOCK + 8), &mut back).unwrap();
+    assert_eq!(back, [0x99; 1024]);
+    assert_eq!(tag(&t9, v).unwrap(), b + 1);
+    t9.flush().unwrap();
+    let _ = pool.status();
+    let _ = t9.status();
+    drop(t9);
+    assert!(!pool.mappings_loaded());
+    drop(pool);
+    assert!(meta.to_vec() == image, "the metadata was written");
+}
