@@ -24,7 +24,9 @@ use dmemu::targets::thin::metadata::writer::{
     format, free_metadata_blocks, Base, Devices, Transaction,
 };
 use dmemu::targets::thin::metadata::{BlockTime, DeviceDetails, Metadata};
+use dmemu::targets::zero::Zero;
 use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
+use dmemu::volume::{Access, FileVolume};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
 
 use common::Aligned;
@@ -73,6 +75,9 @@ fn open_pool(meta: &SharedVolume, data: &SharedVolume, len: SectorCount) -> Arc<
 }
 
 fn bench(c: &mut Criterion) {
+    if let Ok(path) = std::env::var("THIN_BENCH_META") {
+        return external(c, &path);
+    }
     let meta_bytes = metadata_bytes();
     let meta: SharedVolume = Arc::new(MemVolume::from_bytes(meta_bytes.clone()).unwrap());
     let nr_data = Metadata::open(Arc::clone(&meta))
@@ -163,6 +168,36 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     sequential(c);
+}
+
+/// With `THIN_BENCH_META=PATH` (benches/thin_scale.sh sets it for each pool it makes) only
+/// this runs: opening the pool on that metadata read-only (data: a zero target of the
+/// pool's size) and reading thin 1's first 4 KiB, in process.
+fn external(c: &mut Criterion, path: &str) {
+    let meta: SharedVolume = Arc::new(FileVolume::open(path, Access::ReadOnly).unwrap());
+    let nr = Metadata::open(Arc::clone(&meta))
+        .unwrap()
+        .superblock()
+        .data_sm
+        .nr_blocks;
+    let len = SectorCount(nr * BLOCK);
+    let data: SharedVolume = Arc::new(Zero::new(len));
+    let tokens: Vec<String> = "m d 128 0 1 read_only"
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    let args = ThinPoolArgs::parse(&mut Args::new(&tokens)).unwrap();
+    let mut buf = Aligned::new(4096);
+    let mut g = c.benchmark_group("thin_scale_open");
+    g.bench_function("open_and_first_4k_read", |b| {
+        b.iter(|| {
+            let pool = ThinPool::over(&args, len, Arc::clone(&meta), Arc::clone(&data)).unwrap();
+            let t = Thin::over(Arc::new(pool), 1, SectorCount(1 << 40), None).unwrap();
+            t.read(Sector(0), buf.buf(4096)).unwrap();
+            black_box(&buf);
+        })
+    });
+    g.finish();
 }
 
 /// Blocks of the fully mapped thin the sequential read bench reads (256 MiB).

@@ -8,6 +8,8 @@
 #              first lookup; peak resident memory (/usr/bin/time -v)
 #   seq        `dmemu read` of thin 1's first 1 GiB (fully mapped) against a linear table over
 #              the same data bytes (page cache warm): the ratio linear time / thin time
+#   in-process the same open and first read in one process (criterion median:
+#              benches/thin.rs with THIN_BENCH_META), without dmemu's start
 #   commit     `dmemu write` of one 4 KiB block into an unmapped block of thin 1 on a
 #              writable pool (one new mapping, committed when dmemu exits): wall time, peak
 #              memory, and the metadata blocks whose bytes changed
@@ -108,8 +110,8 @@ PY
 
 printf '# dmemu %s, load average %s, best of %d\n' "$(git -C "$ROOT" describe --always --dirty)" \
   "$(cut -d' ' -f1 /proc/loadavg)" "$RUNS"
-printf '%-9s %-9s %7s %9s %9s %8s %9s %6s %9s %9s %7s\n' mappings shape meta_MiB \
-  "open+rd_ms" "base_ms" "rd_KiB" seq_ratio "" "commit_ms" "cmt_KiB" blocks
+printf '%-9s %-9s %7s %9s %9s %12s %8s %9s %9s %9s %7s\n' mappings shape meta_MiB \
+  "open+rd_ms" "base_ms" "in-process" "rd_KiB" seq_ratio "commit_ms" "cmt_KiB" blocks
 for n in $SCALES; do
   for shape in $SHAPES; do
     X=$WORK/pool.xml M=$WORK/meta D=$WORK/data
@@ -148,9 +150,13 @@ for n in $SCALES; do
     t_commit=$(best bash -c "cp '$WORK/meta.before' '$M' && '$DMEMU' write --concise '$RW' --device t1 --start $(( last * BS )) -i '$WORK/blk'")
     t_cp=$(best cp "$WORK/meta.before" "$M")
     thin_check -q "$M"
-    printf '%-9s %-9s %7d %9.1f %9.1f %8d %9.3f %6s %9.1f %9d %7d\n' "$n" "$shape" \
+    # The same open and first read in process (criterion, benches/thin.rs `external`).
+    t_in=$( (cd "$ROOT" && THIN_BENCH_META=$M cargo bench --quiet --bench thin -- \
+        --warm-up-time 1 --measurement-time 3 thin_scale_open 2>/dev/null) |
+      sed -n 's/.*time: *\[[^ ]* [^ ]* \([^ ]*\) \([^ ]*\) .*/\1 \2/p' | head -1)
+    printf '%-9s %-9s %7d %9.1f %9.1f %12s %8d %9.3f %9.1f %9d %7d\n' "$n" "$shape" \
       $(( $(stat -c %s "$M") >> 20 )) "$(echo "$t_open * 1000" | bc -l)" \
-      "$(echo "$t_base * 1000" | bc -l)" "$m_open" "$(echo "$t_lin / $t_seq" | bc -l)" "" \
+      "$(echo "$t_base * 1000" | bc -l)" "${t_in// /}" "$m_open" "$(echo "$t_lin / $t_seq" | bc -l)" \
       "$(echo "($t_commit - $t_cp) * 1000" | bc -l)" "$m_commit" "$blocks"
   done
 done
