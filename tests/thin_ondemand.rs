@@ -351,7 +351,7 @@ fn writes_after_on_demand_reads_commit_what_thin_check_accepts_and_thin_dump_exp
 }
 
 #[test]
-fn writes_in_place_status_and_flushes_keep_a_lazy_pool_lazy_and_its_metadata_unwritten() {
+fn writes_in_place_discards_of_nothing_status_and_flushes_keep_a_lazy_pool_lazy_and_unwritten() {
     let image = gunzip("restore-big-meta.img.gz");
     let meta = Arc::new(MemVolume::from_bytes(image.clone()).unwrap());
     let pool = lazy_pool(meta.clone(), 16);
@@ -365,6 +365,10 @@ fn writes_in_place_status_and_flushes_keep_a_lazy_pool_lazy_and_its_metadata_unw
     assert_eq!(back, [0x99; 1024]);
     assert_eq!(tag(&t9, v).unwrap(), b + 1);
     t9.flush().unwrap();
+    // A discard of blocks nothing maps (between device 9's blocks and past them).
+    t9.discard(Sector(1000 * BLOCK), SectorCount(64 * BLOCK))
+        .unwrap();
+    assert_eq!(tag(&t9, v).unwrap(), b + 1);
     let _ = pool.status();
     let _ = t9.status();
     drop(t9);

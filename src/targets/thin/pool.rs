@@ -983,6 +983,13 @@ impl Pool {
     /// Unmap `vblock` of `dev` (`dm_thin_remove_range` for one block): the data block it
     /// named, when no mapping names it any more (to pass the discard down), else `None`.
     pub(super) fn unmap(&self, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
+        {
+            // Nothing to unmap changes nothing: a lazy pool stays lazy.
+            let d = read(dev);
+            if d.lazy && self.lookup(&d, vblock)?.is_none() {
+                return Ok(None);
+            }
+        }
         let mut st = lock(&self.state);
         st.load()?;
         let mut d = write(dev);
