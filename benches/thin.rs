@@ -1,7 +1,9 @@
 //! Criterion benches of thin reads: 4 KiB random reads through a thin device whose mapping
 //! tree thin_restore built (~2000 mappings per device, 5 devices, over 8192 data blocks:
 //! tests/fixtures/thin/restore-big-meta.img.gz) against linear reads of the same data
-//! volume; the metadata load (superblock, space map checks, the device's mapping tree);
+//! volume; opening the pool (superblock, space map checks, details and top level: the
+//! mappings are read on demand) and opening it plus a first 4 KiB read; sequential 1 MiB
+//! reads of a fully mapped 256 MiB thin read on demand against linear;
 //! commits: after one new mapping on that pool, and after one changed mapping on a
 //! 200,000-mapping tree four snapshots share (incremental against laying out afresh).
 #![allow(missing_docs)]
@@ -22,7 +24,9 @@ use dmemu::targets::thin::metadata::writer::{
     format, free_metadata_blocks, Base, Devices, Transaction,
 };
 use dmemu::targets::thin::metadata::{BlockTime, DeviceDetails, Metadata};
-use dmemu::targets::{Thin, ThinPool, ThinPoolArgs};
+use dmemu::targets::zero::Zero;
+use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
+use dmemu::volume::{Access, FileVolume};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
 
 use common::Aligned;
@@ -71,6 +75,9 @@ fn open_pool(meta: &SharedVolume, data: &SharedVolume, len: SectorCount) -> Arc<
 }
 
 fn bench(c: &mut Criterion) {
+    if let Ok(path) = std::env::var("THIN_BENCH_META") {
+        return external(c, &path);
+    }
     let meta_bytes = metadata_bytes();
     let meta: SharedVolume = Arc::new(MemVolume::from_bytes(meta_bytes.clone()).unwrap());
     let nr_data = Metadata::open(Arc::clone(&meta))
@@ -147,6 +154,93 @@ fn bench(c: &mut Criterion) {
             black_box(Thin::over(pool, 1, virt, None).unwrap());
         })
     });
+    // Opening reads the superblock, details and top level only; the first read looks its
+    // block up through a cold cache (root to leaf).
+    g.bench_function("pool_open_and_first_4k_read", |b| {
+        let first = mapped[mapped.len() / 2];
+        b.iter(|| {
+            let pool = open_pool(&meta, &data, len);
+            let t = Thin::over(pool, 1, virt, None).unwrap();
+            t.read(Sector(first * BLOCK), buf.buf(4096)).unwrap();
+            black_box(&buf);
+        })
+    });
+    g.finish();
+
+    sequential(c);
+}
+
+/// With `THIN_BENCH_META=PATH` (benches/thin_scale.sh sets it for each pool it makes) only
+/// this runs: opening the pool on that metadata read-only (data: a zero target of the
+/// pool's size) and reading thin 1's first 4 KiB, in process.
+fn external(c: &mut Criterion, path: &str) {
+    let meta: SharedVolume = Arc::new(FileVolume::open(path, Access::ReadOnly).unwrap());
+    let nr = Metadata::open(Arc::clone(&meta))
+        .unwrap()
+        .superblock()
+        .data_sm
+        .nr_blocks;
+    let len = SectorCount(nr * BLOCK);
+    let data: SharedVolume = Arc::new(Zero::new(len));
+    let tokens: Vec<String> = "m d 128 0 1 read_only"
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    let args = ThinPoolArgs::parse(&mut Args::new(&tokens)).unwrap();
+    let mut buf = Aligned::new(4096);
+    let mut g = c.benchmark_group("thin_scale_open");
+    g.bench_function("open_and_first_4k_read", |b| {
+        b.iter(|| {
+            let pool = ThinPool::over(&args, len, Arc::clone(&meta), Arc::clone(&data)).unwrap();
+            let t = Thin::over(Arc::new(pool), 1, SectorCount(1 << 40), None).unwrap();
+            t.read(Sector(0), buf.buf(4096)).unwrap();
+            black_box(&buf);
+        })
+    });
+    g.finish();
+}
+
+/// Blocks of the fully mapped thin the sequential read bench reads (256 MiB).
+const SEQ_BLOCKS: u64 = 4096;
+
+/// Sequential 1 MiB reads of a fully mapped thin whose pool was reopened (so every read
+/// looks its block up in the committed tree through the cache) against linear reads of
+/// the same data volume.
+fn sequential(c: &mut Criterion) {
+    let meta: SharedVolume = Arc::new(MemVolume::new(SectorCount(16 * 2048)).unwrap());
+    let len = SectorCount(SEQ_BLOCKS * BLOCK);
+    let data: SharedVolume = Arc::new(MemVolume::new(len).unwrap());
+    {
+        let pool = open_pool(&meta, &data, len);
+        pool.message(&["create_thin", "1"]).unwrap();
+        let t = Thin::over(Arc::clone(&pool), 1, len, None).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        for i in 0..(len.0 / 2048) {
+            t.write(Sector(i * 2048), &chunk).unwrap();
+        }
+        t.flush().unwrap();
+    }
+    let pool = open_pool(&meta, &data, len);
+    let thin = Thin::over(Arc::clone(&pool), 1, len, None).unwrap();
+    assert!(!pool.mappings_loaded());
+    let linear = Linear::over(Arc::clone(&data), SectorCount(0), len).unwrap();
+    let mut g = c.benchmark_group("thin_read_seq_1m");
+    g.throughput(Throughput::Bytes(len.0 * 512));
+    g.sample_size(20);
+    let mut buf = Aligned::new(1 << 20);
+    for (name, v) in [
+        ("thin_on_demand", &thin as &dyn Volume),
+        ("linear", &linear),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for i in 0..(len.0 / 2048) {
+                    v.read(Sector(i * 2048), buf.buf(1 << 20)).unwrap();
+                }
+                black_box(&buf);
+            })
+        });
+    }
     g.finish();
 }
 

@@ -3,10 +3,12 @@
 //! walks bounded in depth and guarded against cycles, so a malicious tree errors out.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
 use super::block::{corrupt, le32, le64, Kind, MetaDev, BLOCK_SIZE};
+use super::cache::{BlockCache, Cached};
 
 /// `INTERNAL_NODE` flag.
 pub const INTERNAL_NODE: u32 = 1;
@@ -60,6 +62,40 @@ impl Node {
     /// Decode block `block` as a node whose leaves hold `leaf_value_size`-byte values,
     /// with the kernel's `btree_node_check` and key order checks.
     pub fn parse(buf: &[u8], block: u64, leaf_value_size: usize) -> Result<Node> {
+        let shape = Shape::check(buf, block, Some(leaf_value_size))?;
+        let nr_entries = shape.nr_entries;
+        let keys: Vec<u64> = (0..nr_entries).map(|i| shape.key(buf, i)).collect();
+        let vstart = HEADER_SIZE + 8 * shape.max_entries;
+        let values = buf[vstart..vstart + nr_entries * shape.value_size].to_vec();
+        Ok(Node {
+            block,
+            leaf: shape.leaf,
+            keys,
+            values,
+            value_size: shape.value_size,
+            max_entries: shape.max_entries,
+        })
+    }
+}
+
+/// A checked node header: what a node holds, read in place from its block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Leaf or internal.
+    pub leaf: bool,
+    /// Entries in use.
+    pub nr_entries: usize,
+    /// `max_entries` as stored.
+    pub max_entries: usize,
+    /// Bytes per value as stored.
+    pub value_size: usize,
+}
+
+impl Shape {
+    /// The kernel's `btree_node_check` and the key order checks over node `block`; with
+    /// `leaf_value_size`, also the value size this tree's nodes must hold (checked where
+    /// `Node::parse` always checked it; a cache checks it per tree with `expect`).
+    pub fn check(buf: &[u8], block: u64, leaf_value_size: Option<usize>) -> Result<Shape> {
         let what = Kind::BtreeNode.name();
         let flags = le32(buf, 4);
         let nr = le32(buf, 16);
@@ -75,19 +111,19 @@ impl Node {
                 return Err(corrupt(what, block, 4, "node is neither INTERNAL or LEAF"));
             }
         };
-        let want_vs = if leaf { leaf_value_size } else { 8 };
         let value_size = usize::try_from(vs).unwrap_or(usize::MAX);
-        if value_size != want_vs {
-            return Err(corrupt(
-                "btree node value_size",
-                block,
-                24,
-                format_args!("{vs}, this tree's nodes hold {want_vs}-byte values"),
-            ));
+        let shape0 = Shape {
+            leaf,
+            nr_entries: 0,
+            max_entries: 0,
+            value_size,
+        };
+        if let Some(lvs) = leaf_value_size {
+            shape0.expect(block, lvs)?;
         }
         let max_entries = usize::try_from(max).unwrap_or(usize::MAX);
         let fits = max_entries
-            .checked_mul(8 + value_size)
+            .checked_mul(8usize.saturating_add(value_size))
             .and_then(|n| n.checked_add(HEADER_SIZE))
             .is_some_and(|n| n <= BLOCK_SIZE);
         if !fits {
@@ -115,31 +151,70 @@ impl Node {
                 "internal node without entries",
             ));
         }
-        let keys: Vec<u64> = (0..nr_entries)
-            .map(|i| le64(buf, HEADER_SIZE + 8 * i))
-            .collect();
-        if let Some(i) = keys.windows(2).position(|w| w[0] >= w[1]) {
+        let shape = Shape {
+            leaf,
+            nr_entries,
+            max_entries,
+            value_size,
+        };
+        for i in 1..nr_entries {
+            let (a, b) = (shape.key(buf, i - 1), shape.key(buf, i));
+            if a >= b {
+                return Err(corrupt(
+                    "btree node keys",
+                    block,
+                    HEADER_SIZE + 8 * i,
+                    format_args!("key {b} after {a}: keys must be strictly ascending"),
+                ));
+            }
+        }
+        Ok(shape)
+    }
+
+    /// The value size check of a tree whose leaves hold `leaf_value_size`-byte values
+    /// (internal nodes hold 8-byte block numbers).
+    pub fn expect(&self, block: u64, leaf_value_size: usize) -> Result<()> {
+        let want_vs = if self.leaf { leaf_value_size } else { 8 };
+        if self.value_size != want_vs {
             return Err(corrupt(
-                "btree node keys",
+                "btree node value_size",
                 block,
-                HEADER_SIZE + 8 * (i + 1),
+                24,
                 format_args!(
-                    "key {} after {}: keys must be strictly ascending",
-                    keys[i + 1],
-                    keys[i]
+                    "{}, this tree's nodes hold {want_vs}-byte values",
+                    self.value_size
                 ),
             ));
         }
-        let vstart = HEADER_SIZE + 8 * max_entries;
-        let values = buf[vstart..vstart + nr_entries * value_size].to_vec();
-        Ok(Node {
-            block,
-            leaf,
-            keys,
-            values,
-            value_size,
-            max_entries,
-        })
+        Ok(())
+    }
+
+    /// Key `i` (< `nr_entries`) of the node in `buf`.
+    #[must_use]
+    pub fn key(&self, buf: &[u8], i: usize) -> u64 {
+        le64(buf, HEADER_SIZE + 8 * i)
+    }
+
+    /// Byte offset of value `i` in the block.
+    #[must_use]
+    pub fn value_at(&self, i: usize) -> usize {
+        HEADER_SIZE + 8 * self.max_entries + i * self.value_size
+    }
+
+    /// The index of the last key `<= key` (`lower_bound` in dm-btree.c), by binary search
+    /// over the keys in place.
+    #[must_use]
+    pub fn lower_bound(&self, buf: &[u8], key: u64) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.nr_entries);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.key(buf, mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
     }
 }
 
@@ -207,6 +282,22 @@ fn via(e: Error, parent: Option<(u64, usize, usize)>) -> Error {
     }
 }
 
+/// A node's first and last keys must lie in the range `lo..hi` its parent gives it.
+fn in_range(block: u64, (first, last): (u64, u64), (lo, hi): (u64, Option<u64>)) -> Result<()> {
+    if first < lo || hi.is_some_and(|h| last >= h) {
+        return Err(corrupt(
+            "btree node keys",
+            block,
+            HEADER_SIZE,
+            format_args!(
+                "keys {first}..={last} outside the parent's range {lo}..{}",
+                hi.map_or_else(|| "".to_string(), |h| h.to_string())
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn walk_node(
     dev: &MetaDev,
@@ -236,17 +327,7 @@ fn walk_node(
     }
     let node = read_node(dev, block, value_size).map_err(|e| via(e, parent))?;
     if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
-        if first < lo || hi.is_some_and(|h| last >= h) {
-            return Err(corrupt(
-                "btree node keys",
-                block,
-                HEADER_SIZE,
-                format_args!(
-                    "keys {first}..={last} outside the parent's range {lo}..{}",
-                    hi.map_or_else(|| "".to_string(), |h| h.to_string())
-                ),
-            ));
-        }
+        in_range(block, (first, last), (lo, hi))?;
     }
     for i in 0..node.keys.len() {
         if node.leaf {
@@ -297,4 +378,134 @@ pub fn lookup(dev: &MetaDev, root: u64, key: u64, value_size: usize) -> Result<O
         0,
         format_args!("lookup deeper than {MAX_DEPTH} levels"),
     ))
+}
+
+/// A value a lookup through a [`BlockCache`] found: its leaf, held while it is read.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// The leaf node.
+    pub leaf: Arc<Cached>,
+    /// Byte offset of the value in the leaf.
+    pub offset: usize,
+}
+
+impl Found {
+    /// The value's first `len` bytes.
+    #[must_use]
+    pub fn value(&self, len: usize) -> &[u8] {
+        &self.leaf.bytes[self.offset..self.offset + len]
+    }
+
+    /// Where the value lies.
+    #[must_use]
+    pub fn at(&self) -> At {
+        At {
+            block: self.leaf.block,
+            offset: self.offset,
+        }
+    }
+}
+
+/// One step of a cached descent: node `block`, checked as a node of a tree whose leaves
+/// hold `value_size`-byte values, whose keys must lie in `lo..hi`, reached through
+/// `parent` (named in read errors, as a walk names it); `path` holds the nodes above it.
+fn step(
+    cache: &BlockCache,
+    block: u64,
+    value_size: usize,
+    (lo, hi): (u64, Option<u64>),
+    parent: Option<(u64, usize, usize)>,
+    path: &[u64],
+) -> Result<(Arc<Cached>, Shape)> {
+    if path.len() >= MAX_DEPTH {
+        return Err(corrupt(
+            "btree depth",
+            block,
+            0,
+            format_args!("tree deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    if path.contains(&block) {
+        return Err(corrupt(
+            "btree child pointer",
+            block,
+            0,
+            "node reached twice in one tree (cycle)",
+        ));
+    }
+    let node = cache
+        .get(block, Kind::BtreeNode)
+        .map_err(|e| via(e, parent))?;
+    let shape = node
+        .shape
+        .ok_or_else(|| corrupt(Kind::BtreeNode.name(), block, 0, "not checked as a node"))?;
+    shape
+        .expect(block, value_size)
+        .map_err(|e| via(e, parent))?;
+    if shape.nr_entries > 0 {
+        let keys = (
+            shape.key(&node.bytes, 0),
+            shape.key(&node.bytes, shape.nr_entries - 1),
+        );
+        in_range(block, keys, (lo, hi))?;
+    }
+    Ok((node, shape))
+}
+
+/// A descent through `cache` from `root`: at each node `pick` names the entry to follow
+/// (`None`: the key is not there); the leaf, its shape and the entry picked in it.
+fn descend(
+    cache: &BlockCache,
+    root: u64,
+    value_size: usize,
+    pick: impl Fn(&[u8], &Shape) -> Option<usize>,
+) -> Result<Option<(Arc<Cached>, Shape, usize)>> {
+    let mut path = [0u64; MAX_DEPTH];
+    let mut depth = 0;
+    let mut block = root;
+    let mut range = (0, None);
+    let mut parent = None;
+    loop {
+        let (node, shape) = step(cache, block, value_size, range, parent, &path[..depth])?;
+        path[depth] = block;
+        depth += 1;
+        let buf = &node.bytes;
+        let Some(i) = pick(buf, &shape) else {
+            return Ok(None);
+        };
+        if shape.leaf {
+            return Ok(Some((node, shape, i)));
+        }
+        let next = (i + 1 < shape.nr_entries).then(|| shape.key(buf, i + 1));
+        range = (shape.key(buf, i), next.or(range.1));
+        parent = Some((block, i, shape.value_at(i)));
+        block = le64(buf, shape.value_at(i));
+    }
+}
+
+/// `dm_btree_lookup` through `cache`: the value of `key` in the tree at `root`, or `None`.
+/// Each node on the path gets every check a walk gives it (checksum, `blocknr`, node
+/// header, key order, keys inside the parent's range, depth, no node twice), so a
+/// damaged node fails the lookup with the walk's error.
+pub fn lookup_cached(
+    cache: &BlockCache,
+    root: u64,
+    key: u64,
+    value_size: usize,
+) -> Result<Option<Found>> {
+    let found = descend(cache, root, value_size, |buf, s| s.lower_bound(buf, key))?;
+    Ok(found
+        .filter(|(leaf, s, i)| s.key(&leaf.bytes, *i) == key)
+        .map(|(leaf, s, i)| Found {
+            offset: s.value_at(i),
+            leaf,
+        }))
+}
+
+/// `dm_btree_find_highest_key` through `cache`: the last key of the tree at `root`, following
+/// the last child down with a lookup's checks; `None` for an empty tree (the kernel's
+/// `-ENODATA` from an empty node).
+pub fn highest_key_cached(cache: &BlockCache, root: u64, value_size: usize) -> Result<Option<u64>> {
+    let found = descend(cache, root, value_size, |_, s| s.nr_entries.checked_sub(1))?;
+    Ok(found.map(|(leaf, s, i)| s.key(&leaf.bytes, i)))
 }

@@ -4,4 +4,5 @@
 pub mod array;
 pub mod block;
 pub mod btree;
+pub mod cache;
 pub mod space_map;

@@ -84,8 +84,10 @@ impl Thin {
         }
     }
 
-    fn lookup(&self, vblock: u64) -> Option<BlockTime> {
-        read(&self.dev).map.get(&vblock).copied()
+    /// The mapping of `vblock`: from the pool's index, or its committed tree (a damaged
+    /// node on the way fails the request with the error naming it).
+    fn lookup(&self, vblock: u64) -> Result<Option<BlockTime>> {
+        self.pool.lookup(&read(&self.dev), vblock)
     }
 
     /// `__snapshotted_since`: a mapping older than the device's last snapshot is shared.
@@ -95,7 +97,7 @@ impl Thin {
 
     /// Read `buf` from `within` sectors into virtual block `vblock`.
     fn read_block(&self, vblock: u64, within: u64, buf: &mut [u8]) -> Result<()> {
-        match self.lookup(vblock) {
+        match self.lookup(vblock)? {
             Some(bt) => {
                 let data_sector = bt.block * self.block + within;
                 self.pool.data().read(Sector(data_sector), buf)
@@ -147,7 +149,7 @@ impl Thin {
 
     /// Write `buf` at `within` sectors into virtual block `vblock` (`process_bio`).
     fn write_block(&self, vblock: u64, within: u64, buf: &[u8]) -> Result<()> {
-        if let Some(bt) = self.lookup(vblock) {
+        if let Some(bt) = self.lookup(vblock)? {
             if !self.shared(bt) {
                 return self
                     .pool
@@ -156,7 +158,7 @@ impl Thin {
             }
         }
         let _cell = self.pool.provisioning();
-        let old = self.lookup(vblock);
+        let old = self.lookup(vblock)?;
         if let Some(bt) = old {
             if !self.shared(bt) {
                 return self
@@ -325,7 +327,7 @@ impl Volume for Thin {
         let mut out = Extents::new();
         let mut run: Option<(Sector, SectorCount)> = None;
         for ((s, n), _) in chunks(sector, count, SectorCount(self.block)).zip(0..MAX_WALK) {
-            if self.lookup(self.split(s.0).0).is_none() {
+            if self.lookup(self.split(s.0).0)?.is_none() {
                 let (start, len) = run.get_or_insert((s, SectorCount(0)));
                 *len = SectorCount(s.0 + n.0 - start.0);
                 continue;
@@ -363,7 +365,7 @@ impl Volume for Thin {
         let end = sector.0 + count.0;
         let last = (end / self.block * self.block).max(first);
         for (at, n) in [(sector.0, first.min(end)), (last.max(sector.0), end)] {
-            if n > at && self.lookup(self.split(at).0).is_some() {
+            if n > at && self.lookup(self.split(at).0)?.is_some() {
                 write_zero_buffers(self, Sector(at), SectorCount(n - at))?;
             }
         }
@@ -378,7 +380,11 @@ impl Target for Thin {
         let d = read(&self.dev);
         // The kernel's u64 arithmetic, wrapping on damaged counts as C does.
         let mapped = d.details.mapped_blocks.wrapping_mul(self.block);
-        match d.highest {
+        // dm_thin_get_highest_mapped_block failing prints "Error" (thin_status).
+        let Ok(highest) = self.pool.highest(&d) else {
+            return "Error".to_string();
+        };
+        match highest {
             Some(h) => format!(
                 "{mapped} {}",
                 h.wrapping_add(1).wrapping_mul(self.block).wrapping_sub(1)

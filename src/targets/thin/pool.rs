@@ -1,12 +1,15 @@
 //! The constructed `thin-pool` (dm-thin.c `pool_ctr`, `pool_map`, `pool_status`,
 //! `pool_message`) and the pool's in-memory state (dm-thin-metadata.c's role).
 //!
-//! The pool loads every thin device's mapping tree into an in-memory index when it is built
-//! (the kernel walks its btrees through dm-bufio per bio; a mapped 4 KiB read here is one
-//! hash lookup). Writes change the index and the data reference counts; a commit (flush,
-//! status, a message, dropping the pool) writes a new transaction with
-//! `metadata::writer`: new blocks, flush, superblock last. I/O to the pool device itself
-//! goes to the data device, as `pool_map` remaps every bio there.
+//! Opening a pool reads the superblock, the device details and the top level of the
+//! mapping tree, nothing more: until the pool first changes, thin reads look their block up
+//! in the committed btree through a bounded cache of checked metadata blocks
+//! (`pdata::cache`, the kernel's dm-bufio), so opening costs the same for any pool size and
+//! a damaged node fails the request that reaches it. The first change (a write that
+//! provisions or breaks sharing, a discard, a message, a growth) loads every mapping tree
+//! and the data space map into an in-memory index (`PoolState::load`), which the commits
+//! of `metadata::writer` need: new blocks, flush, superblock last. I/O to the pool device
+//! itself goes to the data device, as `pool_map` remaps every bio there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -20,7 +23,9 @@ use crate::targets::context::{device_area, BuildContext, TableEvents};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
-use super::metadata::block::{MetaDev, BLOCK_SECTORS};
+use super::metadata::block::{le64, MetaDev, BLOCK_SECTORS};
+use super::metadata::btree::{highest_key_cached, lookup_cached};
+use super::metadata::cache::{BlockCache, DEFAULT_CACHE_BLOCKS};
 use super::metadata::superblock::Superblock;
 use super::metadata::writer::{format, free_metadata_blocks, Base, Devices, Transaction};
 use super::metadata::{BlockTime, DeviceDetails, Metadata};
@@ -37,6 +42,8 @@ pub(super) type BlockMap = crate::block_map::BlockMap<BlockTime>;
 /// the pool and the thin targets open on it.
 #[derive(Debug, Default)]
 pub(super) struct DevState {
+    /// The mappings are not loaded: the committed tree at `base` answers lookups.
+    pub(super) lazy: bool,
     pub(super) map: BlockMap,
     pub(super) highest: Option<u64>,
     pub(super) details: DeviceDetails,
@@ -92,6 +99,9 @@ struct Control {
 struct PoolState {
     /// The last committed metadata.
     committed: Metadata,
+    /// The mapping trees and the data space map are in memory (`load`): `refs` and
+    /// `committed_used` hold a count per data block and no device is `lazy`.
+    loaded: bool,
     /// The superblock of the transaction being built (time, transaction id).
     sb: Superblock,
     devices: BTreeMap<u64, Dev>,
@@ -118,7 +128,10 @@ struct PoolState {
 
 impl PoolState {
     fn inc_ref(&mut self, block: u64) -> Result<()> {
-        let r = &mut self.refs[usize_of(block)?];
+        let r = self
+            .refs
+            .get_mut(usize_of(block)?)
+            .ok_or_else(|| pool_error(format!("data block {block} is not counted")))?;
         if *r == 0 {
             self.allocated += 1;
         }
@@ -128,7 +141,10 @@ impl PoolState {
 
     /// Drop one count of `block`; whether it is free now.
     fn dec_ref(&mut self, block: u64) -> Result<bool> {
-        let r = &mut self.refs[usize_of(block)?];
+        let r = self
+            .refs
+            .get_mut(usize_of(block)?)
+            .ok_or_else(|| pool_error(format!("data block {block} is not counted")))?;
         if *r == 1 {
             self.allocated = self.allocated.saturating_sub(1);
         }
@@ -142,6 +158,61 @@ impl PoolState {
 
     fn recount(&mut self) {
         self.allocated = self.refs.iter().filter(|&&r| r != 0).count() as u64;
+    }
+
+    /// Load every device's mappings and the data space map's use into memory (what a
+    /// change needs before the writer can commit it). Everything is read and checked
+    /// first and installed only when all of it is sound, so a damaged node found here
+    /// fails the change and leaves the pool as it was.
+    fn load(&mut self) -> Result<()> {
+        if self.loaded {
+            return Ok(());
+        }
+        let md = &self.committed;
+        let nr_data = usize_of(md.superblock().data_sm.nr_blocks)?;
+        let mut committed_used = vec![false; nr_data];
+        md.data_space_map()?
+            .for_each_nonzero(md.dev(), &mut |b, _| {
+                *committed_used.get_mut(usize_of(b)?).ok_or_else(|| {
+                    pool_error(format!(
+                        "data space map counts block {b} beyond its {nr_data}"
+                    ))
+                })? = true;
+                Ok(())
+            })?;
+        let mut refs = vec![0u32; nr_data];
+        let mut loaded = Vec::new();
+        for (&id, dev) in &self.devices {
+            let Some(root) = read(dev).base else {
+                continue;
+            };
+            let mut map = BlockMap::default();
+            let mut highest = None;
+            md.for_each_mapping(root, &mut |k, bt| {
+                map.insert(k, bt);
+                highest = Some(k);
+                let r = refs.get_mut(usize_of(bt.block)?).ok_or_else(|| {
+                    pool_error(format!(
+                        "device {id} maps block {k} to data block {} beyond the data space map ({nr_data} blocks)",
+                        bt.block
+                    ))
+                })?;
+                *r = r.saturating_add(1);
+                Ok(())
+            })?;
+            loaded.push((Arc::clone(dev), map, highest));
+        }
+        for (dev, map, highest) in loaded {
+            let mut d = write(&dev);
+            d.map = map;
+            d.highest = highest;
+            d.lazy = false;
+        }
+        self.refs = refs;
+        self.committed_used = committed_used;
+        self.loaded = true;
+        self.recount();
+        Ok(())
     }
 }
 
@@ -238,7 +309,16 @@ pub(super) struct Pool {
     /// Raised when writes queued on a full pool should look again (space came back, or
     /// the timeout turned the pool to erroring).
     space: Stop,
+    /// Checked metadata blocks of the committed trees, for lookups while the pool is not
+    /// loaded (nothing writes the metadata until then).
+    cache: BlockCache,
+    /// Data blocks of the committed data space map when the pool opened: a lazy lookup
+    /// that finds a mapping beyond them fails, as loading it would.
+    lazy_nr_data: u64,
 }
+
+/// Metadata blocks a pool's cache holds (16 MiB).
+pub(super) const POOL_CACHE_BLOCKS: usize = DEFAULT_CACHE_BLOCKS;
 
 /// A constructed `thin-pool` line (dm-thin.c's `struct pool_c`): its arguments, its data
 /// area, and the pool it binds to when its table goes live.
@@ -406,6 +486,17 @@ impl ThinPool {
         meta: SharedVolume,
         data: SharedVolume,
     ) -> Result<ThinPool> {
+        ThinPool::over_cached(args, len, meta, data, POOL_CACHE_BLOCKS)
+    }
+
+    /// `over` with a metadata block cache of `cache_blocks` blocks.
+    pub fn over_cached(
+        args: &ThinPoolArgs,
+        len: SectorCount,
+        meta: SharedVolume,
+        data: SharedVolume,
+        cache_blocks: usize,
+    ) -> Result<ThinPool> {
         let mut pool = Pool::open(
             args,
             len,
@@ -413,6 +504,7 @@ impl ThinPool {
             Arc::new(SystemClock::new()),
             NO_SPACE_TIMEOUT,
         )?;
+        pool.cache = BlockCache::new(MetaDev::new(Arc::clone(&pool.meta)), cache_blocks);
         pool.queues = false;
         let tp = ThinPool {
             args: args.clone(),
@@ -476,6 +568,19 @@ impl ThinPool {
     pub fn commit(&self) -> Result<()> {
         self.pool.commit()
     }
+
+    /// The cache of checked metadata blocks lookups go through until the pool changes.
+    #[must_use]
+    pub fn metadata_cache(&self) -> &BlockCache {
+        &self.pool.cache
+    }
+
+    /// Whether the mappings are loaded into memory (after the pool's first change); until
+    /// then reads look them up in the committed trees.
+    #[must_use]
+    pub fn mappings_loaded(&self) -> bool {
+        lock(&self.pool.state).loaded
+    }
 }
 
 impl Pool {
@@ -521,46 +626,31 @@ impl Pool {
                 sb.data_block_size, args.block_size
             )));
         }
-        let dsm = md.data_space_map()?;
+        md.data_space_map()?;
         md.metadata_space_map()?;
-        let nr_data = usize_of(sb.data_sm.nr_blocks)?;
-        let mut committed_used = vec![false; nr_data];
-        dsm.for_each_nonzero(md.dev(), &mut |b, _| {
-            committed_used[usize_of(b)?] = true;
-            Ok(())
-        })?;
-        let mut refs = vec![0u32; nr_data];
         let details = md.devices()?;
         let mut devices = BTreeMap::new();
         for (id, root) in md.device_roots()? {
-            let mut st = DevState {
+            let st = DevState {
+                lazy: true,
                 details: details.get(&id).copied().ok_or_else(|| {
                     pool_error(format!("device {id} has a mapping tree but no details"))
                 })?,
                 base: Some(root),
                 ..DevState::default()
             };
-            md.for_each_mapping(root, &mut |k, bt| {
-                st.map.insert(k, bt);
-                st.highest = Some(k);
-                let r = refs.get_mut(usize_of(bt.block)?).ok_or_else(|| {
-                    pool_error(format!(
-                        "device {id} maps block {k} to data block {} beyond the data space map ({nr_data} blocks)",
-                        bt.block
-                    ))
-                })?;
-                *r = r.saturating_add(1);
-                Ok(())
-            })?;
             devices.insert(id, Arc::new(RwLock::new(st)));
         }
-        let mut state = PoolState {
+        let lazy_nr_data = sb.data_sm.nr_blocks;
+        let cache = BlockCache::new(md.dev().clone(), POOL_CACHE_BLOCKS);
+        let state = PoolState {
             committed: md,
+            loaded: false,
             sb,
             devices,
-            refs,
+            refs: Vec::new(),
             allocated: 0,
-            committed_used,
+            committed_used: Vec::new(),
             begin: 0,
             dirty: false,
             // pool_features_init: a new pool is in write mode until its control target
@@ -570,7 +660,6 @@ impl Pool {
             error_if_no_space: args.features.error_if_no_space,
             out_of_space_since: Duration::ZERO,
         };
-        state.recount();
         Ok(Pool {
             meta,
             data_dev,
@@ -590,6 +679,8 @@ impl Pool {
             no_space_timeout,
             queues: true,
             space: Stop::default(),
+            cache,
+            lazy_nr_data,
         })
     }
 
@@ -614,6 +705,7 @@ impl Pool {
                 )));
             }
             if blocks > nr && st.mode != Mode::ReadOnly && !st.sb.needs_check() {
+                st.load()?;
                 st.sb.data_sm.nr_blocks = blocks;
                 st.refs.resize(usize_of(blocks)?, 0);
                 st.committed_used.resize(usize_of(blocks)?, false);
@@ -761,6 +853,46 @@ impl Pool {
             })
     }
 
+    /// The mapping of `vblock` in `d` (a guard of a device's state, held across the lookup
+    /// so no commit replaces the tree under it): from the in-memory index once loaded,
+    /// else from the committed tree through the block cache, with the checks a load makes.
+    pub(super) fn lookup(&self, d: &DevState, vblock: u64) -> Result<Option<BlockTime>> {
+        if !d.lazy {
+            return Ok(d.map.get(&vblock).copied());
+        }
+        let Some(root) = d.base else {
+            return Ok(None);
+        };
+        let Some(found) = lookup_cached(&self.cache, root, vblock, 8)? else {
+            return Ok(None);
+        };
+        let bt = BlockTime::unpack(le64(found.value(8), 0));
+        if bt.block >= self.lazy_nr_data {
+            let at = found.at();
+            return Err(super::metadata::block::corrupt(
+                "mapping data block",
+                at.block,
+                at.offset,
+                format_args!(
+                    "virtual block {vblock} maps to data block {}, the pool has {}",
+                    bt.block, self.lazy_nr_data
+                ),
+            ));
+        }
+        Ok(Some(bt))
+    }
+
+    /// The highest mapped virtual block of `d` (`dm_thin_get_highest_mapped_block`).
+    pub(super) fn highest(&self, d: &DevState) -> Result<Option<u64>> {
+        if !d.lazy {
+            return Ok(d.highest);
+        }
+        match d.base {
+            Some(root) => highest_key_cached(&self.cache, root, 8),
+            None => Ok(None),
+        }
+    }
+
     /// Serialise provisioning.
     pub(super) fn provisioning(&self) -> MutexGuard<'_, ()> {
         lock(&self.provision)
@@ -773,6 +905,8 @@ impl Pool {
     /// commits (blocks freed in this transaction become usable) and otherwise enters
     /// out-of-data-space mode (ENOSPC).
     pub(super) fn alloc_data_block(&self) -> Result<u64> {
+        // The free count the low water mark is judged by needs the data counts loaded.
+        lock(&self.state).load()?;
         self.check_low_water_mark();
         if let Some(b) = self.try_alloc()? {
             return Ok(b);
@@ -813,6 +947,7 @@ impl Pool {
     fn try_alloc(&self) -> Result<Option<u64>> {
         let mut st = lock(&self.state);
         let st = &mut *st;
+        st.load()?;
         let n = st.refs.len();
         let begin = usize_of(st.begin)?.min(n);
         let free = |i: &usize| st.refs[*i] == 0 && !st.committed_used[*i];
@@ -830,6 +965,7 @@ impl Pool {
     /// dropping the device's reference to a block it shared before.
     pub(super) fn remap(&self, dev: &Dev, vblock: u64, block: u64, time: u32) -> Result<()> {
         let mut st = lock(&self.state);
+        st.load()?;
         let mut d = write(dev);
         let old = d.map.insert(vblock, BlockTime { block, time });
         d.changed.insert(vblock);
@@ -847,7 +983,15 @@ impl Pool {
     /// Unmap `vblock` of `dev` (`dm_thin_remove_range` for one block): the data block it
     /// named, when no mapping names it any more (to pass the discard down), else `None`.
     pub(super) fn unmap(&self, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
+        {
+            // Nothing to unmap changes nothing: a lazy pool stays lazy.
+            let d = read(dev);
+            if d.lazy && self.lookup(&d, vblock)?.is_none() {
+                return Ok(None);
+            }
+        }
         let mut st = lock(&self.state);
+        st.load()?;
         let mut d = write(dev);
         let Some(old) = d.map.remove(&vblock) else {
             return Ok(None);
@@ -890,6 +1034,7 @@ impl Pool {
         if !st.dirty {
             return Ok(());
         }
+        st.load()?;
         self.data().flush()?;
         let mut devices: Devices = BTreeMap::new();
         let mut bases = BTreeMap::new();
@@ -925,6 +1070,7 @@ impl Pool {
             .filter(|b| !held.meta.contains_key(b))
             .collect();
         let tx = Transaction::build(&st.sb, free, &devices, &bases, Some(&st.committed))?;
+        self.cache.clear();
         tx.commit(st.committed.dev())?;
         let md = Metadata::open(Arc::clone(&self.meta))?;
         let roots = md.device_roots()?;
@@ -1033,6 +1179,8 @@ impl Pool {
         let given = argv.first().copied().unwrap_or("");
         let word = given.to_ascii_lowercase();
         let mut st = lock(&self.state);
+        // Every message changes what the next commit writes, which needs the mappings.
+        st.load()?;
         match word.as_str() {
             "create_thin" => {
                 count(2)?;
@@ -1090,6 +1238,7 @@ impl Pool {
                     st.inc_ref(bt.block)?;
                 }
                 let snap = DevState {
+                    lazy: false,
                     map: o.map.clone(),
                     highest: o.highest,
                     // __create_snap shares the origin's root: so does the next commit.
@@ -1183,6 +1332,7 @@ impl Pool {
                 copy.data_sm = Default::default();
                 copy.metadata_sm = Default::default();
                 copy.held_root = 0;
+                self.cache.clear();
                 st.committed.dev().write(block, &copy.encode(block))?;
                 st.sb.held_root = block;
             }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use crate::error::Result;
 use crate::volume::SharedVolume;
 
-pub use crate::targets::pdata::{block, btree, space_map};
+pub use crate::targets::pdata::{block, btree, cache, space_map};
 pub mod superblock;
 pub mod writer;
 
