@@ -23,11 +23,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use dmemu::luks::{KdfLimits, Luks};
+use dmemu::registry::Registry;
+use dmemu::table::parse_concise;
 use dmemu::table::parse_line_params;
 use dmemu::targets::crypt::{Crypt, Keyring};
 use dmemu::targets::{Integrity, TargetSpec};
 use dmemu::volume::MemVolume;
-use dmemu::{Keys, Sector, SectorCount, SharedVolume, Volume};
+use dmemu::{Access, Keys, Sector, SectorCount, SharedVolume, Volume};
 use sha2::{Digest, Sha256};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/luks-integrity");
@@ -442,4 +444,94 @@ fn crypt_with_aead_over_a_device_without_tags_is_refused_as_the_kernel() {
         e.to_string().contains("Integrity profile not supported."),
         "{e}"
     );
+}
+
+#[test]
+fn the_kernels_two_tables_stack_in_a_registry_and_read_as_the_kernel() {
+    // cryptsetup's devices as dmsetup loads them: x_dif (integrity over the image), then x
+    // (crypt over x_dif, the key in the keyring), with the kernel's exact table lines.
+    let w = Work::new();
+    for name in NAMES {
+        let img = w.image(name, name);
+        let (luks, key) = open_mem(gunzip(name));
+        let dif = kernel(&format!("{name} dif table"));
+        let crypt = kernel(&format!("{name} table"));
+        let mut r = Registry::new().with_access(Access::ReadOnly);
+        r.bind(dif.split(' ').nth(3).unwrap(), &img).unwrap();
+        r.keyring().insert(
+            "logon",
+            &format!("cryptsetup:{}-d0", luks.uuid()),
+            &key.bytes,
+        );
+        // The concise format escapes the commas of authenc(hmac(sha256),xts(aes)).
+        let specs = parse_concise(&format!(
+            "x_dif,,,ro,{};x,,,ro,{}",
+            dif.trim_end(),
+            crypt.trim_end().replace(',', "\\,")
+        ))
+        .unwrap();
+        let devs = r.create_all(&specs).unwrap();
+        assert_eq!(
+            devs[0].tag_profile().map(|p| p.interval),
+            Some(512),
+            "{name}"
+        );
+        let mut buf = vec![0u8; 262_144];
+        devs[1].read(Sector(0), &mut buf).unwrap();
+        assert_eq!(
+            sha256(&buf),
+            kernel(&format!("{name} first-sha256")).trim(),
+            "{name}"
+        );
+        let e = devs[1].read(Sector(2048), &mut buf[..4096]).unwrap_err();
+        assert_eq!(e.errno(), 84, "{name}: {e}");
+    }
+}
+
+#[test]
+fn large_requests_split_over_threads_and_name_the_first_failing_sector() {
+    use dmemu::table::args::Args;
+    use dmemu::targets::integrity::format::{format, FormatParams};
+    use dmemu::targets::IntegrityArgs;
+    // A 24 MiB integrity device with 28-byte external tags (dmemu integrity format), gcm
+    // with random IVs over it, as the l2-aes-gcm table; 8 MiB requests take two threads.
+    let dev: SharedVolume = Arc::new(MemVolume::new(SectorCount(24 << 11)).unwrap());
+    let sb = format(
+        &*dev,
+        &FormatParams {
+            tag_size: Some(28),
+            wipe: false,
+            salt: Some([1; 16]),
+            ..FormatParams::default()
+        },
+    )
+    .unwrap();
+    let len = SectorCount(sb.provided_data_sectors);
+    let tokens: Vec<String> = ["/dev/x", "0", "28", "J", "0"].map(String::from).to_vec();
+    let iargs = IntegrityArgs::parse(&mut Args::new(&tokens)).unwrap();
+    let integrity = Arc::new(Integrity::over(Arc::clone(&dev), &iargs, len).unwrap());
+    let params = format!(
+        "capi:gcm(aes)-random {} 0 /dev/x 0 1 integrity:28:aead",
+        "5a".repeat(32)
+    );
+    let TargetSpec::Crypt(args) = parse_line_params("crypt", len, &params).unwrap() else {
+        panic!("not crypt");
+    };
+    let lower: SharedVolume = integrity.clone();
+    let vol = Crypt::over(lower, &args, len, &Keyring::default()).unwrap();
+    let data = seq(77, 8 << 20);
+    vol.write(Sector(0), &data).unwrap();
+    let mut back = vec![0u8; 8 << 20];
+    vol.read(Sector(0), &mut back).unwrap();
+    assert!(back == data);
+    // Break sectors 12000 (second half) and 3000 (first half): the first one is named.
+    for s in [12_000u64, 3000] {
+        let mut d = vec![0u8; 512];
+        let mut t = vec![0u8; 28];
+        integrity.read_tagged(Sector(s), &mut d, &mut t).unwrap();
+        t[20] ^= 0x80; // the stored IV
+        integrity.write_tagged(Sector(s), &d, &t).unwrap();
+        let e = vol.read(Sector(0), &mut back).unwrap_err();
+        assert!(e.to_string().contains(&format!("sector {s}")), "{e}");
+    }
 }
