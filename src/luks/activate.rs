@@ -4,7 +4,8 @@
 //!
 //! LUKS2 states dmemu does not handle are refused by name: mandatory requirements
 //! (online re-encryption, OPAL, ...), more than one segment, non-crypt segments and
-//! integrity-protected segments.
+//! integrity types other than aead and hmac(sha1|sha256|sha512). Segments with integrity
+//! get cryptsetup's dm-integrity layer under the crypt device.
 
 use zeroize::Zeroizing;
 
@@ -141,7 +142,12 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<M
                 None => (cipher_text.as_str(), None),
             };
             let tag_size = integrity_tag_size(i, c, mode)
-                .filter(|&t| t > 0 && i != "none")
+                .filter(|_| {
+                    matches!(
+                        i.as_str(),
+                        "aead" | "hmac(sha1)" | "hmac(sha256)" | "hmac(sha512)"
+                    )
+                })
                 .ok_or_else(|| {
                     refuse(&format!(
                         "a segment with integrity {} (dmemu takes aead and hmac(sha1|sha256|sha512))",

@@ -517,6 +517,34 @@ impl Crypt {
     /// Writes: each crypt sector encrypted with a fresh IV (random IVs from the OS) and
     /// its tuple (auth tag, stored IV, zeros) written with it, through a bounce buffer.
     fn write_aead(&self, a: &AeadCtx, sector: Sector, buf: &[u8]) -> Result<()> {
+        self.bounced(sector, buf, |at, piece, out| {
+            out.copy_from_slice(piece);
+            let mut tags = vec![0u8; piece.len() / self.sector_size * a.tuple];
+            if a.iv == AeadIv::Random {
+                // crypt_iv_random_gen: get_random_bytes into the stored IV's place.
+                for t in tags.chunks_exact_mut(a.tuple) {
+                    getrandom::fill(&mut t[a.auth..a.auth + a.stored_iv]).map_err(|e| {
+                        Error::TargetFailed {
+                            target: "crypt",
+                            reason: format!("no random IV from the OS: {e}"),
+                        }
+                    })?;
+                }
+            }
+            self.aead_convert(a, at.0, out, &mut tags, Direction::Encrypt)?;
+            self.device.write_tagged(at + self.offset, out, &tags)
+        })
+    }
+
+    /// Write `buf` from `sector` through this thread's bounce buffer, at most
+    /// `WRITE_CHUNK_BYTES` at a time: `each(at, plaintext, out)` fills `out` (as large as
+    /// the piece) with what goes to the device and writes it.
+    fn bounced(
+        &self,
+        sector: Sector,
+        buf: &[u8],
+        mut each: impl FnMut(Sector, &[u8], &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
         BOUNCE.with(|cell| {
             let mut bounce = cell.borrow_mut();
             let chunk = buf.len().min(WRITE_CHUNK_BYTES);
@@ -526,22 +554,7 @@ impl Crypt {
             let off = bounce.as_ptr().align_offset(4096).min(4096);
             let mut at = sector;
             for piece in buf.chunks(WRITE_CHUNK_BYTES) {
-                let out = &mut bounce[off..off + piece.len()];
-                out.copy_from_slice(piece);
-                let mut tags = vec![0u8; piece.len() / self.sector_size * a.tuple];
-                if a.iv == AeadIv::Random {
-                    // crypt_iv_random_gen: get_random_bytes into the stored IV's place.
-                    for t in tags.chunks_exact_mut(a.tuple) {
-                        getrandom::fill(&mut t[a.auth..a.auth + a.stored_iv]).map_err(|e| {
-                            Error::TargetFailed {
-                                target: "crypt",
-                                reason: format!("no random IV from the OS: {e}"),
-                            }
-                        })?;
-                    }
-                }
-                self.aead_convert(a, at.0, out, &mut tags, Direction::Encrypt)?;
-                self.device.write_tagged(at + self.offset, out, &tags)?;
+                each(at, piece, &mut bounce[off..off + piece.len()])?;
                 at += SectorCount::from_bytes(piece.len())?;
             }
             Ok(())
@@ -742,21 +755,9 @@ impl Volume for Crypt {
             return self.write_aead(a, sector, buf);
         }
         drop(k);
-        BOUNCE.with(|cell| {
-            let mut bounce = cell.borrow_mut();
-            let chunk = buf.len().min(WRITE_CHUNK_BYTES);
-            if bounce.len() < chunk + 4096 {
-                *bounce = vec![0u8; chunk + 4096];
-            }
-            let off = bounce.as_ptr().align_offset(4096).min(4096);
-            let mut at = sector;
-            for piece in buf.chunks(WRITE_CHUNK_BYTES) {
-                let out = &mut bounce[off..off + piece.len()];
-                self.convert(at, Some(piece), out, Direction::Encrypt)?;
-                self.device.write(at + self.offset, out)?;
-                at += SectorCount::from_bytes(piece.len())?;
-            }
-            Ok(())
+        self.bounced(sector, buf, |at, piece, out| {
+            self.convert(at, Some(piece), out, Direction::Encrypt)?;
+            self.device.write(at + self.offset, out)
         })
     }
 
