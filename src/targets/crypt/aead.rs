@@ -327,10 +327,17 @@ impl Gcm {
         let a = aad.len().div_ceil(16) * 16;
         let c = ct.len().div_ceil(16) * 16;
         let rev = |src: &[u8], dst: &mut [u8]| {
-            for (s, d) in src.chunks(16).zip(dst.chunks_exact_mut(16)) {
-                let mut b = [0u8; 16];
-                b[..s.len()].copy_from_slice(s);
-                d.copy_from_slice(&u128::from_be_bytes(b).to_le_bytes());
+            let mut s = src.chunks_exact(16);
+            let mut d = dst.chunks_exact_mut(16);
+            for (a, b) in (&mut s).zip(&mut d) {
+                let v = u128::from_be_bytes(a.try_into().unwrap_or_default());
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            let r = s.remainder();
+            if let (false, Some(b)) = (r.is_empty(), d.next()) {
+                let mut t = [0u8; 16];
+                t[..r.len()].copy_from_slice(r);
+                b.copy_from_slice(&u128::from_be_bytes(t).to_le_bytes());
             }
         };
         rev(aad, &mut buf[..a]);
