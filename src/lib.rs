@@ -201,6 +201,6 @@ pub use table::{Table, TableLine, TableMode};
 pub use targets::{Keys, Target, TargetSpec};
 pub use units::{Sector, SectorCount, SECTOR_SIZE};
 pub use volume::{
-    Access, Allocation, Extent, FileVolume, MemVolume, MmapVolume, SharedVolume, Unmap, Volume,
-    VolumeIo,
+    Access, Allocation, Extent, FileVolume, MemVolume, MmapVolume, SharedVolume, TagProfile, Unmap,
+    Volume, VolumeIo,
 };

@@ -4,7 +4,8 @@
 //!
 //! LUKS2 states dmemu does not handle are refused by name: mandatory requirements
 //! (online re-encryption, OPAL, ...), more than one segment, non-crypt segments and
-//! integrity-protected segments.
+//! integrity types other than aead and hmac(sha1|sha256|sha512). Segments with integrity
+//! get cryptsetup's dm-integrity layer under the crypt device.
 
 use zeroize::Zeroizing;
 
@@ -12,11 +13,17 @@ use super::luks2::Luks2Header;
 use super::unlock::VolumeKey;
 use super::{Header, Luks};
 use crate::error::{Error, Result};
+use std::sync::Arc;
+
+use crate::table::args::Args;
 use crate::targets::crypt::{
-    CipherSpec, Crypt, CryptArgs, CryptKey, CryptOptions, Keyring, KeyringRef,
+    CipherSpec, Crypt, CryptArgs, CryptKey, CryptOptions, Integrity as CryptIntegrity, Keyring,
+    KeyringRef,
 };
-use crate::targets::{DeviceAt, DeviceRef, Keys};
-use crate::units::SectorCount;
+use crate::targets::integrity::superblock::Superblock;
+use crate::targets::{DeviceAt, DeviceRef, Integrity, IntegrityArgs, Keys, Target};
+use crate::units::{Sector, SectorCount};
+use crate::volume::SharedVolume;
 
 /// Persistent LUKS2 `config.flags` and the crypt options they turn on
 /// (`LUKS2_config_get_flags`, `persistent_flags[]`; cryptsetup 2.7 spells the last one
@@ -35,13 +42,65 @@ fn refuse(what: &str) -> Error {
 }
 
 /// What to map: offset and length on the data device (sectors), IV offset, crypt
-/// options, cipher.
+/// options, cipher, and the integrity layer below the crypt device if any.
 struct Mapping {
     offset: SectorCount,
     len: SectorCount,
     iv_offset: SectorCount,
     cipher: String,
     options: CryptOptions,
+    integrity: Option<IntegrityLayer>,
+}
+
+/// A LUKS2 segment with `integrity`: cryptsetup puts a dm-integrity device (`<name>_dif`,
+/// its superblock at the segment offset, no internal hash) under the crypt device, which
+/// then maps the integrity device from sector 0 with `integrity:<tag>:aead`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntegrityLayer {
+    /// `integrity.type` (`aead`, `hmac(sha256)`, ...).
+    pub kind: String,
+    /// Tag bytes per sector (`INTEGRITY_tag_size`): auth tag + stored IV.
+    pub tag_size: u32,
+    /// The persistent `no-journal` flag: direct writes (`D`) instead of the journal (`J`).
+    pub no_journal: bool,
+}
+
+/// `INTEGRITY_tag_size` (cryptsetup lib/integrity/integrity.c): the IV bytes a random IV
+/// mode stores plus the auth tag of the integrity type.
+fn integrity_tag_size(integrity: &str, cipher: &str, mode: Option<&str>) -> Option<u32> {
+    let iv = match mode {
+        None => 0,
+        Some("xts-random") | Some("ctr-random") => 16,
+        Some("gcm-random") => 12,
+        Some("ccm-random") => 8,
+        Some("random") if cipher == "aegis256" => 32,
+        Some("random") => 16,
+        Some(_) => 0,
+    };
+    let auth = match integrity {
+        "none" => 0,
+        "aead" | "cmac(aes)" | "poly1305" => 16,
+        "hmac(sha1)" => 20,
+        "hmac(sha256)" => 32,
+        "hmac(sha512)" => 64,
+        _ => return None,
+    };
+    Some(iv + auth)
+}
+
+/// The dm-crypt cipher cryptsetup loads for `cipher` (`aes-xts-plain64`, `aes-gcm-random`,
+/// `aegis128-random`) with `integrity` (`cipher_c2dm`): `capi:<mode>(<cipher>)-<iv>` for
+/// AEADs, `capi:authenc(<mac>,<mode>(<cipher>))-<iv>` for an HMAC over a cipher, and
+/// `capi:<cipher>-<iv>` for ciphers that are their own AEAD.
+fn integrity_cipher(cipher: &str, integrity: &str) -> String {
+    let (c, rest) = cipher.split_once('-').unwrap_or((cipher, ""));
+    match rest.split_once('-') {
+        Some((mode, iv)) if integrity == "aead" || integrity == "none" => {
+            format!("capi:{mode}({c})-{iv}")
+        }
+        Some((mode, iv)) => format!("capi:authenc({integrity},{mode}({c}))-{iv}"),
+        None => format!("capi:{c}-{rest}"),
+    }
 }
 
 fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<Mapping> {
@@ -74,12 +133,34 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<M
     if seg.kind != "crypt" {
         return Err(refuse(&format!("segment type {:?}", seg.kind)));
     }
-    if let Some(i) = &seg.integrity {
-        return Err(refuse(&format!(
-            "an integrity-protected segment (integrity {}, needs dm-integrity)",
-            crate::error::quote(i)
-        )));
-    }
+    let cipher_text = seg.encryption.clone().unwrap_or_default();
+    let integrity = match &seg.integrity {
+        None => None,
+        Some(i) => {
+            let (c, mode) = match cipher_text.split_once('-') {
+                Some((c, m)) => (c, Some(m)),
+                None => (cipher_text.as_str(), None),
+            };
+            let tag_size = integrity_tag_size(i, c, mode)
+                .filter(|_| {
+                    matches!(
+                        i.as_str(),
+                        "aead" | "hmac(sha1)" | "hmac(sha256)" | "hmac(sha512)"
+                    )
+                })
+                .ok_or_else(|| {
+                    refuse(&format!(
+                        "a segment with integrity {} (dmemu takes aead and hmac(sha1|sha256|sha512))",
+                        crate::error::quote(i)
+                    ))
+                })?;
+            Some(IntegrityLayer {
+                kind: i.clone(),
+                tag_size,
+                no_journal: m.config.flags.iter().any(|f| f == "no-journal"),
+            })
+        }
+    };
     let unit = u64::from(seg.sector_size / 512);
     let metadata_end = 2 * h.bin.hdr_size + m.config.keyslots_size;
     if !detached && seg.offset < metadata_end {
@@ -118,7 +199,7 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<M
         ));
     }
     let f = |name: &str| m.config.flags.iter().any(|x| x == name);
-    let options = CryptOptions {
+    let mut options = CryptOptions {
         allow_discards: f(FLAGS[0]),
         same_cpu_crypt: f(FLAGS[1]),
         submit_from_crypt_cpus: f(FLAGS[2]),
@@ -128,12 +209,23 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<M
         sector_size: seg.sector_size,
         ..CryptOptions::default()
     };
+    let cipher = match &integrity {
+        Some(l) => {
+            options.integrity = Some(CryptIntegrity {
+                tag_size: l.tag_size,
+                profile: "aead".into(),
+            });
+            integrity_cipher(&cipher_text, &l.kind)
+        }
+        None => cipher_text,
+    };
     Ok(Mapping {
         offset: SectorCount(offset),
         len: SectorCount(len),
         iv_offset: SectorCount(seg.iv_tweak),
-        cipher: seg.encryption.clone().unwrap_or_default(),
+        cipher,
         options,
+        integrity,
     })
 }
 
@@ -167,10 +259,60 @@ impl Luks {
                     iv_offset: SectorCount(0),
                     cipher: h.cipher_spec(),
                     options: CryptOptions::default(),
+                    integrity: None,
                 })
             }
             Header::V2(h) => luks2_mapping(h, data, self.detached),
         }
+    }
+
+    /// The integrity layer's table arguments over the data device named `device` and
+    /// the size it provides (from its superblock), for a segment with integrity.
+    fn integrity_args(&self, device: &str) -> Result<Option<(IntegrityArgs, SectorCount)>> {
+        let m = self.mapping()?;
+        let Some(layer) = &m.integrity else {
+            return Ok(None);
+        };
+        let mode = if layer.no_journal { "D" } else { "J" };
+        let tokens: Vec<String> = vec![
+            device.to_string(),
+            m.offset.0.to_string(),
+            layer.tag_size.to_string(),
+            mode.to_string(),
+            "0".to_string(),
+        ];
+        let args = IntegrityArgs::parse(&mut Args::new(&tokens))
+            .map_err(|e| Error::invalid("LUKS2 integrity", e.to_string()))?;
+        let mut first = [0u8; 512];
+        self.data_dev.read(Sector(m.offset.0), &mut first)?;
+        let mut raw = [0u8; Superblock::SIZE];
+        raw.copy_from_slice(&first[..Superblock::SIZE]);
+        let sb = Superblock::decode(&raw)?.ok_or_else(|| {
+            crate::luks::corrupt(
+                "LUKS2 integrity superblock",
+                m.offset.bytes(),
+                "no dm-integrity superblock at the segment offset (the image was formatted \
+                 without its integrity layer)",
+            )
+        })?;
+        Ok(Some((args, SectorCount(sb.provided_data_sectors))))
+    }
+
+    /// The integrity layer under the crypt device, for LUKS2 segments with `integrity`:
+    /// its table line (`0 <len> integrity ...`, as the kernel prints it once loaded) over
+    /// the data device named `device`. `None` for images without integrity.
+    pub fn integrity_table_line(&self, device: &str) -> Result<Option<String>> {
+        let Some((mut args, len)) = self.integrity_args(device)? else {
+            return Ok(None);
+        };
+        let t = Integrity::over(self.data_dev.clone(), &args, len)?;
+        if let Some(crate::targets::TargetSpec::Integrity(settled)) = t.table_spec() {
+            args = settled;
+        }
+        let mut s = format!("0 {len} {} ", IntegrityArgs::TYPE);
+        args.write(&mut s, Keys::Hidden)
+            .map_err(|_| Error::invalid("table", "formatting failed"))?;
+        Ok(Some(s))
     }
 
     /// The crypt arguments and line length for `key`, the device named `device`.
@@ -182,8 +324,14 @@ impl Luks {
         device: &str,
         keyring: bool,
     ) -> Result<(SectorCount, CryptArgs)> {
-        let m = self.mapping()?;
-        let cipher = CipherSpec::parse(&m.cipher, false)
+        let mut m = self.mapping()?;
+        if let Some((_, provided)) = self.integrity_args(device)? {
+            // The crypt device maps the whole integrity device from its sector 0.
+            m.offset = SectorCount(0);
+            m.len = provided;
+        }
+        let aead = m.integrity.is_some();
+        let cipher = CipherSpec::parse(&m.cipher, aead)
             .map_err(|e| Error::invalid("LUKS cipher", format!("{:?}: {e}", m.cipher)))?;
         let key = match (keyring, &self.header, key.digest) {
             (true, Header::V2(h), Some(d)) => CryptKey::Keyring(KeyringRef {
@@ -230,9 +378,17 @@ impl Luks {
         Ok(s)
     }
 
-    /// The decrypted volume: the crypt target over the data device.
+    /// The decrypted volume: the crypt target over the data device, or over the
+    /// integrity target over it for LUKS2 segments with integrity (reads authenticate
+    /// every sector, writes store tags and IVs as the kernel does).
     pub fn volume(&self, key: &VolumeKey) -> Result<Crypt> {
         let (len, args) = self.crypt_args(key, "luks-data", false)?;
-        Crypt::over(self.data_dev.clone(), &args, len, &Keyring::default())
+        let lower: SharedVolume = match self.integrity_args("luks-data")? {
+            Some((iargs, provided)) => {
+                Arc::new(Integrity::over(self.data_dev.clone(), &iargs, provided)?)
+            }
+            None => self.data_dev.clone(),
+        };
+        Crypt::over(lower, &args, len, &Keyring::default())
     }
 }

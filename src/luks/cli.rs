@@ -235,7 +235,16 @@ pub fn run(cmd: LuksCommand) -> Result<()> {
             let (luks, vk) = unlock.open(Access::ReadOnly)?;
             let keys = if showkeys { Keys::Shown } else { Keys::Hidden };
             let dev = unlock.image.display().to_string();
-            let line = luks.table_line(&vk, &dev, keys, keyring)?;
+            // With integrity, cryptsetup loads two devices: the integrity layer over the
+            // image (`<name>_dif`), then the crypt device over it. Both lines are printed,
+            // the crypt line naming the first device `<image>_dif`.
+            let line = match luks.integrity_table_line(&dev)? {
+                Some(dif) => {
+                    println!("{dif}");
+                    luks.table_line(&vk, &format!("{dev}_dif"), keys, keyring)?
+                }
+                None => luks.table_line(&vk, &dev, keys, keyring)?,
+            };
             println!("{line}");
             Ok(())
         }

@@ -304,6 +304,20 @@ fn argon2_memory_beyond_the_cap_is_refused_not_allocated() {
 }
 
 #[test]
+fn an_integrity_segment_without_its_integrity_superblock_is_corrupt_naming_the_offset() {
+    let img = l2_with(|v| {
+        v["segments"]["0"]["integrity"] = json!({"type": "hmac(sha256)", "journal_encryption": "none", "journal_integrity": "none"})
+    });
+    let luks = open(img).unwrap();
+    let key = luks
+        .unlock(b"bravo", Some(3), &KdfLimits::default())
+        .unwrap();
+    let e = luks.volume(&key).unwrap_err();
+    assert!(matches!(e, crate::Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("dm-integrity superblock"), "{e}");
+}
+
+#[test]
 fn unsupported_luks2_states_are_refused_by_name() {
     let cases: Vec<(Edit, &str)> = vec![
         (
@@ -318,9 +332,9 @@ fn unsupported_luks2_states_are_refused_by_name() {
         ),
         (
             Box::new(
-                |v| v["segments"]["0"]["integrity"] = json!({"type": "hmac(sha256)", "journal_encryption": "none", "journal_integrity": "none"}),
+                |v| v["segments"]["0"]["integrity"] = json!({"type": "cmac(aes)", "journal_encryption": "none", "journal_integrity": "none"}),
             ),
-            "integrity-protected segment",
+            "integrity \"cmac(aes)\"",
         ),
         (
             Box::new(|v| v["segments"]["0"]["type"] = json!("hw-opal-crypt")),

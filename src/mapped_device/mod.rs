@@ -13,7 +13,7 @@ use crate::table::{Table, TableMode};
 use crate::targets::context::EventCounter;
 use crate::targets::{Keys, Target};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, Extent, Unmap, Volume};
+use crate::volume::{check_io, check_range, Extent, TagProfile, Unmap, Volume};
 
 pub mod table;
 
@@ -674,5 +674,25 @@ impl Volume for MappedDevice {
 
     fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
         self.with_live(|t| t.allocation(sector, count))
+    }
+
+    fn tag_profile(&self) -> Option<TagProfile> {
+        self.live
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|t| t.tag_profile())
+    }
+
+    fn read_tagged(&self, sector: Sector, buf: &mut [u8], tags: &mut [u8]) -> Result<()> {
+        self.with_live(|t| t.read_tagged(sector, buf, tags))
+    }
+
+    fn write_tagged(&self, sector: Sector, buf: &[u8], tags: &[u8]) -> Result<()> {
+        self.with_live(|t| {
+            check_io(t.size(), sector, buf.len())?;
+            self.writable(t)?;
+            t.write_tagged(sector, buf, tags)
+        })
     }
 }

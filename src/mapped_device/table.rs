@@ -11,7 +11,7 @@ use crate::table::{Table, TableMode};
 use crate::targets::context::{BuildContext, TableEvents};
 use crate::targets::{Keys, Target, IMMUTABLE_TYPES};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, Extent, Extents, Unmap, Volume};
+use crate::volume::{check_io, check_range, Extent, Extents, TagProfile, Unmap, Volume};
 
 /// A constructed line: where it sits and the target serving it.
 pub struct Segment {
@@ -431,6 +431,27 @@ impl LoadedTable {
     }
 }
 
+impl LoadedTable {
+    /// The shared profile, with `tags` bytes matching `data` bytes of it.
+    fn tagged_profile(&self, data: usize, tags: usize) -> Result<TagProfile> {
+        let p = self.tag_profile().ok_or(Error::Unsupported {
+            target: "device-mapper",
+            op: "tagged I/O on a table without one integrity profile",
+        })?;
+        if data % p.interval as usize != 0 || p.tag_bytes(data) != tags {
+            return Err(Error::invalid(
+                "tagged request",
+                format!(
+                    "{data} data bytes and {tags} tag bytes do not fit the profile \
+                     ({} tag bytes per {} bytes)",
+                    p.tuple_size, p.interval
+                ),
+            ));
+        }
+        Ok(p)
+    }
+}
+
 impl Volume for LoadedTable {
     fn size(&self) -> SectorCount {
         self.size
@@ -504,6 +525,42 @@ impl Volume for LoadedTable {
         }
         self.for_pieces(sector, count, |seg, rel, len, _| {
             seg.target.write_zeroes(rel, len, unmap)
+        })
+    }
+
+    /// The profile every line shares (dm core stacks an integrity profile only when all
+    /// devices of the table have the same one).
+    fn tag_profile(&self) -> Option<TagProfile> {
+        let first = self.segments.first()?.target.tag_profile()?;
+        self.segments[1..]
+            .iter()
+            .all(|s| s.target.tag_profile() == Some(first))
+            .then_some(first)
+    }
+
+    /// Split like `read`, the tags with the data.
+    fn read_tagged(&self, sector: Sector, buf: &mut [u8], tags: &mut [u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.check_block(sector, count)?;
+        let p = self.tagged_profile(buf.len(), tags.len())?;
+        self.for_pieces(sector, count, |seg, rel, len, done| {
+            let end = done + len.usize_bytes()?;
+            let t = p.tag_bytes(done)..p.tag_bytes(end);
+            seg.target
+                .read_tagged(rel, &mut buf[done..end], &mut tags[t])
+        })
+    }
+
+    /// Split like `write`, the tags with the data.
+    fn write_tagged(&self, sector: Sector, buf: &[u8], tags: &[u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.check_block(sector, count)?;
+        self.writable()?;
+        let p = self.tagged_profile(buf.len(), tags.len())?;
+        self.for_pieces(sector, count, |seg, rel, len, done| {
+            let end = done + len.usize_bytes()?;
+            let t = p.tag_bytes(done)..p.tag_bytes(end);
+            seg.target.write_tagged(rel, &buf[done..end], &tags[t])
         })
     }
 

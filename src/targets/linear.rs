@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::table::args::{ArgResult, Args};
 use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, Extent, SharedVolume, Unmap, Volume};
+use crate::volume::{check_io, check_range, Extent, SharedVolume, TagProfile, Unmap, Volume};
 
 use super::{DeviceAt, DeviceRef, Target};
 
@@ -104,6 +104,18 @@ impl Volume for Linear {
     fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
         check_range(self.size, sector, count)?;
         self.device.allocation(sector + self.offset, count)
+    }
+    /// DM_TARGET_PASSES_INTEGRITY: the device's integrity profile passes through.
+    fn tag_profile(&self) -> Option<TagProfile> {
+        self.device.tag_profile()
+    }
+    fn read_tagged(&self, sector: Sector, buf: &mut [u8], tags: &mut [u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        self.device.read_tagged(sector + self.offset, buf, tags)
+    }
+    fn write_tagged(&self, sector: Sector, buf: &[u8], tags: &[u8]) -> Result<()> {
+        check_io(self.size, sector, buf.len())?;
+        self.device.write_tagged(sector + self.offset, buf, tags)
     }
 }
 

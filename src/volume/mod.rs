@@ -77,6 +77,34 @@ pub trait Volume: Send + Sync + fmt::Debug {
         None
     }
 
+    /// The integrity profile: per-block metadata this volume keeps beside the data for
+    /// the layer above (the block layer's `blk_integrity`, which dm-integrity without an
+    /// internal hash offers dm-crypt). `None` (the default) for volumes without one.
+    fn tag_profile(&self) -> Option<TagProfile> {
+        None
+    }
+
+    /// Read `buf` from `sector` on and the tags of its blocks into `tags`
+    /// (`tuple_size` bytes per `interval` bytes of data, in order). Only volumes with a
+    /// [`tag_profile`](Volume::tag_profile) implement it; the default is `Unsupported`.
+    fn read_tagged(&self, sector: Sector, buf: &mut [u8], tags: &mut [u8]) -> Result<()> {
+        let _ = (sector, buf, tags);
+        Err(Error::Unsupported {
+            target: "volume",
+            op: "tagged reads (no integrity profile)",
+        })
+    }
+
+    /// Write `buf` from `sector` on with the tags of its blocks, data and tags committed
+    /// together as the volume's own writes are. The default is `Unsupported`.
+    fn write_tagged(&self, sector: Sector, buf: &[u8], tags: &[u8]) -> Result<()> {
+        let _ = (sector, buf, tags);
+        Err(Error::Unsupported {
+            target: "volume",
+            op: "tagged writes (no integrity profile)",
+        })
+    }
+
     /// How `[sector, sector + count)` is allocated (NBD's `base:allocation` context):
     /// extents in order from `sector`, adjacent extents of equal state merged, covering at
     /// least one sector and at most the range. An implementation may stop early (after a
@@ -88,6 +116,24 @@ pub trait Volume: Send + Sync + fmt::Debug {
             len: count,
             state: Allocation::Data,
         }])
+    }
+}
+
+/// A volume's integrity profile (what `blk_get_integrity` gives dm-crypt): `tuple_size`
+/// tag bytes for each `interval` bytes of data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagProfile {
+    /// Tag bytes per interval (`bi->tuple_size`).
+    pub tuple_size: u32,
+    /// Data bytes one tag covers (`1 << bi->interval_exp`): the block size.
+    pub interval: u32,
+}
+
+impl TagProfile {
+    /// Tag bytes for `data` bytes of data.
+    #[must_use]
+    pub fn tag_bytes(&self, data: usize) -> usize {
+        data / self.interval.max(1) as usize * self.tuple_size as usize
     }
 }
 

@@ -429,7 +429,7 @@ fn adiantum(args: &str) -> Option<Transform> {
 
 /// A crypto API name: `mode(cipher)` and `essiv(mode(cipher),hash)` are typed, anything
 /// else is kept opaque. Unbalanced parentheses are refused.
-fn parse_api(api: &str) -> Result<Transform, String> {
+pub(super) fn parse_api(api: &str) -> Result<Transform, String> {
     let mut depth = 0i32;
     for c in api.chars() {
         match c {

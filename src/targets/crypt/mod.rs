@@ -15,6 +15,7 @@ use crate::units::SectorCount;
 use super::{DeviceAt, DeviceRef, Keys};
 
 mod adiantum;
+mod aead;
 mod aes_keys;
 mod cipher;
 mod elephant;

@@ -14,6 +14,7 @@ use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
+use super::aead::{Aead, AeadError, AeadName, MAX_AEAD_IV};
 use super::cipher::{CipherSpec, IvMode, Transform};
 use super::iv::{Direction, Iv, IvGen, IV_SIZE, UNSUPPORTED};
 use super::key::{CryptKey, Keyring};
@@ -113,10 +114,52 @@ pub(super) fn check_key(
     }
 }
 
-/// What a key gives: the cipher transforms and the IV generator.
+/// What a key gives: the cipher transforms and the IV generator, or the AEAD.
 struct Keyed {
     tfms: Vec<Tfm>,
     iv: IvGen,
+    aead: Option<AeadCtx>,
+}
+
+/// The IV generators an AEAD takes here (random, or one that depends only on the sector).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AeadIv {
+    Random,
+    Plain,
+    Plain64,
+    Plain64Be,
+    Null,
+}
+
+/// `integrity:<n>:aead`: the keyed AEAD and the tag tuple's layout
+/// (`crypt_integrity_ctr`).
+struct AeadCtx {
+    aead: Aead,
+    iv: AeadIv,
+    /// `cc->iv_size`: the AEAD's IV size, at least 8.
+    iv_size: usize,
+    /// `integrity_tag_size`: the auth tag bytes at the start of each tuple.
+    auth: usize,
+    /// `integrity_iv_size`: the IV stored after the auth tag (random IVs), 0 or iv_size.
+    stored_iv: usize,
+    /// `tuple_size`: the device's tag bytes per crypt sector.
+    tuple: usize,
+}
+
+impl AeadCtx {
+    /// The IV of target-relative `iv_sector` for sector-derived generators.
+    fn sector_iv(&self, iv_sector: u64, out: &mut [u8]) {
+        out.fill(0);
+        let n = self.iv_size;
+        match self.iv {
+            AeadIv::Random | AeadIv::Null => {}
+            AeadIv::Plain => {
+                out[..4].copy_from_slice(&((iv_sector & 0xffff_ffff) as u32).to_le_bytes())
+            }
+            AeadIv::Plain64 => out[..8].copy_from_slice(&iv_sector.to_le_bytes()),
+            AeadIv::Plain64Be => out[n - 8..n].copy_from_slice(&iv_sector.to_be_bytes()),
+        }
+    }
 }
 
 /// A constructed crypt target.
@@ -171,19 +214,28 @@ impl Crypt {
     ) -> Result<Crypt> {
         check_range(device.size(), Sector(args.dest.offset.0), len)?;
         let bad = |reason: String| Error::invalid("crypt table", reason);
-        if let Some(i) = &args.options.integrity {
-            return Err(Error::Unsupported {
-                target: "crypt",
-                op: if i.profile.eq_ignore_ascii_case("aead") {
-                    "integrity:<n>:aead (AEAD tags live on a dm-integrity device below)"
-                } else {
-                    "integrity:<n>:none (per-sector metadata on a dm-integrity device below)"
-                },
-            });
-        }
-        if matches!(args.cipher.transform, Transform::Opaque(_)) {
-            return Err(unsupported_transform());
-        }
+        let aead_profile = match &args.options.integrity {
+            Some(i) if i.profile.eq_ignore_ascii_case("aead") => Some(i.tag_size),
+            Some(_) => {
+                return Err(Error::Unsupported {
+                    target: "crypt",
+                    op: "integrity:<n>:none (random IVs in integrity metadata without an AEAD)",
+                })
+            }
+            None => None,
+        };
+        let aead_name = match (&args.cipher.transform, aead_profile) {
+            (Transform::Opaque(api), Some(_)) => {
+                Some(AeadName::parse(api).ok_or_else(unsupported_transform)?)
+            }
+            (_, Some(_)) => {
+                return Err(bad(
+                    "Error allocating crypto tfm (integrity:<n>:aead needs an AEAD cipher)".into(),
+                ))
+            }
+            (Transform::Opaque(_), None) => return Err(unsupported_transform()),
+            _ => None,
+        };
         let key: Zeroizing<Vec<u8>> = match &args.key {
             CryptKey::Empty => Zeroizing::new(Vec::new()),
             CryptKey::Hex(b) => b.clone(),
@@ -211,6 +263,11 @@ impl Crypt {
                 k
             }
         };
+        let sector_size = args.options.sector_size;
+        if let (Some(name), Some(used)) = (&aead_name, aead_profile) {
+            let ctx = aead_ctx(&device, args, name, used, &key)?;
+            return Crypt::finish(device, args, len, ctx, sector_size);
+        }
         let l = layout(&args.cipher, key.len()).map_err(bad)?;
         let mut tfms = Vec::with_capacity(l.tfms);
         for i in 0..l.tfms {
@@ -220,7 +277,6 @@ impl Crypt {
                 TfmError::Unsupported(_) => unsupported_transform(),
             })?);
         }
-        let sector_size = args.options.sector_size;
         let extra = &key[key.len() - l.extra..];
         let iv = IvGen::new(
             args.cipher.iv,
@@ -239,13 +295,29 @@ impl Crypt {
                 bad(e)
             }
         })?;
-        let sector_size = usize::try_from(sector_size).map_err(|_| bad("sector_size".into()))?;
+        let keyed = Keyed {
+            tfms,
+            iv,
+            aead: None,
+        };
+        Crypt::finish(device, args, len, keyed, sector_size)
+    }
+
+    fn finish(
+        device: SharedVolume,
+        args: &CryptArgs,
+        len: SectorCount,
+        keyed: Keyed,
+        sector_size: u32,
+    ) -> Result<Crypt> {
+        let sector_size = usize::try_from(sector_size)
+            .map_err(|_| Error::invalid("crypt table", "sector_size"))?;
         Ok(Crypt {
             device,
             offset: args.dest.offset,
             size: len,
             iv_offset: args.iv_offset.0,
-            keyed: RwLock::new(Some(Arc::new(Keyed { tfms, iv }))),
+            keyed: RwLock::new(Some(Arc::new(keyed))),
             args: args.clone(),
             shown_key: Mutex::new(args.key.clone()),
             suspended: AtomicBool::new(false),
@@ -430,6 +502,213 @@ impl Crypt {
     }
 }
 
+impl Crypt {
+    /// `crypt_convert_block_aead` for reads: data and tags from the device, each crypt
+    /// sector authenticated and decrypted; a mismatch fails the request with EILSEQ
+    /// (BLK_STS_PROTECTION) naming the target sector, as the kernel's "INTEGRITY AEAD
+    /// ERROR, sector N".
+    fn read_aead(&self, a: &AeadCtx, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        let mut tags = vec![0u8; buf.len() / self.sector_size * a.tuple];
+        self.device
+            .read_tagged(sector + self.offset, buf, &mut tags)?;
+        self.aead_convert(a, sector.0, buf, &mut tags, Direction::Decrypt)
+    }
+
+    /// Writes: each crypt sector encrypted with a fresh IV (random IVs from the OS) and
+    /// its tuple (auth tag, stored IV, zeros) written with it, through a bounce buffer.
+    fn write_aead(&self, a: &AeadCtx, sector: Sector, buf: &[u8]) -> Result<()> {
+        self.bounced(sector, buf, |at, piece, out| {
+            out.copy_from_slice(piece);
+            let mut tags = vec![0u8; piece.len() / self.sector_size * a.tuple];
+            if a.iv == AeadIv::Random {
+                // crypt_iv_random_gen: get_random_bytes into the stored IV's place.
+                for t in tags.chunks_exact_mut(a.tuple) {
+                    getrandom::fill(&mut t[a.auth..a.auth + a.stored_iv]).map_err(|e| {
+                        Error::TargetFailed {
+                            target: "crypt",
+                            reason: format!("no random IV from the OS: {e}"),
+                        }
+                    })?;
+                }
+            }
+            self.aead_convert(a, at.0, out, &mut tags, Direction::Encrypt)?;
+            self.device.write_tagged(at + self.offset, out, &tags)
+        })
+    }
+
+    /// Write `buf` from `sector` through this thread's bounce buffer, at most
+    /// `WRITE_CHUNK_BYTES` at a time: `each(at, plaintext, out)` fills `out` (as large as
+    /// the piece) with what goes to the device and writes it.
+    fn bounced(
+        &self,
+        sector: Sector,
+        buf: &[u8],
+        mut each: impl FnMut(Sector, &[u8], &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        BOUNCE.with(|cell| {
+            let mut bounce = cell.borrow_mut();
+            let chunk = buf.len().min(WRITE_CHUNK_BYTES);
+            if bounce.len() < chunk + 4096 {
+                *bounce = vec![0u8; chunk + 4096];
+            }
+            let off = bounce.as_ptr().align_offset(4096).min(4096);
+            let mut at = sector;
+            for piece in buf.chunks(WRITE_CHUNK_BYTES) {
+                each(at, piece, &mut bounce[off..off + piece.len()])?;
+                at += SectorCount::from_bytes(piece.len())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Run the AEAD over `data` (target sectors from `first`) and its `tags`; large
+    /// requests split over two threads, the first failing sector reported.
+    fn aead_convert(
+        &self,
+        a: &AeadCtx,
+        first: u64,
+        data: &mut [u8],
+        tags: &mut [u8],
+        dir: Direction,
+    ) -> Result<()> {
+        if data.len() >= PARALLEL_MIN_BYTES {
+            let half = data.len() / self.sector_size / 2;
+            let (d0, d1) = data.split_at_mut(half * self.sector_size);
+            let (t0, t1) = tags.split_at_mut(half * a.tuple);
+            let second = first + ((half as u64) << self.shift);
+            let (r0, r1) = rayon::join(
+                || self.aead_serial(a, first, d0, t0, dir),
+                || self.aead_serial(a, second, d1, t1, dir),
+            );
+            return r0.and(r1);
+        }
+        self.aead_serial(a, first, data, tags, dir)
+    }
+
+    fn aead_serial(
+        &self,
+        a: &AeadCtx,
+        first: u64,
+        data: &mut [u8],
+        tags: &mut [u8],
+        dir: Direction,
+    ) -> Result<()> {
+        // AAD: le64(sector) ‖ IV (cc->iv_size bytes).
+        let mut aad = [0u8; 8 + MAX_AEAD_IV];
+        let aad_len = 8 + a.iv_size;
+        let aead_iv = a.aead.iv_size();
+        for (i, (unit, tuple)) in data
+            .chunks_exact_mut(self.sector_size)
+            .zip(tags.chunks_exact_mut(a.tuple))
+            .enumerate()
+        {
+            let s = first + ((i as u64) << self.shift);
+            aad[..8].copy_from_slice(&s.to_le_bytes());
+            let (tag, rest) = tuple.split_at_mut(a.auth);
+            if a.stored_iv > 0 {
+                // Reads take the stored IV; writes stored a random one above.
+                aad[8..aad_len].copy_from_slice(&rest[..a.stored_iv]);
+            } else {
+                let iv_sector = self.iv_sector(s.wrapping_add(self.iv_offset));
+                a.sector_iv(iv_sector, &mut aad[8..aad_len]);
+            }
+            let (ad, iv) = (&aad[..aad_len], &aad[8..8 + aead_iv]);
+            match dir {
+                Direction::Encrypt => {
+                    a.aead.encrypt(ad, iv, unit, tag);
+                    rest[a.stored_iv..].fill(0);
+                }
+                Direction::Decrypt => {
+                    if !a.aead.decrypt(ad, iv, unit, tag) {
+                        return Err(Error::ChecksumMismatch {
+                            target: "crypt (INTEGRITY AEAD ERROR)",
+                            sector: Sector(s),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Key the AEAD of an `integrity:<used>:aead` line over `device` (`crypt_ctr_cipher_new`,
+/// `crypt_ctr_ivmode`, `crypt_integrity_ctr`, `crypt_setkey`), with the kernel's errors.
+fn aead_ctx(
+    device: &SharedVolume,
+    args: &CryptArgs,
+    name: &AeadName,
+    used: u32,
+    key: &[u8],
+) -> Result<Keyed> {
+    let bad = |reason: &str| Error::invalid("crypt table", reason.to_string());
+    let mac_key = name.mac_key_size(args.options.integrity_key_size);
+    let iv_mode = match args.cipher.iv {
+        Some(IvMode::Random) => AeadIv::Random,
+        Some(IvMode::Plain) => AeadIv::Plain,
+        Some(IvMode::Plain64) => AeadIv::Plain64,
+        Some(IvMode::Plain64Be) => AeadIv::Plain64Be,
+        Some(IvMode::Null) | None => AeadIv::Null,
+        Some(_) => return Err(Error::Unsupported {
+            target: "crypt",
+            op: "this IV mode with an AEAD (dmemu takes random, plain, plain64, plain64be, null)",
+        }),
+    };
+    let Some(profile) = device.tag_profile() else {
+        return Err(bad("Integrity profile not supported."));
+    };
+    if profile.tuple_size < used {
+        return Err(bad("Integrity profile tag size mismatch."));
+    }
+    if profile.interval != args.options.sector_size {
+        return Err(bad("Integrity profile sector size mismatch."));
+    }
+    // The IV size comes from the AEAD itself; key it with a provisional tag size first.
+    let probe = |auth: usize| Aead::new(name, key, mac_key, auth);
+    let iv_of = |name: &AeadName| match name {
+        AeadName::Gcm => 12,
+        AeadName::Aegis128 => 16,
+        AeadName::Authenc { inner, .. } => match inner {
+            Transform::Block {
+                mode: super::cipher::ChainMode::Ecb,
+                ..
+            } => 0,
+            _ => 16,
+        },
+    };
+    let raw_iv: usize = iv_of(name);
+    let iv_size = if raw_iv == 0 { 0 } else { raw_iv.max(8) };
+    let stored_iv = if iv_mode == AeadIv::Random {
+        iv_size
+    } else {
+        0
+    };
+    let auth = (used as usize)
+        .checked_sub(stored_iv)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| bad("Integrity AEAD auth tag size is not supported."))?;
+    let aead = probe(auth).map_err(|e| match e {
+        AeadError::AuthSize => bad("Integrity AEAD auth tag size is not supported."),
+        AeadError::Key(why) => bad(&format!("Error decoding and setting key ({why})")),
+        AeadError::Unsupported => unsupported_transform(),
+    })?;
+    if aead.iv_size() != raw_iv {
+        return Err(unsupported_transform());
+    }
+    Ok(Keyed {
+        tfms: Vec::new(),
+        iv: IvGen::None,
+        aead: Some(AeadCtx {
+            aead,
+            iv: iv_mode,
+            iv_size,
+            auth,
+            stored_iv,
+            tuple: profile.tuple_size as usize,
+        }),
+    })
+}
+
 fn unsupported_transform() -> Error {
     Error::Unsupported {
         target: "crypt",
@@ -453,6 +732,11 @@ impl Volume for Crypt {
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
         check_io(self.size, sector, buf.len())?;
         self.check_aligned(sector, buf.len())?;
+        let k = self.keyed()?;
+        if let Some(a) = &k.aead {
+            return self.read_aead(a, sector, buf);
+        }
+        drop(k);
         // Over a memory map (a read-only image file) decryption reads the mapping directly:
         // one pass over the data instead of a copy and a pass.
         let count = SectorCount::from_bytes(buf.len())?;
@@ -466,21 +750,14 @@ impl Volume for Crypt {
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         check_io(self.size, sector, buf.len())?;
         self.check_aligned(sector, buf.len())?;
-        BOUNCE.with(|cell| {
-            let mut bounce = cell.borrow_mut();
-            let chunk = buf.len().min(WRITE_CHUNK_BYTES);
-            if bounce.len() < chunk + 4096 {
-                *bounce = vec![0u8; chunk + 4096];
-            }
-            let off = bounce.as_ptr().align_offset(4096).min(4096);
-            let mut at = sector;
-            for piece in buf.chunks(WRITE_CHUNK_BYTES) {
-                let out = &mut bounce[off..off + piece.len()];
-                self.convert(at, Some(piece), out, Direction::Encrypt)?;
-                self.device.write(at + self.offset, out)?;
-                at += SectorCount::from_bytes(piece.len())?;
-            }
-            Ok(())
+        let k = self.keyed()?;
+        if let Some(a) = &k.aead {
+            return self.write_aead(a, sector, buf);
+        }
+        drop(k);
+        self.bounced(sector, buf, |at, piece, out| {
+            self.convert(at, Some(piece), out, Direction::Encrypt)?;
+            self.device.write(at + self.offset, out)
         })
     }
 

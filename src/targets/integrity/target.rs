@@ -24,7 +24,7 @@ use crate::error::{errno, Error, Result};
 use crate::targets::context::BuildContext;
 use crate::targets::{Target, TargetSpec};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, SharedVolume, Volume};
+use crate::volume::{check_io, SharedVolume, TagProfile, Volume};
 
 use super::hash::{Crc32cRun, TagHasher};
 use super::journal::{self, JournalBlock, Replay};
@@ -600,13 +600,26 @@ impl Integrity {
     }
 
     /// J mode: the blocks to journal sections, flushed, then in place.
-    fn write_journalled(&self, st: &mut WriteState, sec: u64, buf: &[u8]) -> Result<()> {
+    fn write_journalled(
+        &self,
+        st: &mut WriteState,
+        sec: u64,
+        buf: &[u8],
+        given: Option<&[u8]>,
+    ) -> Result<()> {
         let l = &self.layout;
         let bb = l.block_bytes();
         let per = usize::try_from(l.journal_section_entries)
             .unwrap_or(1)
             .max(1);
-        let tags = self.tags_of(sec, buf);
+        let computed;
+        let tags = match given {
+            Some(t) => t,
+            None => {
+                computed = self.tags_of(sec, buf);
+                &computed
+            }
+        };
         let ts = usize::try_from(l.tag_size).unwrap_or(0);
         let blocks = buf.len() / bb;
         let mut first = 0usize;
@@ -670,6 +683,118 @@ impl Integrity {
         if changed {
             self.dev
                 .write_fua(Sector(self.args.offset.0 + SB_SECTORS), &st.bitmap)?;
+        }
+        Ok(())
+    }
+
+    /// Read and verify `buf`; with `tags_out`, the blocks' tags are handed up (an external
+    /// user's tags, no internal hash) instead of checked.
+    fn read_inner(
+        &self,
+        sector: Sector,
+        buf: &mut [u8],
+        mut tags_out: Option<&mut [u8]>,
+    ) -> Result<()> {
+        check_io(self.len, sector, buf.len())?;
+        self.block_aligned(sector, buf.len())?;
+        self.check_failed()?;
+        let _range = self.range.read().map_err(|_| poisoned())?;
+        let sb = self.superblock();
+        let l = &self.layout;
+        let replayed = self.replayed.read().map_err(|_| poisoned())?;
+        let bb = l.block_bytes();
+        let ts = usize::try_from(l.tag_size).unwrap_or(0);
+        let mut tag_stack = [0u8; 512];
+        let mut tag_heap = Vec::new();
+        let il = 1u64 << l.log2_interleave_sectors;
+        let end = sector.0 + buf.len() as u64 / 512;
+        let mut at = sector.0;
+        let mut done = 0usize;
+        // One run per area: its data in one read, its tags (contiguous) in another.
+        while at < end {
+            let stop = ((at / il) + 1).saturating_mul(il).min(end);
+            let bytes = usize::try_from((stop - at) * 512).unwrap_or(0);
+            let piece = &mut buf[done..done + bytes];
+            let need = bytes / bb * ts;
+            let tags: &mut [u8] = if let Some(out) = tags_out.as_deref_mut() {
+                let first = done / bb * ts;
+                &mut out[first..first + need]
+            } else if need <= tag_stack.len() {
+                &mut tag_stack[..need]
+            } else {
+                tag_heap.resize(need, 0);
+                &mut tag_heap[..need]
+            };
+            self.read_in_place(at, piece, tags)?;
+            if replayed.is_empty() {
+                self.verify(at, piece, tags, &sb)?;
+            } else {
+                for (i, block) in piece.chunks_mut(bb).enumerate() {
+                    let s = at + i as u64 * l.sectors_per_block();
+                    match replayed.get(&s) {
+                        // Checked against its tag when the journal was replayed.
+                        Some(j) => {
+                            block.copy_from_slice(&j.data);
+                            tags[i * ts..(i + 1) * ts].copy_from_slice(&j.tag);
+                        }
+                        None => self.verify(s, block, &tags[i * ts..(i + 1) * ts], &sb)?,
+                    }
+                }
+            }
+            done += bytes;
+            at = stop;
+        }
+        Ok(())
+    }
+
+    /// Write `buf` with `tags` (an external user's) or tags of the internal hash.
+    fn write_inner(&self, sector: Sector, buf: &[u8], tags: Option<&[u8]>) -> Result<()> {
+        check_io(self.len, sector, buf.len())?;
+        self.block_aligned(sector, buf.len())?;
+        if self.args.mode == Mode::Recovery {
+            return Err(Error::ReadOnly {
+                target: "integrity (recovery mode)".into(),
+            });
+        }
+        self.check_failed()?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let _range = self.range.write().map_err(|_| poisoned())?;
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        self.prepare_writes(&mut st)?;
+        match self.args.mode {
+            Mode::Journal => self.write_journalled(&mut st, sector.0, buf, tags),
+            Mode::Bitmap => {
+                self.mark_bitmap(&mut st, sector.0, buf.len() as u64 / 512)?;
+                self.write_in_place(sector.0, buf, tags)?;
+                st.unflushed = true;
+                Ok(())
+            }
+            _ => {
+                self.write_in_place(sector.0, buf, tags)?;
+                st.unflushed = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// A tagged request's tag buffer must hold one tag per block of its data.
+    fn check_tag_buffer(&self, data: usize, tags: usize) -> Result<()> {
+        let Some(p) = self.tag_profile() else {
+            return Err(Error::Unsupported {
+                target: TARGET,
+                op: "tagged I/O with an internal_hash (the tags are the target's own)",
+            });
+        };
+        if p.tag_bytes(data) != tags {
+            return Err(Error::invalid(
+                "integrity tagged request",
+                format!(
+                    "{tags} tag bytes for {data} data bytes ({} per {}-byte block)",
+                    p.tuple_size, p.interval
+                ),
+            ));
         }
         Ok(())
     }
@@ -744,81 +869,33 @@ impl Volume for Integrity {
     }
 
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
-        check_io(self.len, sector, buf.len())?;
-        self.block_aligned(sector, buf.len())?;
-        self.check_failed()?;
-        let _range = self.range.read().map_err(|_| poisoned())?;
-        let sb = self.superblock();
-        let l = &self.layout;
-        let replayed = self.replayed.read().map_err(|_| poisoned())?;
-        let bb = l.block_bytes();
-        let ts = usize::try_from(l.tag_size).unwrap_or(0);
-        let mut tag_stack = [0u8; 512];
-        let mut tag_heap = Vec::new();
-        let il = 1u64 << l.log2_interleave_sectors;
-        let end = sector.0 + buf.len() as u64 / 512;
-        let mut at = sector.0;
-        let mut done = 0usize;
-        // One run per area: its data in one read, its tags (contiguous) in another.
-        while at < end {
-            let stop = ((at / il) + 1).saturating_mul(il).min(end);
-            let bytes = usize::try_from((stop - at) * 512).unwrap_or(0);
-            let piece = &mut buf[done..done + bytes];
-            let need = bytes / bb * ts;
-            let tags: &mut [u8] = if need <= tag_stack.len() {
-                &mut tag_stack[..need]
-            } else {
-                tag_heap.resize(need, 0);
-                &mut tag_heap[..need]
-            };
-            self.read_in_place(at, piece, tags)?;
-            if replayed.is_empty() {
-                self.verify(at, piece, tags, &sb)?;
-            } else {
-                for (i, block) in piece.chunks_mut(bb).enumerate() {
-                    let s = at + i as u64 * l.sectors_per_block();
-                    match replayed.get(&s) {
-                        // Checked against its tag when the journal was replayed.
-                        Some(j) => block.copy_from_slice(&j.data),
-                        None => self.verify(s, block, &tags[i * ts..(i + 1) * ts], &sb)?,
-                    }
-                }
-            }
-            done += bytes;
-            at = stop;
-        }
-        Ok(())
+        self.read_inner(sector, buf, None)
     }
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        check_io(self.len, sector, buf.len())?;
-        self.block_aligned(sector, buf.len())?;
-        if self.args.mode == Mode::Recovery {
-            return Err(Error::ReadOnly {
-                target: "integrity (recovery mode)".into(),
-            });
+        self.write_inner(sector, buf, None)
+    }
+
+    /// Tags belong to the layer above only without an internal hash (dm_integrity_ctr
+    /// registers the profile then).
+    fn tag_profile(&self) -> Option<TagProfile> {
+        if self.hasher.is_some() {
+            return None;
         }
-        self.check_failed()?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let _range = self.range.write().map_err(|_| poisoned())?;
-        let mut st = self.state.lock().map_err(|_| poisoned())?;
-        self.prepare_writes(&mut st)?;
-        match self.args.mode {
-            Mode::Journal => self.write_journalled(&mut st, sector.0, buf),
-            Mode::Bitmap => {
-                self.mark_bitmap(&mut st, sector.0, buf.len() as u64 / 512)?;
-                self.write_in_place(sector.0, buf, None)?;
-                st.unflushed = true;
-                Ok(())
-            }
-            _ => {
-                self.write_in_place(sector.0, buf, None)?;
-                st.unflushed = true;
-                Ok(())
-            }
-        }
+        Some(TagProfile {
+            tuple_size: self.layout.tag_size,
+            interval: u32::try_from(self.layout.block_bytes()).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn read_tagged(&self, sector: Sector, buf: &mut [u8], tags: &mut [u8]) -> Result<()> {
+        self.check_tag_buffer(buf.len(), tags.len())?;
+        self.read_inner(sector, buf, Some(tags))
+    }
+
+    fn write_tagged(&self, sector: Sector, buf: &[u8], tags: &[u8]) -> Result<()> {
+        self.check_tag_buffer(buf.len(), tags.len())?;
+        self.write_inner(sector, buf, Some(tags))
     }
 
     fn flush(&self) -> Result<()> {
