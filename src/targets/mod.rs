@@ -26,6 +26,7 @@ pub mod flakey;
 pub mod integrity;
 pub mod linear;
 pub mod log_writes;
+pub mod mirror;
 pub mod other;
 pub mod pdata;
 pub mod snapshot;
@@ -45,6 +46,7 @@ pub use flakey::{Flakey, FlakeyArgs};
 pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
 pub use log_writes::{LogWrites, LogWritesArgs};
+pub use mirror::{Mirror, MirrorArgs};
 pub use other::OtherArgs;
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
@@ -224,6 +226,8 @@ pub enum TargetSpec {
     Cache(CacheArgs),
     /// `integrity <dev> <offset> <tag_size> <mode> <#opts> <opt>...`
     Integrity(IntegrityArgs),
+    /// `mirror <log_type> <#log_args> <log_args>... <#mirrors> (<dev> <offset>)+ [<#features> <feature>...]`
+    Mirror(MirrorArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -311,6 +315,7 @@ impl TargetSpec {
             "log-writes" => TargetSpec::LogWrites(LogWritesArgs::parse(args)?),
             "cache" => TargetSpec::Cache(CacheArgs::parse(args)?),
             "integrity" => TargetSpec::Integrity(IntegrityArgs::parse(args)?),
+            "mirror" => TargetSpec::Mirror(MirrorArgs::parse(args, len)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -340,6 +345,7 @@ impl TargetSpec {
             TargetSpec::LogWrites(_) => LogWritesArgs::TYPE,
             TargetSpec::Cache(_) => CacheArgs::TYPE,
             TargetSpec::Integrity(_) => IntegrityArgs::TYPE,
+            TargetSpec::Mirror(_) => MirrorArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -365,6 +371,7 @@ impl TargetSpec {
             TargetSpec::LogWrites(a) => write!(out, "{a}"),
             TargetSpec::Cache(a) => write!(out, "{a}"),
             TargetSpec::Integrity(a) => a.write(out, keys),
+            TargetSpec::Mirror(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -407,6 +414,7 @@ impl TargetSpec {
                 v.extend(a.meta_device.iter().map(|d| d.0.clone()));
                 v
             }
+            TargetSpec::Mirror(a) => a.devices(),
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -434,6 +442,7 @@ impl TargetSpec {
             TargetSpec::LogWrites(a) => Arc::new(LogWrites::new(a, len, ctx)?),
             TargetSpec::Cache(a) => Arc::new(Cache::new(a, len, ctx)?),
             TargetSpec::Integrity(a) => integrity::build(a, len, ctx)?,
+            TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

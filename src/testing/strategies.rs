@@ -8,7 +8,7 @@ use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, Ta
 use crate::units::{Sector, SectorCount};
 
 /// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &["clone", "era", "mirror", "raid", "writecache"];
+const OTHER_TYPES: &[&str] = &["clone", "era", "raid", "writecache"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -274,6 +274,33 @@ pub fn switch() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         })
 }
 
+/// `mirror` with a core or disk log, any sync argument, 2 to 9 legs and features.
+pub fn mirror() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u32..=31,
+        1u64..1 << 20,
+        prop::option::of(device_ref()),
+        prop::sample::select(vec!["", " sync", " nosync"]),
+        prop::collection::vec(dev_off(), 2..=9),
+        prop::sample::select(vec![
+            "",
+            " 0",
+            " 1 handle_errors",
+            " 2 handle_errors keep_log",
+        ]),
+    )
+        .prop_map(|(shift, rows, log, sync, legs, features)| {
+            let region = 1u64 << shift;
+            let n = 1 + u32::from(!sync.is_empty());
+            let log = match log {
+                Some(d) => format!("disk {} {d} {region}{sync}", n + 1),
+                None => format!("core {n} {region}{sync}"),
+            };
+            let params = format!("{log} {} {}{features}", legs.len(), legs.join(" "));
+            typed("mirror", rows * region, params)
+        })
+}
+
 /// `ebs` with and without `<ubs>`, in the sizes the kernel takes (a length of whole
 /// emulated blocks, an offset of whole underlying blocks).
 pub fn ebs() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
@@ -436,7 +463,8 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         unstriped(),
         switch(),
         ebs(),
-        cache()
+        cache(),
+        mirror()
     ]
 }
 
