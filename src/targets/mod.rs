@@ -29,6 +29,7 @@ pub mod log_writes;
 pub mod mirror;
 pub mod other;
 pub mod pdata;
+pub mod raid;
 pub mod snapshot;
 pub mod striped;
 pub mod switch;
@@ -48,6 +49,7 @@ pub use linear::{Linear, LinearArgs};
 pub use log_writes::{LogWrites, LogWritesArgs};
 pub use mirror::{Mirror, MirrorArgs};
 pub use other::OtherArgs;
+pub use raid::{Raid1, RaidArgs};
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
 pub use switch::{Switch, SwitchArgs};
@@ -228,6 +230,8 @@ pub enum TargetSpec {
     Integrity(IntegrityArgs),
     /// `mirror <log_type> <#log_args> <log_args>... <#mirrors> (<dev> <offset>)+ [<#features> <feature>...]`
     Mirror(MirrorArgs),
+    /// `raid <raid_type> <#raid_params> <chunk_size> [<param>...] <#raid_devs> (<meta>|- <data>|-)+`
+    Raid(RaidArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -316,6 +320,7 @@ impl TargetSpec {
             "cache" => TargetSpec::Cache(CacheArgs::parse(args)?),
             "integrity" => TargetSpec::Integrity(IntegrityArgs::parse(args)?),
             "mirror" => TargetSpec::Mirror(MirrorArgs::parse(args, len)?),
+            "raid" => TargetSpec::Raid(RaidArgs::parse(args, len)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -346,6 +351,7 @@ impl TargetSpec {
             TargetSpec::Cache(_) => CacheArgs::TYPE,
             TargetSpec::Integrity(_) => IntegrityArgs::TYPE,
             TargetSpec::Mirror(_) => MirrorArgs::TYPE,
+            TargetSpec::Raid(_) => RaidArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -372,6 +378,7 @@ impl TargetSpec {
             TargetSpec::Cache(a) => write!(out, "{a}"),
             TargetSpec::Integrity(a) => a.write(out, keys),
             TargetSpec::Mirror(a) => write!(out, "{a}"),
+            TargetSpec::Raid(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -415,6 +422,7 @@ impl TargetSpec {
                 v
             }
             TargetSpec::Mirror(a) => a.devices(),
+            TargetSpec::Raid(a) => a.devices(),
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -443,6 +451,7 @@ impl TargetSpec {
             TargetSpec::Cache(a) => Arc::new(Cache::new(a, len, ctx)?),
             TargetSpec::Integrity(a) => integrity::build(a, len, ctx)?,
             TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
+            TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

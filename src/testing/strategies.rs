@@ -8,7 +8,7 @@ use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, Ta
 use crate::units::{Sector, SectorCount};
 
 /// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &["clone", "era", "raid", "writecache"];
+const OTHER_TYPES: &[&str] = &["clone", "era", "writecache"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -301,6 +301,51 @@ pub fn mirror() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         })
 }
 
+/// `raid`: raid1 with a sync argument, daemon sleep and region size, its legs with or
+/// without metadata devices; raid0 with a chunk size over 2 to 6 stripes.
+pub fn raid() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    fn pair() -> impl Strategy<Value = String> {
+        (prop::option::of(device_ref()), device_ref())
+            .prop_map(|(m, d)| format!("{} {d}", m.map_or("-".to_string(), |m| m.to_string())))
+    }
+    prop_oneof![
+        (
+            13u32..=20,
+            1u64..1 << 10,
+            prop::sample::select(vec!["", " sync", " nosync"]),
+            prop::option::of(0i32..100_000),
+            prop::collection::vec(pair(), 2..=6),
+        )
+            .prop_map(|(shift, rows, sync, sleep, legs)| {
+                let region = 1u64 << shift;
+                let mut params = format!("0{sync}");
+                let mut n = 1 + usize::from(!sync.is_empty());
+                if let Some(ms) = sleep {
+                    params.push_str(&format!(" daemon_sleep {ms}"));
+                    n += 2;
+                }
+                params.push_str(&format!(" region_size {region}"));
+                n += 2;
+                let line = format!("raid1 {n} {params} {} {}", legs.len(), legs.join(" "));
+                typed("raid", rows * region, line)
+            }),
+        (
+            3u32..=10,
+            1u64..1 << 20,
+            prop::collection::vec(pair(), 2..=6)
+        )
+            .prop_map(|(shift, rows, legs)| {
+                let line = format!(
+                    "raid0 1 {} {} {}",
+                    1u32 << shift,
+                    legs.len(),
+                    legs.join(" ")
+                );
+                typed("raid", rows * legs.len() as u64, line)
+            }),
+    ]
+}
+
 /// `ebs` with and without `<ubs>`, in the sizes the kernel takes (a length of whole
 /// emulated blocks, an offset of whole underlying blocks).
 pub fn ebs() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
@@ -464,7 +509,8 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         switch(),
         ebs(),
         cache(),
-        mirror()
+        mirror(),
+        raid()
     ]
 }
 

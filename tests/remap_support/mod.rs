@@ -75,7 +75,7 @@ pub fn one<'a>(lines: &'a [(String, String)], key: &str, what: &str) -> &'a str 
 
 /// The case's table with the guest's loop devices named by their numbers (`7:N`).
 pub fn input(lines: &[(String, String)], name: &str) -> String {
-    (0..5).fold(one(lines, "table-in", name).to_string(), |t, i| {
+    (0..6).fold(one(lines, "table-in", name).to_string(), |t, i| {
         t.replace(&format!("/dev/loop{i}"), &format!("7:{i}"))
     })
 }
