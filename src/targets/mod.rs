@@ -27,6 +27,7 @@ pub mod integrity;
 pub mod linear;
 pub mod log_writes;
 pub mod mirror;
+pub mod multipath;
 pub mod other;
 pub mod pdata;
 pub mod raid;
@@ -48,6 +49,7 @@ pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
 pub use log_writes::{LogWrites, LogWritesArgs};
 pub use mirror::{Mirror, MirrorArgs};
+pub use multipath::MultipathArgs;
 pub use other::OtherArgs;
 pub use raid::{Raid1, RaidArgs};
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
@@ -232,6 +234,8 @@ pub enum TargetSpec {
     Mirror(MirrorArgs),
     /// `raid <raid_type> <#raid_params> <chunk_size> [<param>...] <#raid_devs> (<meta>|- <data>|-)+`
     Raid(RaidArgs),
+    /// `multipath <#features> <feature>... <#hw_args> [<hw>...] <#pgs> <initial_pg> <group>...`
+    Multipath(MultipathArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -321,6 +325,10 @@ impl TargetSpec {
             "integrity" => TargetSpec::Integrity(IntegrityArgs::parse(args)?),
             "mirror" => TargetSpec::Mirror(MirrorArgs::parse(args, len)?),
             "raid" => TargetSpec::Raid(RaidArgs::parse(args, len)?),
+            "multipath" => match MultipathArgs::parse(args)? {
+                Some(a) => TargetSpec::Multipath(a),
+                None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
+            },
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -352,6 +360,7 @@ impl TargetSpec {
             TargetSpec::Integrity(_) => IntegrityArgs::TYPE,
             TargetSpec::Mirror(_) => MirrorArgs::TYPE,
             TargetSpec::Raid(_) => RaidArgs::TYPE,
+            TargetSpec::Multipath(_) => MultipathArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -379,6 +388,7 @@ impl TargetSpec {
             TargetSpec::Integrity(a) => a.write(out, keys),
             TargetSpec::Mirror(a) => write!(out, "{a}"),
             TargetSpec::Raid(a) => write!(out, "{a}"),
+            TargetSpec::Multipath(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -423,6 +433,7 @@ impl TargetSpec {
             }
             TargetSpec::Mirror(a) => a.devices(),
             TargetSpec::Raid(a) => a.devices(),
+            TargetSpec::Multipath(a) => a.devices(),
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -452,6 +463,16 @@ impl TargetSpec {
             TargetSpec::Integrity(a) => integrity::build(a, len, ctx)?,
             TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
             TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
+            TargetSpec::Multipath(a) => {
+                // parse_path looks each device up before anything runs.
+                for d in a.groups.iter().flat_map(|g| &g.paths) {
+                    ctx.volume(&d.device)?;
+                }
+                return Err(Error::Unsupported {
+                    target: "multipath",
+                    op: "I/O (multipath is parsed and printed, not executed)",
+                });
+            }
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",
