@@ -13,7 +13,7 @@ use dmemu::table::DeviceSpec;
 use dmemu::targets::TargetSpec;
 use dmemu::{MemVolume, Registry, SectorCount, Table, TableMode};
 
-use remap_support::{cases, get, input, one};
+use remap_support::{assert_refused_like_kernel, cases, get, input, one};
 
 const FIXTURE: &str = include_str!("fixtures/multipath/cases.txt");
 
@@ -65,25 +65,7 @@ fn tables_the_kernel_refuses_are_refused_with_its_words() {
                 })
             })
             .expect_err(&name);
-        let ours = err.to_string();
-        let kernel = lines
-            .iter()
-            .filter(|(k, _)| k == "kernel-err")
-            .find_map(|(_, v)| v.split_once("table: 253:0: multipath: "))
-            .map(|(_, w)| w)
-            .unwrap_or_else(|| panic!("{name}: the kernel's words"));
-        let (words, errno) = kernel.rsplit_once(" (-").unwrap();
-        if errno == "ENOENT)" {
-            assert_eq!(err.errno(), 2, "{name}: {err}");
-            assert!(ours.contains("/dev/nonexistent"), "{name}: {ours}");
-        } else {
-            assert_eq!(errno, "EINVAL)", "{name}");
-            assert_eq!(err.errno(), 22, "{name}: {err}");
-            assert!(
-                ours.contains(words),
-                "{name}: ours {ours:?}, kernel {words:?}"
-            );
-        }
+        assert_refused_like_kernel(&name, &lines, "multipath", &err);
         refused += 1;
     }
     assert_eq!(refused, 30, "the fixture's refused cases");

@@ -14,7 +14,7 @@ use dmemu::table::DeviceSpec;
 use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
 use sha2::{Digest, Sha256};
 
-use remap_support::{cases, get, hex, input, one, seq_text};
+use remap_support::{assert_refused_like_kernel, cases, get, hex, input, one, seq_text};
 
 const FIXTURE: &str = include_str!("fixtures/raid/cases.txt");
 const DEV_BYTES: usize = 1 << 20;
@@ -120,28 +120,7 @@ fn tables_the_kernel_refuses_are_refused_with_its_words() {
         let err = Table::parse(&input(&lines, &name))
             .and_then(|table| reg.create(&spec(&name, table)))
             .expect_err(&name);
-        let ours = err.to_string();
-        // "device-mapper: table: 253:0: raid: WORDS (-EINVAL)".
-        let kernel = lines
-            .iter()
-            .filter(|(k, _)| k == "kernel-err")
-            .find_map(|(_, v)| v.split_once("table: 253:0: raid: "))
-            .map(|(_, w)| w)
-            .unwrap_or_else(|| panic!("{name}: the kernel's words"));
-        let (words, errno) = kernel.rsplit_once(" (-").unwrap();
-        if errno == "ENOENT)" {
-            // dmemu's lookup failure names the device in its own words (ENOENT as the
-            // kernel's dm_get_device).
-            assert_eq!(err.errno(), 2, "{name}: {err}");
-            assert!(ours.contains("/dev/nonexistent"), "{name}: {ours}");
-        } else {
-            assert_eq!(errno, "EINVAL)", "{name}");
-            assert_eq!(err.errno(), 22, "{name}: {err}");
-            assert!(
-                ours.contains(words),
-                "{name}: ours {ours:?}, kernel {words:?}"
-            );
-        }
+        assert_refused_like_kernel(&name, &lines, "raid", &err);
         refused += 1;
     }
     assert_eq!(refused, 52, "the fixture's refused cases");

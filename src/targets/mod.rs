@@ -21,6 +21,7 @@ pub mod crypt;
 pub mod delay;
 pub mod dust;
 pub mod ebs;
+pub mod era;
 pub mod error;
 pub mod flakey;
 pub mod integrity;
@@ -44,6 +45,7 @@ pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
 pub use ebs::{Ebs, EbsArgs};
+pub use era::EraArgs;
 pub use flakey::{Flakey, FlakeyArgs};
 pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
@@ -236,6 +238,8 @@ pub enum TargetSpec {
     Raid(RaidArgs),
     /// `multipath <#features> <feature>... <#hw_args> [<hw>...] <#pgs> <initial_pg> <group>...`
     Multipath(MultipathArgs),
+    /// `era <metadata_dev> <origin_dev> <block_size>`
+    Era(EraArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -329,6 +333,7 @@ impl TargetSpec {
                 Some(a) => TargetSpec::Multipath(a),
                 None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
             },
+            "era" => TargetSpec::Era(EraArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -361,6 +366,7 @@ impl TargetSpec {
             TargetSpec::Mirror(_) => MirrorArgs::TYPE,
             TargetSpec::Raid(_) => RaidArgs::TYPE,
             TargetSpec::Multipath(_) => MultipathArgs::TYPE,
+            TargetSpec::Era(_) => EraArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -389,6 +395,7 @@ impl TargetSpec {
             TargetSpec::Mirror(a) => write!(out, "{a}"),
             TargetSpec::Raid(a) => write!(out, "{a}"),
             TargetSpec::Multipath(a) => write!(out, "{a}"),
+            TargetSpec::Era(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -434,6 +441,7 @@ impl TargetSpec {
             TargetSpec::Mirror(a) => a.devices(),
             TargetSpec::Raid(a) => a.devices(),
             TargetSpec::Multipath(a) => a.devices(),
+            TargetSpec::Era(a) => vec![a.metadata.0.clone(), a.origin.0.clone()],
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -463,6 +471,7 @@ impl TargetSpec {
             TargetSpec::Integrity(a) => integrity::build(a, len, ctx)?,
             TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
             TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
+            TargetSpec::Era(a) => return Err(a.build_error(ctx)),
             TargetSpec::Multipath(a) => {
                 // parse_path looks each device up before anything runs.
                 for d in a.groups.iter().flat_map(|g| &g.paths) {

@@ -8,7 +8,7 @@ use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, Ta
 use crate::units::{Sector, SectorCount};
 
 /// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &["clone", "era", "writecache"];
+const OTHER_TYPES: &[&str] = &["clone", "writecache"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -346,6 +346,19 @@ pub fn raid() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     ]
 }
 
+/// `era` with any block size the kernel takes (a non-zero multiple of 8).
+pub fn era() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        device_ref(),
+        device_ref(),
+        1u32..=u32::MAX / 8,
+    )
+        .prop_map(|(len, meta, origin, blocks)| {
+            typed("era", len, format!("{meta} {origin} {}", blocks * 8))
+        })
+}
+
 /// `ebs` with and without `<ubs>`, in the sizes the kernel takes (a length of whole
 /// emulated blocks, an offset of whole underlying blocks).
 pub fn ebs() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
@@ -510,7 +523,8 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         ebs(),
         cache(),
         mirror(),
-        raid()
+        raid(),
+        era()
     ]
 }
 

@@ -79,3 +79,34 @@ pub fn input(lines: &[(String, String)], name: &str) -> String {
         t.replace(&format!("/dev/loop{i}"), &format!("7:{i}"))
     })
 }
+
+/// Assert that dmemu refused case `name` as the kernel did: the kernel's
+/// `table: 253:0: TARGET: WORDS (-ERRNO)` line gives the words our error must hold and the
+/// errno; a missing device (ENOENT) is named in dmemu's own lookup words.
+pub fn assert_refused_like_kernel(
+    name: &str,
+    lines: &[(String, String)],
+    target: &str,
+    err: &dmemu::Error,
+) {
+    let prefix = format!("table: 253:0: {target}: ");
+    let kernel = lines
+        .iter()
+        .filter(|(k, _)| k == "kernel-err")
+        .find_map(|(_, v)| v.split_once(prefix.as_str()))
+        .map(|(_, w)| w)
+        .unwrap_or_else(|| panic!("{name}: the kernel's words"));
+    let (words, errno) = kernel.rsplit_once(" (-").expect("an errno");
+    let ours = err.to_string();
+    if errno == "ENOENT)" {
+        assert_eq!(err.errno(), 2, "{name}: {err}");
+        assert!(ours.contains("/dev/nonexistent"), "{name}: {ours}");
+    } else {
+        assert_eq!(errno, "EINVAL)", "{name}");
+        assert_eq!(err.errno(), 22, "{name}: {err}");
+        assert!(
+            ours.contains(words),
+            "{name}: ours {ours:?}, kernel {words:?}"
+        );
+    }
+}
