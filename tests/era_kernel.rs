@@ -5,62 +5,23 @@
 
 mod remap_support;
 
-use std::sync::Arc;
-
-use dmemu::table::DeviceSpec;
 use dmemu::targets::TargetSpec;
-use dmemu::{MemVolume, Registry, SectorCount, Table, TableMode};
 
-use remap_support::{assert_refused_like_kernel, cases, get, input, one};
+use remap_support::{loaded_print_as_the_kernel, refused_as_the_kernel};
 
 const FIXTURE: &str = include_str!("fixtures/era/cases.txt");
 
 #[test]
 fn tables_the_kernel_loaded_print_as_the_kernel() {
-    let mut loaded = 0;
-    for (name, lines) in cases(FIXTURE) {
-        if get(&lines, "create-rc").is_some() {
-            continue;
-        }
-        let table = Table::parse(&input(&lines, &name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(matches!(table.lines[0].spec, TargetSpec::Era(_)), "{name}");
-        assert_eq!(
-            table.to_text(Default::default()).trim_end_matches('\n'),
-            one(&lines, "table", &name),
-            "{name}"
-        );
-        loaded += 1;
-    }
+    let loaded = loaded_print_as_the_kernel(FIXTURE, |s| matches!(s, TargetSpec::Era(_)));
     assert_eq!(loaded, 5, "the fixture's loaded cases");
 }
 
 #[test]
 fn tables_the_kernel_refuses_are_refused_with_its_words() {
-    let mut refused = 0;
-    for (name, lines) in cases(FIXTURE) {
-        if get(&lines, "create-rc").is_none() {
-            continue;
-        }
-        let reg = Registry::new();
-        for i in 0..2 {
-            reg.insert_volume(
-                &format!("7:{i}"),
-                Arc::new(MemVolume::new(SectorCount(2048)).unwrap()),
-            );
-        }
-        let err = Table::parse(&input(&lines, &name))
-            .and_then(|table| {
-                reg.create(&DeviceSpec {
-                    name: name.clone(),
-                    uuid: String::new(),
-                    minor: None,
-                    mode: TableMode::ReadWrite,
-                    table,
-                })
-            })
-            .expect_err(&name);
-        assert_refused_like_kernel(&name, &lines, "era", &err);
-        refused += 1;
-    }
-    assert_eq!(refused, 9, "the fixture's refused cases");
+    assert_eq!(
+        refused_as_the_kernel(FIXTURE, "era", 2),
+        9,
+        "the fixture's refused cases"
+    );
 }

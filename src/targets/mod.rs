@@ -38,6 +38,7 @@ pub mod switch;
 pub mod thin;
 pub mod unstriped;
 pub mod verity;
+pub mod writecache;
 pub mod zero;
 
 pub use cache::{Cache, CacheArgs};
@@ -60,6 +61,7 @@ pub use switch::{Switch, SwitchArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use unstriped::{Unstriped, UnstripedArgs};
 pub use verity::{Verity, VerityArgs};
+pub use writecache::WritecacheArgs;
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
 pub trait Target: Volume + Any {
@@ -240,6 +242,8 @@ pub enum TargetSpec {
     Multipath(MultipathArgs),
     /// `era <metadata_dev> <origin_dev> <block_size>`
     Era(EraArgs),
+    /// `writecache p|s <origin> <cache> <block_size> <#opts> <opt>...`
+    Writecache(WritecacheArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -334,6 +338,7 @@ impl TargetSpec {
                 None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
             },
             "era" => TargetSpec::Era(EraArgs::parse(args)?),
+            "writecache" => TargetSpec::Writecache(WritecacheArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -367,6 +372,7 @@ impl TargetSpec {
             TargetSpec::Raid(_) => RaidArgs::TYPE,
             TargetSpec::Multipath(_) => MultipathArgs::TYPE,
             TargetSpec::Era(_) => EraArgs::TYPE,
+            TargetSpec::Writecache(_) => WritecacheArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -396,6 +402,7 @@ impl TargetSpec {
             TargetSpec::Raid(a) => write!(out, "{a}"),
             TargetSpec::Multipath(a) => write!(out, "{a}"),
             TargetSpec::Era(a) => write!(out, "{a}"),
+            TargetSpec::Writecache(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -442,6 +449,7 @@ impl TargetSpec {
             TargetSpec::Raid(a) => a.devices(),
             TargetSpec::Multipath(a) => a.devices(),
             TargetSpec::Era(a) => vec![a.metadata.0.clone(), a.origin.0.clone()],
+            TargetSpec::Writecache(a) => vec![a.origin.0.clone(), a.cache.0.clone()],
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -472,6 +480,7 @@ impl TargetSpec {
             TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
             TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
             TargetSpec::Era(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Writecache(a) => return Err(a.build_error(ctx)),
             TargetSpec::Multipath(a) => {
                 // parse_path looks each device up before anything runs.
                 for d in a.groups.iter().flat_map(|g| &g.paths) {

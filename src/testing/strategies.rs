@@ -8,7 +8,7 @@ use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, Ta
 use crate::units::{Sector, SectorCount};
 
 /// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &["clone", "writecache"];
+const OTHER_TYPES: &[&str] = &["clone"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -359,6 +359,44 @@ pub fn era() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         })
 }
 
+/// `writecache` in SSD mode with any block size and a spread of options.
+pub fn writecache() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        device_ref(),
+        device_ref(),
+        9u32..=12,
+        prop::option::of(any::<u32>()),
+        prop::option::of((0u32..=45, 50u32..=100)),
+        prop::sample::select(vec![
+            "",
+            " cleaner",
+            " metadata_only",
+            " cleaner metadata_only",
+        ]),
+        prop::option::of(0u32..=60_000),
+    )
+        .prop_map(|(len, origin, cache, shift, start, wm, flags, pause)| {
+            let mut opts = Vec::new();
+            if let Some(s) = start {
+                opts.push(format!("start_sector {s}"));
+            }
+            if let Some((low, high)) = wm {
+                opts.push(format!("high_watermark {high} low_watermark {low}"));
+            }
+            if !flags.is_empty() {
+                opts.push(flags.trim_start().to_string());
+            }
+            if let Some(p) = pause {
+                opts.push(format!("pause_writeback {p}"));
+            }
+            let joined = opts.join(" ");
+            let n = joined.split_whitespace().count();
+            let params = format!("s {origin} {cache} {} {n} {joined}", 1u32 << shift);
+            typed("writecache", len, params.trim_end().to_string())
+        })
+}
+
 /// `ebs` with and without `<ubs>`, in the sizes the kernel takes (a length of whole
 /// emulated blocks, an offset of whole underlying blocks).
 pub fn ebs() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
@@ -524,7 +562,8 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         cache(),
         mirror(),
         raid(),
-        era()
+        era(),
+        writecache()
     ]
 }
 

@@ -102,11 +102,73 @@ pub fn assert_refused_like_kernel(
         assert_eq!(err.errno(), 2, "{name}: {err}");
         assert!(ours.contains("/dev/nonexistent"), "{name}: {ours}");
     } else {
-        assert_eq!(errno, "EINVAL)", "{name}");
-        assert_eq!(err.errno(), 22, "{name}: {err}");
+        let want = match errno {
+            "EINVAL)" => 22,
+            "EOPNOTSUPP)" => 95,
+            other => panic!("{name}: errno {other}"),
+        };
+        assert_eq!(err.errno(), want, "{name}: {err}");
         assert!(
             ours.contains(words),
             "{name}: ours {ours:?}, kernel {words:?}"
         );
     }
+}
+
+/// Every table `fixture` shows the kernel loading parses, is typed (`is_typed`) and prints
+/// as `dmsetup table` printed it; the number of such cases.
+pub fn loaded_print_as_the_kernel(
+    fixture: &str,
+    is_typed: fn(&dmemu::targets::TargetSpec) -> bool,
+) -> usize {
+    let mut loaded = 0;
+    for (name, lines) in cases(fixture) {
+        if get(&lines, "create-rc").is_some() {
+            continue;
+        }
+        let table =
+            dmemu::Table::parse(&input(&lines, &name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(is_typed(&table.lines[0].spec), "{name}: typed");
+        // dmsetup's line keeps the kernel's trailing space (multipath).
+        assert_eq!(
+            table.to_text(Default::default()).trim_end_matches('\n'),
+            one(&lines, "table", &name),
+            "{name}"
+        );
+        loaded += 1;
+    }
+    loaded
+}
+
+/// Every table `fixture` shows the kernel refusing is refused by a registry holding
+/// `devices` zeroed 1 MiB volumes as `7:0`...: with the kernel's words and errno
+/// ([`assert_refused_like_kernel`]); the number of such cases.
+pub fn refused_as_the_kernel(fixture: &str, target: &str, devices: usize) -> usize {
+    let mut refused = 0;
+    for (name, lines) in cases(fixture) {
+        if get(&lines, "create-rc").is_none() {
+            continue;
+        }
+        let reg = dmemu::Registry::new();
+        for i in 0..devices {
+            reg.insert_volume(
+                &format!("7:{i}"),
+                std::sync::Arc::new(dmemu::MemVolume::new(dmemu::SectorCount(2048)).unwrap()),
+            );
+        }
+        let err = dmemu::Table::parse(&input(&lines, &name))
+            .and_then(|table| {
+                reg.create(&dmemu::table::DeviceSpec {
+                    name: name.clone(),
+                    uuid: String::new(),
+                    minor: None,
+                    mode: dmemu::TableMode::ReadWrite,
+                    table,
+                })
+            })
+            .expect_err(&name);
+        assert_refused_like_kernel(&name, &lines, target, &err);
+        refused += 1;
+    }
+    refused
 }
