@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use dmemu::table::DeviceSpec;
 use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
-use sha2::{Digest, Sha256};
 
-use remap_support::{cases, get, hex, input, one, seq_text};
+use remap_support::{cases, get, input, one, read_sha_4k, seq_text, volume_shas, write_pattern_4k};
 
 const FIXTURE: &str = include_str!("fixtures/mirror/cases.txt");
 const LEG_BYTES: usize = 1 << 20;
@@ -50,14 +49,7 @@ fn spec(name: &str, table: Table) -> DeviceSpec {
 }
 
 fn leg_shas(vols: &[Arc<MemVolume>]) -> Vec<String> {
-    vols[..3]
-        .iter()
-        .map(|v| {
-            let mut b = vec![0u8; LEG_BYTES];
-            v.read(Sector(0), &mut b).unwrap();
-            hex(Sha256::digest(&b))
-        })
-        .collect()
+    volume_shas(&vols[..3], LEG_BYTES)
 }
 
 #[test]
@@ -84,21 +76,12 @@ fn mirrors_the_kernel_loaded_print_read_and_write_as_the_kernel() {
         );
         let size = dev.size().0 * 512;
         assert_eq!(size.to_string(), one(&lines, "size", &name), "{name}");
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 4096];
-        for b in 0..size / 4096 {
-            dev.read(Sector(b * 8), &mut buf).unwrap();
-            h.update(&buf);
-        }
         assert_eq!(
-            hex(h.finalize()),
+            read_sha_4k(&*dev, size),
             one(&lines, "read-sha256", &name),
             "{name}"
         );
-        let pattern = seq_text(9_000_000, -1, 1, usize::try_from(size).unwrap());
-        for (i, block) in pattern.chunks(4096).enumerate() {
-            dev.write(Sector(i as u64 * 8), block).unwrap();
-        }
+        write_pattern_4k(&*dev, size);
         assert_eq!(one(&lines, "write-rc", &name), "0");
         let want: Vec<&str> = lines
             .iter()

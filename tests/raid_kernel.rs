@@ -11,10 +11,12 @@ mod remap_support;
 use std::sync::Arc;
 
 use dmemu::table::DeviceSpec;
-use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
-use sha2::{Digest, Sha256};
+use dmemu::{MemVolume, Registry, SectorCount, Table, TableMode, Volume};
 
-use remap_support::{assert_refused_like_kernel, cases, get, hex, input, one, seq_text};
+use remap_support::{
+    assert_refused_like_kernel, cases, get, input, one, read_sha_4k, seq_text, volume_shas,
+    write_pattern_4k,
+};
 
 const FIXTURE: &str = include_str!("fixtures/raid/cases.txt");
 const DEV_BYTES: usize = 1 << 20;
@@ -78,30 +80,18 @@ fn tables_the_kernel_loaded_print_as_the_kernel_and_raid1_reads_and_writes_as_it
         );
         let size = dev.size().0 * 512;
         assert_eq!(size.to_string(), want_size, "{name}");
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 4096];
-        for b in 0..size / 4096 {
-            dev.read(Sector(b * 8), &mut buf).unwrap();
-            h.update(&buf);
-        }
         assert_eq!(
-            hex(h.finalize()),
+            read_sha_4k(&*dev, size),
             one(&lines, "read-sha256", &name),
             "{name}"
         );
-        let pattern = seq_text(9_000_000, -1, 1, usize::try_from(size).unwrap());
-        for (i, block) in pattern.chunks(4096).enumerate() {
-            dev.write(Sector(i as u64 * 8), block).unwrap();
-        }
+        write_pattern_4k(&*dev, size);
         assert_eq!(one(&lines, "write-rc", &name), "0");
-        for (i, v) in vols[..4].iter().enumerate() {
-            let mut b = vec![0u8; DEV_BYTES];
-            v.read(Sector(0), &mut b).unwrap();
-            let key = format!("leg{i}-sha256");
+        for (i, sha) in volume_shas(&vols[..4], DEV_BYTES).iter().enumerate() {
             assert_eq!(
-                hex(Sha256::digest(&b)),
-                one(&lines, &key, &name),
-                "{name}: {key}"
+                sha,
+                one(&lines, &format!("leg{i}-sha256"), &name),
+                "{name}: leg {i}"
             );
         }
         with_io += 1;

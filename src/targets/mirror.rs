@@ -387,29 +387,57 @@ impl Mirror {
     }
 }
 
-impl Volume for Mirror {
-    fn size(&self) -> SectorCount {
-        self.legs.size()
-    }
-    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
-        self.legs.read(sector, buf)
-    }
-    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        self.legs.write(sector, buf)
-    }
-    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        self.legs.write_fua(sector, buf)
-    }
-    fn flush(&self) -> Result<()> {
-        self.legs.flush()
-    }
-    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
-        self.legs.discard(sector, count)
-    }
-    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
-        self.legs.allocation(sector, count)
-    }
+/// `impl Volume` for a target whose I/O is its `legs` field.
+macro_rules! volume_through_legs {
+    ($t:ty) => {
+        impl $crate::volume::Volume for $t {
+            fn size(&self) -> $crate::units::SectorCount {
+                self.legs.size()
+            }
+            fn read(
+                &self,
+                sector: $crate::units::Sector,
+                buf: &mut [u8],
+            ) -> $crate::error::Result<()> {
+                self.legs.read(sector, buf)
+            }
+            fn write(
+                &self,
+                sector: $crate::units::Sector,
+                buf: &[u8],
+            ) -> $crate::error::Result<()> {
+                self.legs.write(sector, buf)
+            }
+            fn write_fua(
+                &self,
+                sector: $crate::units::Sector,
+                buf: &[u8],
+            ) -> $crate::error::Result<()> {
+                self.legs.write_fua(sector, buf)
+            }
+            fn flush(&self) -> $crate::error::Result<()> {
+                self.legs.flush()
+            }
+            fn discard(
+                &self,
+                sector: $crate::units::Sector,
+                count: $crate::units::SectorCount,
+            ) -> $crate::error::Result<()> {
+                self.legs.discard(sector, count)
+            }
+            fn allocation(
+                &self,
+                sector: $crate::units::Sector,
+                count: $crate::units::SectorCount,
+            ) -> $crate::error::Result<Vec<$crate::volume::Extent>> {
+                self.legs.allocation(sector, count)
+            }
+        }
+    };
 }
+pub(crate) use volume_through_legs;
+
+volume_through_legs!(Mirror);
 
 impl Target for Mirror {
     /// `mirror_status` STATUSTYPE_INFO for a set whose regions are all in sync and whose

@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::table::args::{parse_llu, ArgResult, Args};
 use crate::targets::context::BuildContext;
 use crate::targets::mirror::Legs;
-use crate::units::{Sector, SectorCount};
-use crate::volume::{Extent, Volume};
+use crate::units::SectorCount;
+use crate::volume::Volume;
 
 use super::{DeviceRef, Target};
 
@@ -707,29 +707,7 @@ impl Raid1 {
     }
 }
 
-impl Volume for Raid1 {
-    fn size(&self) -> SectorCount {
-        self.legs.size()
-    }
-    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
-        self.legs.read(sector, buf)
-    }
-    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        self.legs.write(sector, buf)
-    }
-    fn write_fua(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        self.legs.write_fua(sector, buf)
-    }
-    fn flush(&self) -> Result<()> {
-        self.legs.flush()
-    }
-    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
-        self.legs.discard(sector, count)
-    }
-    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
-        self.legs.allocation(sector, count)
-    }
-}
+crate::targets::mirror::volume_through_legs!(Raid1);
 
 impl Target for Raid1 {
     /// `raid_status` STATUSTYPE_INFO of an idle, in-sync raid1 set without metadata:

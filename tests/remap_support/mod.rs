@@ -172,3 +172,40 @@ pub fn refused_as_the_kernel(fixture: &str, target: &str, devices: usize) -> usi
     }
     refused
 }
+
+/// The sha256 of a device's first `size` bytes read 4 KiB at a time (the guests'
+/// `dd bs=4096 iflag=direct | sha256sum`).
+pub fn read_sha_4k(dev: &dyn dmemu::Volume, size: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 4096];
+    for b in 0..size / 4096 {
+        dev.read(dmemu::Sector(b * 8), &mut buf)
+            .unwrap_or_else(|e| panic!("read of block {b}: {e}"));
+        h.update(&buf);
+    }
+    hex(h.finalize())
+}
+
+/// The guests' second pattern, `seq 9000000 -1 1` cut to `size` bytes, written through the
+/// device 4 KiB at a time.
+pub fn write_pattern_4k(dev: &dyn dmemu::Volume, size: u64) {
+    let pattern = seq_text(9_000_000, -1, 1, usize::try_from(size).unwrap());
+    for (i, block) in pattern.chunks(4096).enumerate() {
+        dev.write(dmemu::Sector(i as u64 * 8), block)
+            .unwrap_or_else(|e| panic!("write of block {i}: {e}"));
+    }
+}
+
+/// The sha256 of each volume's first `bytes` bytes.
+pub fn volume_shas(vols: &[std::sync::Arc<dmemu::MemVolume>], bytes: usize) -> Vec<String> {
+    use dmemu::Volume;
+    use sha2::Digest;
+    vols.iter()
+        .map(|v| {
+            let mut b = vec![0u8; bytes];
+            v.read(dmemu::Sector(0), &mut b).unwrap();
+            hex(sha2::Sha256::digest(&b))
+        })
+        .collect()
+}
