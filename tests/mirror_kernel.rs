@@ -10,10 +10,12 @@ mod remap_support;
 
 use std::sync::Arc;
 
-use dmemu::table::DeviceSpec;
-use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
+use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, Volume};
 
-use remap_support::{cases, get, input, one, read_sha_4k, seq_text, volume_shas, write_pattern_4k};
+use remap_support::{
+    cases, create_as_the_kernel, get, input, one, patterned, read_sha_4k, registry_of, spec,
+    volume_shas, write_pattern_4k,
+};
 
 const FIXTURE: &str = include_str!("fixtures/mirror/cases.txt");
 const LEG_BYTES: usize = 1 << 20;
@@ -21,31 +23,10 @@ const LEG_BYTES: usize = 1 << 20;
 /// The guest's loop devices: three legs with their `fill` patterns, a zeroed 1 MiB log and
 /// a 1 KiB one.
 fn registry() -> (Registry, Vec<Arc<MemVolume>>) {
-    let reg = Registry::new();
-    let mut vols: Vec<Arc<MemVolume>> = (0..3)
-        .map(|i| {
-            Arc::new(
-                MemVolume::from_bytes(seq_text(i * 1_000_000 + 1, 1, 3_000_000, LEG_BYTES))
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let mut vols = patterned(3, LEG_BYTES);
     vols.push(Arc::new(MemVolume::new(SectorCount(2048)).unwrap()));
     vols.push(Arc::new(MemVolume::new(SectorCount(2)).unwrap()));
-    for (i, v) in vols.iter().enumerate() {
-        reg.insert_volume(&format!("7:{i}"), v.clone());
-    }
-    (reg, vols)
-}
-
-fn spec(name: &str, table: Table) -> DeviceSpec {
-    DeviceSpec {
-        name: name.to_string(),
-        uuid: String::new(),
-        minor: None,
-        mode: TableMode::ReadWrite,
-        table,
-    }
+    (registry_of(&vols), vols)
 }
 
 fn leg_shas(vols: &[Arc<MemVolume>]) -> Vec<String> {
@@ -60,22 +41,7 @@ fn mirrors_the_kernel_loaded_print_read_and_write_as_the_kernel() {
             continue;
         }
         let (reg, vols) = registry();
-        let table = Table::parse(&input(&lines, &name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let dev = reg
-            .create(&spec(&name, table))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            dev.table_text(Default::default()).trim_end(),
-            one(&lines, "table", &name),
-            "{name}"
-        );
-        assert_eq!(
-            dev.status_text().trim_end_matches('\n'),
-            one(&lines, "status", &name),
-            "{name}"
-        );
-        let size = dev.size().0 * 512;
-        assert_eq!(size.to_string(), one(&lines, "size", &name), "{name}");
+        let (dev, size) = create_as_the_kernel(&reg, &name, &lines);
         assert_eq!(
             read_sha_4k(&*dev, size),
             one(&lines, "read-sha256", &name),

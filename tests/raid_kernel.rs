@@ -10,12 +10,11 @@ mod remap_support;
 
 use std::sync::Arc;
 
-use dmemu::table::DeviceSpec;
-use dmemu::{MemVolume, Registry, SectorCount, Table, TableMode, Volume};
+use dmemu::{MemVolume, Registry, SectorCount, Table};
 
 use remap_support::{
-    assert_refused_like_kernel, cases, get, input, one, read_sha_4k, seq_text, volume_shas,
-    write_pattern_4k,
+    assert_refused_like_kernel, cases, create_as_the_kernel, get, input, one, patterned,
+    read_sha_4k, registry_of, spec, volume_shas, write_pattern_4k,
 };
 
 const FIXTURE: &str = include_str!("fixtures/raid/cases.txt");
@@ -24,32 +23,11 @@ const DEV_BYTES: usize = 1 << 20;
 /// The guest's loop devices: four data devices with their `fill` patterns, two zeroed
 /// metadata devices.
 fn registry() -> (Registry, Vec<Arc<MemVolume>>) {
-    let reg = Registry::new();
-    let mut vols: Vec<Arc<MemVolume>> = (0..4)
-        .map(|i| {
-            // `seq 3000001 3000000` prints nothing: the fourth stays zeros.
-            let mut bytes = seq_text(i * 1_000_000 + 1, 1, 3_000_000, DEV_BYTES);
-            bytes.resize(DEV_BYTES, 0);
-            Arc::new(MemVolume::from_bytes(bytes).unwrap())
-        })
-        .collect();
+    let mut vols = patterned(4, DEV_BYTES);
     for _ in 0..2 {
         vols.push(Arc::new(MemVolume::new(SectorCount(2048)).unwrap()));
     }
-    for (i, v) in vols.iter().enumerate() {
-        reg.insert_volume(&format!("7:{i}"), v.clone());
-    }
-    (reg, vols)
-}
-
-fn spec(name: &str, table: Table) -> DeviceSpec {
-    DeviceSpec {
-        name: name.to_string(),
-        uuid: String::new(),
-        minor: None,
-        mode: TableMode::ReadWrite,
-        table,
-    }
+    (registry_of(&vols), vols)
 }
 
 #[test]
@@ -66,20 +44,11 @@ fn tables_the_kernel_loaded_print_as_the_kernel_and_raid1_reads_and_writes_as_it
             "{name}"
         );
         loaded += 1;
-        let Some(want_size) = get(&lines, "size") else {
+        if get(&lines, "size").is_none() {
             continue;
-        };
+        }
         let (reg, vols) = registry();
-        let dev = reg
-            .create(&spec(&name, table))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            dev.status_text().trim_end_matches('\n'),
-            one(&lines, "status", &name),
-            "{name}"
-        );
-        let size = dev.size().0 * 512;
-        assert_eq!(size.to_string(), want_size, "{name}");
+        let (dev, size) = create_as_the_kernel(&reg, &name, &lines);
         assert_eq!(
             read_sha_4k(&*dev, size),
             one(&lines, "read-sha256", &name),

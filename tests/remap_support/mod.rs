@@ -209,3 +209,61 @@ pub fn volume_shas(vols: &[std::sync::Arc<dmemu::MemVolume>], bytes: usize) -> V
         })
         .collect()
 }
+
+/// `n` volumes of `bytes` bytes holding what the guests' `fill` writes (volume i: `seq
+/// (i*1000000+1) 3000000`, zeros where that runs out).
+pub fn patterned(n: i64, bytes: usize) -> Vec<std::sync::Arc<dmemu::MemVolume>> {
+    (0..n)
+        .map(|i| {
+            let mut b = seq_text(i * 1_000_000 + 1, 1, 3_000_000, bytes);
+            b.resize(bytes, 0);
+            std::sync::Arc::new(dmemu::MemVolume::from_bytes(b).unwrap())
+        })
+        .collect()
+}
+
+/// A registry holding `vols` as the guest's loop devices `7:0`, `7:1`, ...
+pub fn registry_of(vols: &[std::sync::Arc<dmemu::MemVolume>]) -> dmemu::Registry {
+    let reg = dmemu::Registry::new();
+    for (i, v) in vols.iter().enumerate() {
+        reg.insert_volume(&format!("7:{i}"), v.clone());
+    }
+    reg
+}
+
+/// A read-write device `name` of `table`.
+pub fn spec(name: &str, table: dmemu::Table) -> dmemu::table::DeviceSpec {
+    dmemu::table::DeviceSpec {
+        name: name.to_string(),
+        uuid: String::new(),
+        minor: None,
+        mode: dmemu::TableMode::ReadWrite,
+        table,
+    }
+}
+
+/// Create case `name`'s device from its table in `reg` and check it as the kernel showed
+/// it: `dmsetup table`, `dmsetup status` and the size in bytes, which is returned too.
+pub fn create_as_the_kernel(
+    reg: &dmemu::Registry,
+    name: &str,
+    lines: &[(String, String)],
+) -> (std::sync::Arc<dmemu::MappedDevice>, u64) {
+    let table = dmemu::Table::parse(&input(lines, name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let dev = reg
+        .create(&spec(name, table))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        dev.table_text(Default::default()).trim_end(),
+        one(lines, "table", name),
+        "{name}"
+    );
+    assert_eq!(
+        dev.status_text().trim_end_matches('\n'),
+        one(lines, "status", name),
+        "{name}"
+    );
+    let size = dmemu::Volume::size(&*dev).0 * 512;
+    assert_eq!(size.to_string(), one(lines, "size", name), "{name}");
+    (dev, size)
+}
