@@ -200,7 +200,11 @@ fn message_to_target_without_messages_is_refused() {
 
 #[test]
 fn unexecuted_target_is_refused_clearly() {
-    let out = dmemu(&["read", "--table", "-"], b"0 8 era a b 8\n");
+    let dir = tempfile::tempdir().unwrap();
+    let meta = image(dir.path(), "m.img", 16, 0);
+    let origin = image(dir.path(), "o.img", 16, 0);
+    let table = format!("0 8 era {meta} {origin} 8\n");
+    let out = dmemu(&["read", "--table", "-"], table.as_bytes());
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("parsed and printed, not executed"));
 }

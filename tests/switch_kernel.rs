@@ -215,3 +215,120 @@ fn tables_the_kernel_refuses_are_refused_with_its_words() {
     }
     assert!(refused >= 12, "the fixture's refused cases: {refused}");
 }
+
+/// One `@@tag rest` record of kernel-6.12-switch-flush.txt per element.
+fn flush_records() -> Vec<(String, String)> {
+    include_str!("fixtures/remap/kernel-6.12-switch-flush.txt")
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@"))
+        .map(|r| {
+            let (t, rest) = r.split_once(' ').unwrap_or((r, ""));
+            (t.to_string(), rest.to_string())
+        })
+        .collect()
+}
+
+fn gunzip(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/remap/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()),
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+/// switch-flush.guest.sh's workload over two log-writes paths: the paths' logs must be the
+/// kernel's byte for byte. dm-switch sets no `num_flush_bios`, so a flush of the switch
+/// reaches no path (their writes stay held until teardown), while a FUA write goes down as
+/// FUA (the device inherits its paths' write cache, `write back` / `fua 1`).
+#[test]
+fn flushes_reach_no_path_and_fua_writes_pass_down_as_the_kernel_does() {
+    use dmemu::targets::{LogWrites, Switch, SwitchArgs, Target};
+    use dmemu::volume::SharedVolume;
+
+    let recs = flush_records();
+    let rec = |tag: &str| -> Vec<&str> {
+        recs.iter()
+            .filter(|(t, _)| t == tag)
+            .map(|(_, r)| r.as_str())
+            .collect()
+    };
+    assert_eq!(rec("write_cache"), ["write back"]);
+    assert_eq!(rec("fua"), ["1"]);
+    let mut statuses = rec("status").into_iter();
+    let table = rec("table")[0]
+        .replace("253:0", "lw0")
+        .replace("253:1", "lw1");
+    let Ok(t) = Table::parse(&table) else {
+        panic!("{table}")
+    };
+    let dmemu::targets::TargetSpec::Switch(args) = &t.lines[0].spec else {
+        panic!("{table}: not a switch")
+    };
+    let args: SwitchArgs = args.clone();
+
+    let logs: Vec<Arc<MemVolume>> = (0..2)
+        .map(|_| Arc::new(MemVolume::new(SectorCount(2048)).unwrap()))
+        .collect();
+    let paths: Vec<Arc<LogWrites>> = logs
+        .iter()
+        .map(|log| {
+            let data: SharedVolume = Arc::new(MemVolume::new(SectorCount(2048)).unwrap());
+            Arc::new(LogWrites::over(data, log.clone(), SectorCount(2048)))
+        })
+        .collect();
+    let sw = Switch::over(
+        paths.iter().map(|p| p.clone() as SharedVolume).collect(),
+        &args,
+        SectorCount(2048),
+    )
+    .unwrap();
+    let both = |mark: &str, statuses: &mut std::vec::IntoIter<&str>| {
+        for (i, p) in paths.iter().enumerate() {
+            p.message(&["mark", mark]).unwrap();
+            let want = statuses.next().expect("a status in the fixture");
+            assert_eq!(
+                format!("lw{i} 0 2048 log-writes {}", p.status()),
+                want,
+                "after {mark}"
+            );
+        }
+    };
+    // The guest's `w SECTOR COUNT`: the first COUNT sectors of `seq 1 400000`.
+    let w = |sector: u64, count: usize, fua: bool| {
+        let buf = seq_text(1, 1, 400_000, count * 512);
+        if fua {
+            sw.write_fua(Sector(sector), &buf).unwrap();
+        } else {
+            sw.write(Sector(sector), &buf).unwrap();
+        }
+    };
+    both("start", &mut statuses);
+    w(0, 8, false);
+    w(8, 8, false);
+    w(64, 16, false);
+    both("written", &mut statuses);
+    sw.flush().unwrap();
+    both("fsynced", &mut statuses);
+    // O_DSYNC: a FUA write, then the fsync's flush.
+    w(128, 8, true);
+    sw.flush().unwrap();
+    both("dsynced", &mut statuses);
+    w(200, 8, false);
+    both("last", &mut statuses);
+    drop(sw);
+    drop(paths);
+    for (i, log) in logs.iter().enumerate() {
+        let kernel = gunzip(&format!("switch-flush-log{i}.img.gz"));
+        let ours = log.to_vec();
+        assert_eq!(ours.len(), kernel.len());
+        if let Some(at) = ours.iter().zip(&kernel).position(|(a, b)| a != b) {
+            panic!(
+                "log {i}: first difference at byte {at} (sector {})",
+                at / 512
+            );
+        }
+    }
+}

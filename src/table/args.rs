@@ -196,6 +196,19 @@ impl<'a> Args<'a> {
         Ok(group)
     }
 
+    /// A cursor over the next `n` tokens (at most what is left), which this one skips: a
+    /// group whose count was read some other way.
+    pub fn take(&mut self, n: usize) -> Args<'a> {
+        let n = n.min(self.remaining());
+        let group = Args {
+            tokens: &self.tokens[self.pos..self.pos + n],
+            pos: 0,
+            base: self.position(),
+        };
+        self.pos += n;
+        group
+    }
+
     /// Fail if tokens are left over.
     pub fn finish(&self, reason: &str) -> ArgResult<()> {
         if self.remaining() == 0 {

@@ -21,19 +21,24 @@ pub mod crypt;
 pub mod delay;
 pub mod dust;
 pub mod ebs;
+pub mod era;
 pub mod error;
 pub mod flakey;
 pub mod integrity;
 pub mod linear;
 pub mod log_writes;
+pub mod mirror;
+pub mod multipath;
 pub mod other;
 pub mod pdata;
+pub mod raid;
 pub mod snapshot;
 pub mod striped;
 pub mod switch;
 pub mod thin;
 pub mod unstriped;
 pub mod verity;
+pub mod writecache;
 pub mod zero;
 
 pub use cache::{Cache, CacheArgs};
@@ -41,17 +46,22 @@ pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
 pub use ebs::{Ebs, EbsArgs};
+pub use era::EraArgs;
 pub use flakey::{Flakey, FlakeyArgs};
 pub use integrity::{Integrity, IntegrityArgs};
 pub use linear::{Linear, LinearArgs};
 pub use log_writes::{LogWrites, LogWritesArgs};
+pub use mirror::{Mirror, MirrorArgs};
+pub use multipath::MultipathArgs;
 pub use other::OtherArgs;
+pub use raid::{Raid1, RaidArgs};
 pub use snapshot::{Origin, OriginArgs, Snapshot, SnapshotArgs, SnapshotKind};
 pub use striped::{Striped, StripedArgs};
 pub use switch::{Switch, SwitchArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use unstriped::{Unstriped, UnstripedArgs};
 pub use verity::{Verity, VerityArgs};
+pub use writecache::WritecacheArgs;
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
 pub trait Target: Volume + Any {
@@ -220,6 +230,16 @@ pub enum TargetSpec {
     Cache(CacheArgs),
     /// `integrity <dev> <offset> <tag_size> <mode> <#opts> <opt>...`
     Integrity(IntegrityArgs),
+    /// `mirror <log_type> <#log_args> <log_args>... <#mirrors> (<dev> <offset>)+ [<#features> <feature>...]`
+    Mirror(MirrorArgs),
+    /// `raid <raid_type> <#raid_params> <chunk_size> [<param>...] <#raid_devs> (<meta>|- <data>|-)+`
+    Raid(RaidArgs),
+    /// `multipath <#features> <feature>... <#hw_args> [<hw>...] <#pgs> <initial_pg> <group>...`
+    Multipath(MultipathArgs),
+    /// `era <metadata_dev> <origin_dev> <block_size>`
+    Era(EraArgs),
+    /// `writecache p|s <origin> <cache> <block_size> <#opts> <opt>...`
+    Writecache(WritecacheArgs),
     /// Any other kernel target, kept as written.
     Other(OtherArgs),
 }
@@ -307,6 +327,14 @@ impl TargetSpec {
             "log-writes" => TargetSpec::LogWrites(LogWritesArgs::parse(args)?),
             "cache" => TargetSpec::Cache(CacheArgs::parse(args)?),
             "integrity" => TargetSpec::Integrity(IntegrityArgs::parse(args)?),
+            "mirror" => TargetSpec::Mirror(MirrorArgs::parse(args, len)?),
+            "raid" => TargetSpec::Raid(RaidArgs::parse(args, len)?),
+            "multipath" => match MultipathArgs::parse(args)? {
+                Some(a) => TargetSpec::Multipath(a),
+                None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
+            },
+            "era" => TargetSpec::Era(EraArgs::parse(args)?),
+            "writecache" => TargetSpec::Writecache(WritecacheArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
         })
@@ -336,6 +364,11 @@ impl TargetSpec {
             TargetSpec::LogWrites(_) => LogWritesArgs::TYPE,
             TargetSpec::Cache(_) => CacheArgs::TYPE,
             TargetSpec::Integrity(_) => IntegrityArgs::TYPE,
+            TargetSpec::Mirror(_) => MirrorArgs::TYPE,
+            TargetSpec::Raid(_) => RaidArgs::TYPE,
+            TargetSpec::Multipath(_) => MultipathArgs::TYPE,
+            TargetSpec::Era(_) => EraArgs::TYPE,
+            TargetSpec::Writecache(_) => WritecacheArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
     }
@@ -361,6 +394,11 @@ impl TargetSpec {
             TargetSpec::LogWrites(a) => write!(out, "{a}"),
             TargetSpec::Cache(a) => write!(out, "{a}"),
             TargetSpec::Integrity(a) => a.write(out, keys),
+            TargetSpec::Mirror(a) => write!(out, "{a}"),
+            TargetSpec::Raid(a) => write!(out, "{a}"),
+            TargetSpec::Multipath(a) => write!(out, "{a}"),
+            TargetSpec::Era(a) => write!(out, "{a}"),
+            TargetSpec::Writecache(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
     }
@@ -403,6 +441,11 @@ impl TargetSpec {
                 v.extend(a.meta_device.iter().map(|d| d.0.clone()));
                 v
             }
+            TargetSpec::Mirror(a) => a.devices(),
+            TargetSpec::Raid(a) => a.devices(),
+            TargetSpec::Multipath(a) => a.devices(),
+            TargetSpec::Era(a) => vec![a.metadata.0.clone(), a.origin.0.clone()],
+            TargetSpec::Writecache(a) => vec![a.origin.0.clone(), a.cache.0.clone()],
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
     }
@@ -430,6 +473,20 @@ impl TargetSpec {
             TargetSpec::LogWrites(a) => Arc::new(LogWrites::new(a, len, ctx)?),
             TargetSpec::Cache(a) => Arc::new(Cache::new(a, len, ctx)?),
             TargetSpec::Integrity(a) => integrity::build(a, len, ctx)?,
+            TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
+            TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
+            TargetSpec::Era(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Writecache(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Multipath(a) => {
+                // parse_path looks each device up before anything runs.
+                for d in a.groups.iter().flat_map(|g| &g.paths) {
+                    ctx.volume(&d.device)?;
+                }
+                return Err(Error::Unsupported {
+                    target: "multipath",
+                    op: "I/O (multipath is parsed and printed, not executed)",
+                });
+            }
             TargetSpec::Other(a) => {
                 return Err(Error::Unsupported {
                     target: "dmemu",

@@ -21,8 +21,10 @@
 //! Kept as a packed table like the kernel's (`region_table_entry_bits` per region in
 //! 64-bit slots), read with relaxed atomic loads as the kernel's `READ_ONCE`. A table larger
 //! than [`MAX_REGION_TABLE_BYTES`] is refused with the kernel's words for a failed vmalloc.
-//! Flushes go to every path (the kernel's switch sets no `num_flush_bios`, so its device
-//! advertises no write cache; dmemu's paths are files whose durability needs the flush).
+//! A flush reaches no path: the kernel's switch sets no `num_flush_bios`, so dm core sends it
+//! no flush clone (`__send_empty_flush`) and the flush completes at once, while a FUA write
+//! goes down its path as FUA (the device inherits its paths' write cache and FUA). Shown with
+//! log-writes paths in tests/switch_kernel.rs (fixture made by make-switch-flush.sh).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -407,10 +409,8 @@ impl Volume for Switch {
         })
     }
 
+    /// No `num_flush_bios`: dm core completes the flush without sending it to any path.
     fn flush(&self) -> Result<()> {
-        for p in &self.paths {
-            p.device.flush()?;
-        }
         Ok(())
     }
 

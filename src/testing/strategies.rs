@@ -8,7 +8,7 @@ use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, Ta
 use crate::units::{Sector, SectorCount};
 
 /// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &["clone", "era", "mirror", "raid", "writecache"];
+const OTHER_TYPES: &[&str] = &["clone"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -274,6 +274,129 @@ pub fn switch() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         })
 }
 
+/// `mirror` with a core or disk log, any sync argument, 2 to 9 legs and features.
+pub fn mirror() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u32..=31,
+        1u64..1 << 20,
+        prop::option::of(device_ref()),
+        prop::sample::select(vec!["", " sync", " nosync"]),
+        prop::collection::vec(dev_off(), 2..=9),
+        prop::sample::select(vec![
+            "",
+            " 0",
+            " 1 handle_errors",
+            " 2 handle_errors keep_log",
+        ]),
+    )
+        .prop_map(|(shift, rows, log, sync, legs, features)| {
+            let region = 1u64 << shift;
+            let n = 1 + u32::from(!sync.is_empty());
+            let log = match log {
+                Some(d) => format!("disk {} {d} {region}{sync}", n + 1),
+                None => format!("core {n} {region}{sync}"),
+            };
+            let params = format!("{log} {} {}{features}", legs.len(), legs.join(" "));
+            typed("mirror", rows * region, params)
+        })
+}
+
+/// `raid`: raid1 with a sync argument, daemon sleep and region size, its legs with or
+/// without metadata devices; raid0 with a chunk size over 2 to 6 stripes.
+pub fn raid() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    fn pair() -> impl Strategy<Value = String> {
+        (prop::option::of(device_ref()), device_ref())
+            .prop_map(|(m, d)| format!("{} {d}", m.map_or("-".to_string(), |m| m.to_string())))
+    }
+    prop_oneof![
+        (
+            13u32..=20,
+            1u64..1 << 10,
+            prop::sample::select(vec!["", " sync", " nosync"]),
+            prop::option::of(0i32..100_000),
+            prop::collection::vec(pair(), 2..=6),
+        )
+            .prop_map(|(shift, rows, sync, sleep, legs)| {
+                let region = 1u64 << shift;
+                let mut params = format!("0{sync}");
+                let mut n = 1 + usize::from(!sync.is_empty());
+                if let Some(ms) = sleep {
+                    params.push_str(&format!(" daemon_sleep {ms}"));
+                    n += 2;
+                }
+                params.push_str(&format!(" region_size {region}"));
+                n += 2;
+                let line = format!("raid1 {n} {params} {} {}", legs.len(), legs.join(" "));
+                typed("raid", rows * region, line)
+            }),
+        (
+            3u32..=10,
+            1u64..1 << 20,
+            prop::collection::vec(pair(), 2..=6)
+        )
+            .prop_map(|(shift, rows, legs)| {
+                let line = format!(
+                    "raid0 1 {} {} {}",
+                    1u32 << shift,
+                    legs.len(),
+                    legs.join(" ")
+                );
+                typed("raid", rows * legs.len() as u64, line)
+            }),
+    ]
+}
+
+/// `era` with any block size the kernel takes (a non-zero multiple of 8).
+pub fn era() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        device_ref(),
+        device_ref(),
+        1u32..=u32::MAX / 8,
+    )
+        .prop_map(|(len, meta, origin, blocks)| {
+            typed("era", len, format!("{meta} {origin} {}", blocks * 8))
+        })
+}
+
+/// `writecache` in SSD mode with any block size and a spread of options.
+pub fn writecache() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        device_ref(),
+        device_ref(),
+        9u32..=12,
+        prop::option::of(any::<u32>()),
+        prop::option::of((0u32..=45, 50u32..=100)),
+        prop::sample::select(vec![
+            "",
+            " cleaner",
+            " metadata_only",
+            " cleaner metadata_only",
+        ]),
+        prop::option::of(0u32..=60_000),
+    )
+        .prop_map(|(len, origin, cache, shift, start, wm, flags, pause)| {
+            let mut opts = Vec::new();
+            if let Some(s) = start {
+                opts.push(format!("start_sector {s}"));
+            }
+            if let Some((low, high)) = wm {
+                opts.push(format!("high_watermark {high} low_watermark {low}"));
+            }
+            if !flags.is_empty() {
+                opts.push(flags.trim_start().to_string());
+            }
+            if let Some(p) = pause {
+                opts.push(format!("pause_writeback {p}"));
+            }
+            let joined = opts.join(" ");
+            let n = joined.split_whitespace().count();
+            let params = format!("s {origin} {cache} {} {n} {joined}", 1u32 << shift);
+            typed("writecache", len, params.trim_end().to_string())
+        })
+}
+
 /// `ebs` with and without `<ubs>`, in the sizes the kernel takes (a length of whole
 /// emulated blocks, an offset of whole underlying blocks).
 pub fn ebs() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
@@ -436,7 +559,11 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         unstriped(),
         switch(),
         ebs(),
-        cache()
+        cache(),
+        mirror(),
+        raid(),
+        era(),
+        writecache()
     ]
 }
 

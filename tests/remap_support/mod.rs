@@ -75,7 +75,195 @@ pub fn one<'a>(lines: &'a [(String, String)], key: &str, what: &str) -> &'a str 
 
 /// The case's table with the guest's loop devices named by their numbers (`7:N`).
 pub fn input(lines: &[(String, String)], name: &str) -> String {
-    (0..4).fold(one(lines, "table-in", name).to_string(), |t, i| {
+    (0..6).fold(one(lines, "table-in", name).to_string(), |t, i| {
         t.replace(&format!("/dev/loop{i}"), &format!("7:{i}"))
     })
+}
+
+/// Assert that dmemu refused case `name` as the kernel did: the kernel's
+/// `table: 253:0: TARGET: WORDS (-ERRNO)` line gives the words our error must hold and the
+/// errno; a missing device (ENOENT) is named in dmemu's own lookup words.
+pub fn assert_refused_like_kernel(
+    name: &str,
+    lines: &[(String, String)],
+    target: &str,
+    err: &dmemu::Error,
+) {
+    let prefix = format!("table: 253:0: {target}: ");
+    let kernel = lines
+        .iter()
+        .filter(|(k, _)| k == "kernel-err")
+        .find_map(|(_, v)| v.split_once(prefix.as_str()))
+        .map(|(_, w)| w)
+        .unwrap_or_else(|| panic!("{name}: the kernel's words"));
+    let (words, errno) = kernel.rsplit_once(" (-").expect("an errno");
+    let ours = err.to_string();
+    if errno == "ENOENT)" {
+        assert_eq!(err.errno(), 2, "{name}: {err}");
+        assert!(ours.contains("/dev/nonexistent"), "{name}: {ours}");
+    } else {
+        let want = match errno {
+            "EINVAL)" => 22,
+            "EOPNOTSUPP)" => 95,
+            other => panic!("{name}: errno {other}"),
+        };
+        assert_eq!(err.errno(), want, "{name}: {err}");
+        assert!(
+            ours.contains(words),
+            "{name}: ours {ours:?}, kernel {words:?}"
+        );
+    }
+}
+
+/// Every table `fixture` shows the kernel loading parses, is typed (`is_typed`) and prints
+/// as `dmsetup table` printed it; the number of such cases.
+pub fn loaded_print_as_the_kernel(
+    fixture: &str,
+    is_typed: fn(&dmemu::targets::TargetSpec) -> bool,
+) -> usize {
+    let mut loaded = 0;
+    for (name, lines) in cases(fixture) {
+        if get(&lines, "create-rc").is_some() {
+            continue;
+        }
+        let table =
+            dmemu::Table::parse(&input(&lines, &name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(is_typed(&table.lines[0].spec), "{name}: typed");
+        // dmsetup's line keeps the kernel's trailing space (multipath).
+        assert_eq!(
+            table.to_text(Default::default()).trim_end_matches('\n'),
+            one(&lines, "table", &name),
+            "{name}"
+        );
+        loaded += 1;
+    }
+    loaded
+}
+
+/// Every table `fixture` shows the kernel refusing is refused by a registry holding
+/// `devices` zeroed 1 MiB volumes as `7:0`...: with the kernel's words and errno
+/// ([`assert_refused_like_kernel`]); the number of such cases.
+pub fn refused_as_the_kernel(fixture: &str, target: &str, devices: usize) -> usize {
+    let mut refused = 0;
+    for (name, lines) in cases(fixture) {
+        if get(&lines, "create-rc").is_none() {
+            continue;
+        }
+        let reg = dmemu::Registry::new();
+        for i in 0..devices {
+            reg.insert_volume(
+                &format!("7:{i}"),
+                std::sync::Arc::new(dmemu::MemVolume::new(dmemu::SectorCount(2048)).unwrap()),
+            );
+        }
+        let err = dmemu::Table::parse(&input(&lines, &name))
+            .and_then(|table| {
+                reg.create(&dmemu::table::DeviceSpec {
+                    name: name.clone(),
+                    uuid: String::new(),
+                    minor: None,
+                    mode: dmemu::TableMode::ReadWrite,
+                    table,
+                })
+            })
+            .expect_err(&name);
+        assert_refused_like_kernel(&name, &lines, target, &err);
+        refused += 1;
+    }
+    refused
+}
+
+/// The sha256 of a device's first `size` bytes read 4 KiB at a time (the guests'
+/// `dd bs=4096 iflag=direct | sha256sum`).
+pub fn read_sha_4k(dev: &dyn dmemu::Volume, size: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 4096];
+    for b in 0..size / 4096 {
+        dev.read(dmemu::Sector(b * 8), &mut buf)
+            .unwrap_or_else(|e| panic!("read of block {b}: {e}"));
+        h.update(&buf);
+    }
+    hex(h.finalize())
+}
+
+/// The guests' second pattern, `seq 9000000 -1 1` cut to `size` bytes, written through the
+/// device 4 KiB at a time.
+pub fn write_pattern_4k(dev: &dyn dmemu::Volume, size: u64) {
+    let pattern = seq_text(9_000_000, -1, 1, usize::try_from(size).unwrap());
+    for (i, block) in pattern.chunks(4096).enumerate() {
+        dev.write(dmemu::Sector(i as u64 * 8), block)
+            .unwrap_or_else(|e| panic!("write of block {i}: {e}"));
+    }
+}
+
+/// The sha256 of each volume's first `bytes` bytes.
+pub fn volume_shas(vols: &[std::sync::Arc<dmemu::MemVolume>], bytes: usize) -> Vec<String> {
+    use dmemu::Volume;
+    use sha2::Digest;
+    vols.iter()
+        .map(|v| {
+            let mut b = vec![0u8; bytes];
+            v.read(dmemu::Sector(0), &mut b).unwrap();
+            hex(sha2::Sha256::digest(&b))
+        })
+        .collect()
+}
+
+/// `n` volumes of `bytes` bytes holding what the guests' `fill` writes (volume i: `seq
+/// (i*1000000+1) 3000000`, zeros where that runs out).
+pub fn patterned(n: i64, bytes: usize) -> Vec<std::sync::Arc<dmemu::MemVolume>> {
+    (0..n)
+        .map(|i| {
+            let mut b = seq_text(i * 1_000_000 + 1, 1, 3_000_000, bytes);
+            b.resize(bytes, 0);
+            std::sync::Arc::new(dmemu::MemVolume::from_bytes(b).unwrap())
+        })
+        .collect()
+}
+
+/// A registry holding `vols` as the guest's loop devices `7:0`, `7:1`, ...
+pub fn registry_of(vols: &[std::sync::Arc<dmemu::MemVolume>]) -> dmemu::Registry {
+    let reg = dmemu::Registry::new();
+    for (i, v) in vols.iter().enumerate() {
+        reg.insert_volume(&format!("7:{i}"), v.clone());
+    }
+    reg
+}
+
+/// A read-write device `name` of `table`.
+pub fn spec(name: &str, table: dmemu::Table) -> dmemu::table::DeviceSpec {
+    dmemu::table::DeviceSpec {
+        name: name.to_string(),
+        uuid: String::new(),
+        minor: None,
+        mode: dmemu::TableMode::ReadWrite,
+        table,
+    }
+}
+
+/// Create case `name`'s device from its table in `reg` and check it as the kernel showed
+/// it: `dmsetup table`, `dmsetup status` and the size in bytes, which is returned too.
+pub fn create_as_the_kernel(
+    reg: &dmemu::Registry,
+    name: &str,
+    lines: &[(String, String)],
+) -> (std::sync::Arc<dmemu::MappedDevice>, u64) {
+    let table = dmemu::Table::parse(&input(lines, name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let dev = reg
+        .create(&spec(name, table))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        dev.table_text(Default::default()).trim_end(),
+        one(lines, "table", name),
+        "{name}"
+    );
+    assert_eq!(
+        dev.status_text().trim_end_matches('\n'),
+        one(lines, "status", name),
+        "{name}"
+    );
+    let size = dmemu::Volume::size(&*dev).0 * 512;
+    assert_eq!(size.to_string(), one(lines, "size", name), "{name}");
+    (dev, size)
 }
