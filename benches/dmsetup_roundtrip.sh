@@ -6,8 +6,9 @@
 set -euo pipefail
 n=${1:-1000}
 root=$(cd "$(dirname "$0")/.." && pwd)
-(cd "$root" && cargo build --release --quiet)
-bin=${CARGO_TARGET_DIR:-$root/target}/release/dmemu
+ROOT=$root
+. "$root/scripts/cargo-paths.sh"
+bin=$(dmemu_bin)
 work=$(mktemp -d)
 trap 'DMEMU_DIR=$work/state "$work/dmsetup" remove_all >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 ln -s "$bin" "$work/dmsetup"

@@ -8,11 +8,11 @@
 # budget lets run, run to the end. Prints the wall time per KDF and the largest.
 # Wall clock: run it on a quiet machine. Usage: benches/kdf_budget.sh [fraction, default 0.95]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+. scripts/cargo-paths.sh
 frac=${1:-0.95}
-cargo build --release --quiet
-dmemu=$(cargo metadata --format-version 1 --no-deps \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/dmemu
+dmemu=$(dmemu_bin)
 command -v cryptsetup > /dev/null || { echo "needs cryptsetup" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

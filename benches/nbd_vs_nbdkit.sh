@@ -12,12 +12,13 @@
 # Usage: benches/nbd_vs_nbdkit.sh [MiB, default 1024] [runs, default 3] [fio seconds, default 10]
 # Needs nbdkit, nbdcopy (libnbd-bin), fio (with its nbd engine) and fuse3 for part 4.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+. scripts/cargo-paths.sh
 mib=${1:-1024}
 runs=${2:-3}
 fio_secs=${3:-10}
-cargo build --release --quiet
-dmemu=$PWD/target/release/dmemu
+dmemu=$(dmemu_bin)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 head -c "$((mib << 20))" /dev/urandom > "$work/a.img"
