@@ -113,9 +113,11 @@ impl Registry {
 
     fn open_file(&self, path: &Path) -> Result<(SharedVolume, Option<Arc<FileVolume>>)> {
         // The OS's error as it is: a missing file is ENOENT, a directory that cannot be
-        // searched EACCES ("x.img: Permission denied").
+        // searched EACCES ("x.img: Permission denied"), a 10 KiB name ENAMETOOLONG; the
+        // path in the message is bounded.
+        let shown = crate::error::clip(&path.display().to_string());
         let is_regular = std::fs::metadata(path)
-            .map_err(Error::io(&path.display()))?
+            .map_err(Error::io(&shown))?
             .is_file();
         let file = match self.access {
             Some(Access::ReadOnly) => {
