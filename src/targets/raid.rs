@@ -658,7 +658,8 @@ impl Raid1 {
     pub fn new(args: &RaidArgs, len: SectorCount, ctx: &dyn BuildContext) -> Result<Raid1> {
         let lookup = |d: &DeviceRef, what: &str| {
             ctx.volume(d).map_err(|e| match e {
-                Error::NoDevice(_) => e,
+                // A missing device (no such file, no such mapped device) keeps ENOENT.
+                e if e.errno() == crate::error::errno::ENOENT => e,
                 e => Error::invalid("raid", format!("{what} ({e})")),
             })
         };

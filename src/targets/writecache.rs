@@ -153,7 +153,8 @@ impl WritecacheArgs {
         ] {
             match ctx.volume(d) {
                 Ok(v) => sizes.push((v.logical_block_size(), v.size())),
-                Err(e @ Error::NoDevice(_)) => return e,
+                // A missing device (no such file, no such mapped device) keeps ENOENT.
+                Err(e) if e.errno() == crate::error::errno::ENOENT => return e,
                 Err(e) => return Error::invalid("writecache", format!("{words} ({e})")),
             }
         }
