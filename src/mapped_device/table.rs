@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::table::{Table, TableMode};
 use crate::targets::context::{BuildContext, TableEvents};
 use crate::targets::{Keys, Target, IMMUTABLE_TYPES};
-use crate::units::{Sector, SectorCount};
+use crate::units::{Sector, SectorCount, SECTOR_SIZE};
 use crate::volume::{check_io, check_range, Extent, Extents, TagProfile, Unmap, Volume};
 
 /// A constructed line: where it sits and the target serving it.
@@ -49,6 +49,8 @@ pub struct LoadedTable {
     /// limits `dm_calculate_queue_limits` stacks; ebs sets its own). The block layer
     /// refuses requests that are not whole blocks.
     block: u64,
+    /// `block - 1` when `block` is a power of two, else all ones (see `check_block`).
+    block_mask: u64,
     /// What the table keeps open (open-count guards of the mapped devices it uses).
     holds: Vec<OpenGuard>,
     /// The hook its targets raise events through.
@@ -139,6 +141,11 @@ impl LoadedTable {
             starts: segments.iter().map(|s| s.start.0).collect(),
             concurrent: segments.iter().any(|s| s.target.holds_requests()),
             block,
+            block_mask: if block.is_power_of_two() {
+                block - 1
+            } else {
+                u64::MAX
+            },
             segments,
             table,
             mode,
@@ -210,6 +217,9 @@ impl LoadedTable {
     /// Index of the segment holding `sector` (which must be below `size`).
     #[must_use]
     pub fn segment_index(&self, sector: Sector) -> usize {
+        if self.starts.len() == 1 {
+            return 0;
+        }
         self.starts.partition_point(|&s| s <= sector.0) - 1
     }
 
@@ -412,10 +422,39 @@ fn misaligned_table(segments: &[Segment], block: u64) -> Option<Error> {
 }
 
 impl LoadedTable {
+    /// `read` in full: the range and block checks with their errors, then the segment's
+    /// target, or the pieces of a request that spans segments.
+    #[cold]
+    #[inline(never)]
+    fn read_checked(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
+        let count = check_io(self.size, sector, buf.len())?;
+        self.check_block(sector, count)?;
+        if count.0 == 0 {
+            return Ok(());
+        }
+        let seg = &self.segments[self.segment_index(sector)];
+        let rel = Sector(sector.0 - seg.start.0);
+        if rel.0 + count.0 <= seg.len.0 {
+            return seg.target.read(rel, buf);
+        }
+        self.read_pieces(sector, count, buf)
+    }
+
     /// The block layer's check for a device with logical blocks larger than a sector:
-    /// a request must start and end on a block (EINVAL otherwise).
+    /// a request must start and end on a block (EINVAL otherwise). `block_mask` makes the
+    /// common case one test (block sizes are powers of two); what it flags is checked
+    /// exactly, out of line.
     #[inline]
     fn check_block(&self, sector: Sector, count: SectorCount) -> Result<()> {
+        if (sector.0 | count.0) & self.block_mask == 0 {
+            return Ok(());
+        }
+        self.check_block_exactly(sector, count)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn check_block_exactly(&self, sector: Sector, count: SectorCount) -> Result<()> {
         if self.block > 1 && (sector.0 % self.block != 0 || count.0 % self.block != 0) {
             return Err(Error::invalid(
                 "request",
@@ -461,21 +500,21 @@ impl Volume for LoadedTable {
         u32::try_from(self.block * 512).unwrap_or(u32::MAX)
     }
 
-    // The hot path (one request inside one segment) is small enough to inline into the
-    // device's read; requests that span segments take `read_pieces`.
+    // The hot path (one aligned request inside one segment) is a few tests before the
+    // target's read, small enough to inline into the device's read; anything else (errors,
+    // requests that span segments) goes out of line to `read_checked`.
     #[inline]
     fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
-        let count = check_io(self.size, sector, buf.len())?;
-        self.check_block(sector, count)?;
-        if count.0 == 0 {
-            return Ok(());
+        let len = buf.len();
+        let count = (len / SECTOR_SIZE) as u64;
+        if len % SECTOR_SIZE == 0 && count != 0 && (sector.0 | count) & self.block_mask == 0 {
+            let seg = &self.segments[self.segment_index(sector)];
+            let rel = sector.0.wrapping_sub(seg.start.0);
+            if sector.0 < self.size.0 && rel < seg.len.0 && count <= seg.len.0 - rel {
+                return seg.target.read(Sector(rel), buf);
+            }
         }
-        let seg = &self.segments[self.segment_index(sector)];
-        let rel = Sector(sector.0 - seg.start.0);
-        if rel.0 + count.0 <= seg.len.0 {
-            return seg.target.read(rel, buf);
-        }
-        self.read_pieces(sector, count, buf)
+        self.read_checked(sector, buf)
     }
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         self.write_pieces(sector, buf, |t, rel, piece| t.write(rel, piece))
