@@ -13,8 +13,8 @@ use std::sync::Arc;
 use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, Volume};
 
 use remap_support::{
-    cases, create_as_the_kernel, get, input, one, patterned, read_sha_4k, registry_of, spec,
-    volume_shas, write_pattern_4k,
+    cases, create_read_and_write_as_the_kernel, get, input, one, patterned, registry_of, spec,
+    volume_shas,
 };
 
 const FIXTURE: &str = include_str!("fixtures/mirror/cases.txt");
@@ -41,14 +41,7 @@ fn mirrors_the_kernel_loaded_print_read_and_write_as_the_kernel() {
             continue;
         }
         let (reg, vols) = registry();
-        let (dev, size) = create_as_the_kernel(&reg, &name, &lines);
-        assert_eq!(
-            read_sha_4k(&*dev, size),
-            one(&lines, "read-sha256", &name),
-            "{name}"
-        );
-        write_pattern_4k(&*dev, size);
-        assert_eq!(one(&lines, "write-rc", &name), "0");
+        let (dev, size) = create_read_and_write_as_the_kernel(&reg, &name, &lines);
         let want: Vec<&str> = lines
             .iter()
             .filter(|(k, _)| k.starts_with("leg"))

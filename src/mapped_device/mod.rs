@@ -623,11 +623,7 @@ pub enum Slot {
 impl Volume for MappedDevice {
     /// The live table's size (0 without one), as the kernel's capacity.
     fn size(&self) -> SectorCount {
-        self.live
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(SectorCount(0), |t| t.size())
+        self.live_table().map_or(SectorCount(0), |t| t.size())
     }
 
     /// `with_live`'s gate spelled out for the hottest request: the slow path then takes
@@ -645,11 +641,7 @@ impl Volume for MappedDevice {
 
     /// The live table's (512 without one).
     fn logical_block_size(&self) -> u32 {
-        self.live
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(512, |t| t.logical_block_size())
+        self.live_table().map_or(512, |t| t.logical_block_size())
     }
 
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
@@ -693,11 +685,7 @@ impl Volume for MappedDevice {
     }
 
     fn tag_profile(&self) -> Option<TagProfile> {
-        self.live
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(|t| t.tag_profile())
+        self.live_table().and_then(|t| t.tag_profile())
     }
 
     fn read_tagged(&self, sector: Sector, buf: &mut [u8], tags: &mut [u8]) -> Result<()> {

@@ -267,3 +267,22 @@ pub fn create_as_the_kernel(
     assert_eq!(size.to_string(), one(lines, "size", name), "{name}");
     (dev, size)
 }
+
+/// `create_as_the_kernel`, then the guests' I/O check: the device read 4 KiB at a time has
+/// the kernel's `read-sha256`, and the second pattern is written through it (`write-rc` 0
+/// in the guest). Returns the device and its size in bytes for the case's own checks.
+pub fn create_read_and_write_as_the_kernel(
+    reg: &dmemu::Registry,
+    name: &str,
+    lines: &[(String, String)],
+) -> (std::sync::Arc<dmemu::MappedDevice>, u64) {
+    let (dev, size) = create_as_the_kernel(reg, name, lines);
+    assert_eq!(
+        read_sha_4k(&*dev, size),
+        one(lines, "read-sha256", name),
+        "{name}"
+    );
+    write_pattern_4k(&*dev, size);
+    assert_eq!(one(lines, "write-rc", name), "0", "{name}");
+    (dev, size)
+}
