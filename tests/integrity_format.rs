@@ -11,7 +11,8 @@
 //!   which the 6.12 kernel then opened with integritysetup, read and wrote
 //!   (kernel-6.12-dmemu-format.txt); the images are as the kernel left them.
 
-use std::io::Read;
+mod fixture_support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -26,14 +27,7 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/integrity
 /// The key the make scripts give integritysetup for hmac-sha256.
 const HMAC_KEY: &[u8] = b"dmemu-integrity-hmac-key-32bytes";
 
-fn gunzip(path: &str) -> Vec<u8> {
-    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
+use fixture_support::gunzip_path as gunzip;
 
 fn dmemu(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dmemu"))

@@ -17,7 +17,9 @@
 //! images as the kernel did, and the same writes done now (fresh random IVs) read back the
 //! same through dmemu.
 
-use std::io::{Read, Write};
+mod fixture_support;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -30,28 +32,17 @@ use dmemu::targets::crypt::{Crypt, Keyring};
 use dmemu::targets::{Integrity, TargetSpec};
 use dmemu::volume::MemVolume;
 use dmemu::{Access, Keys, Sector, SectorCount, SharedVolume, Volume};
-use sha2::{Digest, Sha256};
+use fixture_support::{seq, sha256};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/luks-integrity");
 const NAMES: [&str; 3] = ["l2-hmac-sha256-xts", "l2-aes-gcm", "l2-aegis128"];
 
 fn gunzip(name: &str) -> Vec<u8> {
-    let f = std::fs::File::open(format!("{DIR}/{name}.img.gz")).unwrap();
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut out)
-        .unwrap();
-    out
+    fixture_support::gunzip_path(&format!("{DIR}/{name}.img.gz"))
 }
 
 fn kernel(tag: &str) -> String {
-    let text = std::fs::read_to_string(format!("{DIR}/kernel-6.12.txt")).unwrap();
-    let mut lines = text.lines().skip_while(|l| *l != format!("### {tag}"));
-    lines.next().unwrap_or_else(|| panic!("no ### {tag}"));
-    lines
-        .take_while(|l| !l.starts_with("### "))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    fixture_support::section(&format!("{DIR}/kernel-6.12.txt"), tag)
 }
 
 #[test]
@@ -109,33 +100,8 @@ fn the_integrity_layer_under_luks2_opens_with_the_kernels_table() {
 
 const PASS: &str = "dmemu-luks-integrity";
 
-/// seq(1) text from `first`, `len` bytes (what the guest scripts write).
-fn seq(first: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 16);
-    let mut n = first;
-    while out.len() < len {
-        out.extend_from_slice(format!("{n}\n").as_bytes());
-        n += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-fn sha256(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
 fn written_kernel(tag: &str) -> String {
-    let text = std::fs::read_to_string(format!("{DIR}/kernel-written-6.12.txt")).unwrap();
-    let mut lines = text.lines().skip_while(|l| *l != format!("### {tag}"));
-    lines.next().unwrap_or_else(|| panic!("no ### {tag}"));
-    lines
-        .take_while(|l| !l.starts_with("### "))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    fixture_support::section(&format!("{DIR}/kernel-written-6.12.txt"), tag)
 }
 
 /// A temporary copy of an image and the passphrase file.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::error::{errno, Error};
+use crate::error::errno;
 use crate::units::Sector;
 use crate::volume::{MemVolume, Volume};
 
@@ -51,15 +51,77 @@ fn crypt_discard_with_allow_discards_passes_down_at_the_offset() {
     assert!(raw[16 * 512..24 * 512].iter().any(|&b| b != 0));
 }
 
+/// An integrity device of `len` data sectors with `tag`-byte tags and no internal hash.
+fn tagged(tag: u32) -> (Arc<MemVolume>, SectorCount, crate::volume::SharedVolume) {
+    use crate::table::args::Args;
+    use crate::targets::integrity::format::{format, FormatParams};
+    use crate::targets::{Integrity, IntegrityArgs};
+    let mem = Arc::new(MemVolume::new(SectorCount(4096)).unwrap());
+    let sb = format(
+        &*mem,
+        &FormatParams {
+            tag_size: Some(tag),
+            salt: Some([3; 16]),
+            ..FormatParams::default()
+        },
+    )
+    .unwrap();
+    let len = SectorCount(sb.provided_data_sectors);
+    let tokens: Vec<String> = ["/dev/x", "0", &tag.to_string(), "J", "0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let args = IntegrityArgs::parse(&mut Args::new(&tokens)).unwrap();
+    let t = Arc::new(Integrity::over(mem.clone(), &args, len).unwrap());
+    (mem, len, t)
+}
+
 #[test]
-fn crypt_with_integrity_none_refuses_to_build_with_a_clear_error() {
+fn crypt_random_iv_needs_tags_big_enough_for_the_iv() {
+    // No tags below: the kernel's crypt_integrity_ctr refusal (its 6.12 dmesg is in
+    // tests/fixtures/crypt-integrity-none, checked by tests/crypt_integrity_none.rs).
     let (_, c) = build(
         &format!("aes-xts-random {KEY256} 0 d 0 1 integrity:16:none"),
         32,
     );
     let e = c.unwrap_err();
-    assert!(matches!(e, Error::Unsupported { .. }));
-    assert!(e.to_string().contains("integrity:<n>:none"), "{e}");
+    assert_eq!(e.errno(), errno::EINVAL);
+    assert!(
+        e.to_string().contains("Integrity profile not supported."),
+        "{e}"
+    );
+    // The refusal for `integrity:<n>:none` over tags of `tag` bytes.
+    let refusal = |tag: u32, n: u32| {
+        let (_, len, dev) = tagged(tag);
+        let p = format!("aes-xts-random {KEY256} 0 d 0 1 integrity:{n}:none");
+        let args = parse(len.0, &p).unwrap();
+        let e = Crypt::over(dev, &args, len, &Keyring::default()).unwrap_err();
+        e.to_string()
+    };
+    // 8-byte tuples cannot hold xts's 16-byte IV.
+    let e = refusal(8, 8);
+    assert!(
+        e.contains("Not enough space for integrity tag in the profile."),
+        "{e}"
+    );
+    // integrity:20:none asks more than the 16-byte tuples have.
+    let e = refusal(16, 20);
+    assert!(e.contains("Integrity profile tag size mismatch."), "{e}");
+}
+
+#[test]
+fn crypt_integrity_none_with_a_sector_iv_is_plain_crypt() {
+    // integrity_iv_size is 0, so the kernel never calls crypt_integrity_ctr: the option
+    // changes nothing on the disk (the kernel's own such image is read back in
+    // tests/crypt_integrity_none.rs).
+    let data: Vec<u8> = (0..16 * 512).map(|i| (i * 7 % 251) as u8).collect();
+    let mut raws = Vec::new();
+    for opts in ["", " 1 integrity:16:none"] {
+        let (disk, c) = build(&format!("aes-xts-plain64 {KEY256} 0 d 0{opts}"), 32);
+        c.unwrap().write(Sector(0), &data).unwrap();
+        raws.push(disk.to_vec());
+    }
+    assert_eq!(raws[0], raws[1]);
 }
 
 #[test]

@@ -25,6 +25,7 @@ mod lrw;
 mod modes;
 mod target;
 mod vaes;
+mod vaes_gcm;
 mod xts;
 
 pub use cipher::{ChainMode, CipherSpec, IvMode, Transform};

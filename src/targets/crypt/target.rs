@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::targets::context::{device_area, BuildContext};
 use crate::units::{Sector, SectorCount};
-use crate::volume::{check_io, check_range, SharedVolume, Volume};
+use crate::volume::{check_io, check_range, SharedVolume, TagProfile, Volume};
 
 use super::aead::{Aead, AeadError, AeadName, MAX_AEAD_IV};
 use super::cipher::{CipherSpec, IvMode, Transform};
@@ -114,11 +114,25 @@ pub(super) fn check_key(
     }
 }
 
-/// What a key gives: the cipher transforms and the IV generator, or the AEAD.
+/// What a key gives: the cipher transforms and the IV generator (with the IVs stored on
+/// the device for `random`), or the AEAD.
 struct Keyed {
     tfms: Vec<Tfm>,
     iv: IvGen,
+    stored_iv: Option<StoredIv>,
     aead: Option<AeadCtx>,
+}
+
+/// A `random` IV without an AEAD (`integrity:<n>:none`, or no integrity option at all):
+/// each crypt sector's IV lives in the first `iv_size` bytes of its tuple on the integrity
+/// device below (`crypt_integrity_ctr` with `integrity_iv_size = iv_size` and no auth tag;
+/// `crypt_convert_block_skcipher` takes it from there on reads and stores a fresh one on
+/// writes).
+struct StoredIv {
+    /// `cc->iv_size` (the cipher's IV size, at least 8).
+    iv_size: usize,
+    /// `tuple_size`: the device's tag bytes per crypt sector.
+    tuple: usize,
 }
 
 /// The IV generators an AEAD takes here (random, or one that depends only on the sector).
@@ -214,15 +228,11 @@ impl Crypt {
     ) -> Result<Crypt> {
         check_range(device.size(), Sector(args.dest.offset.0), len)?;
         let bad = |reason: String| Error::invalid("crypt table", reason);
+        // `integrity:<n>:none` (the only other profile the parser takes) changes nothing but
+        // the checks of a random IV's tag space (stored_iv_ctx).
         let aead_profile = match &args.options.integrity {
             Some(i) if i.profile.eq_ignore_ascii_case("aead") => Some(i.tag_size),
-            Some(_) => {
-                return Err(Error::Unsupported {
-                    target: "crypt",
-                    op: "integrity:<n>:none (random IVs in integrity metadata without an AEAD)",
-                })
-            }
-            None => None,
+            _ => None,
         };
         let aead_name = match (&args.cipher.transform, aead_profile) {
             (Transform::Opaque(api), Some(_)) => {
@@ -278,8 +288,16 @@ impl Crypt {
             })?);
         }
         let extra = &key[key.len() - l.extra..];
+        // crypt_ctr_ivmode: `random` keeps its IVs on the device when the cipher has IVs
+        // (a cipher without them drops the IV mode, as the kernel).
+        let random = args.cipher.iv == Some(IvMode::Random);
+        let stored_iv = if random && tfms[0].iv_size() > 0 {
+            Some(stored_iv_ctx(&device, args, tfms[0].iv_size().max(8))?)
+        } else {
+            None
+        };
         let iv = IvGen::new(
-            args.cipher.iv,
+            if random { None } else { args.cipher.iv },
             tfms[0].block_size(),
             tfms[0].iv_size(),
             u64::from(sector_size),
@@ -289,7 +307,7 @@ impl Crypt {
             if e == UNSUPPORTED {
                 Error::Unsupported {
                     target: "crypt",
-                    op: "IV mode random (IVs live in dm-integrity metadata)",
+                    op: "this IV mode with this cipher (lmk and tcw need a 16-byte IV)",
                 }
             } else {
                 bad(e)
@@ -298,6 +316,7 @@ impl Crypt {
         let keyed = Keyed {
             tfms,
             iv,
+            stored_iv,
             aead: None,
         };
         Crypt::finish(device, args, len, keyed, sector_size)
@@ -503,6 +522,62 @@ impl Crypt {
 }
 
 impl Crypt {
+    /// `crypt_convert_block_skcipher` with a stored random IV, for reads: data and tuples
+    /// from the device, each crypt sector decrypted with the IV at the start of its tuple.
+    fn read_stored_iv(
+        &self,
+        k: &Keyed,
+        st: &StoredIv,
+        sector: Sector,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let mut tags = vec![0u8; buf.len() / self.sector_size * st.tuple];
+        self.device
+            .read_tagged(sector + self.offset, buf, &mut tags)?;
+        self.stored_iv_convert(k, st, sector.0, buf, &tags, Direction::Decrypt);
+        Ok(())
+    }
+
+    /// Writes: a fresh random IV per crypt sector into its tuple (the rest of the tuple
+    /// zero), the sector encrypted with it, data and tuples written together.
+    fn write_stored_iv(&self, k: &Keyed, st: &StoredIv, sector: Sector, buf: &[u8]) -> Result<()> {
+        self.bounced(sector, buf, |at, piece, out| {
+            out.copy_from_slice(piece);
+            let mut tags = vec![0u8; piece.len() / self.sector_size * st.tuple];
+            fill_random_ivs(&mut tags, st.tuple, 0, st.iv_size)?;
+            self.stored_iv_convert(k, st, at.0, out, &tags, Direction::Encrypt);
+            self.device.write_tagged(at + self.offset, out, &tags)
+        })
+    }
+
+    /// Each crypt sector of `data` (target sectors from `first`) through the key its
+    /// cc_sector selects (`crypt_alloc_req_skcipher`), with the IV from its tuple.
+    fn stored_iv_convert(
+        &self,
+        k: &Keyed,
+        st: &StoredIv,
+        first: u64,
+        data: &mut [u8],
+        tags: &[u8],
+        dir: Direction,
+    ) {
+        let mask = u64::try_from(k.tfms.len()).unwrap_or(1) - 1;
+        let mut s = first.wrapping_add(self.iv_offset);
+        for (unit, tuple) in data
+            .chunks_exact_mut(self.sector_size)
+            .zip(tags.chunks_exact(st.tuple))
+        {
+            let tfm = &k.tfms[usize::try_from(s & mask).unwrap_or(0)];
+            let mut iv: Iv = [0u8; 32];
+            iv[..st.iv_size].copy_from_slice(&tuple[..st.iv_size]);
+            match dir {
+                Direction::Encrypt => tfm.encrypt(&iv, unit),
+                Direction::Decrypt => tfm.decrypt(&iv, unit),
+            }
+            s = s.wrapping_add(1 << self.shift);
+        }
+    }
+
     /// `crypt_convert_block_aead` for reads: data and tags from the device, each crypt
     /// sector authenticated and decrypted; a mismatch fails the request with EILSEQ
     /// (BLK_STS_PROTECTION) naming the target sector, as the kernel's "INTEGRITY AEAD
@@ -522,14 +597,7 @@ impl Crypt {
             let mut tags = vec![0u8; piece.len() / self.sector_size * a.tuple];
             if a.iv == AeadIv::Random {
                 // crypt_iv_random_gen: get_random_bytes into the stored IV's place.
-                for t in tags.chunks_exact_mut(a.tuple) {
-                    getrandom::fill(&mut t[a.auth..a.auth + a.stored_iv]).map_err(|e| {
-                        Error::TargetFailed {
-                            target: "crypt",
-                            reason: format!("no random IV from the OS: {e}"),
-                        }
-                    })?;
-                }
+                fill_random_ivs(&mut tags, a.tuple, a.auth, a.stored_iv)?;
             }
             self.aead_convert(a, at.0, out, &mut tags, Direction::Encrypt)?;
             self.device.write_tagged(at + self.offset, out, &tags)
@@ -654,15 +722,7 @@ fn aead_ctx(
             op: "this IV mode with an AEAD (dmemu takes random, plain, plain64, plain64be, null)",
         }),
     };
-    let Some(profile) = device.tag_profile() else {
-        return Err(bad("Integrity profile not supported."));
-    };
-    if profile.tuple_size < used {
-        return Err(bad("Integrity profile tag size mismatch."));
-    }
-    if profile.interval != args.options.sector_size {
-        return Err(bad("Integrity profile sector size mismatch."));
-    }
+    let profile = integrity_profile(device, args, used)?;
     // The IV size comes from the AEAD itself; key it with a provisional tag size first.
     let probe = |auth: usize| Aead::new(name, key, mac_key, auth);
     let iv_of = |name: &AeadName| match name {
@@ -698,6 +758,7 @@ fn aead_ctx(
     Ok(Keyed {
         tfms: Vec::new(),
         iv: IvGen::None,
+        stored_iv: None,
         aead: Some(AeadCtx {
             aead,
             iv: iv_mode,
@@ -707,6 +768,48 @@ fn aead_ctx(
             tuple: profile.tuple_size as usize,
         }),
     })
+}
+
+/// `crypt_integrity_ctr`'s checks of the device below: a tag profile, tuples of at least
+/// `used` bytes, one tuple per crypt sector.
+fn integrity_profile(device: &SharedVolume, args: &CryptArgs, used: u32) -> Result<TagProfile> {
+    let bad = |reason: &str| Error::invalid("crypt table", reason.to_string());
+    let Some(profile) = device.tag_profile() else {
+        return Err(bad("Integrity profile not supported."));
+    };
+    if profile.tuple_size < used {
+        return Err(bad("Integrity profile tag size mismatch."));
+    }
+    if profile.interval != args.options.sector_size {
+        return Err(bad("Integrity profile sector size mismatch."));
+    }
+    Ok(profile)
+}
+
+/// A random IV's place on the device below (`crypt_integrity_ctr` without an AEAD: the
+/// tuple must hold the `iv_size`-byte IV; `used` is `integrity:<n>:none`'s n, or 0).
+fn stored_iv_ctx(device: &SharedVolume, args: &CryptArgs, iv_size: usize) -> Result<StoredIv> {
+    let used = args.options.integrity.as_ref().map_or(0, |i| i.tag_size);
+    let profile = integrity_profile(device, args, used)?;
+    let tuple = profile.tuple_size as usize;
+    if iv_size > tuple {
+        return Err(Error::invalid(
+            "crypt table",
+            "Not enough space for integrity tag in the profile.",
+        ));
+    }
+    Ok(StoredIv { iv_size, tuple })
+}
+
+/// `crypt_iv_random_gen`: fresh IVs from the OS into bytes `at..at + len` of each tuple.
+fn fill_random_ivs(tags: &mut [u8], tuple: usize, at: usize, len: usize) -> Result<()> {
+    for t in tags.chunks_exact_mut(tuple) {
+        getrandom::fill(&mut t[at..at + len]).map_err(|e| Error::TargetFailed {
+            target: "crypt",
+            reason: format!("no random IV from the OS: {e}"),
+        })?;
+    }
+    Ok(())
 }
 
 fn unsupported_transform() -> Error {
@@ -736,6 +839,9 @@ impl Volume for Crypt {
         if let Some(a) = &k.aead {
             return self.read_aead(a, sector, buf);
         }
+        if let Some(st) = &k.stored_iv {
+            return self.read_stored_iv(&k, st, sector, buf);
+        }
         drop(k);
         // Over a memory map (a read-only image file) decryption reads the mapping directly:
         // one pass over the data instead of a copy and a pass.
@@ -753,6 +859,9 @@ impl Volume for Crypt {
         let k = self.keyed()?;
         if let Some(a) = &k.aead {
             return self.write_aead(a, sector, buf);
+        }
+        if let Some(st) = &k.stored_iv {
+            return self.write_stored_iv(&k, st, sector, buf);
         }
         drop(k);
         self.bounced(sector, buf, |at, piece, out| {

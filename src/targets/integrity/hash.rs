@@ -289,11 +289,12 @@ impl Crc32cRun {
             ^ t[3][(a >> 24) as usize]
     }
 
-    fn prefix(&self, sector: u64) -> u32 {
+    /// The prefix CRC's part from bytes 1..8 of the sector number (with `base`): the same
+    /// for up to 256 consecutive sectors, so a run computes it once per 256.
+    fn prefix_high(&self, sector: u64) -> u32 {
         let b = sector.to_le_bytes();
         let t = &self.sector;
         self.base
-            ^ t[0][usize::from(b[0])]
             ^ t[1][usize::from(b[1])]
             ^ t[2][usize::from(b[2])]
             ^ t[3][usize::from(b[3])]
@@ -313,12 +314,17 @@ impl Crc32cRun {
         }
         let mut acc = 0u32;
         let mut sec = first;
+        let mut high = (first >> 8, self.prefix_high(first));
         for t in tags.chunks_exact(4) {
             let tag = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
-            acc = self.shift(acc ^ self.prefix(sec)) ^ tag;
+            if sec >> 8 != high.0 {
+                high = (sec >> 8, self.prefix_high(sec));
+            }
+            let prefix = high.1 ^ self.sector[0][(sec & 0xff) as usize];
+            acc = self.shift(acc ^ prefix) ^ tag;
             sec += spb;
         }
-        acc == crc32c::crc32c(data)
+        acc == crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
     }
 }
 

@@ -294,20 +294,23 @@ fn crc32c_run_check_agrees_with_per_block_tags_and_catches_any_one_bad_block() {
         let data: Vec<u8> = (0..blocks * bb)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        let first = 4096 + 3 * spb;
-        let mut tags = vec![0u8; blocks * 4];
-        for (i, t) in tags.chunks_mut(4).enumerate() {
-            h.tag(first + i as u64 * spb, &data[i * bb..(i + 1) * bb], t);
-        }
-        assert!(run.run_ok(first, spb, &data, &tags));
-        assert!(!run.run_ok(first + spb, spb, &data, &tags));
-        for i in [0, 17, blocks - 1] {
-            let mut d = data.clone();
-            d[i * bb + 100] ^= 0x40;
-            assert!(!run.run_ok(first, spb, &d, &tags), "data of block {i}");
-            let mut t = tags.clone();
-            t[i * 4 + 2] ^= 1;
-            assert!(!run.run_ok(first, spb, &data, &t), "tag of block {i}");
+        // A run inside one 256-sector stretch, and runs that carry into bytes 1 and 4 of
+        // the sector number (the prefix's high part is recomputed there).
+        for first in [4096 + 3 * spb, 0xff00 - 5 * spb, (1 << 32) - 5 * spb] {
+            let mut tags = vec![0u8; blocks * 4];
+            for (i, t) in tags.chunks_mut(4).enumerate() {
+                h.tag(first + i as u64 * spb, &data[i * bb..(i + 1) * bb], t);
+            }
+            assert!(run.run_ok(first, spb, &data, &tags));
+            assert!(!run.run_ok(first + spb, spb, &data, &tags));
+            for i in [0, 17, blocks - 1] {
+                let mut d = data.clone();
+                d[i * bb + 100] ^= 0x40;
+                assert!(!run.run_ok(first, spb, &d, &tags), "data of block {i}");
+                let mut t = tags.clone();
+                t[i * 4 + 2] ^= 1;
+                assert!(!run.run_ok(first, spb, &data, &t), "tag of block {i}");
+            }
         }
         assert!(h.crc32c_run(4, bb).is_some());
         assert!(h.crc32c_run(8, bb).is_none());
