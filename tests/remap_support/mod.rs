@@ -51,6 +51,33 @@ pub fn cases(fixture: &str) -> Vec<(String, Vec<(String, String)>)> {
     out
 }
 
+/// One `@@tag rest` record per element of a fixture whose records start with `@@` (the
+/// flush fixtures: kernel-6.12-switch-flush.txt, kernel-6.12-flush.txt).
+pub fn records(fixture: &str) -> Vec<(String, String)> {
+    fixture
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@"))
+        .map(|r| {
+            let (t, rest) = r.split_once(' ').unwrap_or((r, ""));
+            (t.to_string(), rest.to_string())
+        })
+        .collect()
+}
+
+/// The bytes of the gzip'ed fixture tests/fixtures/`name`.
+pub fn gunzip(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}")),
+        ),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    out
+}
+
 /// The first value of `key`.
 pub fn get<'a>(lines: &'a [(String, String)], key: &str) -> Option<&'a str> {
     lines
