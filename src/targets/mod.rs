@@ -16,6 +16,7 @@ use crate::units::SectorCount;
 use crate::volume::Volume;
 
 pub mod cache;
+pub mod clone;
 pub mod context;
 pub mod crypt;
 pub mod delay;
@@ -42,6 +43,7 @@ pub mod writecache;
 pub mod zero;
 
 pub use cache::{Cache, CacheArgs};
+pub use clone::CloneArgs;
 pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
@@ -238,6 +240,8 @@ pub enum TargetSpec {
     Multipath(MultipathArgs),
     /// `era <metadata_dev> <origin_dev> <block_size>`
     Era(EraArgs),
+    /// `clone <metadata> <dest> <source> <region_size> [<#features> <feature>* [<#core> <core>*]]`
+    Clone(CloneArgs),
     /// `writecache p|s <origin> <cache> <block_size> <#opts> <opt>...`
     Writecache(WritecacheArgs),
     /// Any other kernel target, kept as written.
@@ -334,6 +338,7 @@ impl TargetSpec {
                 None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
             },
             "era" => TargetSpec::Era(EraArgs::parse(args)?),
+            "clone" => TargetSpec::Clone(CloneArgs::parse(args, len)?),
             "writecache" => TargetSpec::Writecache(WritecacheArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
@@ -368,6 +373,7 @@ impl TargetSpec {
             TargetSpec::Raid(_) => RaidArgs::TYPE,
             TargetSpec::Multipath(_) => MultipathArgs::TYPE,
             TargetSpec::Era(_) => EraArgs::TYPE,
+            TargetSpec::Clone(_) => CloneArgs::TYPE,
             TargetSpec::Writecache(_) => WritecacheArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
@@ -398,6 +404,7 @@ impl TargetSpec {
             TargetSpec::Raid(a) => write!(out, "{a}"),
             TargetSpec::Multipath(a) => write!(out, "{a}"),
             TargetSpec::Era(a) => write!(out, "{a}"),
+            TargetSpec::Clone(a) => write!(out, "{a}"),
             TargetSpec::Writecache(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
@@ -445,6 +452,9 @@ impl TargetSpec {
             TargetSpec::Raid(a) => a.devices(),
             TargetSpec::Multipath(a) => a.devices(),
             TargetSpec::Era(a) => vec![a.metadata.0.clone(), a.origin.0.clone()],
+            TargetSpec::Clone(a) => {
+                vec![a.metadata.0.clone(), a.dest.0.clone(), a.source.0.clone()]
+            }
             TargetSpec::Writecache(a) => vec![a.origin.0.clone(), a.cache.0.clone()],
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
@@ -476,6 +486,7 @@ impl TargetSpec {
             TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
             TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
             TargetSpec::Era(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Clone(a) => return Err(a.build_error(len, ctx)),
             TargetSpec::Writecache(a) => return Err(a.build_error(ctx)),
             TargetSpec::Multipath(a) => {
                 // parse_path looks each device up before anything runs.

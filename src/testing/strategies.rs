@@ -4,11 +4,8 @@
 use proptest::prelude::*;
 
 use crate::table::{parse_line_params, Table, TableLine};
-use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, TargetSpec};
+use crate::targets::{DeviceAt, DeviceRef, LinearArgs, StripedArgs, TargetSpec};
 use crate::units::{Sector, SectorCount};
-
-/// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &["clone"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -55,18 +52,6 @@ pub fn target_with_len() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
             }),
         (1u64..1 << 40).prop_map(|len| (SectorCount(len), TargetSpec::Zero)),
         (1u64..1 << 40).prop_map(|len| (SectorCount(len), TargetSpec::Error)),
-        (
-            1u64..1 << 40,
-            prop::sample::select(OTHER_TYPES),
-            prop::collection::vec("[a-zA-Z0-9:/._-]{1,10}", 0..8)
-        )
-            .prop_map(|(len, t, tokens)| {
-                let params = tokens.join(" ");
-                (
-                    SectorCount(len),
-                    TargetSpec::Other(OtherArgs::new(t, &params)),
-                )
-            }),
     ]
 }
 
@@ -359,6 +344,47 @@ pub fn era() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         })
 }
 
+/// `clone` with any power-of-two region size from 8 to 2^21 sectors (at most 2^31 regions),
+/// a spread of feature and core groups (names in any case, the region size and values
+/// written with leading zeros at times) and ignored tokens after them.
+pub fn clone() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        (device_ref(), device_ref(), device_ref()),
+        (3u32..=21, prop::bool::ANY),
+        prop::option::of((
+            prop::sample::subsequence(vec!["no_hydration", "No_Discard_Passdown"], 0..=2),
+            prop::option::of((
+                prop::sample::subsequence(
+                    vec![("hydration_threshold", 0u32), ("HYDRATION_BATCH_SIZE", 1)],
+                    0..=2,
+                ),
+                any::<u32>(),
+                prop::collection::vec("[a-z0-9_]{1,8}", 0..3),
+            )),
+        )),
+    )
+        .prop_map(|(len, (meta, dest, src), (shift, padded), groups)| {
+            let region = 1u64 << shift;
+            let len = len.min(region << 31);
+            let zero = if padded { "0" } else { "" };
+            let mut params = format!("{meta} {dest} {src} {zero}{region}");
+            if let Some((features, core)) = groups {
+                params.push_str(&format!(" {} {}", features.len(), features.join(" ")));
+                if let Some((pairs, value, extra)) = core {
+                    params.push_str(&format!(" {}", pairs.len() * 2));
+                    for (name, k) in pairs {
+                        params.push_str(&format!(" {name} {zero}{}", value >> k));
+                    }
+                    for e in extra {
+                        params.push_str(&format!(" {e}"));
+                    }
+                }
+            }
+            typed("clone", len, params.trim_end().replace("  ", " "))
+        })
+}
+
 /// `writecache` in SSD mode with any block size and a spread of options.
 pub fn writecache() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     (
@@ -563,6 +589,7 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         mirror(),
         raid(),
         era(),
+        clone(),
         writecache()
     ]
 }
