@@ -24,6 +24,7 @@ use std::fmt;
 
 use crate::error::{errno, Error};
 use crate::table::args::{ArgResult, Args};
+use crate::table::lexer::escape;
 use crate::targets::context::BuildContext;
 use crate::targets::pdata::block::checksum;
 use crate::units::{Sector, SectorCount};
@@ -274,7 +275,7 @@ impl fmt::Display for CloneArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} {}", self.metadata, self.dest, self.source)?;
         for a in &self.ctr_args {
-            write!(f, " {a}")?;
+            write!(f, " {}", escape(a))?;
         }
         Ok(())
     }

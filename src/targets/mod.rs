@@ -38,9 +38,11 @@ pub mod striped;
 pub mod switch;
 pub mod thin;
 pub mod unstriped;
+pub mod vdo;
 pub mod verity;
 pub mod writecache;
 pub mod zero;
+pub mod zoned;
 
 pub use cache::{Cache, CacheArgs};
 pub use clone::CloneArgs;
@@ -62,8 +64,10 @@ pub use striped::{Striped, StripedArgs};
 pub use switch::{Switch, SwitchArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use unstriped::{Unstriped, UnstripedArgs};
+pub use vdo::VdoArgs;
 pub use verity::{Verity, VerityArgs};
 pub use writecache::WritecacheArgs;
+pub use zoned::ZonedArgs;
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
 pub trait Target: Volume + Any {
@@ -242,6 +246,10 @@ pub enum TargetSpec {
     Era(EraArgs),
     /// `clone <metadata> <dest> <source> <region_size> [<#features> <feature>* [<#core> <core>*]]`
     Clone(CloneArgs),
+    /// `zoned <dev> [<dev>...]`
+    Zoned(ZonedArgs),
+    /// `vdo V4 <storage> <physical blocks> <512|4096> <cache> <period> [<key> <value>]*`
+    Vdo(VdoArgs),
     /// `writecache p|s <origin> <cache> <block_size> <#opts> <opt>...`
     Writecache(WritecacheArgs),
     /// Any other kernel target, kept as written.
@@ -339,6 +347,11 @@ impl TargetSpec {
             },
             "era" => TargetSpec::Era(EraArgs::parse(args)?),
             "clone" => TargetSpec::Clone(CloneArgs::parse(args, len)?),
+            "zoned" => TargetSpec::Zoned(ZonedArgs::parse(args)?),
+            "vdo" => match VdoArgs::parse(args, len)? {
+                Some(a) => TargetSpec::Vdo(a),
+                None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
+            },
             "writecache" => TargetSpec::Writecache(WritecacheArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
@@ -374,6 +387,8 @@ impl TargetSpec {
             TargetSpec::Multipath(_) => MultipathArgs::TYPE,
             TargetSpec::Era(_) => EraArgs::TYPE,
             TargetSpec::Clone(_) => CloneArgs::TYPE,
+            TargetSpec::Zoned(_) => ZonedArgs::TYPE,
+            TargetSpec::Vdo(_) => VdoArgs::TYPE,
             TargetSpec::Writecache(_) => WritecacheArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
@@ -405,6 +420,8 @@ impl TargetSpec {
             TargetSpec::Multipath(a) => write!(out, "{a}"),
             TargetSpec::Era(a) => write!(out, "{a}"),
             TargetSpec::Clone(a) => write!(out, "{a}"),
+            TargetSpec::Zoned(a) => write!(out, "{a}"),
+            TargetSpec::Vdo(a) => write!(out, "{a}"),
             TargetSpec::Writecache(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
@@ -455,6 +472,8 @@ impl TargetSpec {
             TargetSpec::Clone(a) => {
                 vec![a.metadata.0.clone(), a.dest.0.clone(), a.source.0.clone()]
             }
+            TargetSpec::Zoned(a) => a.devices.iter().map(|d| d.0.clone()).collect(),
+            TargetSpec::Vdo(a) => vec![a.storage.0.clone()],
             TargetSpec::Writecache(a) => vec![a.origin.0.clone(), a.cache.0.clone()],
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
@@ -487,6 +506,8 @@ impl TargetSpec {
             TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
             TargetSpec::Era(a) => return Err(a.build_error(ctx)),
             TargetSpec::Clone(a) => return Err(a.build_error(len, ctx)),
+            TargetSpec::Zoned(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Vdo(a) => return Err(a.build_error(ctx)),
             TargetSpec::Writecache(a) => return Err(a.build_error(ctx)),
             TargetSpec::Multipath(a) => {
                 // parse_path looks each device up before anything runs.

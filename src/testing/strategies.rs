@@ -594,9 +594,50 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     ]
 }
 
-/// A one-line table of a singleton target (verity or thin-pool).
+/// `zoned` (a singleton) over one to four devices.
+pub fn zoned() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (1u64..1 << 40, prop::collection::vec(device_ref(), 1..=4)).prop_map(|(len, devs)| {
+        let devs: Vec<String> = devs.iter().map(ToString::to_string).collect();
+        typed("zoned", len, devs.join(" "))
+    })
+}
+
+/// `vdo` V4 (a singleton) with a spread of key/value pairs the kernel takes.
+pub fn vdo() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 30,
+        device_ref(),
+        any::<u64>(),
+        prop::bool::ANY,
+        (4096u32..=u32::MAX, any::<u32>()),
+        prop::sample::subsequence(
+            vec![
+                "deduplication off",
+                "compression on",
+                "maxDiscard 8",
+                "ack 2",
+                "bio 3",
+                "bioRotationInterval 9",
+                "cpu 2",
+                "logical 1 physical 1 hash 1",
+            ],
+            0..=8,
+        ),
+    )
+        .prop_map(|(blocks, dev, phys, small, (cache, period), opts)| {
+            let lbs = if small { 512 } else { 4096 };
+            let mut params = format!("V4 {dev} {phys} {lbs} {cache} {period}");
+            for o in opts {
+                params.push(' ');
+                params.push_str(o);
+            }
+            typed("vdo", blocks * 8, params)
+        })
+}
+
+/// A one-line table of a singleton target (verity, thin-pool, zoned or vdo).
 pub fn singleton_table() -> impl Strategy<Value = Table> {
-    prop_oneof![verity(), thin_pool()].prop_map(|(len, spec)| Table {
+    prop_oneof![verity(), thin_pool(), zoned(), vdo()].prop_map(|(len, spec)| Table {
         lines: vec![TableLine {
             start: Sector(0),
             len,
