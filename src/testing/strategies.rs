@@ -360,7 +360,8 @@ pub fn clone() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
                     0..=2,
                 ),
                 any::<u32>(),
-                prop::collection::vec("[a-z0-9_]{1,8}", 0..3),
+                // Ignored tokens, some holding a space (written escaped).
+                prop::collection::vec("[a-z0-9_]([a-z0-9_ ]{0,6}[a-z0-9_])?", 0..3),
             )),
         )),
     )
@@ -370,18 +371,21 @@ pub fn clone() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
             let zero = if padded { "0" } else { "" };
             let mut params = format!("{meta} {dest} {src} {zero}{region}");
             if let Some((features, core)) = groups {
-                params.push_str(&format!(" {} {}", features.len(), features.join(" ")));
+                params.push_str(&format!(" {}", features.len()));
+                for f in &features {
+                    params.push_str(&format!(" {f}"));
+                }
                 if let Some((pairs, value, extra)) = core {
                     params.push_str(&format!(" {}", pairs.len() * 2));
                     for (name, k) in pairs {
                         params.push_str(&format!(" {name} {zero}{}", value >> k));
                     }
                     for e in extra {
-                        params.push_str(&format!(" {e}"));
+                        params.push_str(&format!(" {}", crate::table::lexer::escape(&e)));
                     }
                 }
             }
-            typed("clone", len, params.trim_end().replace("  ", " "))
+            typed("clone", len, params)
         })
 }
 
@@ -511,7 +515,10 @@ pub fn thin_pool() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         .prop_map(|(len, (meta, data), block, low, features)| {
             let mut params = format!("{meta} {data} {} {low}", block * 128);
             if !features.is_empty() {
-                params.push_str(&format!(" {} {}", features.len(), features.join(" ")));
+                params.push_str(&format!(" {}", features.len()));
+                for f in &features {
+                    params.push_str(&format!(" {f}"));
+                }
             }
             typed("thin-pool", len, params)
         })
