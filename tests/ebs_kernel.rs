@@ -13,62 +13,14 @@ mod remap_support;
 use std::sync::Arc;
 
 use dmemu::table::DeviceSpec;
-use dmemu::volume::{Extent, SharedVolume};
-use dmemu::{Error, MemVolume, Registry, Result, Sector, SectorCount, Table, TableMode, Volume};
+use dmemu::volume::SharedVolume;
+use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
 use sha2::{Digest, Sha256};
 
-use remap_support::{cases, get, hex, input, one, seq_text};
+use remap_support::{cases, get, hex, input, one, seq_text, Loop};
 
 const FIXTURE: &str = include_str!("fixtures/remap/kernel-6.12-ebs.txt");
 const BACKING: usize = 2 << 20;
-
-/// A loop device with `lbs`-byte logical blocks: the block layer refuses any request that
-/// is not whole blocks.
-#[derive(Debug)]
-struct Loop {
-    mem: Arc<MemVolume>,
-    lbs: u64,
-}
-
-impl Loop {
-    fn check(&self, sector: Sector, count: u64) -> Result<()> {
-        let block = self.lbs / 512;
-        if sector.0 % block != 0 || count % block != 0 {
-            return Err(Error::invalid(
-                "loop",
-                "request not aligned to the block size",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Volume for Loop {
-    fn size(&self) -> SectorCount {
-        self.mem.size()
-    }
-    fn logical_block_size(&self) -> u32 {
-        u32::try_from(self.lbs).unwrap()
-    }
-    fn read(&self, sector: Sector, buf: &mut [u8]) -> Result<()> {
-        self.check(sector, buf.len() as u64 / 512)?;
-        self.mem.read(sector, buf)
-    }
-    fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
-        self.check(sector, buf.len() as u64 / 512)?;
-        self.mem.write(sector, buf)
-    }
-    fn flush(&self) -> Result<()> {
-        self.mem.flush()
-    }
-    fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
-        self.check(sector, count.0)?;
-        self.mem.discard(sector, count)
-    }
-    fn allocation(&self, sector: Sector, count: SectorCount) -> Result<Vec<Extent>> {
-        self.mem.allocation(sector, count)
-    }
-}
 
 /// The backing devices as the guest's `fill` leaves them.
 fn backing() -> (Registry, [Arc<MemVolume>; 2]) {

@@ -16,7 +16,7 @@ use dmemu::table::DeviceSpec;
 use dmemu::{MemVolume, Registry, Sector, SectorCount, Table, TableMode, Volume};
 use sha2::{Digest, Sha256};
 
-use remap_support::{cases, get, hex, input, one, seq_text};
+use remap_support::{cases, get, gunzip, hex, input, one, records, seq_text};
 
 const FIXTURE: &str = include_str!("fixtures/remap/kernel-6.12-switch.txt");
 const PATH_BYTES: usize = 2 << 20;
@@ -216,29 +216,6 @@ fn tables_the_kernel_refuses_are_refused_with_its_words() {
     assert!(refused >= 12, "the fixture's refused cases: {refused}");
 }
 
-/// One `@@tag rest` record of kernel-6.12-switch-flush.txt per element.
-fn flush_records() -> Vec<(String, String)> {
-    include_str!("fixtures/remap/kernel-6.12-switch-flush.txt")
-        .lines()
-        .filter_map(|l| l.strip_prefix("@@"))
-        .map(|r| {
-            let (t, rest) = r.split_once(' ').unwrap_or((r, ""));
-            (t.to_string(), rest.to_string())
-        })
-        .collect()
-}
-
-fn gunzip(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/remap/{name}", env!("CARGO_MANIFEST_DIR"));
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(
-        &mut flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()),
-        &mut out,
-    )
-    .unwrap();
-    out
-}
-
 /// switch-flush.guest.sh's workload over two log-writes paths: the paths' logs must be the
 /// kernel's byte for byte. dm-switch sets no `num_flush_bios`, so a flush of the switch
 /// reaches no path (their writes stay held until teardown), while a FUA write goes down as
@@ -248,7 +225,7 @@ fn flushes_reach_no_path_and_fua_writes_pass_down_as_the_kernel_does() {
     use dmemu::targets::{LogWrites, Switch, SwitchArgs, Target};
     use dmemu::volume::SharedVolume;
 
-    let recs = flush_records();
+    let recs = records(include_str!("fixtures/remap/kernel-6.12-switch-flush.txt"));
     let rec = |tag: &str| -> Vec<&str> {
         recs.iter()
             .filter(|(t, _)| t == tag)
@@ -321,7 +298,7 @@ fn flushes_reach_no_path_and_fua_writes_pass_down_as_the_kernel_does() {
     drop(sw);
     drop(paths);
     for (i, log) in logs.iter().enumerate() {
-        let kernel = gunzip(&format!("switch-flush-log{i}.img.gz"));
+        let kernel = gunzip(&format!("remap/switch-flush-log{i}.img.gz"));
         let ours = log.to_vec();
         assert_eq!(ours.len(), kernel.len());
         if let Some(at) = ours.iter().zip(&kernel).position(|(a, b)| a != b) {

@@ -16,6 +16,7 @@ use crate::units::SectorCount;
 use crate::volume::Volume;
 
 pub mod cache;
+pub mod clone;
 pub mod context;
 pub mod crypt;
 pub mod delay;
@@ -37,11 +38,14 @@ pub mod striped;
 pub mod switch;
 pub mod thin;
 pub mod unstriped;
+pub mod vdo;
 pub mod verity;
 pub mod writecache;
 pub mod zero;
+pub mod zoned;
 
 pub use cache::{Cache, CacheArgs};
+pub use clone::CloneArgs;
 pub use crypt::{Crypt, CryptArgs};
 pub use delay::{Delay, DelayArgs};
 pub use dust::{Dust, DustArgs};
@@ -60,8 +64,10 @@ pub use striped::{Striped, StripedArgs};
 pub use switch::{Switch, SwitchArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use unstriped::{Unstriped, UnstripedArgs};
+pub use vdo::VdoArgs;
 pub use verity::{Verity, VerityArgs};
 pub use writecache::WritecacheArgs;
+pub use zoned::ZonedArgs;
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
 pub trait Target: Volume + Any {
@@ -238,6 +244,12 @@ pub enum TargetSpec {
     Multipath(MultipathArgs),
     /// `era <metadata_dev> <origin_dev> <block_size>`
     Era(EraArgs),
+    /// `clone <metadata> <dest> <source> <region_size> [<#features> <feature>* [<#core> <core>*]]`
+    Clone(CloneArgs),
+    /// `zoned <dev> [<dev>...]`
+    Zoned(ZonedArgs),
+    /// `vdo V4 <storage> <physical blocks> <512|4096> <cache> <period> [<key> <value>]*`
+    Vdo(VdoArgs),
     /// `writecache p|s <origin> <cache> <block_size> <#opts> <opt>...`
     Writecache(WritecacheArgs),
     /// Any other kernel target, kept as written.
@@ -334,6 +346,12 @@ impl TargetSpec {
                 None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
             },
             "era" => TargetSpec::Era(EraArgs::parse(args)?),
+            "clone" => TargetSpec::Clone(CloneArgs::parse(args, len)?),
+            "zoned" => TargetSpec::Zoned(ZonedArgs::parse(args)?),
+            "vdo" => match VdoArgs::parse(args, len)? {
+                Some(a) => TargetSpec::Vdo(a),
+                None => TargetSpec::Other(OtherArgs::new(target_type, raw)),
+            },
             "writecache" => TargetSpec::Writecache(WritecacheArgs::parse(args)?),
             t if KERNEL_TARGET_TYPES.contains(&t) => TargetSpec::Other(OtherArgs::new(t, raw)),
             _ => return Err(Args::error("unknown target type")),
@@ -368,6 +386,9 @@ impl TargetSpec {
             TargetSpec::Raid(_) => RaidArgs::TYPE,
             TargetSpec::Multipath(_) => MultipathArgs::TYPE,
             TargetSpec::Era(_) => EraArgs::TYPE,
+            TargetSpec::Clone(_) => CloneArgs::TYPE,
+            TargetSpec::Zoned(_) => ZonedArgs::TYPE,
+            TargetSpec::Vdo(_) => VdoArgs::TYPE,
             TargetSpec::Writecache(_) => WritecacheArgs::TYPE,
             TargetSpec::Other(o) => &o.target_type,
         }
@@ -398,6 +419,9 @@ impl TargetSpec {
             TargetSpec::Raid(a) => write!(out, "{a}"),
             TargetSpec::Multipath(a) => write!(out, "{a}"),
             TargetSpec::Era(a) => write!(out, "{a}"),
+            TargetSpec::Clone(a) => write!(out, "{a}"),
+            TargetSpec::Zoned(a) => write!(out, "{a}"),
+            TargetSpec::Vdo(a) => write!(out, "{a}"),
             TargetSpec::Writecache(a) => write!(out, "{a}"),
             TargetSpec::Other(a) => a.write(out, keys),
         }
@@ -445,6 +469,11 @@ impl TargetSpec {
             TargetSpec::Raid(a) => a.devices(),
             TargetSpec::Multipath(a) => a.devices(),
             TargetSpec::Era(a) => vec![a.metadata.0.clone(), a.origin.0.clone()],
+            TargetSpec::Clone(a) => {
+                vec![a.metadata.0.clone(), a.dest.0.clone(), a.source.0.clone()]
+            }
+            TargetSpec::Zoned(a) => a.devices.iter().map(|d| d.0.clone()).collect(),
+            TargetSpec::Vdo(a) => vec![a.storage.0.clone()],
             TargetSpec::Writecache(a) => vec![a.origin.0.clone(), a.cache.0.clone()],
             TargetSpec::Zero | TargetSpec::Error | TargetSpec::Other(_) => Vec::new(),
         }
@@ -476,6 +505,9 @@ impl TargetSpec {
             TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
             TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
             TargetSpec::Era(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Clone(a) => return Err(a.build_error(len, ctx)),
+            TargetSpec::Zoned(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Vdo(a) => return Err(a.build_error(ctx)),
             TargetSpec::Writecache(a) => return Err(a.build_error(ctx)),
             TargetSpec::Multipath(a) => {
                 // parse_path looks each device up before anything runs.

@@ -1,6 +1,5 @@
-//! Kernel targets dmemu parses but does not execute (era, integrity, mirror,
-//! multipath, raid, writecache, log-writes, vdo, zoned, ...): kept as
-//! their type and parameter text so a table prints back unchanged.
+//! Kernel targets dmemu does not type (vdo, zoned, multipath groups with other selectors,
+//! ...): kept as their type and parameter text so a table prints back unchanged.
 
 use std::fmt;
 

@@ -4,11 +4,8 @@
 use proptest::prelude::*;
 
 use crate::table::{parse_line_params, Table, TableLine};
-use crate::targets::{DeviceAt, DeviceRef, LinearArgs, OtherArgs, StripedArgs, TargetSpec};
+use crate::targets::{DeviceAt, DeviceRef, LinearArgs, StripedArgs, TargetSpec};
 use crate::units::{Sector, SectorCount};
-
-/// Untyped kernel targets that may share a table with others (not singletons).
-const OTHER_TYPES: &[&str] = &["clone"];
 
 /// A device reference: a path, a name or `major:minor`. Paths may contain spaces and
 /// backslashes (printed escaped) but never `#` (dmsetup starts a comment there).
@@ -55,18 +52,6 @@ pub fn target_with_len() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
             }),
         (1u64..1 << 40).prop_map(|len| (SectorCount(len), TargetSpec::Zero)),
         (1u64..1 << 40).prop_map(|len| (SectorCount(len), TargetSpec::Error)),
-        (
-            1u64..1 << 40,
-            prop::sample::select(OTHER_TYPES),
-            prop::collection::vec("[a-zA-Z0-9:/._-]{1,10}", 0..8)
-        )
-            .prop_map(|(len, t, tokens)| {
-                let params = tokens.join(" ");
-                (
-                    SectorCount(len),
-                    TargetSpec::Other(OtherArgs::new(t, &params)),
-                )
-            }),
     ]
 }
 
@@ -359,6 +344,51 @@ pub fn era() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         })
 }
 
+/// `clone` with any power-of-two region size from 8 to 2^21 sectors (at most 2^31 regions),
+/// a spread of feature and core groups (names in any case, the region size and values
+/// written with leading zeros at times) and ignored tokens after them.
+pub fn clone() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 40,
+        (device_ref(), device_ref(), device_ref()),
+        (3u32..=21, prop::bool::ANY),
+        prop::option::of((
+            prop::sample::subsequence(vec!["no_hydration", "No_Discard_Passdown"], 0..=2),
+            prop::option::of((
+                prop::sample::subsequence(
+                    vec![("hydration_threshold", 0u32), ("HYDRATION_BATCH_SIZE", 1)],
+                    0..=2,
+                ),
+                any::<u32>(),
+                // Ignored tokens, some holding a space (written escaped).
+                prop::collection::vec("[a-z0-9_]([a-z0-9_ ]{0,6}[a-z0-9_])?", 0..3),
+            )),
+        )),
+    )
+        .prop_map(|(len, (meta, dest, src), (shift, padded), groups)| {
+            let region = 1u64 << shift;
+            let len = len.min(region << 31);
+            let zero = if padded { "0" } else { "" };
+            let mut params = format!("{meta} {dest} {src} {zero}{region}");
+            if let Some((features, core)) = groups {
+                params.push_str(&format!(" {}", features.len()));
+                for f in &features {
+                    params.push_str(&format!(" {f}"));
+                }
+                if let Some((pairs, value, extra)) = core {
+                    params.push_str(&format!(" {}", pairs.len() * 2));
+                    for (name, k) in pairs {
+                        params.push_str(&format!(" {name} {zero}{}", value >> k));
+                    }
+                    for e in extra {
+                        params.push_str(&format!(" {}", crate::table::lexer::escape(&e)));
+                    }
+                }
+            }
+            typed("clone", len, params)
+        })
+}
+
 /// `writecache` in SSD mode with any block size and a spread of options.
 pub fn writecache() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
     (
@@ -485,7 +515,10 @@ pub fn thin_pool() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         .prop_map(|(len, (meta, data), block, low, features)| {
             let mut params = format!("{meta} {data} {} {low}", block * 128);
             if !features.is_empty() {
-                params.push_str(&format!(" {} {}", features.len(), features.join(" ")));
+                params.push_str(&format!(" {}", features.len()));
+                for f in &features {
+                    params.push_str(&format!(" {f}"));
+                }
             }
             typed("thin-pool", len, params)
         })
@@ -563,13 +596,55 @@ pub fn shareable_target() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
         mirror(),
         raid(),
         era(),
+        clone(),
         writecache()
     ]
 }
 
-/// A one-line table of a singleton target (verity or thin-pool).
+/// `zoned` (a singleton) over one to four devices.
+pub fn zoned() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (1u64..1 << 40, prop::collection::vec(device_ref(), 1..=4)).prop_map(|(len, devs)| {
+        let devs: Vec<String> = devs.iter().map(ToString::to_string).collect();
+        typed("zoned", len, devs.join(" "))
+    })
+}
+
+/// `vdo` V4 (a singleton) with a spread of key/value pairs the kernel takes.
+pub fn vdo() -> impl Strategy<Value = (SectorCount, TargetSpec)> {
+    (
+        1u64..1 << 30,
+        device_ref(),
+        any::<u64>(),
+        prop::bool::ANY,
+        (4096u32..=u32::MAX, any::<u32>()),
+        prop::sample::subsequence(
+            vec![
+                "deduplication off",
+                "compression on",
+                "maxDiscard 8",
+                "ack 2",
+                "bio 3",
+                "bioRotationInterval 9",
+                "cpu 2",
+                "logical 1 physical 1 hash 1",
+            ],
+            0..=8,
+        ),
+    )
+        .prop_map(|(blocks, dev, phys, small, (cache, period), opts)| {
+            let lbs = if small { 512 } else { 4096 };
+            let mut params = format!("V4 {dev} {phys} {lbs} {cache} {period}");
+            for o in opts {
+                params.push(' ');
+                params.push_str(o);
+            }
+            typed("vdo", blocks * 8, params)
+        })
+}
+
+/// A one-line table of a singleton target (verity, thin-pool, zoned or vdo).
 pub fn singleton_table() -> impl Strategy<Value = Table> {
-    prop_oneof![verity(), thin_pool()].prop_map(|(len, spec)| Table {
+    prop_oneof![verity(), thin_pool(), zoned(), vdo()].prop_map(|(len, spec)| Table {
         lines: vec![TableLine {
             start: Sector(0),
             len,

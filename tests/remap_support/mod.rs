@@ -23,7 +23,7 @@ pub fn hex(d: impl AsRef<[u8]>) -> String {
 /// The fixture's `### name` blocks: each one's lines as (key, value), in order (a key may
 /// repeat). A table or status of two lines prints its second line bare: it continues the key
 /// before, joined with a newline. dd's own complaint during a failing read (`dd: ...`) sits
-/// on a line of its own and is skipped.
+/// on a line of its own and is skipped, and so are lines before the first case.
 pub fn cases(fixture: &str) -> Vec<(String, Vec<(String, String)>)> {
     let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for line in fixture.lines() {
@@ -31,7 +31,10 @@ pub fn cases(fixture: &str) -> Vec<(String, Vec<(String, String)>)> {
             out.push((name.to_string(), Vec::new()));
             continue;
         }
-        let (_, case) = out.last_mut().expect("a case header first");
+        // Lines before the first case are the guest's notes on itself (`dmzadm none`).
+        let Some((_, case)) = out.last_mut() else {
+            continue;
+        };
         match line.split_once(' ') {
             Some((k, v))
                 if k.starts_with(|c: char| c.is_ascii_lowercase())
@@ -48,6 +51,33 @@ pub fn cases(fixture: &str) -> Vec<(String, Vec<(String, String)>)> {
             }
         }
     }
+    out
+}
+
+/// One `@@tag rest` record per element of a fixture whose records start with `@@` (the
+/// flush fixtures: kernel-6.12-switch-flush.txt, kernel-6.12-flush.txt).
+pub fn records(fixture: &str) -> Vec<(String, String)> {
+    fixture
+        .lines()
+        .filter_map(|l| l.strip_prefix("@@"))
+        .map(|r| {
+            let (t, rest) = r.split_once(' ').unwrap_or((r, ""));
+            (t.to_string(), rest.to_string())
+        })
+        .collect()
+}
+
+/// The bytes of the gzip'ed fixture tests/fixtures/`name`.
+pub fn gunzip(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}")),
+        ),
+        &mut out,
+    )
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
     out
 }
 
@@ -105,6 +135,9 @@ pub fn assert_refused_like_kernel(
         let want = match errno {
             "EINVAL)" => 22,
             "EOPNOTSUPP)" => 95,
+            "EILSEQ)" => 84,
+            "ENOTBLK)" => 15,
+            "EIO)" => 5,
             other => panic!("{name}: errno {other}"),
         };
         assert_eq!(err.errno(), want, "{name}: {err}");
@@ -144,11 +177,7 @@ pub fn loaded_print_as_the_kernel(
 /// `devices` zeroed 1 MiB volumes as `7:0`...: with the kernel's words and errno
 /// ([`assert_refused_like_kernel`]); the number of such cases.
 pub fn refused_as_the_kernel(fixture: &str, target: &str, devices: usize) -> usize {
-    let mut refused = 0;
-    for (name, lines) in cases(fixture) {
-        if get(&lines, "create-rc").is_none() {
-            continue;
-        }
+    refusals(fixture, target, |_, _| {
         let reg = dmemu::Registry::new();
         for i in 0..devices {
             reg.insert_volume(
@@ -156,21 +185,90 @@ pub fn refused_as_the_kernel(fixture: &str, target: &str, devices: usize) -> usi
                 std::sync::Arc::new(dmemu::MemVolume::new(dmemu::SectorCount(2048)).unwrap()),
             );
         }
+        reg
+    })
+    .len()
+}
+
+/// A case the kernel refused: its name, its lines and dmemu's error.
+pub type Refusal = (String, Vec<(String, String)>, dmemu::Error);
+
+/// Every table `fixture` shows the kernel refusing, refused by the registry
+/// `registry_for(name, lines)` makes for the case with the kernel's words and errno
+/// ([`assert_refused_like_kernel`]): each case's name, lines and dmemu's error.
+pub fn refusals(
+    fixture: &str,
+    target: &str,
+    registry_for: impl Fn(&str, &[(String, String)]) -> dmemu::Registry,
+) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    for (name, lines) in cases(fixture) {
+        if get(&lines, "create-rc").is_none() {
+            continue;
+        }
+        let reg = registry_for(&name, &lines);
         let err = dmemu::Table::parse(&input(&lines, &name))
-            .and_then(|table| {
-                reg.create(&dmemu::table::DeviceSpec {
-                    name: name.clone(),
-                    uuid: String::new(),
-                    minor: None,
-                    mode: dmemu::TableMode::ReadWrite,
-                    table,
-                })
-            })
+            .and_then(|table| reg.create(&spec(&name, table)))
             .expect_err(&name);
         assert_refused_like_kernel(&name, &lines, target, &err);
-        refused += 1;
+        out.push((name, lines, err));
     }
-    refused
+    out
+}
+
+/// A memory volume with a logical block size of `lbs` bytes (a loop device made with
+/// `losetup -b`): requests that are not whole blocks are refused (EINVAL), as the block
+/// layer refuses them for O_DIRECT I/O.
+#[derive(Debug)]
+pub struct Loop {
+    /// The bytes.
+    pub mem: std::sync::Arc<dmemu::MemVolume>,
+    /// Logical block size in bytes.
+    pub lbs: u64,
+}
+
+impl Loop {
+    fn check(&self, sector: dmemu::Sector, count: u64) -> dmemu::Result<()> {
+        let block = self.lbs / 512;
+        if sector.0 % block != 0 || count % block != 0 {
+            return Err(dmemu::Error::invalid(
+                "loop",
+                "request not aligned to the block size",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl dmemu::Volume for Loop {
+    fn size(&self) -> dmemu::SectorCount {
+        self.mem.size()
+    }
+    fn logical_block_size(&self) -> u32 {
+        u32::try_from(self.lbs).unwrap()
+    }
+    fn read(&self, sector: dmemu::Sector, buf: &mut [u8]) -> dmemu::Result<()> {
+        self.check(sector, buf.len() as u64 / 512)?;
+        self.mem.read(sector, buf)
+    }
+    fn write(&self, sector: dmemu::Sector, buf: &[u8]) -> dmemu::Result<()> {
+        self.check(sector, buf.len() as u64 / 512)?;
+        self.mem.write(sector, buf)
+    }
+    fn flush(&self) -> dmemu::Result<()> {
+        self.mem.flush()
+    }
+    fn discard(&self, sector: dmemu::Sector, count: dmemu::SectorCount) -> dmemu::Result<()> {
+        self.check(sector, count.0)?;
+        self.mem.discard(sector, count)
+    }
+    fn allocation(
+        &self,
+        sector: dmemu::Sector,
+        count: dmemu::SectorCount,
+    ) -> dmemu::Result<Vec<dmemu::volume::Extent>> {
+        self.mem.allocation(sector, count)
+    }
 }
 
 /// The sha256 of a device's first `size` bytes read 4 KiB at a time (the guests'
