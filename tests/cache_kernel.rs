@@ -4,14 +4,17 @@
 //! sha256 the kernel computed, the status equals what the kernel printed on activating the
 //! result, the table prints back, and `dmemu cache dump` equals the host's cache_dump 0.9.
 
+mod recorder_support;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dmemu::registry::Registry;
+use dmemu::registry::{Registry, RemoveMode};
 use dmemu::table::parse_concise;
 use dmemu::{Access, Keys, Sector, Volume};
+use recorder_support::Recorder;
 use sha2::{Digest, Sha256};
 
 const CACHES: [&str; 3] = ["wb2", "wb1", "wt1"];
@@ -198,37 +201,166 @@ fn write_table(name: &str) -> String {
     }
 }
 
+/// Each cache after WRITES through dmemu (then a flush and the device's removal, which
+/// syncs the metadata): the images and the sha256 dmemu read before removing it.
+fn written_through_dmemu(name: &str) -> (tempfile::TempDir, String) {
+    let t = images(name);
+    let r = registry(name, t.path(), Access::ReadWrite);
+    let d = r
+        .create_all(&parse_concise(&format!("{name},,,rw,{}", write_table(name))).unwrap())
+        .unwrap()
+        .remove(0);
+    for (sector, pages, byte) in WRITES {
+        let buf: Vec<u8> = (0..pages * 4096)
+            .map(|i| byte ^ u8::try_from(i % 251).unwrap())
+            .collect();
+        d.write(Sector(sector), &buf).unwrap();
+    }
+    d.flush().unwrap();
+    let ours = sha256_of(d.as_ref());
+    drop(d);
+    r.remove(name, RemoveMode::Normal).unwrap();
+    (t, ours)
+}
+
+/// Each kernel-made writeback cache after `dmemu cache writeback` (metadata updated), and
+/// what it printed.
+fn written_back_by_dmemu(name: &str) -> (tempfile::TempDir, String) {
+    let t = images(name);
+    let out = dmemu(
+        &[
+            "cache",
+            "writeback",
+            "--metadata-device",
+            "meta.img",
+            "--origin-device",
+            "origin.img",
+            "--fast-device",
+            "cache.img",
+        ],
+        t.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (t, String::from_utf8(out.stdout).unwrap())
+}
+
+/// The file SHA256 of `path`.
+fn file_sha256(path: &Path) -> String {
+    let mut h = Sha256::new();
+    h.update(std::fs::read(path).unwrap());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What make-dmemu.sh runs: every image set dmemu made, copied to DMEMU_CACHE_WRITE_OUT
+/// as w-NAME-* (writes) and b-NAME-* (writeback), with dmemu's sha256 of each.
 #[test]
-fn replayed_writes_read_back_as_the_kernel_reads_them() {
-    let out = std::env::var_os("DMEMU_CACHE_WRITE_OUT").map(PathBuf::from);
-    for name in CACHES {
-        let t = images(name);
-        let r = registry(name, t.path(), Access::ReadWrite);
-        let d = r
-            .create_all(&parse_concise(&format!("{name},,,rw,{}", write_table(name))).unwrap())
-            .unwrap()
-            .remove(0);
-        for (sector, pages, byte) in WRITES {
-            let buf: Vec<u8> = (0..pages * 4096)
-                .map(|i| byte ^ u8::try_from(i % 251).unwrap())
-                .collect();
-            d.write(Sector(sector), &buf).unwrap();
+#[ignore = "make-dmemu.sh runs it to remake dmemu-kernel.txt"]
+fn save_dmemu_written_images() {
+    let dir = PathBuf::from(std::env::var_os("DMEMU_CACHE_WRITE_OUT").unwrap());
+    let save = |t: &tempfile::TempDir, prefix: &str| {
+        for f in ["meta", "cache", "origin"] {
+            std::fs::copy(
+                t.path().join(format!("{f}.img")),
+                dir.join(format!("{prefix}-{f}.img")),
+            )
+            .unwrap();
         }
-        d.flush().unwrap();
-        let ours = sha256_of(d.as_ref());
-        if let Some(dir) = &out {
-            for f in ["meta", "cache", "origin"] {
-                std::fs::copy(
-                    t.path().join(format!("{f}.img")),
-                    dir.join(format!("{name}-{f}.img")),
-                )
-                .unwrap();
-            }
-            println!("DMEMU_SHA256 {name} {ours}");
-        } else {
-            // dmemu-kernel.txt: the kernel's sha256 of each cache after these writes.
-            let want = lines("dmemu-kernel.txt", "SHA256");
-            assert_eq!(ours, want[name], "{name}");
+    };
+    for name in CACHES {
+        let (t, ours) = written_through_dmemu(name);
+        save(&t, &format!("w-{name}"));
+        println!("DMEMU_SHA256 w-{name} {ours}");
+    }
+    for name in ["wb2", "wb1"] {
+        let (t, _) = written_back_by_dmemu(name);
+        save(&t, &format!("b-{name}"));
+    }
+}
+
+#[test]
+fn dmemus_writes_read_back_as_the_kernel_reads_them() {
+    // dmemu-kernel.txt: the kernel's sha256 of each cache after these writes, and of the
+    // origin once the kernel's cleaner policy wrote back the blocks dmemu's metadata marks
+    // dirty (a dirty block marked clean would leave the origin stale).
+    let want = lines("dmemu-kernel.txt", "SHA256");
+    let cleaned = lines("dmemu-kernel.txt", "CLEANED_ORIGIN_SHA256");
+    let checked = lines("dmemu-kernel.txt", "CACHE_CHECK");
+    for name in CACHES {
+        let (_t, ours) = written_through_dmemu(name);
+        let w = format!("w-{name}");
+        assert_eq!(ours, want[&w], "{name}");
+        assert_eq!(ours, cleaned[&w], "{name}: the cleaner's origin");
+        assert_eq!(checked[&w], "ok", "{name}");
+    }
+}
+
+#[test]
+fn dmemus_committed_metadata_loads_with_the_kernels_status() {
+    // The status of a fresh activation over what dmemu committed (space map usage, cached
+    // and dirty blocks, the stats it saved) equals what the kernel printed activating it.
+    let want = lines("dmemu-kernel.txt", "STATUS");
+    for name in CACHES {
+        let (t, _) = written_through_dmemu(name);
+        let (_r, d) = create(name, t.path(), &write_table(name));
+        let w = format!("w-{name}");
+        assert_eq!(d.status_text(), format!("{}\n", want[&w]), "{name}");
+    }
+}
+
+#[test]
+fn writes_in_writeback_mode_leave_dirty_blocks_and_the_origin_untouched() {
+    // wb1's block 6 is mapped and clean: the write goes to the cache block only.
+    let (t, _) = written_through_dmemu("wb1");
+    let origin = gunzip("wb1-origin.img.gz");
+    let after = std::fs::read(t.path().join("origin.img")).unwrap();
+    let b6 = 6 * 65536..7 * 65536;
+    assert_eq!(after[b6.clone()], origin[b6]);
+    let out = dmemu(&["cache", "ls", "meta.img"], t.path());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let dirty = text.lines().skip(1).filter(|l| l.ends_with(" 1")).count();
+    assert!(dirty > 6, "{text}");
+}
+
+#[test]
+fn writeback_copies_the_dirty_blocks_to_the_origin_and_cleans_the_metadata() {
+    // After `dmemu cache writeback` the origin alone reads what the kernel read through
+    // the cache (kernel.txt), no block is dirty, the cache still reads the same, and the
+    // kernel loads the metadata with that status (dmemu-kernel.txt).
+    let sha = kernel("SHA256");
+    let status = lines("dmemu-kernel.txt", "STATUS");
+    let kernel_sha = lines("dmemu-kernel.txt", "SHA256");
+    let checked = lines("dmemu-kernel.txt", "CACHE_CHECK");
+    for name in ["wb2", "wb1"] {
+        let (t, stdout) = written_back_by_dmemu(name);
+        assert_eq!(
+            file_sha256(&t.path().join("origin.img")),
+            sha[name],
+            "{name}"
+        );
+        let dirty = if name == "wb2" { 7 } else { 6 };
+        assert_eq!(
+            stdout,
+            format!("{dirty}/{dirty} blocks successfully copied.\nUpdating metadata ... done\n")
+        );
+        let out = dmemu(&["cache", "ls", "meta.img"], t.path());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.lines().skip(1).all(|l| l.ends_with(" 0")), "{text}");
+        let table = &kernel("FRESH_TABLE")[name];
+        let (_r, d) = create(name, t.path(), table);
+        let b = format!("b-{name}");
+        assert_eq!(d.status_text(), format!("{}\n", status[&b]), "{name}");
+        assert_eq!(sha256_of(d.as_ref()), kernel_sha[&b], "{name}");
+        assert_eq!(checked[&b], "ok", "{name}");
+        if name == "wb1" {
+            // The host's cache_writeback 0.9 over wb1 (format 1) left the same origin.
+            let host = lines("dmemu-kernel.txt", "HOST_WRITEBACK_ORIGIN_SHA256");
+            assert_eq!(file_sha256(&t.path().join("origin.img")), host["wb1"]);
+            let said = lines("dmemu-kernel.txt", "HOST_WRITEBACK_STDOUT");
+            assert_eq!(stdout.lines().next(), Some(said["wb1"].as_str()));
         }
     }
 }
@@ -331,5 +463,162 @@ fn cache_restore_metadata_of_both_formats_dumps_as_cache_dump_and_lists_its_dirt
             })
             .collect();
         assert_eq!(listed, want, "format {v}");
+    }
+}
+
+/// Reference counts of every block the cache superblock reaches, counted as the kernel's
+/// space map counts them: block 0, each btree node once per parent pointer (roots once),
+/// each array block once per leaf value naming it, the metadata space map's bitmaps, index
+/// block and ref count tree nodes once each.
+fn reachable_counts(meta: &Path) -> (BTreeMap<u64, u32>, BTreeMap<u64, u32>) {
+    use dmemu::targets::pdata::block::{le64, MetaDev};
+    use dmemu::targets::pdata::btree::read_node;
+    use dmemu::targets::pdata::space_map::{SmKind, SmRoot, SpaceMap};
+    let dev = MetaDev::new(std::sync::Arc::new(
+        dmemu::MemVolume::from_bytes(std::fs::read(meta).unwrap()).unwrap(),
+    ));
+    let sb = dev.read_raw(0, "sb").unwrap();
+    let mut want = BTreeMap::new();
+    want.insert(0u64, 1u32);
+    fn tree(dev: &MetaDev, b: u64, vs: usize, array: bool, want: &mut BTreeMap<u64, u32>) {
+        *want.entry(b).or_insert(0) += 1;
+        if want[&b] > 1 {
+            return; // a shared node's children count once
+        }
+        let n = read_node(dev, b, vs).unwrap();
+        for i in 0..n.keys.len() {
+            if !n.leaf {
+                tree(dev, n.child(i), vs, array, want);
+            } else if array {
+                *want.entry(le64(n.value(i), 0)).or_insert(0) += 1;
+            }
+        }
+    }
+    let version = u32::from_le_bytes(sb[40..44].try_into().unwrap());
+    let mut roots = vec![192, 200, 208];
+    if version == 2 {
+        roots.push(284);
+    }
+    for off in roots {
+        let r = le64(&sb, off);
+        if r != 0 {
+            tree(&dev, r, 8, true, &mut want);
+        }
+    }
+    let root = SmRoot::parse(&sb, 64);
+    let sm = SpaceMap::open(&dev, root, SmKind::Metadata).unwrap();
+    for e in &sm.index {
+        *want.entry(e.blocknr).or_insert(0) += 1;
+    }
+    *want.entry(root.bitmap_root).or_insert(0) += 1;
+    tree(&dev, root.ref_count_root, 4, false, &mut want);
+    let mut have = BTreeMap::new();
+    sm.for_each_nonzero(&dev, &mut |b, c| {
+        have.insert(b, c);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(root.nr_allocated, have.len() as u64);
+    (want, have)
+}
+
+#[test]
+fn the_space_map_counts_every_reference_in_kernel_and_dmemu_metadata() {
+    // The kernel's own metadata first (the rule holds there), then what dmemu committed
+    // after writes (passthrough invalidations included) and after writeback.
+    for name in CACHES {
+        let t = images(name);
+        let (want, have) = reachable_counts(&t.path().join("meta.img"));
+        assert_eq!(want, have, "kernel {name}");
+        let (t, _) = written_through_dmemu(name);
+        let (want, have) = reachable_counts(&t.path().join("meta.img"));
+        assert_eq!(want, have, "dmemu writes {name}");
+    }
+    for name in ["wb2", "wb1"] {
+        let (t, _) = written_back_by_dmemu(name);
+        let (want, have) = reachable_counts(&t.path().join("meta.img"));
+        assert_eq!(want, have, "dmemu writeback {name}");
+    }
+}
+
+/// cache_dump's XML and the dirty listing of a metadata image.
+fn view(image: &[u8]) -> String {
+    use dmemu::targets::cache::metadata::Metadata;
+    use dmemu::targets::pdata::block::MetaDev;
+    let vol = std::sync::Arc::new(dmemu::MemVolume::from_bytes(image.to_vec()).unwrap());
+    let md = Metadata::open(&MetaDev::new(vol)).unwrap();
+    let dirty: Vec<u64> = md
+        .mappings
+        .iter()
+        .filter(|m| m.dirty)
+        .map(|m| m.cblock)
+        .collect();
+    format!("{}{dirty:?}", md.dump_xml())
+}
+
+#[test]
+fn a_commit_cut_short_at_any_write_leaves_the_previous_transaction_readable() {
+    use dmemu::table::args::Args;
+    use dmemu::targets::{Cache, CacheArgs};
+    // wb1 in writeback mode (a sync commits new dirty flags), wt1 in passthrough mode (a
+    // write hit commits the mapping's removal before it proceeds).
+    for (name, mode, sector) in [
+        ("wb1", "writeback", 6 * 128),
+        ("wt1", "passthrough", 41 * 128),
+    ] {
+        let mem = |f: &str| {
+            std::sync::Arc::new(
+                dmemu::MemVolume::from_bytes(gunzip(&format!("{name}-{f}.img.gz"))).unwrap(),
+            )
+        };
+        let meta = std::sync::Arc::new(Recorder::new(
+            dmemu::MemVolume::from_bytes(gunzip(&format!("{name}-meta.img.gz"))).unwrap(),
+        ));
+        let tokens: Vec<String> = format!("m c o 128 1 {mode} smq 0")
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        let args = CacheArgs::parse(&mut Args::new(&tokens)).unwrap();
+        let origin = mem("origin");
+        let cache = Cache::over(
+            &args,
+            origin.size(),
+            meta.clone(),
+            mem("cache"),
+            origin.clone(),
+        )
+        .unwrap();
+        let mut image = meta.inner.to_vec();
+        cache.write(Sector(sector), &[0x77; 4096]).unwrap();
+        if mode == "writeback" {
+            // Only the clean flag went, in place, before the block turned dirty.
+            let first = meta.take();
+            assert_eq!(
+                first.len(),
+                1,
+                "{name}: only the superblock before the sync"
+            );
+            assert_eq!(first[0].0, Sector(0));
+            image[..4096].copy_from_slice(&first[0].1);
+        }
+        // Writeback: the sync on teardown; passthrough: the invalidation's commit.
+        let mut live = Some(cache);
+        if mode == "writeback" {
+            live = None;
+        }
+        let log = meta.take();
+        let (last, commit) = log.split_last().unwrap();
+        assert_eq!(last.0, Sector(0), "{name}: the superblock goes last");
+        assert!(commit.iter().all(|(s, _)| *s != Sector(0)), "{name}");
+        let view_old = view(&image);
+        for (k, (s, bytes)) in commit.iter().enumerate() {
+            let at = usize::try_from(s.0 * 512).unwrap();
+            image[at..at + bytes.len()].copy_from_slice(bytes);
+            assert_eq!(view(&image), view_old, "{name}: cut after {} writes", k + 1);
+        }
+        image[..4096].copy_from_slice(&last.1);
+        assert_eq!(image, meta.inner.to_vec());
+        assert_ne!(view(&image), view_old, "{name}");
+        drop(live);
     }
 }
