@@ -21,11 +21,30 @@ pub enum CacheCommand {
         /// Metadata image.
         metadata: PathBuf,
     },
-    /// Check the metadata as the kernel loads it (superblock, mapping, hint, dirty and
-    /// discard arrays): prints what it examined, or fails naming the damaged block and field.
+    /// Check the metadata as cache_check 0.9 does: its verdict (exit status 1 on damage)
+    /// and its messages on stderr, naming the damaged block and field; a line more when the
+    /// kernel would still refuse to load what 0.9 passes.
     Check {
         /// Metadata image.
         metadata: PathBuf,
+        /// Print nothing.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Check the superblock only.
+        #[arg(long = "super-block-only")]
+        super_block_only: bool,
+        /// Do not walk the mapping array.
+        #[arg(long = "skip-mappings")]
+        skip_mappings: bool,
+        /// Do not walk the hint array.
+        #[arg(long = "skip-hints")]
+        skip_hints: bool,
+        /// Do not open the discard bitset.
+        #[arg(long = "skip-discards")]
+        skip_discards: bool,
+        /// On success, clear the superblock's needs_check flag (in place, as 0.9 does).
+        #[arg(long = "clear-needs-check-flag")]
+        clear_needs_check_flag: bool,
     },
     /// Copy every dirty block from the fast device to the origin and clear it in the
     /// metadata, as cache_writeback does (the kernel's dirty view: format 2's dirty bitset).
@@ -97,20 +116,39 @@ fn open(path: &PathBuf) -> Result<Metadata> {
     Metadata::open(&MetaDev::new(Arc::new(MmapVolume::open(path)?)))
 }
 
-/// Run one `dmemu cache` subcommand.
-pub fn run(cmd: CacheCommand) -> Result<()> {
+/// Run one `dmemu cache` subcommand; the exit status (`check`: 1 on damage, as
+/// cache_check).
+pub fn run(cmd: CacheCommand) -> Result<i32> {
     let text = match cmd {
         CacheCommand::Dump { metadata } => open(&metadata)?.dump_xml(),
-        CacheCommand::Check { metadata } => {
-            let md = open(&metadata)?;
-            let mut s = String::from(
-                "examining superblock\nexamining mapping array\nexamining hint array\n\
-                 examining discard bitset\n",
-            );
-            if md.sb.needs_check() {
-                s.push_str("the superblock has the needs_check flag set\n");
+        CacheCommand::Check {
+            metadata,
+            quiet,
+            super_block_only,
+            skip_mappings,
+            skip_hints,
+            skip_discards,
+            clear_needs_check_flag,
+        } => {
+            let skip = super::check::Skip {
+                mappings: skip_mappings || super_block_only,
+                hints: skip_hints || super_block_only,
+                discards: skip_discards,
+            };
+            let access = if clear_needs_check_flag {
+                Access::ReadWrite
+            } else {
+                Access::ReadOnly
+            };
+            let dev = MetaDev::new(Arc::new(FileVolume::open(&metadata, access)?));
+            let v = super::check::check(&dev, skip)?;
+            if !quiet {
+                eprint!("{}", v.text);
             }
-            s
+            if v.ok && v.needs_check && clear_needs_check_flag {
+                super::state::clear_needs_check(&dev)?;
+            }
+            return Ok(i32::from(!v.ok));
         }
         CacheCommand::Writeback {
             metadata,
@@ -120,13 +158,14 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             list_failed_blocks,
             no_metadata_update,
         } => {
-            return writeback(
+            writeback(
                 &metadata,
                 &origin,
                 &fast,
                 list_failed_blocks,
                 !no_metadata_update,
-            )
+            )?;
+            return Ok(0);
         }
         CacheCommand::Ls { metadata } => {
             let md = open(&metadata)?;
@@ -139,5 +178,6 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
     };
     std::io::stdout()
         .write_all(text.as_bytes())
-        .map_err(Error::io(&"stdout"))
+        .map_err(Error::io(&"stdout"))?;
+    Ok(0)
 }

@@ -27,6 +27,7 @@ use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
 use super::{DeviceRef, Target};
 
+pub mod check;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod metadata;

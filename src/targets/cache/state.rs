@@ -217,3 +217,13 @@ impl State {
         Ok(())
     }
 }
+
+/// cache_check's `--clear-needs-check-flag`: the flag cleared in the superblock, in place.
+pub(super) fn clear_needs_check(dev: &MetaDev) -> Result<()> {
+    let mut b = dev.read_raw(0, "cache superblock")?;
+    let flags = crate::targets::pdata::block::le32(&b, FLAGS);
+    put32(&mut b, FLAGS, flags & !super::metadata::NEEDS_CHECK);
+    seal(&mut b, SUPERBLOCK_CSUM_XOR);
+    dev.write(0, &b)?;
+    dev.volume().flush()
+}
