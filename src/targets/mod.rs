@@ -61,7 +61,7 @@ pub use switch::{Switch, SwitchArgs};
 pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use unstriped::{Unstriped, UnstripedArgs};
 pub use verity::{Verity, VerityArgs};
-pub use writecache::WritecacheArgs;
+pub use writecache::{Writecache, WritecacheArgs};
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
 pub trait Target: Volume + Any {
@@ -476,7 +476,7 @@ impl TargetSpec {
             TargetSpec::Mirror(a) => Arc::new(Mirror::new(a, len, ctx)?),
             TargetSpec::Raid(a) => Arc::new(Raid1::new(a, len, ctx)?),
             TargetSpec::Era(a) => return Err(a.build_error(ctx)),
-            TargetSpec::Writecache(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Writecache(a) => Arc::new(Writecache::new(a, len, ctx)?),
             TargetSpec::Multipath(a) => {
                 // parse_path looks each device up before anything runs.
                 for d in a.groups.iter().flat_map(|g| &g.paths) {
