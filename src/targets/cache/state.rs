@@ -32,8 +32,10 @@ pub(super) struct State {
     dev: MetaDev,
     version: u32,
     cache_blocks: u64,
-    /// The superblock as last written (or read).
+    /// The superblock as the next commit will write it (roots of this transaction).
     sb: Vec<u8>,
+    /// The superblock as it is on the device (what an in-place flag change rewrites).
+    disk_sb: Vec<u8>,
     /// Valid mappings: cache block -> origin block.
     mappings: BTreeMap<u64, u64>,
     /// Dirty cache blocks as the kernel holds them in core (`cache->dirty_bitset`).
@@ -56,6 +58,7 @@ impl State {
             dev,
             version: md.sb.version,
             cache_blocks: u64::from(md.sb.cache_blocks),
+            disk_sb: sb.clone(),
             sb,
             mappings: md.mappings.iter().map(|m| (m.cblock, m.oblock)).collect(),
             dirty: md
@@ -81,7 +84,7 @@ impl State {
     pub(super) fn sm_root(&self) -> SmRoot {
         self.tm
             .as_ref()
-            .map_or_else(|| SmRoot::parse(&self.sb, SM_ROOT), Tm::sm_root)
+            .map_or_else(|| SmRoot::parse(&self.disk_sb, SM_ROOT), Tm::sm_root)
     }
 
     fn root(&self, off: usize) -> u64 {
@@ -90,23 +93,25 @@ impl State {
 
     fn tm(&mut self) -> Result<&mut Tm> {
         if self.tm.is_none() {
-            let sm = SmRoot::parse(&self.sb, SM_ROOT);
+            let sm = SmRoot::parse(&self.disk_sb, SM_ROOT);
             self.tm = Some(Tm::open(self.dev.clone(), sm)?);
         }
         Ok(self.tm.as_mut().expect("opened above"))
     }
 
     /// `set_dirty`: before the first block turns dirty the superblock stops saying the
-    /// cache was shut down cleanly, so a crash loads every mapping dirty.
+    /// cache was shut down cleanly, so a crash loads every mapping dirty. The committed
+    /// superblock is rewritten in place with only that flag changed.
     pub(super) fn set_dirty(&mut self, cb: u64) -> Result<()> {
-        let flags = crate::targets::pdata::block::le32(&self.sb, FLAGS);
+        let flags = crate::targets::pdata::block::le32(&self.disk_sb, FLAGS);
         if flags & CLEAN_SHUTDOWN != 0 {
-            let mut b = self.sb.clone();
+            let mut b = self.disk_sb.clone();
             put32(&mut b, FLAGS, flags & !CLEAN_SHUTDOWN);
             seal(&mut b, SUPERBLOCK_CSUM_XOR);
             self.dev.write(0, &b)?;
             self.dev.volume().flush()?;
-            self.sb = b;
+            self.disk_sb = b;
+            put32(&mut self.sb, FLAGS, flags & !CLEAN_SHUTDOWN);
         }
         self.dirty.insert(cb);
         Ok(())
@@ -205,6 +210,7 @@ impl State {
         let tm = self.tm()?;
         tm.commit(&make)?;
         self.sb = make(tm.sm_root());
+        self.disk_sb.clone_from(&self.sb);
         self.changed = false;
         Ok(())
     }
