@@ -17,6 +17,8 @@ src/testing/fuzz.rs takes:
                 image up to its last used block
   log_writes_log  an options byte, then a dm-log-writes log of tests/fixtures/log-writes
                 (cut after its last counted entry), plain and damaged
+  writecache_ssd  a block size byte (512 << (byte % 4)), then the first 16 KiB of the
+                kernel-made SSD writecache of tests/fixtures/writecache/io
   integrity_superblock  a table byte (bits 0-1 mode D/J/B/R, bits 2-3 hash crc32c/sha256/
                 crc32/hmac(sha256)), then a kernel-made dm-integrity image's first bytes
                 (superblock, journal or bitmap, first tags)
@@ -170,6 +172,8 @@ def cache_meta(name):
 
 put('cache_metadata', 'kernel-wb2', b'\0' + cache_meta('wb2'))
 put('cache_metadata', 'kernel-wb1', b'\0' + cache_meta('wb1'))
+put('writecache_ssd', 'kernel-4k',
+    b'\3' + gzip.open(os.path.join(FIX, 'writecache', 'io', 'cache.img.gz')).read()[:16384])
 
 
 def integrity(name, cut):

@@ -337,7 +337,13 @@ fn run_command(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Verity { cmd } => crate::targets::verity::cli::run(cmd),
-        Command::Cache { cmd } => crate::targets::cache::cli::run(cmd),
+        Command::Cache { cmd } => match crate::targets::cache::cli::run(cmd)? {
+            0 => Ok(()),
+            status => {
+                drop(stdout);
+                std::process::exit(status)
+            }
+        },
         Command::Integrity { cmd } => crate::targets::integrity::cli::run(cmd),
         Command::Thin { cmd } => crate::targets::thin::cli::run(cmd),
         Command::Check {

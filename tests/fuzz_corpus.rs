@@ -140,3 +140,24 @@ fn fuzz_seed_corpus_integrity_superblock_runs_clean() {
     fuzz::integrity_superblock(&[]);
     fuzz::integrity_superblock(&[0]);
 }
+
+#[test]
+fn fuzz_seed_corpus_writecache_ssd_runs_clean() {
+    for (_, data) in corpus("writecache_ssd") {
+        // Every block size, and every superblock byte and the first entries flipped.
+        for sel in 0..4u8 {
+            let mut d = data.clone();
+            d[0] = sel;
+            fuzz::writecache_ssd(&d);
+        }
+        for at in 1..200 {
+            for x in [0x01, 0x80, 0xff] {
+                let mut d = data.clone();
+                d[at] ^= x;
+                fuzz::writecache_ssd(&d);
+            }
+        }
+        fuzz::writecache_ssd(&data[..40]);
+    }
+    fuzz::writecache_ssd(&[]);
+}

@@ -5,6 +5,7 @@
 //! thin status lines and data usage, and the mappings thin_dump showed for the kernel's
 //! metadata; the metadata dmemu commits reopens with the same contents.
 
+mod recorder_support;
 mod thin_support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +16,7 @@ use dmemu::targets::thin::metadata::btree::{read_node, walk_located};
 use dmemu::targets::thin::metadata::Metadata;
 use dmemu::targets::{Target, Thin, ThinPool, ThinPoolArgs};
 use dmemu::{MemVolume, Sector, SectorCount, SharedVolume, Volume};
+use recorder_support::Recorder;
 use sha2::{Digest, Sha256};
 use thin_support::{fixtures, gunzip, kernel, lines, sha256_of};
 
@@ -243,32 +245,6 @@ fn writes_after_the_kernels_own_give_what_the_kernel_read_after_writing_on_dmemu
     assert_eq!(sha256_of(&thins[1].1), want["thin1"]);
 }
 
-/// A metadata volume that logs every write, to replay a commit cut short at each point.
-#[derive(Debug)]
-struct Recorder {
-    inner: MemVolume,
-    log: std::sync::Mutex<Vec<(Sector, Vec<u8>)>>,
-}
-
-impl Volume for Recorder {
-    fn size(&self) -> SectorCount {
-        self.inner.size()
-    }
-    fn read(&self, sector: Sector, buf: &mut [u8]) -> dmemu::Result<()> {
-        self.inner.read(sector, buf)
-    }
-    fn write(&self, sector: Sector, buf: &[u8]) -> dmemu::Result<()> {
-        self.log.lock().unwrap().push((sector, buf.to_vec()));
-        self.inner.write(sector, buf)
-    }
-    fn flush(&self) -> dmemu::Result<()> {
-        self.inner.flush()
-    }
-    fn discard(&self, sector: Sector, count: SectorCount) -> dmemu::Result<()> {
-        self.inner.discard(sector, count)
-    }
-}
-
 fn dump(image: Vec<u8>) -> String {
     Metadata::open(Arc::new(MemVolume::from_bytes(image).unwrap()))
         .unwrap()
@@ -278,10 +254,9 @@ fn dump(image: Vec<u8>) -> String {
 
 #[test]
 fn a_commit_cut_short_at_any_write_leaves_the_previous_transaction_readable() {
-    let meta = Arc::new(Recorder {
-        inner: MemVolume::new(SectorCount(4 * 2048)).unwrap(),
-        log: Default::default(),
-    });
+    let meta = Arc::new(Recorder::new(
+        MemVolume::new(SectorCount(4 * 2048)).unwrap(),
+    ));
     let data = Arc::new(MemVolume::new(SectorCount(65536)).unwrap());
     let pool =
         Arc::new(ThinPool::over(&pool_args("0"), SectorCount(65536), meta.clone(), data).unwrap());
@@ -299,7 +274,7 @@ fn a_commit_cut_short_at_any_write_leaves_the_previous_transaction_readable() {
         "metadata written before a commit"
     );
     thin.flush().unwrap();
-    let log = std::mem::take(&mut *meta.log.lock().unwrap());
+    let log = meta.take();
     let dump_after = dump(meta.inner.to_vec());
     assert_ne!(dump_before, dump_after);
     assert_eq!(log.last().unwrap().0, Sector(0), "the superblock goes last");

@@ -66,7 +66,7 @@ pub use thin::{Thin, ThinArgs, ThinPool, ThinPoolArgs};
 pub use unstriped::{Unstriped, UnstripedArgs};
 pub use vdo::VdoArgs;
 pub use verity::{Verity, VerityArgs};
-pub use writecache::WritecacheArgs;
+pub use writecache::{Writecache, WritecacheArgs};
 pub use zoned::ZonedArgs;
 
 /// A constructed target: I/O plus the hooks `dmsetup status` and `dmsetup message` reach.
@@ -508,7 +508,7 @@ impl TargetSpec {
             TargetSpec::Clone(a) => return Err(a.build_error(len, ctx)),
             TargetSpec::Zoned(a) => return Err(a.build_error(ctx)),
             TargetSpec::Vdo(a) => return Err(a.build_error(ctx)),
-            TargetSpec::Writecache(a) => return Err(a.build_error(ctx)),
+            TargetSpec::Writecache(a) => Arc::new(Writecache::new(a, len, ctx)?),
             TargetSpec::Multipath(a) => {
                 // parse_path looks each device up before anything runs.
                 for d in a.groups.iter().flat_map(|g| &g.paths) {

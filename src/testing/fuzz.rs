@@ -966,3 +966,40 @@ pub fn integrity_superblock(data: &[u8]) {
     let _ = t.read(Sector(0), &mut buf[..bb]);
     let _ = t.flush();
 }
+
+/// An SSD-mode dm-writecache cache device from untrusted bytes: the first byte picks the
+/// block size (512 << (byte % 4)), the rest, zero-padded to 1 MiB, is the cache device from
+/// its superblock on. A writecache built over it and an 8 MiB origin is asked for its status
+/// and read across blocks: errors, never a panic, hang or unbounded allocation.
+pub fn writecache_ssd(data: &[u8]) {
+    use std::sync::Arc;
+
+    use crate::table::args::Args;
+    use crate::targets::{Target, Writecache, WritecacheArgs};
+    use crate::volume::{MemVolume, Volume};
+    use crate::{Sector, SectorCount};
+
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let bs = 512u32 << (sel % 4);
+    let mut img = rest[..rest.len().min(1 << 20)].to_vec();
+    img.resize(1 << 20, 0);
+    let tokens: Vec<String> = ["s", "o", "c", &bs.to_string(), "0"]
+        .map(str::to_string)
+        .to_vec();
+    let Ok(args) = WritecacheArgs::parse(&mut Args::new(&tokens)) else {
+        return;
+    };
+    let cache = Arc::new(MemVolume::from_bytes(img).expect("cache volume"));
+    let origin = Arc::new(MemVolume::new(SectorCount(16384)).expect("origin volume"));
+    let Ok(w) = Writecache::over(&args, SectorCount(16384), origin, cache) else {
+        return;
+    };
+    let _ = w.status();
+    let mut buf = vec![0; 12288];
+    for s in [0, 7, 4000, 16360] {
+        let n = if s == 16360 { 4096 } else { 12288 };
+        let _ = w.read(Sector(s), &mut buf[..n]);
+    }
+}

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::table::args::{ArgResult, Args};
@@ -26,13 +27,17 @@ use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
 use super::{DeviceRef, Target};
 
+pub mod check;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod metadata;
+mod state;
 #[cfg(test)]
 mod tests;
+pub mod writeback;
 
 use metadata::Metadata;
+use state::State;
 
 /// `DATA_DEV_BLOCK_SIZE_MIN_SECTORS` (32 KiB).
 pub const MIN_BLOCK_SECTORS: u64 = 64;
@@ -216,6 +221,19 @@ struct Stats {
     read_miss: AtomicU32,
     write_hit: AtomicU32,
     write_miss: AtomicU32,
+    demotions: AtomicU32,
+}
+
+impl Stats {
+    fn get(&self) -> [u32; 4] {
+        [
+            &self.read_hit,
+            &self.read_miss,
+            &self.write_hit,
+            &self.write_miss,
+        ]
+        .map(|a| a.load(Ordering::Relaxed))
+    }
 }
 
 /// A constructed cache target.
@@ -227,7 +245,7 @@ pub struct Cache {
     size: SectorCount,
     block: u64,
     /// Origin block -> cache block.
-    map: HashMap<u64, u64>,
+    map: RwLock<HashMap<u64, u64>>,
     md: Metadata,
     cache_blocks: u64,
     /// Discard blocks marked discarded, and the discard block size in sectors.
@@ -235,6 +253,8 @@ pub struct Cache {
     migration_threshold: u64,
     stats: Stats,
     read_only: bool,
+    /// What writes change, and the metadata transaction (one writer at a time).
+    state: Mutex<State>,
 }
 
 impl Cache {
@@ -271,7 +291,8 @@ impl Cache {
         if policy_status(&args.policy).is_none() {
             return Err(Error::invalid("cache", "Error creating cache's policy"));
         }
-        let md = Metadata::open(&MetaDev::new(meta))?;
+        let dev = MetaDev::new(meta);
+        let md = Metadata::open(&dev)?;
         if u64::from(md.sb.data_block_size) != args.block_size {
             return Err(Error::invalid(
                 "cache",
@@ -316,30 +337,34 @@ impl Cache {
                  first)",
             ));
         }
+        let s = md.sb.stats;
         let stats = Stats {
-            read_hit: AtomicU32::new(md.sb.stats[0]),
-            read_miss: AtomicU32::new(md.sb.stats[1]),
-            write_hit: AtomicU32::new(md.sb.stats[2]),
-            write_miss: AtomicU32::new(md.sb.stats[3]),
+            read_hit: AtomicU32::new(s[0]),
+            read_miss: AtomicU32::new(s[1]),
+            write_hit: AtomicU32::new(s[2]),
+            write_miss: AtomicU32::new(s[3]),
+            demotions: AtomicU32::new(0),
         };
         let discarded = (
             md.discarded.iter().copied().collect(),
             md.sb.discard_block_size.max(1),
         );
         let read_only = md.sb.needs_check();
+        let state = Mutex::new(State::new(dev, &md)?);
         Ok(Cache {
             args: args.clone(),
             origin,
             cache,
             size: len,
             block: args.block_size,
-            map,
+            map: RwLock::new(map),
             cache_blocks,
             discarded,
             migration_threshold,
             stats,
             read_only,
             md,
+            state,
         })
     }
 
@@ -364,7 +389,7 @@ impl Cache {
             let n = usize::try_from(in_block * 512)
                 .unwrap_or(usize::MAX)
                 .min(bytes - at);
-            let cb = self.map.get(&(s / self.block)).copied();
+            let cb = read_lock(&self.map).get(&(s / self.block)).copied();
             each(Sector(s), at..at + n, cb)?;
             at += n;
             s += (n / 512) as u64;
@@ -375,6 +400,38 @@ impl Cache {
     fn cache_sector(&self, s: Sector, cb: u64) -> Sector {
         Sector(cb * self.block + s.0 % self.block)
     }
+
+    /// `sync_metadata` (postsuspend, teardown) after writes: the dirty bits, the stats and
+    /// the clean-shutdown flag committed. A cache that took no write leaves its metadata
+    /// as it found it.
+    fn sync(&self) -> Result<()> {
+        let mut st = lock(&self.state);
+        if !st.written || self.read_only {
+            return Ok(());
+        }
+        st.sync(self.stats.get())
+    }
+
+    /// A write hit in passthrough mode (`invalidate_start`): the mapping is removed and
+    /// committed before the write goes to the origin.
+    fn invalidate(&self, st: &mut State, oblock: u64, cb: u64) -> Result<()> {
+        st.remove_mapping(cb)?;
+        write_lock(&self.map).remove(&oblock);
+        self.stats.demotions.fetch_add(1, Ordering::Relaxed);
+        st.commit(false, self.stats.get())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Volume for Cache {
@@ -401,6 +458,9 @@ impl Volume for Cache {
         })
     }
 
+    /// `map_bio` for writes: a miss goes to the origin; a hit in writeback mode (or on a
+    /// dirty block) only to the cache block, which turns dirty; in writethrough mode to
+    /// both; in passthrough mode it invalidates the mapping, then goes to the origin.
     fn write(&self, sector: Sector, buf: &[u8]) -> Result<()> {
         check_io(self.size, sector, buf.len())?;
         if self.read_only {
@@ -418,21 +478,42 @@ impl Volume for Cache {
                 op: "writing a block the discard bitset marks discarded",
             });
         }
+        let mut st = lock(&self.state);
+        st.written = true;
         self.pieces(sector, buf.len(), &mut |s, r, cb| {
-            self.origin.write(s, &buf[r.clone()])?;
-            if let Some(cb) = cb {
-                self.stats.write_hit.fetch_add(1, Ordering::Relaxed);
-                self.cache.write(self.cache_sector(s, cb), &buf[r])
-            } else {
+            let Some(cb) = cb else {
                 self.stats.write_miss.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                return self.origin.write(s, &buf[r]);
+            };
+            self.stats.write_hit.fetch_add(1, Ordering::Relaxed);
+            match self.args.io_mode {
+                IoMode::Passthrough => {
+                    self.invalidate(&mut st, s.0 / self.block, cb)?;
+                    self.origin.write(s, &buf[r])
+                }
+                IoMode::Writethrough if !st.dirty.contains(&cb) => {
+                    self.origin.write(s, &buf[r.clone()])?;
+                    self.cache.write(self.cache_sector(s, cb), &buf[r])
+                }
+                _ => {
+                    if !st.dirty.contains(&cb) {
+                        st.set_dirty(cb)?;
+                    }
+                    self.cache.write(self.cache_sector(s, cb), &buf[r])
+                }
             }
         })
     }
 
+    /// A flush reaches both devices, then commits what changed (`commit_op`).
     fn flush(&self) -> Result<()> {
         self.origin.flush()?;
-        self.cache.flush()
+        self.cache.flush()?;
+        let mut st = lock(&self.state);
+        if st.changed {
+            st.commit(false, self.stats.get())?;
+        }
+        Ok(())
     }
 
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {
@@ -444,10 +525,21 @@ impl Volume for Cache {
     }
 }
 
+impl Drop for Cache {
+    /// The kernel syncs the metadata when the cache is suspended or destroyed; errors
+    /// cannot be reported from here.
+    fn drop(&mut self) {
+        let _ = self.sync();
+    }
+}
+
 impl Target for Cache {
     /// `cache_status` STATUSTYPE_INFO.
     fn status(&self) -> String {
-        let sm = &self.md.sb.metadata_sm;
+        let (sm, nr_dirty) = {
+            let st = lock(&self.state);
+            (st.sm_root(), st.dirty.len())
+        };
         let (name, config) = policy_status(&self.args.policy).unwrap_or(("smq", "0"));
         let mut feats = vec![];
         if self.md.sb.version == 2 {
@@ -457,25 +549,30 @@ impl Target for Cache {
         if !self.args.discard_passdown {
             feats.push("no_discard_passdown");
         }
-        let ld = |a: &AtomicU32| a.load(Ordering::Relaxed);
+        let [rh, rm, wh, wm] = self.stats.get();
         format!(
-            "{METADATA_BLOCK_SECTORS} {}/{} {} {}/{} {} {} {} {} 0 0 {} {} {} 2 migration_threshold {} \
-             {name} {config} {} {} ",
+            "{METADATA_BLOCK_SECTORS} {}/{} {} {}/{} {rh} {rm} {wh} {wm} {} 0 {nr_dirty} {} {} 2 \
+             migration_threshold {} {name} {config} {} {} ",
             sm.nr_allocated,
             sm.nr_blocks,
             self.block,
-            self.map.len(),
+            read_lock(&self.map).len(),
             self.cache_blocks,
-            ld(&self.stats.read_hit),
-            ld(&self.stats.read_miss),
-            ld(&self.stats.write_hit),
-            ld(&self.stats.write_miss),
-            self.md.nr_dirty(),
+            self.stats.demotions.load(Ordering::Relaxed),
             feats.len(),
             feats.join(" "),
             self.migration_threshold,
             if self.read_only { "ro" } else { "rw" },
-            if self.md.sb.needs_check() { "needs_check" } else { "-" },
+            if self.md.sb.needs_check() {
+                "needs_check"
+            } else {
+                "-"
+            },
         )
+    }
+
+    /// `cache_postsuspend`: `sync_metadata` once no I/O is in flight.
+    fn postsuspend(&self) -> Result<()> {
+        self.sync()
     }
 }

@@ -5,4 +5,6 @@ pub mod array;
 pub mod block;
 pub mod btree;
 pub mod cache;
+pub mod shadow;
 pub mod space_map;
+pub mod write;

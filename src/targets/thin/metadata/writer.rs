@@ -16,13 +16,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use crate::error::{Error, Result};
 
 use super::block::INDEX_CSUM_XOR;
-use super::block::{put32, put64, seal, MetaDev, BITMAP_CSUM_XOR, BLOCK_SIZE, BTREE_CSUM_XOR};
-use super::btree::read_node;
-use super::btree::{max_entries, HEADER_SIZE, INTERNAL_NODE, LEAF_NODE};
-use super::space_map::{BITMAP_HEADER, MAX_METADATA_BITMAPS};
+use super::block::{put64, seal, MetaDev, BLOCK_SIZE};
+use super::btree::{max_entries, read_node};
+use super::space_map::MAX_METADATA_BITMAPS;
 use super::space_map::{ENTRIES_PER_BLOCK, INDEX_BLOCK_HEADER, INDEX_ENTRY_SIZE};
 use super::superblock::{SmRoot, Superblock, VERSION};
 use super::{BlockTime, DeviceDetails, Metadata, RefCounts, DETAILS_SIZE};
+use crate::targets::pdata::write::{bitmap_block, build_internal, build_tree, pack, Allocator};
 
 /// Every device of a pool: its details and its mappings sorted by virtual block.
 pub type Devices = BTreeMap<u64, (DeviceDetails, Vec<(u64, BlockTime)>)>;
@@ -255,7 +255,7 @@ struct Alloc {
     used: Vec<u64>,
 }
 
-impl Alloc {
+impl Allocator for Alloc {
     fn block(&mut self) -> Result<u64> {
         let b = *self.free.get(self.next).ok_or(Error::NoSpace {
             target: "thin-pool metadata",
@@ -264,97 +264,6 @@ impl Alloc {
         self.used.push(b);
         Ok(b)
     }
-}
-
-/// A btree node image.
-fn node(block: u64, leaf: bool, keys: &[u64], values: &[u8], value_size: usize) -> Vec<u8> {
-    let max = max_entries(value_size);
-    let mut b = vec![0; BLOCK_SIZE];
-    put32(&mut b, 4, if leaf { LEAF_NODE } else { INTERNAL_NODE });
-    put64(&mut b, 8, block);
-    put32(&mut b, 16, u32::try_from(keys.len()).unwrap_or(0));
-    put32(&mut b, 20, u32::try_from(max).unwrap_or(0));
-    put32(&mut b, 24, u32::try_from(value_size).unwrap_or(0));
-    for (i, &k) in keys.iter().enumerate() {
-        put64(&mut b, HEADER_SIZE + 8 * i, k);
-    }
-    let v = HEADER_SIZE + 8 * max;
-    b[v..v + values.len()].copy_from_slice(values);
-    seal(&mut b, BTREE_CSUM_XOR);
-    b
-}
-
-/// Pack sorted `keys`/`values` evenly into as few nodes as hold them (one empty node when
-/// `empty_node` and there is nothing), appending (first key, block) to `level`.
-#[allow(clippy::too_many_arguments)]
-fn pack(
-    alloc: &mut Alloc,
-    out: &mut Vec<(u64, Vec<u8>)>,
-    leaf: bool,
-    keys: &[u64],
-    values: &[u8],
-    vs: usize,
-    empty_node: bool,
-    level: &mut Vec<(u64, u64)>,
-) -> Result<()> {
-    let max = max_entries(vs);
-    let n = keys.len();
-    let nodes = if empty_node {
-        n.div_ceil(max).max(1)
-    } else {
-        n.div_ceil(max)
-    };
-    let mut at = 0;
-    for i in 0..nodes {
-        let take = n / nodes + usize::from(i < n % nodes);
-        let b = alloc.block()?;
-        out.push((
-            b,
-            node(
-                b,
-                leaf,
-                &keys[at..at + take],
-                &values[at * vs..(at + take) * vs],
-                vs,
-            ),
-        ));
-        level.push((keys.get(at).copied().unwrap_or(0), b));
-        at += take;
-    }
-    Ok(())
-}
-
-/// Internal levels over `level` (first key, block) up to a single root.
-fn build_internal(
-    alloc: &mut Alloc,
-    out: &mut Vec<(u64, Vec<u8>)>,
-    mut level: Vec<(u64, u64)>,
-) -> Result<u64> {
-    while level.len() > 1 {
-        let keys: Vec<u64> = level.iter().map(|&(k, _)| k).collect();
-        let values: Vec<u8> = level.iter().flat_map(|&(_, b)| b.to_le_bytes()).collect();
-        level.clear();
-        pack(alloc, out, false, &keys, &values, 8, true, &mut level)?;
-    }
-    level
-        .first()
-        .map(|&(_, b)| b)
-        .ok_or_else(|| Error::invalid("thin-pool metadata", "btree without a root"))
-}
-
-/// Build a btree bottom-up over sorted `keys`/`values`; nodes are filled evenly so every
-/// non-root node holds at least a third of `max_entries` (thin_check's rule). Returns the
-/// root.
-fn build_tree(
-    alloc: &mut Alloc,
-    out: &mut Vec<(u64, Vec<u8>)>,
-    keys: &[u64],
-    values: &[u8],
-    value_size: usize,
-) -> Result<u64> {
-    let mut level = Vec::new();
-    pack(alloc, out, true, keys, values, value_size, true, &mut level)?;
-    build_internal(alloc, out, level)
 }
 
 /// A device's mapping tree from its planned leaves.
@@ -409,17 +318,6 @@ fn build_count_tree(
     build_tree(alloc, out, &keys, &values, 4)
 }
 
-/// Set entry `e` of a bitmap to `v` (0..=3; the lower bit position holds the high bit).
-fn set_entry(bitmap: &mut [u8], e: usize, v: u32) {
-    let off = BITMAP_HEADER + 8 * (e / 32);
-    let mut w = [0; 8];
-    w.copy_from_slice(&bitmap[off..off + 8]);
-    let mut word = u64::from_le_bytes(w);
-    let bit = 2 * (e % 32);
-    word |= u64::from(v >> 1 & 1) << bit | u64::from(v & 1) << (bit + 1);
-    bitmap[off..off + 8].copy_from_slice(&word.to_le_bytes());
-}
-
 /// Bitmaps for `counts` (block → count, all others 0) over `nr_blocks`, at `blocks`; the
 /// index entries; the overflow counts (>= 3).
 fn bitmaps(
@@ -433,30 +331,14 @@ fn bitmaps(
     for (i, &loc) in blocks.iter().enumerate() {
         let base = u64::try_from(i).unwrap_or(u64::MAX) * ENTRIES_PER_BLOCK;
         let end = nr_blocks.saturating_sub(base).min(ENTRIES_PER_BLOCK);
-        let mut bm = vec![0; BLOCK_SIZE];
-        put64(&mut bm, 8, loc);
-        let mut used = 0u64;
-        let mut first_free = None;
-        let mut at = base;
-        for (&b, &c) in counts.range(base..base + end) {
-            if first_free.is_none() && b > at {
-                first_free = Some(at - base);
-            }
-            at = b + 1;
-            let e = usize::try_from(b - base).unwrap_or(0);
-            set_entry(&mut bm, e, c.min(3));
+        let mut range = counts.range(base..base + end).map(|(&b, &c)| {
             if c >= 3 {
                 overflow.push((b, c));
             }
-            used += 1;
-        }
-        let first_free = first_free.unwrap_or(at - base);
-        seal(&mut bm, BITMAP_CSUM_XOR);
+            (b - base, c)
+        });
+        let (bm, ie) = bitmap_block(loc, end, &mut range);
         out.push((loc, bm));
-        let mut ie = [0; INDEX_ENTRY_SIZE];
-        put64(&mut ie, 0, loc);
-        put32(&mut ie, 8, u32::try_from(end - used).unwrap_or(0));
-        put32(&mut ie, 12, u32::try_from(first_free).unwrap_or(0));
         index.push(ie);
     }
     (index, overflow)

@@ -1,5 +1,5 @@
 //! `writecache`: a write-back cache on an SSD or persistent memory (kernel dm-writecache.c,
-//! v1.6.0). Typed here; the cache itself is not executed.
+//! v1.6.0). Typed here; SSD mode caches are read (io.rs), writes refused.
 //!
 //! Table args: `p|s <origin> <cache> <block_size> <#opts> <opt>...`, options
 //! `start_sector`, `high_watermark`, `low_watermark`, `writeback_jobs`,
@@ -18,11 +18,15 @@
 
 use std::fmt;
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::table::args::{ArgResult, Args};
 use crate::targets::context::BuildContext;
+use crate::volume::SharedVolume;
 
 use super::DeviceRef;
+
+mod io;
+pub use io::Writecache;
 
 /// Parsed `writecache` arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,42 +146,46 @@ impl WritecacheArgs {
         Ok(w)
     }
 
-    /// Why the line cannot be built: `writecache_ctr`'s lookups and checks against the
-    /// devices fail first (EINVAL with the kernel's words), else the refusal (writecache
-    /// is parsed and printed, not executed).
-    pub fn build_error(&self, ctx: &dyn BuildContext) -> Error {
-        let mut sizes = Vec::new();
+    /// `writecache_ctr`'s lookups and checks against the devices, in the kernel's order
+    /// (EINVAL with its words; a missing device keeps ENOENT): the origin and cache.
+    fn devices(&self, ctx: &dyn BuildContext) -> Result<(SharedVolume, SharedVolume)> {
+        let mut vols = Vec::new();
         for (d, words) in [
             (&self.origin, "Origin data device lookup failed"),
             (&self.cache, "Cache data device lookup failed"),
         ] {
             match ctx.volume(d) {
-                Ok(v) => sizes.push((v.logical_block_size(), v.size())),
+                Ok(v) => vols.push(v),
                 // A missing device (no such file, no such mapped device) keeps ENOENT.
-                Err(e) if e.errno() == crate::error::errno::ENOENT => return e,
-                Err(e) => return Error::invalid("writecache", format!("{words} ({e})")),
+                Err(e) if e.errno() == crate::error::errno::ENOENT => return Err(e),
+                Err(e) => return Err(Error::invalid("writecache", format!("{words} ({e})"))),
             }
         }
         if self.pmem {
             // Files and memory volumes are never DAX devices.
-            return Error::Unsupported {
+            return Err(Error::Unsupported {
                 target: "writecache",
                 op: "p mode: Cache device is not a DAX device",
-            };
+            });
         }
-        if sizes.iter().any(|(lbs, _)| self.block_size < *lbs) {
-            return Error::invalid(
+        if vols
+            .iter()
+            .any(|v| self.block_size < v.logical_block_size())
+        {
+            return Err(Error::invalid(
                 "writecache",
                 "Block size is smaller than device logical block size",
-            );
+            ));
         }
-        if self.start_sector.is_some_and(|s| s >= sizes[1].1 .0) {
-            return Error::invalid("writecache", "Invalid optional argument (start_sector)");
+        if self.start_sector.is_some_and(|s| s >= vols[1].size().0) {
+            return Err(Error::invalid(
+                "writecache",
+                "Invalid optional argument (start_sector)",
+            ));
         }
-        Error::Unsupported {
-            target: "writecache",
-            op: "I/O (writecache is parsed and printed, not executed)",
-        }
+        let cache = vols.pop().expect("two devices");
+        let origin = vols.pop().expect("two devices");
+        Ok((origin, cache))
     }
 }
 
