@@ -256,6 +256,10 @@ fn segment(o: &Obj<'_>) -> Result<Segment> {
         "dynamic" => None,
         _ => Some(o.u64s("size")?),
     };
+    if size == Some(0) {
+        // hdr_validate_crypt_segment... `Illegal segment size value.`
+        return Err(o.err("size", "0 (a segment has a size or is dynamic)"));
+    }
     let crypt = kind == "crypt";
     let sector_size = if crypt {
         o.u32n("sector_size", 512)?

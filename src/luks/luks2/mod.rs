@@ -7,7 +7,7 @@ mod path;
 mod reencrypt;
 
 use self::header::{read_copies, BinHeader, BIN_SIZE};
-use self::json::{Keyslot, Metadata};
+use self::json::{Keyslot, Metadata, Segment};
 use super::corrupt;
 use crate::error::{Error, Result};
 use crate::volume::Volume;
@@ -53,6 +53,29 @@ fn validate(bin: &BinHeader, m: &Metadata, dev_bytes: u64) -> Result<()> {
         return Err(bad(format!(
             "config.keyslots_size: {} is more than 128 MiB",
             m.config.keyslots_size
+        )));
+    }
+    // hdr_validate_config: the key-slot area fits between the two header copies and the
+    // lowest segment offset (0: a detached header).
+    let lowest = m.segments.values().map(|s| s.offset).min().unwrap_or(0);
+    if lowest != 0
+        && (lowest < m.config.keyslots_size || lowest - m.config.keyslots_size < 2 * bin.hdr_size)
+    {
+        return Err(bad(format!(
+            "config.keyslots_size: {} does not fit between the headers (2 x {}) and the \
+             data at {lowest}",
+            m.config.keyslots_size, bin.hdr_size
+        )));
+    }
+    // hdr_validate_segments: only the last regular (not backup) segment may be dynamic.
+    let regular: Vec<(&u32, &Segment)> = m
+        .segments
+        .iter()
+        .filter(|(_, s)| !s.flags.iter().any(|f| f.starts_with("backup-")))
+        .collect();
+    if let Some((id, _)) = regular.iter().rev().skip(1).find(|(_, s)| s.size.is_none()) {
+        return Err(bad(format!(
+            "segments.{id}.size: dynamic, but only the last regular segment may be"
         )));
     }
     let area_start = 2 * bin.hdr_size;
