@@ -24,7 +24,7 @@ use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
 use super::metadata::block::{le64, MetaDev, BLOCK_SECTORS};
-use super::metadata::btree::{highest_key_cached, lookup_cached};
+use super::metadata::btree::{highest_key_cached, lookup_cached, At};
 use super::metadata::cache::{BlockCache, DEFAULT_CACHE_BLOCKS};
 use super::metadata::superblock::Superblock;
 use super::metadata::tx::Tx;
@@ -87,13 +87,27 @@ struct Control {
     adjusted: Arc<Mutex<Mode>>,
 }
 
+/// What a lookup needs of the committed metadata, read without the pool state's lock:
+/// while no transaction is open, lookups of many threads descend the committed trees
+/// together; beginning a transaction takes the write lock (waiting out such lookups) and
+/// sends later ones through the state, so no commit writes under a reader of the old trees.
+#[derive(Debug, Default)]
+struct View {
+    /// A transaction is open: look up through the pool's state.
+    open: bool,
+    /// The committed mapping tree root of each device.
+    roots: BTreeMap<u64, u64>,
+    /// Data blocks of the committed data space map.
+    nr_data: u64,
+}
+
 /// What the pool knows beyond the committed metadata.
 #[derive(Debug)]
 struct PoolState {
     /// The last committed metadata.
     committed: Metadata,
-    /// The committed mapping tree root of each device.
-    roots: BTreeMap<u64, u64>,
+    /// What lookups read without this state's lock (shared with the pool).
+    view: Arc<RwLock<View>>,
     /// The transaction being built, from the first change to its commit.
     tx: Option<Tx>,
     /// The superblock of the transaction being built (time, transaction id).
@@ -129,6 +143,7 @@ impl PoolState {
         if self.tx.is_none() {
             let mut tx = Tx::begin(Arc::clone(cache), self.committed.superblock(), self.begin)?;
             tx.sb.held_root = self.sb.held_root;
+            write(&self.view).open = true;
             self.tx = Some(tx);
         }
         self.tx
@@ -233,6 +248,8 @@ pub(super) struct Pool {
     /// Checked metadata blocks of the committed trees, for lookups and the transaction
     /// (cleared by each commit).
     cache: Arc<BlockCache>,
+    /// The committed roots lookups read while no transaction is open.
+    view: Arc<RwLock<View>>,
 }
 
 /// Metadata blocks a pool's cache holds (16 MiB).
@@ -315,6 +332,20 @@ impl PoolTable {
         pools.push((owner, Arc::downgrade(&pool)));
         Ok((pool, true))
     }
+}
+
+/// A mapping naming a data block past the data space map (found at `at` in a leaf).
+fn beyond(vblock: u64, bt: BlockTime, nr_data: u64, at: Option<At>) -> Error {
+    let (block, offset) = at.map_or((0, 0), |a| (a.block, a.offset));
+    super::metadata::block::corrupt(
+        "mapping data block",
+        block,
+        offset,
+        format_args!(
+            "virtual block {vblock} maps to data block {}, the pool has {nr_data}",
+            bt.block
+        ),
+    )
 }
 
 fn pool_error(reason: String) -> Error {
@@ -560,9 +591,14 @@ impl Pool {
             devices.insert(id, Arc::new(RwLock::new(st)));
         }
         let cache = Arc::new(BlockCache::new(md.dev().clone(), POOL_CACHE_BLOCKS));
+        let view = Arc::new(RwLock::new(View {
+            open: false,
+            roots,
+            nr_data: sb.data_sm.nr_blocks,
+        }));
         let state = PoolState {
             committed: md,
-            roots,
+            view: Arc::clone(&view),
             tx: None,
             sb,
             devices,
@@ -588,6 +624,7 @@ impl Pool {
                 adjusted: Arc::new(Mutex::new(requested_mode(args))),
             }),
             state: Mutex::new(state),
+            view,
             provision: Mutex::new(()),
             gate: Gate::default(),
             clock,
@@ -770,35 +807,35 @@ impl Pool {
     /// a walk makes. The pool's state is held across the lookup, so no commit replaces the
     /// tree under it.
     pub(super) fn lookup(&self, id: u64, vblock: u64) -> Result<Option<BlockTime>> {
-        let st = lock(&self.state);
-        let (found, nr_data) = match &st.tx {
-            Some(tx) => (
-                tx.find_block(id, vblock)?.map(|bt| (bt, None)),
-                tx.data_blocks(),
-            ),
-            None => {
-                let Some(&root) = st.roots.get(&id) else {
-                    return Ok(None);
-                };
-                let found = lookup_cached(&self.cache, root, vblock, 8)?
-                    .map(|f| (BlockTime::unpack(le64(f.value(8), 0)), Some(f.at())));
-                (found, st.committed.superblock().data_sm.nr_blocks)
+        {
+            let v = read(&self.view);
+            if !v.open {
+                return self.lookup_committed(&v, id, vblock);
             }
+        }
+        let st = lock(&self.state);
+        let Some(tx) = &st.tx else {
+            // Committed since: the new trees, still under the state's lock.
+            return self.lookup_committed(&read(&st.view), id, vblock);
         };
-        let Some((bt, at)) = found else {
+        let nr_data = tx.data_blocks();
+        match tx.find_block(id, vblock)? {
+            Some(bt) if bt.block >= nr_data => Err(beyond(vblock, bt, nr_data, None)),
+            found => Ok(found),
+        }
+    }
+
+    /// `lookup` in the committed trees `v` names.
+    fn lookup_committed(&self, v: &View, id: u64, vblock: u64) -> Result<Option<BlockTime>> {
+        let Some(&root) = v.roots.get(&id) else {
             return Ok(None);
         };
-        if bt.block >= nr_data {
-            let at = at.map_or((0, 0), |a| (a.block, a.offset));
-            return Err(super::metadata::block::corrupt(
-                "mapping data block",
-                at.0,
-                at.1,
-                format_args!(
-                    "virtual block {vblock} maps to data block {}, the pool has {nr_data}",
-                    bt.block
-                ),
-            ));
+        let Some(f) = lookup_cached(&self.cache, root, vblock, 8)? else {
+            return Ok(None);
+        };
+        let bt = BlockTime::unpack(le64(f.value(8), 0));
+        if bt.block >= v.nr_data {
+            return Err(beyond(vblock, bt, v.nr_data, Some(f.at())));
         }
         Ok(Some(bt))
     }
@@ -808,7 +845,7 @@ impl Pool {
         let st = lock(&self.state);
         match &st.tx {
             Some(tx) => tx.highest_block(id),
-            None => match st.roots.get(&id) {
+            None => match read(&st.view).roots.get(&id) {
                 Some(&root) => highest_key_cached(&self.cache, root, 8),
                 None => Ok(None),
             },
@@ -965,7 +1002,12 @@ impl Pool {
         let begin = tx.data_cursor();
         let (_, _written) = tx.commit()?;
         let md = Metadata::open(Arc::clone(&self.meta))?;
-        st.roots = md.device_roots()?;
+        let roots = md.device_roots()?;
+        *write(&st.view) = View {
+            open: false,
+            roots,
+            nr_data: md.superblock().data_sm.nr_blocks,
+        };
         for dev in st.devices.values() {
             let mut d = write(dev);
             d.committed = Some(d.details);

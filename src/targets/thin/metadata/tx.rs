@@ -336,18 +336,34 @@ impl Sm {
         Ok(out)
     }
 
-    /// Bitmap `i` with this transaction's counts, stored at `loc`, and its index entry.
-    fn render(&self, cache: &BlockCache, i: usize, loc: u64) -> Result<(Vec<u8>, IndexEntry)> {
+    /// The touched blocks' counts by bitmap.
+    fn by_bitmap(&self) -> BTreeMap<usize, Vec<(u64, u32)>> {
+        let mut out: BTreeMap<usize, Vec<(u64, u32)>> = BTreeMap::new();
+        for (&b, &c) in &self.counts {
+            out.entry(usize_of(b / ENTRIES_PER_BLOCK))
+                .or_default()
+                .push((b, c));
+        }
+        out
+    }
+
+    /// Bitmap `i` with `counts` (its touched blocks' counts), stored at `loc`, and its
+    /// index entry.
+    fn render(
+        &self,
+        cache: &BlockCache,
+        i: usize,
+        counts: &[(u64, u32)],
+        loc: u64,
+    ) -> Result<(Vec<u8>, IndexEntry)> {
         let mut bm = match self.bitmap(cache, i)? {
             Some(c) => c.bytes.to_vec(),
             None => vec![0; BLOCK_SIZE],
         };
         let base = u64::try_from(i).unwrap_or(u64::MAX) * ENTRIES_PER_BLOCK;
         let end = usize_of(self.nr_blocks.saturating_sub(base).min(ENTRIES_PER_BLOCK));
-        for (&b, &c) in &self.counts {
-            if b >= base && b < base + ENTRIES_PER_BLOCK {
-                set_entry(&mut bm, usize_of(b - base), c.min(3));
-            }
+        for &(b, c) in counts {
+            set_entry(&mut bm, usize_of(b - base), c.min(3));
         }
         put64(&mut bm, 8, loc);
         let (mut nr_free, mut first) = (0u32, None);
@@ -1030,13 +1046,15 @@ impl Tx {
         if index_root == 0 {
             index_root = self.empty_tree(Vt::Index)?;
         }
+        let groups = self.data.by_bitmap();
         for &i in &dirty {
             let loc = self.alloc_meta()?;
             if let Some(e) = self.data.index.get(i) {
                 let old = e.blocknr;
                 self.dec_meta(old)?;
             }
-            let (bm, entry) = self.data.render(&cache, i, loc)?;
+            let touched = groups.get(&i).map_or(&[][..], Vec::as_slice);
+            let (bm, entry) = self.data.render(&cache, i, touched, loc)?;
             out.push((loc, bm));
             let key = u64::try_from(i).unwrap_or(u64::MAX);
             index_root = self
@@ -1082,8 +1100,10 @@ impl Tx {
             usize_of(self.meta.nr_blocks.div_ceil(ENTRIES_PER_BLOCK)),
             IndexEntry::default(),
         );
+        let groups = self.meta.by_bitmap();
         for (&i, &loc) in &homes {
-            let (bm, entry) = self.meta.render(&cache, i, loc)?;
+            let touched = groups.get(&i).map_or(&[][..], Vec::as_slice);
+            let (bm, entry) = self.meta.render(&cache, i, touched, loc)?;
             out.push((loc, bm));
             entries[i] = entry;
         }
