@@ -283,8 +283,12 @@ impl Sm {
         while b < hi {
             let i = usize_of(b / ENTRIES_PER_BLOCK);
             let end = ((b / ENTRIES_PER_BLOCK + 1) * ENTRIES_PER_BLOCK).min(hi);
+            // A bitmap's free count covers the blocks the committed map had; blocks added
+            // by a growth in this transaction are free whatever it says.
+            let grown = (b / ENTRIES_PER_BLOCK + 1) * ENTRIES_PER_BLOCK > self.committed.nr_blocks
+                && self.nr_blocks > self.committed.nr_blocks;
             let bm = match self.index.get(i) {
-                Some(e) if e.nr_free == 0 => {
+                Some(e) if e.nr_free == 0 && !grown => {
                     b = end;
                     continue;
                 }
@@ -313,7 +317,11 @@ impl Sm {
             .keys()
             .map(|&b| usize_of(b / ENTRIES_PER_BLOCK))
             .collect();
+        // Growth: the last committed bitmap (its free count) and every new one.
         let want = usize_of(self.nr_blocks.div_ceil(ENTRIES_PER_BLOCK));
+        if self.nr_blocks > self.committed.nr_blocks {
+            d.extend(usize_of(self.committed.nr_blocks / ENTRIES_PER_BLOCK)..want);
+        }
         d.extend(self.index.len()..want);
         d
     }
