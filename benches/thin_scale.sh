@@ -11,8 +11,9 @@
 #   in-process the same open and first read in one process (criterion median:
 #              benches/thin.rs with THIN_BENCH_META), without dmemu's start
 #   commit     `dmemu write` of one 4 KiB block into an unmapped block of thin 1 on a
-#              writable pool (one new mapping, committed when dmemu exits): wall time, peak
-#              memory, and the metadata blocks whose bytes changed
+#              writable pool (one new mapping, committed when dmemu exits): wall time of the
+#              whole command (start, open, write, commit; compare base_ms), peak memory, and
+#              the metadata blocks whose bytes changed
 # Thin 1 maps virtual blocks 0..16383 to the data file's first GiB (identity in the
 # run-heavy pool, a permutation in the scattered one); the rest of the mappings follow:
 # runs of 1..64 blocks with gaps, or single blocks with gaps mapped to scattered data blocks.
@@ -147,8 +148,13 @@ for n in $SCALES; do
     m_commit=$(rss "$DMEMU" write --concise "$RW" --device t1 --start $(( last * BS )) -i "$WORK/blk")
     blocks=$(changed_blocks "$WORK/meta.before" "$M")
     cp "$WORK/meta.before" "$M"
-    t_commit=$(best bash -c "cp '$WORK/meta.before' '$M' && '$DMEMU' write --concise '$RW' --device t1 --start $(( last * BS )) -i '$WORK/blk'")
-    t_cp=$(best cp "$WORK/meta.before" "$M")
+    # Timed alone: the copy back of the metadata (which at 10^7 costs more than the commit)
+    # happens before each run, outside the timing.
+    t_commit=
+    for _ in $(seq "$RUNS"); do
+      cp "$WORK/meta.before" "$M"
+      t_commit=$(RUNS=1 best "$DMEMU" write --concise "$RW" --device t1 --start $(( last * BS )) -i "$WORK/blk" | awk -v b="$t_commit" '{ if (b == "" || $1 < b) print $1; else print b }')
+    done
     thin_check -q "$M"
     # The same open and first read in process (criterion, benches/thin.rs `external`).
     t_in=$( (cd "$ROOT" && THIN_BENCH_META=$M cargo bench --quiet --bench thin -- \
@@ -157,6 +163,6 @@ for n in $SCALES; do
     printf '%-9s %-9s %7d %9.1f %9.1f %12s %8d %9.3f %9.1f %9d %7d\n' "$n" "$shape" \
       $(( $(stat -c %s "$M") >> 20 )) "$(echo "$t_open * 1000" | bc -l)" \
       "$(echo "$t_base * 1000" | bc -l)" "${t_in// /}" "$m_open" "$(echo "$t_lin / $t_seq" | bc -l)" \
-      "$(echo "($t_commit - $t_cp) * 1000" | bc -l)" "$m_commit" "$blocks"
+      "$(echo "$t_commit * 1000" | bc -l)" "$m_commit" "$blocks"
   done
 done

@@ -220,19 +220,45 @@ fn damaged_leaf_found_late(damage: impl Fn(&mut [u8], &[u64])) {
     for (&v, &(b, _)) in xml[&1].1.iter().take(500) {
         assert_eq!(tag(&t1, v).unwrap(), b + 1);
     }
-    // A new block for device 9 needs every mapping loaded for the commit: the damage
-    // fails it, the pool stays as it was and nothing reaches the metadata.
+    // A change elsewhere reads only its own path: a new block for device 9 and a new
+    // device commit, and the damaged leaf stays as it was on disk, still failing with the
+    // walk's error. A write or discard reaching it fails with that error and changes nothing.
     let t9 = thin(&pool, 9);
-    let err = t9.write(Sector(5000 * BLOCK), &[7; 4096]).unwrap_err();
-    assert_eq!(err.to_string(), want);
-    assert!(!pool.mappings_loaded());
-    assert_eq!(tag(&t9, 5000).unwrap(), 0);
-    assert!(pool.message(&["create_thin", "77"]).is_err());
+    let k = bad_keys[bad_keys.len() / 2];
+    assert_eq!(
+        t3.write(Sector(k * BLOCK), &[3; 4096])
+            .unwrap_err()
+            .to_string(),
+        want
+    );
+    assert_eq!(
+        t3.discard(Sector(k * BLOCK), SectorCount(BLOCK))
+            .unwrap_err()
+            .to_string(),
+        want
+    );
+    t9.write(Sector(5000 * BLOCK), &[7; 4096]).unwrap();
+    pool.message(&["create_thin", "77"]).unwrap();
+    assert_eq!(tag(&t9, 5000).unwrap(), u64::from_le_bytes([7; 8]));
     drop((t1, t3, t9));
     drop(pool);
     let mut now = vec![0; image.len()];
     meta.read(Sector(0), &mut now).unwrap();
-    assert!(now == image, "the metadata was written");
+    assert!(now != image, "nothing was committed");
+    assert!(
+        now[at..at + 4096] == image[at..at + 4096],
+        "the damaged leaf was rewritten"
+    );
+    let md = Metadata::open(meta.clone()).unwrap();
+    assert_eq!(
+        md.device_root(3).unwrap(),
+        Some(root),
+        "device 3 was shadowed"
+    );
+    assert_eq!(md.mappings(root).unwrap_err().to_string(), want);
+    let m9 = md.mappings(md.device_root(9).unwrap().unwrap()).unwrap();
+    assert_eq!(m9.len(), xml[&9].1.len() + 1);
+    assert!(md.device_root(77).unwrap().is_some());
 }
 
 #[test]

@@ -87,7 +87,7 @@ impl Thin {
     /// The mapping of `vblock`: from the pool's index, or its committed tree (a damaged
     /// node on the way fails the request with the error naming it).
     fn lookup(&self, vblock: u64) -> Result<Option<BlockTime>> {
-        self.pool.lookup(&read(&self.dev), vblock)
+        self.pool.lookup(self.dev_id, vblock)
     }
 
     /// `__snapshotted_since`: a mapping older than the device's last snapshot is shared.
@@ -196,7 +196,8 @@ impl Thin {
             self.pool.release_data_block(new);
             return Err(e);
         }
-        self.pool.remap(&self.dev, vblock, new, self.pool.time())
+        self.pool
+            .remap(self.dev_id, &self.dev, vblock, new, self.pool.time())
     }
 }
 
@@ -301,7 +302,7 @@ impl Volume for Thin {
         }
         let _cell = self.pool.provisioning();
         for vblock in first..end {
-            if let Some(freed) = self.pool.unmap(&self.dev, vblock)? {
+            if let Some(freed) = self.pool.unmap(self.dev_id, &self.dev, vblock)? {
                 if passdown {
                     // disable_passdown_if_not_supported: a data device without discard
                     // support just keeps the bytes.
@@ -377,11 +378,13 @@ impl Target for Thin {
     /// `thin_status(STATUSTYPE_INFO)`: mapped sectors, then the last sector of the highest
     /// mapped block or `-`.
     fn status(&self) -> String {
-        let d = read(&self.dev);
+        // The details are copied out first: the pool's state is never locked under a
+        // device's (the pool locks state, then device).
+        let details = read(&self.dev).details;
         // The kernel's u64 arithmetic, wrapping on damaged counts as C does.
-        let mapped = d.details.mapped_blocks.wrapping_mul(self.block);
+        let mapped = details.mapped_blocks.wrapping_mul(self.block);
         // dm_thin_get_highest_mapped_block failing prints "Error" (thin_status).
-        let Ok(highest) = self.pool.highest(&d) else {
+        let Ok(highest) = self.pool.highest(self.dev_id) else {
             return "Error".to_string();
         };
         match highest {

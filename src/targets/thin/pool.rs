@@ -2,16 +2,16 @@
 //! `pool_message`) and the pool's in-memory state (dm-thin-metadata.c's role).
 //!
 //! Opening a pool reads the superblock, the device details and the top level of the
-//! mapping tree, nothing more: until the pool first changes, thin reads look their block up
-//! in the committed btree through a bounded cache of checked metadata blocks
-//! (`pdata::cache`, the kernel's dm-bufio), so opening costs the same for any pool size and
-//! a damaged node fails the request that reaches it. The first change (a write that
-//! provisions or breaks sharing, a discard, a message, a growth) loads every mapping tree
-//! and the data space map into an in-memory index (`PoolState::load`), which the commits
-//! of `metadata::writer` need: new blocks, flush, superblock last. I/O to the pool device
+//! mapping tree, nothing more: reads look their block up in the btree through a bounded
+//! cache of checked metadata blocks (`pdata::cache`, the kernel's dm-bufio), so opening
+//! costs the same for any pool size and a damaged node fails the request that reaches it.
+//! The first change (a write that provisions or breaks sharing, a discard, a message, a
+//! growth) begins a transaction (`metadata::tx`): the paths it changes are shadowed, the
+//! space maps count the blocks it touches, and the commit writes just those blocks, then
+//! the superblock (new blocks, flush, superblock last, flush). I/O to the pool device
 //! itself goes to the data device, as `pool_map` remaps every bio there.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
@@ -24,10 +24,11 @@ use crate::units::{Sector, SectorCount};
 use crate::volume::{check_io, check_range, SharedVolume, Volume};
 
 use super::metadata::block::{le64, MetaDev, BLOCK_SECTORS};
-use super::metadata::btree::{highest_key_cached, lookup_cached};
+use super::metadata::btree::{highest_key_cached, lookup_cached, At};
 use super::metadata::cache::{BlockCache, DEFAULT_CACHE_BLOCKS};
 use super::metadata::superblock::Superblock;
-use super::metadata::writer::{format, free_metadata_blocks, Base, Devices, Transaction};
+use super::metadata::tx::Tx;
+use super::metadata::writer::format;
 use super::metadata::{BlockTime, DeviceDetails, Metadata};
 use super::{ThinPoolArgs, MAX_DEV_ID};
 use crate::targets::{DeviceAt, Target, TargetSpec};
@@ -36,21 +37,13 @@ use crate::targets::{DeviceAt, Target, TargetSpec};
 /// not used.
 const METADATA_MAX_SECTORS: u64 = 255 * ((1 << 14) - 64) * BLOCK_SECTORS;
 
-pub(super) type BlockMap = crate::block_map::BlockMap<BlockTime>;
-
-/// One thin device's mappings (the in-memory index of its btree) and details; shared by
-/// the pool and the thin targets open on it.
+/// One thin device's details (its mappings live in the pool's btree); shared by the pool
+/// and the thin targets open on it.
 #[derive(Debug, Default)]
 pub(super) struct DevState {
-    /// The mappings are not loaded: the committed tree at `base` answers lookups.
-    pub(super) lazy: bool,
-    pub(super) map: BlockMap,
-    pub(super) highest: Option<u64>,
     pub(super) details: DeviceDetails,
-    /// The committed mapping tree `map` derives from (none: a device created since).
-    pub(super) base: Option<u64>,
-    /// Keys whose mapping changed since `base`.
-    pub(super) changed: BTreeSet<u64>,
+    /// The details the last commit wrote (none: a device created since).
+    committed: Option<DeviceDetails>,
 }
 
 pub(super) type Dev = Arc<RwLock<DevState>>;
@@ -94,26 +87,33 @@ struct Control {
     adjusted: Arc<Mutex<Mode>>,
 }
 
+/// What a lookup needs of the committed metadata, read without the pool state's lock:
+/// while no transaction is open, lookups of many threads descend the committed trees
+/// together; beginning a transaction takes the write lock (waiting out such lookups) and
+/// sends later ones through the state, so no commit writes under a reader of the old trees.
+#[derive(Debug, Default)]
+struct View {
+    /// A transaction is open: look up through the pool's state.
+    open: bool,
+    /// The committed mapping tree root of each device.
+    roots: BTreeMap<u64, u64>,
+    /// Data blocks of the committed data space map.
+    nr_data: u64,
+}
+
 /// What the pool knows beyond the committed metadata.
 #[derive(Debug)]
 struct PoolState {
     /// The last committed metadata.
     committed: Metadata,
-    /// The mapping trees and the data space map are in memory (`load`): `refs` and
-    /// `committed_used` hold a count per data block and no device is `lazy`.
-    loaded: bool,
+    /// What lookups read without this state's lock (shared with the pool).
+    view: Arc<RwLock<View>>,
+    /// The transaction being built, from the first change to its commit.
+    tx: Option<Tx>,
     /// The superblock of the transaction being built (time, transaction id).
     sb: Superblock,
     devices: BTreeMap<u64, Dev>,
-    /// Each data block's count: the mappings naming it (plus blocks being provisioned).
-    refs: Vec<u32>,
-    /// Blocks whose count is not zero (`old_ll.nr_allocated` + this transaction's
-    /// allocations): the data space map's free count is `refs.len() - allocated`.
-    allocated: u64,
-    /// Data blocks the committed metadata uses: not reused in this transaction (the
-    /// kernel's `sm_ll_find_common_free_block` over old and new counts).
-    committed_used: Vec<bool>,
-    /// Where the next data block search starts (`smd->begin`).
+    /// Where the next data block search starts (`smd->begin`; a commit keeps it).
     begin: u64,
     dirty: bool,
     mode: Mode,
@@ -127,92 +127,28 @@ struct PoolState {
 }
 
 impl PoolState {
-    fn inc_ref(&mut self, block: u64) -> Result<()> {
-        let r = self
-            .refs
-            .get_mut(usize_of(block)?)
-            .ok_or_else(|| pool_error(format!("data block {block} is not counted")))?;
-        if *r == 0 {
-            self.allocated += 1;
-        }
-        *r = r.saturating_add(1);
-        Ok(())
-    }
-
-    /// Drop one count of `block`; whether it is free now.
-    fn dec_ref(&mut self, block: u64) -> Result<bool> {
-        let r = self
-            .refs
-            .get_mut(usize_of(block)?)
-            .ok_or_else(|| pool_error(format!("data block {block} is not counted")))?;
-        if *r == 1 {
-            self.allocated = self.allocated.saturating_sub(1);
-        }
-        *r = r.saturating_sub(1);
-        Ok(*r == 0)
-    }
-
+    /// Free data blocks now (`dm_pool_get_free_block_count`).
     fn nr_free(&self) -> u64 {
-        (self.refs.len() as u64).saturating_sub(self.allocated)
+        match &self.tx {
+            Some(tx) => tx.data_free(),
+            None => {
+                let sm = &self.committed.superblock().data_sm;
+                sm.nr_blocks.saturating_sub(sm.nr_allocated)
+            }
+        }
     }
 
-    fn recount(&mut self) {
-        self.allocated = self.refs.iter().filter(|&&r| r != 0).count() as u64;
-    }
-
-    /// Load every device's mappings and the data space map's use into memory (what a
-    /// change needs before the writer can commit it). Everything is read and checked
-    /// first and installed only when all of it is sound, so a damaged node found here
-    /// fails the change and leaves the pool as it was.
-    fn load(&mut self) -> Result<()> {
-        if self.loaded {
-            return Ok(());
+    /// The open transaction, begun on the committed metadata if there is none.
+    fn tx(&mut self, cache: &Arc<BlockCache>) -> Result<&mut Tx> {
+        if self.tx.is_none() {
+            let mut tx = Tx::begin(Arc::clone(cache), self.committed.superblock(), self.begin)?;
+            tx.sb.held_root = self.sb.held_root;
+            write(&self.view).open = true;
+            self.tx = Some(tx);
         }
-        let md = &self.committed;
-        let nr_data = usize_of(md.superblock().data_sm.nr_blocks)?;
-        let mut committed_used = vec![false; nr_data];
-        md.data_space_map()?
-            .for_each_nonzero(md.dev(), &mut |b, _| {
-                *committed_used.get_mut(usize_of(b)?).ok_or_else(|| {
-                    pool_error(format!(
-                        "data space map counts block {b} beyond its {nr_data}"
-                    ))
-                })? = true;
-                Ok(())
-            })?;
-        let mut refs = vec![0u32; nr_data];
-        let mut loaded = Vec::new();
-        for (&id, dev) in &self.devices {
-            let Some(root) = read(dev).base else {
-                continue;
-            };
-            let mut map = BlockMap::default();
-            let mut highest = None;
-            md.for_each_mapping(root, &mut |k, bt| {
-                map.insert(k, bt);
-                highest = Some(k);
-                let r = refs.get_mut(usize_of(bt.block)?).ok_or_else(|| {
-                    pool_error(format!(
-                        "device {id} maps block {k} to data block {} beyond the data space map ({nr_data} blocks)",
-                        bt.block
-                    ))
-                })?;
-                *r = r.saturating_add(1);
-                Ok(())
-            })?;
-            loaded.push((Arc::clone(dev), map, highest));
-        }
-        for (dev, map, highest) in loaded {
-            let mut d = write(&dev);
-            d.map = map;
-            d.highest = highest;
-            d.lazy = false;
-        }
-        self.refs = refs;
-        self.committed_used = committed_used;
-        self.loaded = true;
-        self.recount();
-        Ok(())
+        self.tx
+            .as_mut()
+            .ok_or_else(|| pool_error("no transaction".to_string()))
     }
 }
 
@@ -309,12 +245,11 @@ pub(super) struct Pool {
     /// Raised when writes queued on a full pool should look again (space came back, or
     /// the timeout turned the pool to erroring).
     space: Stop,
-    /// Checked metadata blocks of the committed trees, for lookups while the pool is not
-    /// loaded (nothing writes the metadata until then).
-    cache: BlockCache,
-    /// Data blocks of the committed data space map when the pool opened: a lazy lookup
-    /// that finds a mapping beyond them fails, as loading it would.
-    lazy_nr_data: u64,
+    /// Checked metadata blocks of the committed trees, for lookups and the transaction
+    /// (cleared by each commit).
+    cache: Arc<BlockCache>,
+    /// The committed roots lookups read while no transaction is open.
+    view: Arc<RwLock<View>>,
 }
 
 /// Metadata blocks a pool's cache holds (16 MiB).
@@ -399,6 +334,20 @@ impl PoolTable {
     }
 }
 
+/// A mapping naming a data block past the data space map (found at `at` in a leaf).
+fn beyond(vblock: u64, bt: BlockTime, nr_data: u64, at: Option<At>) -> Error {
+    let (block, offset) = at.map_or((0, 0), |a| (a.block, a.offset));
+    super::metadata::block::corrupt(
+        "mapping data block",
+        block,
+        offset,
+        format_args!(
+            "virtual block {vblock} maps to data block {}, the pool has {nr_data}",
+            bt.block
+        ),
+    )
+}
+
 fn pool_error(reason: String) -> Error {
     Error::invalid("thin-pool", reason)
 }
@@ -416,10 +365,6 @@ fn pool_errno(reason: String, errno: i32) -> Error {
 const EEXIST: i32 = 17;
 /// `No data available`: `__open_device` of an origin id that is not there.
 const ENODATA: i32 = 61;
-
-fn usize_of(v: u64) -> Result<usize> {
-    usize::try_from(v).map_err(|_| pool_error(format!("{v} does not fit in memory")))
-}
 
 fn requested_mode(args: &ThinPoolArgs) -> Mode {
     if args.features.read_only {
@@ -504,7 +449,10 @@ impl ThinPool {
             Arc::new(SystemClock::new()),
             NO_SPACE_TIMEOUT,
         )?;
-        pool.cache = BlockCache::new(MetaDev::new(Arc::clone(&pool.meta)), cache_blocks);
+        pool.cache = Arc::new(BlockCache::new(
+            MetaDev::new(Arc::clone(&pool.meta)),
+            cache_blocks,
+        ));
         pool.queues = false;
         let tp = ThinPool {
             args: args.clone(),
@@ -575,11 +523,12 @@ impl ThinPool {
         &self.pool.cache
     }
 
-    /// Whether the mappings are loaded into memory (after the pool's first change); until
-    /// then reads look them up in the committed trees.
+    /// Whether a transaction holds changes not yet committed (from the pool's first change
+    /// to the next commit); reads look mappings up in the btree either way, and nothing
+    /// loads every mapping.
     #[must_use]
     pub fn mappings_loaded(&self) -> bool {
-        lock(&self.pool.state).loaded
+        lock(&self.pool.state).tx.is_some()
     }
 }
 
@@ -630,27 +579,29 @@ impl Pool {
         md.metadata_space_map()?;
         let details = md.devices()?;
         let mut devices = BTreeMap::new();
-        for (id, root) in md.device_roots()? {
+        let roots = md.device_roots()?;
+        for &id in roots.keys() {
+            let d = details.get(&id).copied().ok_or_else(|| {
+                pool_error(format!("device {id} has a mapping tree but no details"))
+            })?;
             let st = DevState {
-                lazy: true,
-                details: details.get(&id).copied().ok_or_else(|| {
-                    pool_error(format!("device {id} has a mapping tree but no details"))
-                })?,
-                base: Some(root),
-                ..DevState::default()
+                details: d,
+                committed: Some(d),
             };
             devices.insert(id, Arc::new(RwLock::new(st)));
         }
-        let lazy_nr_data = sb.data_sm.nr_blocks;
-        let cache = BlockCache::new(md.dev().clone(), POOL_CACHE_BLOCKS);
+        let cache = Arc::new(BlockCache::new(md.dev().clone(), POOL_CACHE_BLOCKS));
+        let view = Arc::new(RwLock::new(View {
+            open: false,
+            roots,
+            nr_data: sb.data_sm.nr_blocks,
+        }));
         let state = PoolState {
             committed: md,
-            loaded: false,
+            view: Arc::clone(&view),
+            tx: None,
             sb,
             devices,
-            refs: Vec::new(),
-            allocated: 0,
-            committed_used: Vec::new(),
             begin: 0,
             dirty: false,
             // pool_features_init: a new pool is in write mode until its control target
@@ -673,6 +624,7 @@ impl Pool {
                 adjusted: Arc::new(Mutex::new(requested_mode(args))),
             }),
             state: Mutex::new(state),
+            view,
             provision: Mutex::new(()),
             gate: Gate::default(),
             clock,
@@ -680,7 +632,6 @@ impl Pool {
             queues: true,
             space: Stop::default(),
             cache,
-            lazy_nr_data,
         })
     }
 
@@ -705,10 +656,8 @@ impl Pool {
                 )));
             }
             if blocks > nr && st.mode != Mode::ReadOnly && !st.sb.needs_check() {
-                st.load()?;
+                st.tx(&self.cache)?.extend_data(blocks);
                 st.sb.data_sm.nr_blocks = blocks;
-                st.refs.resize(usize_of(blocks)?, 0);
-                st.committed_used.resize(usize_of(blocks)?, false);
                 st.dirty = true;
             }
         }
@@ -853,43 +802,53 @@ impl Pool {
             })
     }
 
-    /// The mapping of `vblock` in `d` (a guard of a device's state, held across the lookup
-    /// so no commit replaces the tree under it): from the in-memory index once loaded,
-    /// else from the committed tree through the block cache, with the checks a load makes.
-    pub(super) fn lookup(&self, d: &DevState, vblock: u64) -> Result<Option<BlockTime>> {
-        if !d.lazy {
-            return Ok(d.map.get(&vblock).copied());
+    /// The mapping of `vblock` in device `id` (`dm_thin_find_block`): from the open
+    /// transaction's tree, else the committed tree, through the block cache with the checks
+    /// a walk makes. The pool's state is held across the lookup, so no commit replaces the
+    /// tree under it.
+    pub(super) fn lookup(&self, id: u64, vblock: u64) -> Result<Option<BlockTime>> {
+        {
+            let v = read(&self.view);
+            if !v.open {
+                return self.lookup_committed(&v, id, vblock);
+            }
         }
-        let Some(root) = d.base else {
+        let st = lock(&self.state);
+        let Some(tx) = &st.tx else {
+            // Committed since: the new trees, still under the state's lock.
+            return self.lookup_committed(&read(&st.view), id, vblock);
+        };
+        let nr_data = tx.data_blocks();
+        match tx.find_block(id, vblock)? {
+            Some(bt) if bt.block >= nr_data => Err(beyond(vblock, bt, nr_data, None)),
+            found => Ok(found),
+        }
+    }
+
+    /// `lookup` in the committed trees `v` names.
+    fn lookup_committed(&self, v: &View, id: u64, vblock: u64) -> Result<Option<BlockTime>> {
+        let Some(&root) = v.roots.get(&id) else {
             return Ok(None);
         };
-        let Some(found) = lookup_cached(&self.cache, root, vblock, 8)? else {
+        let Some(f) = lookup_cached(&self.cache, root, vblock, 8)? else {
             return Ok(None);
         };
-        let bt = BlockTime::unpack(le64(found.value(8), 0));
-        if bt.block >= self.lazy_nr_data {
-            let at = found.at();
-            return Err(super::metadata::block::corrupt(
-                "mapping data block",
-                at.block,
-                at.offset,
-                format_args!(
-                    "virtual block {vblock} maps to data block {}, the pool has {}",
-                    bt.block, self.lazy_nr_data
-                ),
-            ));
+        let bt = BlockTime::unpack(le64(f.value(8), 0));
+        if bt.block >= v.nr_data {
+            return Err(beyond(vblock, bt, v.nr_data, Some(f.at())));
         }
         Ok(Some(bt))
     }
 
-    /// The highest mapped virtual block of `d` (`dm_thin_get_highest_mapped_block`).
-    pub(super) fn highest(&self, d: &DevState) -> Result<Option<u64>> {
-        if !d.lazy {
-            return Ok(d.highest);
-        }
-        match d.base {
-            Some(root) => highest_key_cached(&self.cache, root, 8),
-            None => Ok(None),
+    /// The highest mapped virtual block of device `id` (`dm_thin_get_highest_mapped_block`).
+    pub(super) fn highest(&self, id: u64) -> Result<Option<u64>> {
+        let st = lock(&self.state);
+        match &st.tx {
+            Some(tx) => tx.highest_block(id),
+            None => match read(&st.view).roots.get(&id) {
+                Some(&root) => highest_key_cached(&self.cache, root, 8),
+                None => Ok(None),
+            },
         }
     }
 
@@ -905,8 +864,6 @@ impl Pool {
     /// commits (blocks freed in this transaction become usable) and otherwise enters
     /// out-of-data-space mode (ENOSPC).
     pub(super) fn alloc_data_block(&self) -> Result<u64> {
-        // The free count the low water mark is judged by needs the data counts loaded.
-        lock(&self.state).load()?;
         self.check_low_water_mark();
         if let Some(b) = self.try_alloc()? {
             return Ok(b);
@@ -946,63 +903,53 @@ impl Pool {
 
     fn try_alloc(&self) -> Result<Option<u64>> {
         let mut st = lock(&self.state);
-        let st = &mut *st;
-        st.load()?;
-        let n = st.refs.len();
-        let begin = usize_of(st.begin)?.min(n);
-        let free = |i: &usize| st.refs[*i] == 0 && !st.committed_used[*i];
-        let Some(i) = (begin..n).find(free).or_else(|| (0..begin).find(free)) else {
-            return Ok(None);
-        };
-        let b = u64::try_from(i).unwrap_or(u64::MAX);
-        st.inc_ref(b)?;
-        st.begin = b + 1;
-        st.dirty = true;
-        Ok(Some(b))
+        let b = st.tx(&self.cache)?.alloc_data()?;
+        if b.is_some() {
+            st.dirty = true;
+        }
+        Ok(b)
     }
 
-    /// Map `vblock` of `dev` to the freshly allocated `block` (its count already taken),
-    /// dropping the device's reference to a block it shared before.
-    pub(super) fn remap(&self, dev: &Dev, vblock: u64, block: u64, time: u32) -> Result<()> {
+    /// Map `vblock` of `dev` (device `id`) to the freshly allocated `block` (its count
+    /// already taken); a block it mapped before loses this device's reference.
+    pub(super) fn remap(
+        &self,
+        id: u64,
+        dev: &Dev,
+        vblock: u64,
+        block: u64,
+        time: u32,
+    ) -> Result<()> {
         let mut st = lock(&self.state);
-        st.load()?;
-        let mut d = write(dev);
-        let old = d.map.insert(vblock, BlockTime { block, time });
-        d.changed.insert(vblock);
-        match old {
-            Some(o) => {
-                st.dec_ref(o.block)?;
-            }
-            None => d.details.mapped_blocks = d.details.mapped_blocks.wrapping_add(1),
-        }
-        d.highest = Some(d.highest.map_or(vblock, |h| h.max(vblock)));
+        let old = st
+            .tx(&self.cache)?
+            .insert_block(id, vblock, BlockTime { block, time })?;
         st.dirty = true;
+        if old.is_none() {
+            let mut d = write(dev);
+            d.details.mapped_blocks = d.details.mapped_blocks.wrapping_add(1);
+        }
         Ok(())
     }
 
-    /// Unmap `vblock` of `dev` (`dm_thin_remove_range` for one block): the data block it
-    /// named, when no mapping names it any more (to pass the discard down), else `None`.
-    pub(super) fn unmap(&self, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
-        {
-            // Nothing to unmap changes nothing: a lazy pool stays lazy.
-            let d = read(dev);
-            if d.lazy && self.lookup(&d, vblock)?.is_none() {
-                return Ok(None);
-            }
+    /// Unmap `vblock` of `dev` (device `id`; `dm_thin_remove_range` for one block): the
+    /// data block it named when nothing references it any more (to pass the discard down),
+    /// else `None`.
+    pub(super) fn unmap(&self, id: u64, dev: &Dev, vblock: u64) -> Result<Option<u64>> {
+        // Nothing to unmap changes nothing: no transaction begins for it.
+        if self.lookup(id, vblock)?.is_none() {
+            return Ok(None);
         }
         let mut st = lock(&self.state);
-        st.load()?;
-        let mut d = write(dev);
-        let Some(old) = d.map.remove(&vblock) else {
+        let tx = st.tx(&self.cache)?;
+        let Some(old) = tx.remove_block(id, vblock)? else {
             return Ok(None);
         };
-        d.changed.insert(vblock);
-        d.details.mapped_blocks = d.details.mapped_blocks.saturating_sub(1);
-        if d.highest == Some(vblock) {
-            d.highest = d.map.keys().copied().max();
-        }
+        let freed = tx.data_count(old.block)? == 0;
         st.dirty = true;
-        Ok(st.dec_ref(old.block)?.then_some(old.block))
+        let mut d = write(dev);
+        d.details.mapped_blocks = d.details.mapped_blocks.saturating_sub(1);
+        Ok(freed.then_some(old.block))
     }
 
     /// Whether discards reach the pool (`ignore_discard` turns them off) and are passed
@@ -1017,7 +964,9 @@ impl Pool {
 
     /// Give back a block `alloc_data_block` handed out when the write then failed.
     pub(super) fn release_data_block(&self, block: u64) {
-        let _ = lock(&self.state).dec_ref(block);
+        if let Some(tx) = lock(&self.state).tx.as_mut() {
+            let _ = tx.dec_data(block);
+        }
     }
 
     /// Commit the current transaction if anything changed (`commit` →
@@ -1028,69 +977,45 @@ impl Pool {
         self.commit_unlocked()
     }
 
-    /// `commit` for callers already holding `provisioning()`.
+    /// `commit` for callers already holding `provisioning()`. The transaction is
+    /// committed from a copy, so a failed write leaves it whole for the next try.
     fn commit_unlocked(&self) -> Result<()> {
         let mut st = lock(&self.state);
         if !st.dirty {
             return Ok(());
         }
-        st.load()?;
         self.data().flush()?;
-        let mut devices: Devices = BTreeMap::new();
-        let mut bases = BTreeMap::new();
-        let mut refs: BTreeMap<u64, u32> = BTreeMap::new();
+        // A change of the superblock's fields alone (set_transaction_id) commits too.
+        let mut tx = st.tx(&self.cache)?.clone();
+        // __write_changed_details.
         for (&id, dev) in &st.devices {
             let d = read(dev);
-            let mut maps: Vec<(u64, BlockTime)> = d.map.iter().map(|(&k, &v)| (k, v)).collect();
-            maps.sort_unstable_by_key(|&(k, _)| k);
-            for (_, bt) in &maps {
-                *refs.entry(bt.block).or_insert(0) += 1;
+            if d.committed != Some(d.details) {
+                tx.set_details(id, &d.details)?;
             }
-            if let Some(root) = d.base {
-                bases.insert(
-                    id,
-                    Base {
-                        root,
-                        changed: d.changed.clone(),
-                    },
-                );
-            }
-            devices.insert(id, (d.details, maps));
         }
-        // A held metadata snapshot keeps its trees and the data its leaves name.
-        let held = st
-            .committed
-            .snapshot_refs(st.sb.held_root)?
-            .unwrap_or_default();
-        for (&b, &c) in &held.data {
-            *refs.entry(b).or_insert(0) += c;
-        }
-        let free: Vec<u64> = free_metadata_blocks(&st.committed)?
-            .into_iter()
-            .filter(|b| !held.meta.contains_key(b))
-            .collect();
-        let tx = Transaction::build(&st.sb, free, &devices, &bases, Some(&st.committed))?;
-        self.cache.clear();
-        tx.commit(st.committed.dev())?;
+        tx.sb.time = st.sb.time;
+        tx.sb.transaction_id = st.sb.transaction_id;
+        tx.sb.held_root = st.sb.held_root;
+        // smd->begin is not reset by a commit: allocation goes on after the last block
+        // (the kernel fixture shows blocks freed by a delete skipped until the search wraps).
+        let begin = tx.data_cursor();
+        let (_, _written) = tx.commit()?;
         let md = Metadata::open(Arc::clone(&self.meta))?;
         let roots = md.device_roots()?;
-        for (id, dev) in &st.devices {
+        *write(&st.view) = View {
+            open: false,
+            roots,
+            nr_data: md.superblock().data_sm.nr_blocks,
+        };
+        for dev in st.devices.values() {
             let mut d = write(dev);
-            d.base = roots.get(id).copied();
-            d.changed.clear();
+            d.committed = Some(d.details);
         }
         st.sb = md.superblock().clone();
         st.committed = md;
-        st.committed_used.fill(false);
-        st.refs.fill(0);
-        for (&b, &c) in &refs {
-            let i = usize_of(b)?;
-            st.committed_used[i] = true;
-            st.refs[i] = c - held.data.get(&b).copied().unwrap_or(0);
-        }
-        // smd->begin is not reset by a commit: allocation goes on after the last block
-        // (the kernel fixture shows blocks freed by a delete skipped until the search wraps).
-        st.recount();
+        st.tx = None;
+        st.begin = begin;
         st.dirty = false;
         self.check_for_data_space(&mut st);
         Ok(())
@@ -1179,8 +1104,7 @@ impl Pool {
         let given = argv.first().copied().unwrap_or("");
         let word = given.to_ascii_lowercase();
         let mut st = lock(&self.state);
-        // Every message changes what the next commit writes, which needs the mappings.
-        st.load()?;
+        let cache = Arc::clone(&self.cache);
         match word.as_str() {
             "create_thin" => {
                 count(2)?;
@@ -1200,11 +1124,12 @@ impl Pool {
                     creation_time: st.sb.time,
                     snapshotted_time: st.sb.time,
                 };
+                st.tx(&cache)?.create_thin(id)?;
                 st.devices.insert(
                     id,
                     Arc::new(RwLock::new(DevState {
                         details,
-                        ..DevState::default()
+                        committed: None,
                     })),
                 );
             }
@@ -1229,27 +1154,21 @@ impl Pool {
                     .get(&origin_id)
                     .cloned()
                     .ok_or_else(|| failed(ENODATA))?;
-                // __create_snap: time++, then the snapshot and its origin both record it.
+                // __create_snap: time++, then the snapshot and its origin both record it;
+                // the snapshot shares the origin's mapping tree.
+                st.tx(&cache)?.create_snap(id, origin_id)?;
                 st.sb.time = st.sb.time.wrapping_add(1);
                 let time = st.sb.time;
                 let mut o = write(&origin);
                 o.details.snapshotted_time = time;
-                for bt in o.map.values() {
-                    st.inc_ref(bt.block)?;
-                }
                 let snap = DevState {
-                    lazy: false,
-                    map: o.map.clone(),
-                    highest: o.highest,
-                    // __create_snap shares the origin's root: so does the next commit.
-                    base: o.base,
-                    changed: o.changed.clone(),
                     details: DeviceDetails {
                         mapped_blocks: o.details.mapped_blocks,
                         transaction_id: st.sb.transaction_id,
                         creation_time: time,
                         snapshotted_time: time,
                     },
+                    committed: None,
                 };
                 drop(o);
                 st.devices.insert(id, Arc::new(RwLock::new(snap)));
@@ -1272,9 +1191,7 @@ impl Pool {
                         reason: "the thin device is open".to_string(),
                     });
                 }
-                for bt in read(&dev).map.values() {
-                    st.dec_ref(bt.block)?;
-                }
+                st.tx(&cache)?.delete_device(id)?;
                 st.devices.remove(&id);
             }
             "set_transaction_id" => {
@@ -1301,13 +1218,13 @@ impl Pool {
             }
             "release_metadata_snap" => {
                 count(1)?;
-                // __release_metadata_snap. dmemu's next commit counts references from
-                // the live trees only, so blocks just the snapshot held come out free.
+                // __release_metadata_snap: the held copy's trees lose their reference.
                 if st.sb.held_root == 0 {
                     return Err(pool_error(
                         "No pool metadata snapshot found: nothing to release.".to_string(),
                     ));
                 }
+                st.tx(&cache)?.release_metadata_snap()?;
                 st.sb.held_root = 0;
             }
             "reserve_metadata_snap" => {
@@ -1322,18 +1239,8 @@ impl Pool {
                             .to_string(),
                     ));
                 }
-                let block =
-                    *free_metadata_blocks(&st.committed)?
-                        .first()
-                        .ok_or(Error::NoSpace {
-                            target: "thin-pool metadata",
-                        })?;
-                let mut copy = st.committed.superblock().clone();
-                copy.data_sm = Default::default();
-                copy.metadata_sm = Default::default();
-                copy.held_root = 0;
-                self.cache.clear();
-                st.committed.dev().write(block, &copy.encode(block))?;
+                let committed = st.committed.superblock().clone();
+                let block = st.tx(&cache)?.reserve_metadata_snap(&committed)?;
                 st.sb.held_root = block;
             }
             _ => {

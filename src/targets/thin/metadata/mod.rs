@@ -18,6 +18,7 @@ use crate::volume::SharedVolume;
 
 pub use crate::targets::pdata::{block, btree, cache, space_map};
 pub mod superblock;
+pub mod tx;
 pub mod writer;
 
 use block::{corrupt, le32, le64, Kind, MetaDev};
