@@ -26,6 +26,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Socket buffers between the connection and the protocol code.
 const STREAM_BUFFER: usize = 256 << 10;
+/// SO_SNDBUF asked for each connection (benches/nbd_vs_nbdkit.sh: 1 MiB beat the default
+/// and 4 MiB).
+const SEND_BUFFER: usize = 1 << 20;
 
 /// Where to listen: `unix:PATH` or `tcp:HOST:PORT` (`tcp:PORT` or `tcp::PORT` bind
 /// 127.0.0.1).
@@ -124,6 +127,16 @@ impl Stream {
             Stream::Unix(s) => s.shutdown(how),
             Stream::Tcp(s) => s.shutdown(how),
         };
+    }
+    /// A larger send buffer than the default (208 KiB): a whole 256 KiB read reply is
+    /// queued at once, so the connection goes back to its next request instead of waiting
+    /// for the client to drain the socket. Best effort (the kernel caps it at wmem_max).
+    fn set_send_buffer(&self) {
+        let fd: std::os::fd::BorrowedFd<'_> = match self {
+            Stream::Unix(s) => std::os::fd::AsFd::as_fd(s),
+            Stream::Tcp(s) => std::os::fd::AsFd::as_fd(s),
+        };
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, SEND_BUFFER);
     }
     fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
         match self {
@@ -399,6 +412,7 @@ fn spawn_connection(stream: Stream, shared: &Arc<Shared>, exports: &Exports) {
 
 fn connection(stream: Stream, exports: &Exports, stopping: &Stopping) -> io::Result<()> {
     stream.set_write_timeout(WRITE_TIMEOUT)?;
+    stream.set_send_buffer();
     let mut reader = BufReader::with_capacity(STREAM_BUFFER, stream.try_clone()?);
     let mut writer = BufWriter::with_capacity(STREAM_BUFFER, stream);
     let result = serve_client(&mut reader, &mut writer, exports, stopping);
