@@ -342,7 +342,18 @@ fn unsupported_luks2_states_are_refused_by_name() {
         ),
         (
             Box::new(|v| {
-                v["segments"]["1"] = v["segments"]["0"].clone();
+                // Two contiguous segments, the first of fixed size (only the last may be
+                // dynamic): a header cryptsetup accepts, as a re-encryption leaves it.
+                let mut second = v["segments"]["0"].clone();
+                let offset: u64 = v["segments"]["0"]["offset"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                v["segments"]["0"]["size"] = json!("65536");
+                second["offset"] = json!((offset + 65536).to_string());
+                second["iv_tweak"] = json!("128");
+                v["segments"]["1"] = second;
                 v["digests"]["0"]["segments"] = json!(["0", "1"]);
             }),
             "2 segments",
