@@ -1,6 +1,7 @@
 //! dmemu's `luks dump` verdict (accept or refuse) on damaged LUKS2 headers equals
 //! cryptsetup 2.6.1's `luksDump` verdict, recorded by tests/fixtures/luks/verdicts/make.py
-//! in verdicts.tsv next to each damaged image; and on damaged LUKS1 headers
+//! in verdicts.tsv next to each damaged image, a dump prints luksDump's bytes
+//! (dumps.json.gz) and an unlock fails as `cryptsetup open --test-passphrase` does; and on damaged LUKS1 headers
 //! (tests/fixtures/luks/verdicts1/make.py) dmemu's dump and unlock verdicts equal
 //! `cryptsetup luksDump`'s and `cryptsetup open --test-passphrase`'s, a dump prints the same
 //! bytes, and a refusal names the slot cryptsetup names and the field.
@@ -26,58 +27,103 @@ fn image(name: &str) -> SharedVolume {
     Arc::new(MemVolume::from_bytes(out).unwrap())
 }
 
-/// (case, cryptsetup accepted, cryptsetup's first error line and its --debug reason).
-fn verdicts() -> Vec<(String, bool, String)> {
+/// One LUKS2 case of verdicts.tsv: cryptsetup luksDump's exit status, first error line
+/// and --debug reason; for the cases it dumps, `open --test-passphrase`'s exit status and
+/// first line.
+struct Luks2Case {
+    name: String,
+    accepted: bool,
+    why: String,
+    open_rc: Option<i32>,
+    open_err: String,
+}
+
+fn verdicts() -> Vec<Luks2Case> {
     std::fs::read_to_string(dir().join("verdicts.tsv"))
         .unwrap()
         .lines()
         .map(|l| {
-            let mut f = l.split('\t');
-            let name = f.next().unwrap().to_string();
-            let status: i32 = f.next().unwrap().parse().unwrap();
-            let first = f.next().unwrap_or("");
-            let debug = f.next().unwrap_or("");
-            (name, status == 0, format!("{first} ({debug})"))
+            let f: Vec<&str> = l.split('\t').collect();
+            let field = |i: usize| f.get(i).copied().unwrap_or("");
+            let status: i32 = f[1].parse().unwrap();
+            Luks2Case {
+                name: f[0].to_string(),
+                accepted: status == 0,
+                why: format!("{} ({})", field(2), field(3)),
+                open_rc: f.get(4).map(|s| s.parse().unwrap()),
+                open_err: field(5).to_string(),
+            }
         })
         .collect()
 }
 
-/// Headers cryptsetup 2.6.1 dumps that dmemu refuses, each a field dmemu's typed reader
-/// checks at open where cryptsetup checks it only when the object is used (a KDF, digest or
-/// key size it would need to unlock, a sector size dm-crypt refuses, a priority or key-slot
-/// id out of its range). Stricter, never laxer; issue 13 keeps them as the next step.
-const STRICTER_THAN_CRYPTSETUP: &[&str] = &[
-    "segment-sector-size-8192",
-    "keyslot-kdf-unknown",
-    "keyslot-key-size-zero",
-    "keyslot-priority-3",
-    "keyslot-name-32",
-    "digest-type-unknown",
-    "digest-salt-not-base64",
-    "digest-iterations-zero",
-];
+/// cryptsetup luksDump's output for each case it accepts (make.py's dumps.json.gz).
+fn dumps() -> std::collections::BTreeMap<String, String> {
+    let f = std::fs::File::open(dir().join("dumps.json.gz")).unwrap();
+    serde_json::from_reader(flate2::read::GzDecoder::new(f)).unwrap()
+}
+
+/// cryptsetup's exit status for an unlock: 0 opened, 2 no key (EPERM), another code for
+/// any other failure (1 EINVAL, 3 ENOMEM...).
+fn unlock_class(r: &dmemu::Result<dmemu::luks::VolumeKey>) -> &'static str {
+    match r {
+        Ok(_) => "opened",
+        Err(dmemu::Error::KeyRejected(_)) => "no key",
+        Err(_) => "other error",
+    }
+}
+
+fn rc_class(rc: i32) -> &'static str {
+    match rc {
+        0 => "opened",
+        2 => "no key",
+        _ => "other error",
+    }
+}
 
 #[test]
-fn dump_accepts_exactly_where_cryptsetup_accepts() {
+fn luks2_verdicts_dumps_and_unlocks_equal_cryptsetups() {
     let cases = verdicts();
-    assert!(cases.len() >= 25, "{}", cases.len());
-    assert!(cases.iter().any(|c| c.1) && cases.iter().any(|c| !c.1));
+    let dumps = dumps();
+    assert!(cases.len() >= 60, "{}", cases.len());
+    assert!(cases.iter().any(|c| c.accepted) && cases.iter().any(|c| !c.accepted));
+    assert_eq!(
+        dumps.len(),
+        cases.iter().filter(|c| c.accepted).count(),
+        "one dump per accepted case"
+    );
     let mut differ = Vec::new();
-    let mut stricter = Vec::new();
-    for (name, accepted, why) in &cases {
-        let got = Luks::open(image(name), None).map(|l| l.dump("IMAGE"));
-        match (&got, accepted) {
-            (Ok(_), true) | (Err(_), false) => {}
-            (Ok(_), false) => differ.push(format!("{name}: dmemu accepts, cryptsetup: {why}")),
-            (Err(_), true) if STRICTER_THAN_CRYPTSETUP.contains(&name.as_str()) => {
-                stricter.push(name.as_str());
+    for c in &cases {
+        let got = Luks::open(image(&c.name), None);
+        match (&got, c.accepted) {
+            (Ok(l), true) => {
+                let dump = l.dump("IMAGE");
+                if dump != dumps[&c.name] {
+                    differ.push(format!(
+                        "{}: the dump differs from luksDump's:\n{dump}\n--- cryptsetup:\n{}",
+                        c.name, dumps[&c.name]
+                    ));
+                }
+                // Key material is zeroed: "no key" is the best a usable slot gives.
+                let opened = l.unlock(b"alpha", None, &dmemu::luks::KdfLimits::default());
+                let want = rc_class(c.open_rc.unwrap());
+                if unlock_class(&opened) != want {
+                    differ.push(format!(
+                        "{}: cryptsetup open --test-passphrase: {want} ({}), dmemu: {:?}",
+                        c.name,
+                        c.open_err,
+                        opened.map(|_| "opened").map_err(|e| e.to_string())
+                    ));
+                }
             }
-            (Err(e), true) => differ.push(format!("{name}: cryptsetup accepts, dmemu: {e}")),
+            (Err(_), false) => {}
+            (Ok(_), false) => {
+                differ.push(format!("{}: dmemu accepts, cryptsetup: {}", c.name, c.why))
+            }
+            (Err(e), true) => differ.push(format!("{}: cryptsetup accepts, dmemu: {e}", c.name)),
         }
     }
     assert!(differ.is_empty(), "{}", differ.join("\n"));
-    // Each listed case is in the fixture and still refused: the list is exact.
-    assert_eq!(stricter, STRICTER_THAN_CRYPTSETUP);
 }
 
 /// One LUKS1 case of tests/fixtures/luks/verdicts1/verdicts.tsv (written by make.py there).

@@ -161,6 +161,17 @@ fn luks2_mapping(h: &Luks2Header, data_sectors: u64, detached: bool) -> Result<M
             })
         }
     };
+    // The header takes any multiple of 512; dm-crypt's constructor only a power of two
+    // from 512 to 4096 ("Invalid feature arguments").
+    if !seg.sector_size.is_power_of_two() || !(512..=4096).contains(&seg.sector_size) {
+        return Err(Error::invalid(
+            "LUKS2 image",
+            format!(
+                "segments.0.sector_size {}: dm-crypt takes a power of two from 512 to 4096",
+                seg.sector_size
+            ),
+        ));
+    }
     let unit = u64::from(seg.sector_size / 512);
     let metadata_end = 2 * h.bin.hdr_size + m.config.keyslots_size;
     if !detached && seg.offset < metadata_end {

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::kdf::Kdf;
-use super::luks2::json::{Keyslot, Metadata, ReencryptKeyslot};
+use super::luks2::json::{DigestKind, Keyslot, Metadata, ReencryptKeyslot};
 use super::luks2::Luks2Header;
 use super::{Header, Luks, Luks1Header};
 
@@ -18,8 +18,10 @@ fn hex(out: &mut String, b: &[u8]) {
 }
 
 /// `hexprint_base64(.., " ", "            ")`: 16 bytes a line, continuation lines
-/// prefixed with a tab and 12 spaces.
-fn hex_lines(out: &mut String, b: &[u8]) {
+/// prefixed with a tab and 12 spaces; nothing at all (not even the newline) for a value
+/// that is not base64, as cryptsetup's returns early.
+fn hex_lines(out: &mut String, b: Option<&[u8]>) {
+    let Some(b) = b else { return };
     for (i, chunk) in b.chunks(16).enumerate() {
         if i > 0 {
             out.push_str("\n\t            ");
@@ -144,12 +146,15 @@ fn dump2(out: &mut String, h: &Luks2Header) {
                 let _ = writeln!(out, "\tlength: {n} [bytes]");
             }
         }
+        // hdr_dump_segments prints whichever of the two the object holds.
         match &s.encryption {
             Some(e) => {
                 let _ = writeln!(out, "\tcipher: {e}");
-                let _ = writeln!(out, "\tsector: {} [bytes]", s.sector_size);
             }
             None => out.push_str("\tcipher: (no SW encryption)\n"),
+        }
+        if s.has_sector_size {
+            let _ = writeln!(out, "\tsector: {} [bytes]", s.sector_size);
         }
         if let Some(i) = &s.integrity {
             let _ = writeln!(out, "\tintegrity: {i}");
@@ -160,23 +165,32 @@ fn dump2(out: &mut String, h: &Luks2Header) {
         out.push('\n');
     }
     out.push_str("Keyslots:\n");
-    for (id, ks) in &m.keyslots {
+    // LUKS2_hdr_dump walks ids 0..LUKS2_KEYSLOTS_MAX: a higher id is kept, not shown.
+    for (id, ks) in m.keyslots.range(..32) {
         // LUKS2_keyslot_for_segment(.., CRYPT_ONE_SEGMENT): a digest ties it to segment 0.
         let bound = m
             .digests
             .values()
             .any(|d| d.keyslots.contains(id) && d.segments.contains(&0));
         let unbound = if bound { "" } else { " (unbound)" };
+        // hdr_dump_keyslots: type, key size (when present) and priority for every type,
+        // then the type's own lines (none without a handler), then the digest ids.
         let (kind, key_size, priority) = match ks {
-            Keyslot::Luks2(k) => ("luks2", k.key_size, k.priority),
-            Keyslot::Reencrypt(r) => ("reencrypt", r.key_size, r.priority),
-            Keyslot::Other { kind } => {
-                let _ = writeln!(out, "  {id}: {kind}{unbound}");
-                continue;
-            }
+            Keyslot::Luks2(k) => ("luks2", Some(i64::from(k.key_size)), k.priority),
+            Keyslot::Reencrypt(r) => ("reencrypt", Some(i64::from(r.key_size)), r.priority),
+            Keyslot::Other {
+                kind,
+                key_size,
+                priority,
+            } => (kind.as_str(), *key_size, *priority),
         };
         let _ = writeln!(out, "  {id}: {kind}{unbound}");
-        let _ = writeln!(out, "\tKey:        {} bits", u64::from(key_size) * 8);
+        if let Some(n) = key_size {
+            // crypt_jobj_get_uint32(..) * 8 in 32 bits.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let bits = (n as u32).wrapping_mul(8);
+            let _ = writeln!(out, "\tKey:        {bits} bits");
+        }
         let prio = match priority.unwrap_or(1) {
             0 => "ignored",
             1 => "normal",
@@ -191,7 +205,10 @@ fn dump2(out: &mut String, h: &Luks2Header) {
                 digest_ids(out, m, *id);
                 continue;
             }
-            Keyslot::Other { .. } => continue,
+            Keyslot::Other { .. } => {
+                digest_ids(out, m, *id);
+                continue;
+            }
         };
         let _ = writeln!(out, "\tCipher:     {}", k.area_encryption);
         let _ = writeln!(out, "\tCipher key: {} bits", u64::from(k.area_key_size) * 8);
@@ -211,9 +228,18 @@ fn dump2(out: &mut String, h: &Luks2Header) {
                 let _ = writeln!(out, "\tMemory:     {memory_kib}");
                 let _ = writeln!(out, "\tThreads:    {cpus}");
             }
+            // `%PRIu64` of json_object_get_int64: a negative value prints as unsigned.
+            Kdf::Unsupported {
+                time, memory, cpus, ..
+            } => {
+                let u = |v: i64| u64::from_le_bytes(v.to_le_bytes());
+                let _ = writeln!(out, "\tTime cost:  {}", u(*time));
+                let _ = writeln!(out, "\tMemory:     {}", u(*memory));
+                let _ = writeln!(out, "\tThreads:    {}", u(*cpus));
+            }
         }
         out.push_str("\tSalt:       ");
-        hex_lines(out, &k.salt);
+        hex_lines(out, k.salt.as_deref());
         let _ = writeln!(out, "\tAF stripes: {}", k.stripes);
         let _ = writeln!(out, "\tAF hash:    {}", k.af_hash);
         let _ = writeln!(out, "\tArea offset:{} [bytes]", k.area_offset);
@@ -223,19 +249,35 @@ fn dump2(out: &mut String, h: &Luks2Header) {
     out.push_str("Tokens:\n");
     for (id, t) in &m.tokens {
         let _ = writeln!(out, "  {id}: {}", t.kind);
+        if let Some(d) = &t.key_description {
+            let _ = writeln!(out, "\tKey description: {d}");
+        }
         for k in &t.keyslots {
             let _ = writeln!(out, "\tKeyslot:    {k}");
         }
     }
     out.push_str("Digests:\n");
     for (id, d) in &m.digests {
-        let _ = writeln!(out, "  {id}: pbkdf2");
-        let _ = writeln!(out, "\tHash:       {}", d.hash);
-        let _ = writeln!(out, "\tIterations: {}", d.iterations);
-        out.push_str("\tSalt:       ");
-        hex_lines(out, &d.salt);
-        out.push_str("\tDigest:     ");
-        hex_lines(out, &d.digest);
+        match &d.kind {
+            // LUKS2_digest_dump: the type, then the handler's lines (none for unknown).
+            DigestKind::Other(kind) => {
+                let _ = writeln!(out, "  {id}: {kind}");
+            }
+            DigestKind::Pbkdf2 {
+                hash,
+                iterations,
+                salt,
+                digest,
+            } => {
+                let _ = writeln!(out, "  {id}: pbkdf2");
+                let _ = writeln!(out, "\tHash:       {hash}");
+                let _ = writeln!(out, "\tIterations: {iterations}");
+                out.push_str("\tSalt:       ");
+                hex_lines(out, salt.as_deref());
+                out.push_str("\tDigest:     ");
+                hex_lines(out, digest.as_deref());
+            }
+        }
     }
 }
 

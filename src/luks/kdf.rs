@@ -45,6 +45,18 @@ pub enum Kdf {
         /// Lanes (`cpus`).
         cpus: u32,
     },
+    /// A LUKS2 `kdf.type` dmemu does not know: kept for the dump (cryptsetup's
+    /// validation accepts any type), refused when a key is derived with it.
+    Unsupported {
+        /// `kdf.type`.
+        name: String,
+        /// `time`, `memory`, `cpus` as cryptsetup's dump reads them (0 when absent).
+        time: i64,
+        /// `memory`.
+        memory: i64,
+        /// `cpus`.
+        cpus: i64,
+    },
 }
 
 impl fmt::Display for Kdf {
@@ -59,6 +71,7 @@ impl fmt::Display for Kdf {
                 kind: Argon2Type::Id,
                 ..
             } => f.write_str("argon2id"),
+            Kdf::Unsupported { name, .. } => f.write_str(name),
         }
     }
 }
@@ -186,6 +199,16 @@ pub fn pbkdf2_cost(hash: Hash, iterations: u32, len: usize) -> u64 {
         .saturating_mul(per)
 }
 
+fn unsupported(name: &str) -> Error {
+    Error::invalid(
+        "key slot kdf",
+        format!(
+            "unsupported KDF type {} (dmemu knows pbkdf2, argon2i, argon2id)",
+            crate::error::quote(name)
+        ),
+    )
+}
+
 impl Kdf {
     /// The work of deriving `len` bytes, in hash compressions (the unit of
     /// [`KdfLimits::max_total_work`]).
@@ -198,6 +221,7 @@ impl Kdf {
             } => u64::from(time)
                 .saturating_mul(u64::from(memory_kib))
                 .saturating_mul(ARGON2_BLOCK_COST),
+            Kdf::Unsupported { .. } => 0,
         }
     }
 
@@ -205,6 +229,7 @@ impl Kdf {
     /// without running it.
     pub fn check(&self, limits: &KdfLimits) -> Result<()> {
         match *self {
+            Kdf::Unsupported { ref name, .. } => Err(unsupported(name)),
             Kdf::Pbkdf2 { iterations: 0, .. } => Err(Error::invalid(
                 "key slot kdf",
                 "pbkdf2 iterations must be at least 1",
@@ -285,6 +310,7 @@ impl Kdf {
                     .hash_password_into(passphrase, salt, &mut out)
                     .map_err(|e| Error::invalid("key slot kdf", format!("{self}: {e}")))?;
             }
+            Kdf::Unsupported { ref name, .. } => return Err(unsupported(name)),
         }
         Ok(out)
     }

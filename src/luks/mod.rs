@@ -59,12 +59,12 @@ pub(crate) fn corrupt(what: &'static str, offset: u64, detail: impl Into<String>
 }
 
 /// Read `len` bytes at byte `offset` (a multiple of 512) of `dev`. Callers bound `len`.
+/// `len` bytes at byte `offset` (any alignment: cryptsetup accepts key-slot areas at
+/// unaligned offsets), refused when they run past the end of `dev`.
 pub(crate) fn read_at(dev: &dyn Volume, offset: u64, len: usize) -> Result<Vec<u8>> {
-    if offset % 512 != 0 {
-        return Err(corrupt("LUKS area", offset, "not aligned to 512 bytes"));
-    }
-    let span = len.div_ceil(512) * 512;
-    let end = offset.saturating_add(span as u64);
+    let skip = (offset % 512) as usize;
+    let span = (skip + len).div_ceil(512) * 512;
+    let end = offset.saturating_add(len as u64);
     if end > dev.size().bytes() {
         return Err(corrupt(
             "LUKS area",
@@ -77,7 +77,8 @@ pub(crate) fn read_at(dev: &dyn Volume, offset: u64, len: usize) -> Result<Vec<u
     }
     let mut buf = vec![0u8; span];
     dev.read(Sector(offset / 512), &mut buf)?;
-    buf.truncate(len);
+    buf.truncate(skip + len);
+    buf.drain(..skip);
     Ok(buf)
 }
 

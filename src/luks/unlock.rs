@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::hash::{af_merge, Hash};
 use super::kdf::{pbkdf2_cost, Kdf, KdfBudget, KdfLimits};
-use super::luks2::json::{Keyslot, Luks2Keyslot};
+use super::luks2::json::{Digest, DigestKind, Keyslot, Luks2Keyslot, Metadata};
 use super::{read_at, Header, Luks};
 use crate::error::{Error, Result};
 use crate::targets::crypt::{CipherSpec, Crypt, CryptArgs, CryptKey, CryptOptions, Keyring};
@@ -152,6 +152,54 @@ fn digest_ok(
     Ok(got.as_slice() == want)
 }
 
+/// A LUKS2 digest's PBKDF2 check (hash, salt, iterations, digest), or why digest `id`
+/// cannot verify a key (an unknown type, a field that is not base64, 0 iterations, an
+/// empty or over-long digest): cryptsetup keeps such digests and fails the verification.
+fn pbkdf2_check(id: u32, d: &Digest) -> Result<(Hash, &[u8], u32, &[u8])> {
+    let bad = |why: String| Error::invalid("LUKS2 digest", format!("digest {id}: {why}"));
+    let (hash, iterations, salt, digest) = match &d.kind {
+        DigestKind::Other(kind) => {
+            return Err(bad(format!(
+                "unsupported type {} (dmemu knows pbkdf2)",
+                crate::error::quote(kind)
+            )))
+        }
+        DigestKind::Pbkdf2 {
+            hash,
+            iterations,
+            salt,
+            digest,
+        } => (hash, iterations, salt, digest),
+    };
+    let hash = hash.supported("LUKS digest hash")?;
+    let salt = salt
+        .as_deref()
+        .ok_or_else(|| bad("salt is not base64".into()))?;
+    let digest = digest
+        .as_deref()
+        .ok_or_else(|| bad("digest is not base64".into()))?;
+    if *iterations == 0 {
+        return Err(bad(
+            "iterations is 0, the volume key cannot be checked".into()
+        ));
+    }
+    if digest.is_empty() || digest.len() > hash.digest_len() {
+        return Err(bad(format!(
+            "digest is {} bytes, must be 1..={} for {hash}",
+            digest.len(),
+            hash.digest_len()
+        )));
+    }
+    Ok((hash, salt, *iterations, digest))
+}
+
+/// The digest that ties key slot `id` to segment 0 (`LUKS2_keyslot_for_segment`): the
+/// digest naming the slot must be the one naming segment 0.
+fn segment0_digest(m: &Metadata, id: u32) -> Option<(u32, &Digest)> {
+    let (did, d) = m.digests.iter().find(|(_, d)| d.keyslots.contains(&id))?;
+    d.segments.contains(&0).then_some((*did, d))
+}
+
 impl Luks {
     /// Unlock with `passphrase`: the key slot `slot`, or every usable one in
     /// cryptsetup's order until one opens. All key derivations and digest checks of the
@@ -282,7 +330,7 @@ impl Luks {
                         Some(Keyslot::Luks2(_)) => vec![s],
                         Some(other) => {
                             let kind = match other {
-                                Keyslot::Other { kind } => kind.as_str(),
+                                Keyslot::Other { kind, .. } => kind.as_str(),
                                 _ => "reencrypt",
                             };
                             return Err(Error::invalid(
@@ -295,17 +343,46 @@ impl Luks {
                         }
                     },
                     None => {
-                        let prio = |p: Option<i64>| p.unwrap_or(1);
-                        let mut v: Vec<(i64, u32)> = m
-                            .keyslots
-                            .iter()
-                            .filter_map(|(&id, k)| match k {
-                                Keyslot::Luks2(k) if prio(k.priority) > 0 => {
-                                    Some((-prio(k.priority), id))
+                        // LUKS2_keyslot_open: the preferred (2), then the normal (1, or
+                        // absent) slots; any other priority is never tried. A slot of
+                        // another type (no handler) or not tied to segment 0 is skipped
+                        // (-ENOENT) without deriving anything.
+                        let mut skipped = Vec::new();
+                        let mut v: Vec<(i64, u32)> = Vec::new();
+                        for (&id, k) in &m.keyslots {
+                            let prio = match k {
+                                Keyslot::Luks2(k) => k.priority.unwrap_or(1),
+                                Keyslot::Reencrypt(_) => continue,
+                                Keyslot::Other { kind, .. } => {
+                                    skipped.push(format!(
+                                        "key slot {id} has type {}",
+                                        crate::error::quote(kind)
+                                    ));
+                                    continue;
                                 }
-                                _ => None,
-                            })
-                            .collect();
+                            };
+                            if prio != 1 && prio != 2 {
+                                skipped.push(format!(
+                                    "key slot {id} has priority {prio}{}",
+                                    if prio == 0 {
+                                        " (ignored)"
+                                    } else {
+                                        ", never tried"
+                                    }
+                                ));
+                            } else if segment0_digest(m, id).is_none() {
+                                skipped.push(format!("key slot {id} is not bound to segment 0"));
+                            } else {
+                                v.push((-prio, id));
+                            }
+                        }
+                        if v.is_empty() && !skipped.is_empty() {
+                            // Every slot -ENOENT: "No usable keyslot is available."
+                            return Err(Error::invalid(
+                                "LUKS2 key slots",
+                                format!("no usable key slot is available: {}", skipped.join(", ")),
+                            ));
+                        }
                         v.sort_unstable();
                         v.into_iter().map(|(_, id)| id).collect()
                     }
@@ -362,11 +439,32 @@ impl Luks {
         let Header::V2(h) = &self.header else {
             return Ok(None);
         };
+        // Whatever makes the slot unusable, before its KDF runs: a key size of 0
+        // (cryptsetup: "Not enough available memory to open a keyslot."), a salt that is
+        // not base64, a digest that cannot verify.
+        if k.key_size == 0 {
+            return Err(Error::invalid(
+                "LUKS2 key slot",
+                format!("key slot {id}: key_size is 0, it holds no volume key"),
+            ));
+        }
+        let salt = k.salt.as_deref().ok_or_else(|| {
+            Error::invalid(
+                "LUKS2 key slot",
+                format!("key slot {id}: kdf.salt is not base64"),
+            )
+        })?;
+        // Only a digest that also covers segment 0 makes the key a data key: a key slot
+        // bound to no segment (cryptsetup's "unbound" keys) cannot open the volume.
+        let Some((did, d)) = segment0_digest(&h.meta, id) else {
+            return Ok(None);
+        };
+        let (hash, dsalt, iterations, want) = pbkdf2_check(did, d)?;
         let vk = open_slot(
             self,
             pass,
             &k.kdf,
-            &k.salt,
+            salt,
             &k.area_encryption,
             k.area_key_size as usize,
             k.key_size as usize,
@@ -377,27 +475,12 @@ impl Luks {
             budget,
         )
         .map_err(|e| in_slot(id, e))?;
-        // Only a digest that also covers segment 0 makes the key a data key: a key slot
-        // bound to no segment (cryptsetup's "unbound" keys) cannot open the volume.
-        for (&did, d) in &h.meta.digests {
-            if d.keyslots.contains(&id)
-                && d.segments.contains(&0)
-                && digest_ok(
-                    d.hash,
-                    &vk,
-                    &d.salt,
-                    d.iterations,
-                    &d.digest,
-                    limits,
-                    budget,
-                )?
-            {
-                return Ok(Some(VolumeKey {
-                    bytes: vk,
-                    keyslot: Some(id),
-                    digest: Some(did),
-                }));
-            }
+        if digest_ok(hash, &vk, dsalt, iterations, want, limits, budget)? {
+            return Ok(Some(VolumeKey {
+                bytes: vk,
+                keyslot: Some(id),
+                digest: Some(did),
+            }));
         }
         Ok(None)
     }
@@ -431,17 +514,11 @@ impl Luks {
             }
             Header::V2(h) => {
                 for (&did, d) in &h.meta.digests {
-                    if d.segments.contains(&0)
-                        && digest_ok(
-                            d.hash,
-                            key,
-                            &d.salt,
-                            d.iterations,
-                            &d.digest,
-                            &limits,
-                            budget,
-                        )?
-                    {
+                    if !d.segments.contains(&0) {
+                        continue;
+                    }
+                    let (hash, salt, iterations, want) = pbkdf2_check(did, d)?;
+                    if digest_ok(hash, key, salt, iterations, want, &limits, budget)? {
                         return Ok(VolumeKey {
                             bytes: Zeroizing::new(key.to_vec()),
                             keyslot: None,

@@ -21,13 +21,18 @@ use crate::error::Result;
 pub const MAX_DEPTH: usize = 16;
 /// `LUKS2_DIGEST_MAX`.
 const MAX_DIGESTS: u32 = 8;
+/// Key-slot ids dmemu reads: cryptsetup's validation takes any decimal id (`numbered`) and
+/// its unlock tries every one; only ids below `LUKS2_KEYSLOTS_MAX` (32) are dumped.
+pub const MAX_KEYSLOT_ID: u32 = 1000;
 
 /// A LUKS2 key slot of type `luks2`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Luks2Keyslot {
-    /// Volume key bytes (`key_size`).
+    /// Volume key bytes (`key_size`; 0 is kept, as cryptsetup keeps it, and fails the
+    /// unlock of this slot).
     pub key_size: u32,
-    /// `priority`: 0 ignored, 1 normal, 2 preferred (absent = normal).
+    /// `priority`: 0 ignored, 1 normal, 2 preferred (absent = normal); any other integer
+    /// is kept (dumped "invalid") and the slot is never tried, as in cryptsetup.
     pub priority: Option<i64>,
     /// `af.hash`.
     pub af_hash: Hash,
@@ -43,8 +48,9 @@ pub struct Luks2Keyslot {
     pub area_key_size: u32,
     /// The KDF.
     pub kdf: Kdf,
-    /// `kdf.salt`.
-    pub salt: Vec<u8>,
+    /// `kdf.salt`; `None` when it is not base64 (cryptsetup checks only that it is a
+    /// string: the dump prints nothing for it and the unlock of this slot fails).
+    pub salt: Option<Vec<u8>>,
 }
 
 /// A key slot: a usable `luks2` one, a re-encryption state, or another type by name.
@@ -58,13 +64,21 @@ pub enum Keyslot {
     Other {
         /// The type.
         kind: String,
+        /// `key_size`, when it is an integer (the dump shows it).
+        key_size: Option<i64>,
+        /// `priority` (the dump shows it).
+        priority: Option<i64>,
     },
 }
 
+/// `priority`: any JSON integer (`json_object_get_int`: clamped to 32 bits).
 pub(super) fn priority(o: &Obj<'_>) -> Result<Option<i64>> {
     match o.map.get("priority") {
         None => Ok(None),
-        Some(_) => Ok(Some(i64::try_from(o.num("priority", 0, 2)?).unwrap_or(1))),
+        Some(v) => v
+            .as_i64()
+            .map(|p| Some(p.clamp(i64::from(i32::MIN), i64::from(i32::MAX))))
+            .ok_or_else(|| o.err("priority", format!("{v} is not an integer"))),
     }
 }
 
@@ -79,31 +93,47 @@ pub struct Segment {
     pub size: Option<u64>,
     /// `iv_tweak` (crypt).
     pub iv_tweak: u64,
-    /// `encryption` (crypt).
+    /// `encryption` (required for crypt, kept when another type has it: the dump shows it).
     pub encryption: Option<String>,
-    /// `sector_size` (crypt).
+    /// `sector_size` (crypt; 512 for another type without one).
     pub sector_size: u32,
+    /// Whether the object holds `sector_size` (the dump shows it then).
+    pub has_sector_size: bool,
     /// `integrity.type`, when present.
     pub integrity: Option<String>,
     /// `flags`.
     pub flags: Vec<String>,
 }
 
-/// A `pbkdf2` digest: which key slots and segments share a volume key, and its check value.
+/// A digest: which key slots and segments share a volume key, and how to check it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digest {
     /// `keyslots`.
     pub keyslots: Vec<u32>,
     /// `segments`.
     pub segments: Vec<u32>,
-    /// `hash`.
-    pub hash: Hash,
-    /// `iterations`.
-    pub iterations: u32,
-    /// `salt`.
-    pub salt: Vec<u8>,
-    /// `digest`.
-    pub digest: Vec<u8>,
+    /// The check, by `type`.
+    pub kind: DigestKind,
+}
+
+/// A digest's `type` and its fields. cryptsetup's header validation checks only `type`,
+/// `keyslots` and `segments`; the rest is read when the digest verifies a key, so an
+/// unusable value is kept and fails that verification, naming the digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DigestKind {
+    /// `type: pbkdf2`.
+    Pbkdf2 {
+        /// `hash`.
+        hash: Hash,
+        /// `iterations` (0 kept: the verification fails).
+        iterations: u32,
+        /// `salt`; `None` when not base64.
+        salt: Option<Vec<u8>>,
+        /// `digest`; `None` when not base64.
+        digest: Option<Vec<u8>>,
+    },
+    /// Any other type, by name (no handler: it verifies nothing).
+    Other(String),
 }
 
 /// A token (kept by type; dmemu runs no token handler).
@@ -113,6 +143,8 @@ pub struct Token {
     pub kind: String,
     /// `keyslots`.
     pub keyslots: Vec<u32>,
+    /// `key_description` of a `luks2-keyring` token (its built-in dump shows it).
+    pub key_description: Option<String>,
 }
 
 /// `config`.
@@ -177,9 +209,13 @@ fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
         return reencrypt::parse(o).map(Keyslot::Reencrypt);
     }
     if kind != "luks2" {
-        return Ok(Keyslot::Other { kind: kind.into() });
+        return Ok(Keyslot::Other {
+            kind: kind.into(),
+            key_size: o.map.get("key_size").and_then(Value::as_i64),
+            priority: priority(o).unwrap_or(Some(0)),
+        });
     }
-    let key_size = o.u32n("key_size", 1)?;
+    let key_size = o.u32n("key_size", 0)?;
     if key_size > MAX_KEY_BYTES {
         return Err(o.err("key_size", format!("{key_size} > {MAX_KEY_BYTES}")));
     }
@@ -226,14 +262,16 @@ fn keyslot(o: &Obj<'_>) -> Result<Keyslot> {
             memory_kib: k.u32n("memory", 1)?,
             cpus: k.u32n("cpus", 1)?,
         },
+        // luks2_keyslot_validate checks no field of another type; its dump prints
+        // `time`, `memory` and `cpus` (json_object_get_int64: 0 when absent).
         t => {
-            return Err(k.err(
-                "type",
-                format!(
-                    "unknown KDF {} (known: pbkdf2, argon2i, argon2id)",
-                    crate::error::quote(t)
-                ),
-            ))
+            let int = |key: &str| k.map.get(key).and_then(Value::as_i64).unwrap_or(0);
+            Kdf::Unsupported {
+                name: t.into(),
+                time: int("time"),
+                memory: int("memory"),
+                cpus: int("cpus"),
+            }
         }
     };
     Ok(Keyslot::Luks2(Luks2Keyslot {
@@ -261,13 +299,19 @@ fn segment(o: &Obj<'_>) -> Result<Segment> {
         return Err(o.err("size", "0 (a segment has a size or is dynamic)"));
     }
     let crypt = kind == "crypt";
-    let sector_size = if crypt {
+    let has_sector_size = o.map.contains_key("sector_size");
+    let sector_size = if crypt || has_sector_size {
         o.u32n("sector_size", 512)?
     } else {
         512
     };
-    if !matches!(sector_size, 512 | 1024 | 2048 | 4096) {
-        return Err(o.err("sector_size", format!("{sector_size} is not 512..4096")));
+    // hdr_validate_crypt_segment: `!sector_size || MISALIGNED_512(sector_size)`; what
+    // dm-crypt takes (a power of two up to 4096) is checked at activation.
+    if sector_size % 512 != 0 {
+        return Err(o.err(
+            "sector_size",
+            format!("{sector_size} is not a multiple of 512"),
+        ));
     }
     let offset = o.u64s("offset")?;
     if offset % 512 != 0 {
@@ -285,11 +329,12 @@ fn segment(o: &Obj<'_>) -> Result<Segment> {
     };
     Ok(Segment {
         iv_tweak: if crypt { o.u64s("iv_tweak")? } else { 0 },
-        encryption: if crypt {
+        encryption: if crypt || o.map.contains_key("encryption") {
             Some(o.str("encryption")?.into())
         } else {
             None
         },
+        has_sector_size,
         kind,
         offset,
         size,
@@ -301,27 +346,20 @@ fn segment(o: &Obj<'_>) -> Result<Segment> {
 
 fn digest(o: &Obj<'_>) -> Result<Digest> {
     let t = o.str("type")?;
-    if t != "pbkdf2" {
-        return Err(o.err(
-            "type",
-            format!(
-                "unknown digest type {} (known: pbkdf2)",
-                crate::error::quote(t)
-            ),
-        ));
-    }
-    let hash = o.hash("hash")?;
-    let digest = o.b64("digest")?;
-    if digest.len() > hash.digest_len() {
-        return Err(o.err("digest", format!("longer than a {hash} digest")));
-    }
+    let kind = if t == "pbkdf2" {
+        DigestKind::Pbkdf2 {
+            hash: o.hash("hash")?,
+            iterations: o.u32n("iterations", 0)?,
+            salt: o.b64("salt")?,
+            digest: o.b64("digest")?,
+        }
+    } else {
+        DigestKind::Other(t.into())
+    };
     Ok(Digest {
-        keyslots: o.ids("keyslots", MAX_OBJECTS)?,
+        keyslots: o.ids("keyslots", MAX_KEYSLOT_ID)?,
         segments: o.ids("segments", MAX_OBJECTS)?,
-        hash,
-        iterations: o.u32n("iterations", 1)?,
-        salt: o.b64("salt")?,
-        digest,
+        kind,
     })
 }
 
@@ -366,13 +404,20 @@ impl Metadata {
             digests: BTreeMap::new(),
             config,
         };
-        for (id, o) in top.section("keyslots", MAX_OBJECTS)? {
+        for (id, o) in top.section("keyslots", MAX_KEYSLOT_ID)? {
             m.keyslots.insert(id, keyslot(&o)?);
         }
         for (id, o) in top.section("tokens", MAX_OBJECTS)? {
+            let kind = o.str("type")?;
+            let key_description = match o.map.get("key_description") {
+                Some(Value::String(d)) if kind == "luks2-keyring" => Some(d.clone()),
+                Some(v) if kind == "luks2-keyring" => Some(v.to_string()),
+                _ => None,
+            };
             let token = Token {
-                kind: o.str("type")?.into(),
-                keyslots: o.ids("keyslots", MAX_OBJECTS)?,
+                kind: kind.into(),
+                keyslots: o.ids("keyslots", MAX_KEYSLOT_ID)?,
+                key_description,
             };
             m.tokens.insert(id, token);
         }
