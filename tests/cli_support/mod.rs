@@ -34,8 +34,8 @@ pub fn dmemu(args: &[&str], stdin: &[u8]) -> Output {
     dmemu_in(Path::new("."), args, stdin)
 }
 
-/// Decompress the fixture `tests/fixtures/<rel>.gz` into `dir`; the path written.
-pub fn unpack_fixture(dir: &std::path::Path, rel: &str) -> std::path::PathBuf {
+/// The bytes of the fixture `tests/fixtures/<rel>.gz`, decompressed.
+pub fn fixture_bytes(rel: &str) -> Vec<u8> {
     use std::io::Read;
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -44,6 +44,12 @@ pub fn unpack_fixture(dir: &std::path::Path, rel: &str) -> std::path::PathBuf {
     flate2::read::GzDecoder::new(std::fs::File::open(&src).unwrap())
         .read_to_end(&mut out)
         .unwrap();
+    out
+}
+
+/// Decompress the fixture `tests/fixtures/<rel>.gz` into `dir`; the path written.
+pub fn unpack_fixture(dir: &std::path::Path, rel: &str) -> std::path::PathBuf {
+    let out = fixture_bytes(rel);
     let name = std::path::Path::new(rel).file_name().unwrap();
     let p = dir.join(name);
     std::fs::write(&p, out).unwrap();

@@ -236,6 +236,55 @@ pub fn walk(
     walk_located(dev, root, value_size, &mut |k, v, _| visit(k, v))
 }
 
+/// Which key and occupancy rules a walk applies beyond each node's own checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// A child's keys must stay below its parent's next key (`lookup` could not reach
+    /// them otherwise). thin_dump 0.9 and thin_check 0.9 do not check it.
+    pub upper_bound: bool,
+    /// A non-root node holds at least a third of its `max_entries` (thin_check and
+    /// thin_dump 0.9: "too few entries in btree_node").
+    pub min_entries: bool,
+}
+
+impl Rules {
+    /// `walk`'s rules: the parent's range, no occupancy check.
+    pub const RANGE: Rules = Rules {
+        upper_bound: true,
+        min_entries: false,
+    };
+    /// thin_dump 0.9's (`btree_node_checker` and its key checks): a child's lowest key at
+    /// or above its parent key ("parent key mismatch"), keys ascending across leaves
+    /// ("the last key of the previous leaf"), non-root nodes a third full.
+    pub const THIN_TOOLS: Rules = Rules {
+        upper_bound: false,
+        min_entries: true,
+    };
+    /// What `thin check` applies: both.
+    pub const STRICT: Rules = Rules {
+        upper_bound: true,
+        min_entries: true,
+    };
+}
+
+/// `walk` with `rules`.
+pub fn walk_with(
+    dev: &MetaDev,
+    root: u64,
+    value_size: usize,
+    rules: Rules,
+    visit: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut w = Walk {
+        dev,
+        value_size,
+        rules,
+        seen: HashSet::new(),
+        last: None,
+    };
+    w.node(root, 0, (0, None), None, &mut |k, v, _| visit(k, v))
+}
+
 /// Where a value lies: its leaf block and byte offset in it (for errors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct At {
@@ -255,8 +304,14 @@ pub fn walk_located(
     value_size: usize,
     visit: &mut LocatedVisit<'_>,
 ) -> Result<()> {
-    let mut seen = HashSet::new();
-    walk_node(dev, root, value_size, 0, (0, None), None, &mut seen, visit)
+    let mut w = Walk {
+        dev,
+        value_size,
+        rules: Rules::RANGE,
+        seen: HashSet::new(),
+        last: None,
+    };
+    w.node(root, 0, (0, None), None, visit)
 }
 
 /// Name the pointer that led to a node that could not be read: the parent node and the
@@ -298,59 +353,92 @@ fn in_range(block: u64, (first, last): (u64, u64), (lo, hi): (u64, Option<u64>))
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn walk_node(
-    dev: &MetaDev,
-    block: u64,
+/// One walk's state: the nodes seen (a node twice is a cycle or a node shared inside one
+/// tree) and the last key visited (keys ascend across leaves).
+struct Walk<'a> {
+    dev: &'a MetaDev,
     value_size: usize,
-    depth: usize,
-    (lo, hi): (u64, Option<u64>),
-    parent: Option<(u64, usize, usize)>,
-    seen: &mut HashSet<u64>,
-    visit: &mut LocatedVisit<'_>,
-) -> Result<()> {
-    if depth >= MAX_DEPTH {
-        return Err(corrupt(
-            "btree depth",
-            block,
-            0,
-            format_args!("tree deeper than {MAX_DEPTH} levels"),
-        ));
-    }
-    if !seen.insert(block) {
-        return Err(corrupt(
-            "btree child pointer",
-            block,
-            0,
-            "node reached twice in one tree (cycle)",
-        ));
-    }
-    let node = read_node(dev, block, value_size).map_err(|e| via(e, parent))?;
-    if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
-        in_range(block, (first, last), (lo, hi))?;
-    }
-    for i in 0..node.keys.len() {
-        if node.leaf {
-            let at = At {
+    rules: Rules,
+    seen: HashSet<u64>,
+    last: Option<u64>,
+}
+
+impl Walk<'_> {
+    fn node(
+        &mut self,
+        block: u64,
+        depth: usize,
+        (lo, hi): (u64, Option<u64>),
+        parent: Option<(u64, usize, usize)>,
+        visit: &mut LocatedVisit<'_>,
+    ) -> Result<()> {
+        if depth >= MAX_DEPTH {
+            return Err(corrupt(
+                "btree depth",
                 block,
-                offset: HEADER_SIZE + 8 * node.max_entries + i * node.value_size,
-            };
-            visit(node.keys[i], node.value(i), at)?;
-        } else {
-            let range = (node.keys[i], node.keys.get(i + 1).copied().or(hi));
-            walk_node(
-                dev,
-                node.child(i),
-                value_size,
-                depth + 1,
-                range,
-                Some((block, i, HEADER_SIZE + 8 * node.max_entries + 8 * i)),
-                seen,
-                visit,
-            )?;
+                0,
+                format_args!("tree deeper than {MAX_DEPTH} levels"),
+            ));
         }
+        if !self.seen.insert(block) {
+            return Err(corrupt(
+                "btree child pointer",
+                block,
+                0,
+                "node reached twice in one tree (cycle)",
+            ));
+        }
+        let node = read_node(self.dev, block, self.value_size).map_err(|e| via(e, parent))?;
+        if self.rules.min_entries && depth > 0 && node.keys.len() < node.max_entries / 3 {
+            return Err(corrupt(
+                "btree node nr_entries",
+                block,
+                16,
+                format_args!(
+                    "{} entries, a non-root node holds at least {} (a third of max_entries {})",
+                    node.keys.len(),
+                    node.max_entries / 3,
+                    node.max_entries
+                ),
+            ));
+        }
+        if let (Some(&first), Some(&last)) = (node.keys.first(), node.keys.last()) {
+            let hi = if self.rules.upper_bound { hi } else { None };
+            in_range(block, (first, last), (lo, hi))?;
+            if node.leaf {
+                if let Some(prev) = self.last.filter(|&p| first <= p) {
+                    return Err(corrupt(
+                        "btree node keys",
+                        block,
+                        HEADER_SIZE,
+                        format_args!(
+                            "first key {first} is not above the previous leaf's last key {prev}"
+                        ),
+                    ));
+                }
+                self.last = Some(last);
+            }
+        }
+        for i in 0..node.keys.len() {
+            if node.leaf {
+                let at = At {
+                    block,
+                    offset: HEADER_SIZE + 8 * node.max_entries + i * node.value_size,
+                };
+                visit(node.keys[i], node.value(i), at)?;
+            } else {
+                let range = (node.keys[i], node.keys.get(i + 1).copied().or(hi));
+                self.node(
+                    node.child(i),
+                    depth + 1,
+                    range,
+                    Some((block, i, HEADER_SIZE + 8 * node.max_entries + 8 * i)),
+                    visit,
+                )?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Look `key` up in the tree at `root` (`dm_btree_lookup`): the value, or `None`.

@@ -637,7 +637,8 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
                 report_damage(&s.damage);
                 s.pool.dump_xml()
             } else {
-                snap_or_live(open(&metadata)?, metadata_snap)?.dump_xml()?
+                let md = Metadata::open_for_dump(Arc::new(MmapVolume::open(&metadata)?))?;
+                snap_or_live(md, metadata_snap)?.dump_xml()?
             }
         }
         ThinCommand::Restore {

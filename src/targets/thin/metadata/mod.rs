@@ -131,6 +131,37 @@ pub struct Metadata {
 impl Metadata {
     /// Open the metadata on `volume`: read and check the superblock (`__open_metadata`).
     pub fn open(volume: SharedVolume) -> Result<Metadata> {
+        let (dev, buf) = Metadata::superblock_block(volume)?;
+        block::check(&buf, 0, Kind::Superblock)?;
+        let sb = Superblock::parse(&buf, 0)?;
+        Ok(Metadata::with(dev, sb))
+    }
+
+    /// Open as thin_dump 0.9 does: the superblock's checksum is checked, not its blocknr,
+    /// magic, metadata block size or incompat flags (which the kernel and [`Metadata::open`]
+    /// refuse); for dumping what such a superblock holds.
+    pub fn open_for_dump(volume: SharedVolume) -> Result<Metadata> {
+        let (dev, buf) = Metadata::superblock_block(volume)?;
+        let want = block::checksum(&buf[4..], block::SUPERBLOCK_CSUM_XOR);
+        let got = le32(&buf, 0);
+        if got != want {
+            return Err(corrupt(
+                "thin superblock",
+                0,
+                0,
+                format_args!("checksum {got:#010x}, computed {want:#010x}"),
+            ));
+        }
+        let mut sb = Superblock::fields(&buf);
+        if le64(&buf, 8) != 0 {
+            // thin_dump 0.9 reads a superblock its validator refuses (the blocknr) without
+            // opening the data space map, and prints nr_data_blocks="0".
+            sb.data_sm.nr_blocks = 0;
+        }
+        Ok(Metadata::with(dev, sb))
+    }
+
+    fn superblock_block(volume: SharedVolume) -> Result<(MetaDev, Vec<u8>)> {
         let dev = MetaDev::new(volume);
         let buf = dev.read_raw(0, "thin superblock")?;
         if buf.iter().all(|&b| b == 0) {
@@ -141,14 +172,16 @@ impl Metadata {
                 "all zeroes: unformatted metadata (the kernel would format it)",
             ));
         }
-        block::check(&buf, 0, Kind::Superblock)?;
-        let sb = Superblock::parse(&buf, 0)?;
+        Ok((dev, buf))
+    }
+
+    fn with(dev: MetaDev, sb: Superblock) -> Metadata {
         let nr_data_blocks = sb.data_sm.nr_blocks;
-        Ok(Metadata {
+        Metadata {
             dev,
             sb,
             nr_data_blocks,
-        })
+        }
     }
 
     /// The committed superblock.
@@ -282,6 +315,24 @@ impl Metadata {
     /// and compare with both space maps. The problems found, empty when all agree.
     pub fn check(&self) -> Result<Vec<String>> {
         let sb = &self.sb;
+        // The trees' key rules first (thin_check's and the lookups'): every child's keys
+        // inside its parent's range, ascending across leaves, non-root nodes a third full.
+        let strict = btree::Rules::STRICT;
+        btree::walk_with(
+            &self.dev,
+            sb.device_details_root,
+            DETAILS_SIZE,
+            strict,
+            &mut |_, _| Ok(()),
+        )?;
+        let mut roots = Vec::new();
+        btree::walk_with(&self.dev, sb.data_mapping_root, 8, strict, &mut |_, v| {
+            roots.push(le64(v, 0));
+            Ok(())
+        })?;
+        for root in roots {
+            btree::walk_with(&self.dev, root, 8, strict, &mut |_, _| Ok(()))?;
+        }
         let mut rc = RefCounts::default();
         let mut seen = std::collections::HashSet::new();
         rc.meta.insert(0, 1);
@@ -445,8 +496,26 @@ impl Metadata {
             data_block_size: sb.data_block_size,
             nr_data_blocks: sb.data_sm.nr_blocks,
         });
-        let details = self.devices()?;
-        for (dev_id, root) in self.device_roots()? {
+        // thin_dump's key rules, not the lookups' (a child key at or above its parent's
+        // next key is printed).
+        let rules = btree::Rules::THIN_TOOLS;
+        let mut details = BTreeMap::new();
+        btree::walk_with(
+            &self.dev,
+            sb.device_details_root,
+            DETAILS_SIZE,
+            rules,
+            &mut |k, v| {
+                details.insert(k, DeviceDetails::parse(v));
+                Ok(())
+            },
+        )?;
+        let mut roots = Vec::new();
+        btree::walk_with(&self.dev, sb.data_mapping_root, 8, rules, &mut |k, v| {
+            roots.push((k, le64(v, 0)));
+            Ok(())
+        })?;
+        for (dev_id, root) in roots {
             let d = details.get(&dev_id).ok_or_else(|| {
                 corrupt(
                     "device details",
@@ -456,7 +525,7 @@ impl Metadata {
                 )
             })?;
             w.device(dev_id, d);
-            btree::walk(&self.dev, root, 8, &mut |k, v| {
+            btree::walk_with(&self.dev, root, 8, rules, &mut |k, v| {
                 w.mapping(k, BlockTime::unpack(le64(v, 0)));
                 Ok(())
             })?;

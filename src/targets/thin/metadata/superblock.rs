@@ -65,26 +65,7 @@ impl Superblock {
                 format_args!("{magic}, wanted {MAGIC}"),
             ));
         }
-        let mut uuid = [0; 16];
-        uuid.copy_from_slice(&b[16..32]);
-        let sb = Superblock {
-            flags: le32(b, 4),
-            uuid,
-            version: le32(b, 40),
-            time: le32(b, 44),
-            transaction_id: le64(b, 48),
-            held_root: le64(b, 56),
-            data_sm: SmRoot::parse(b, 64),
-            metadata_sm: SmRoot::parse(b, 192),
-            data_mapping_root: le64(b, 320),
-            device_details_root: le64(b, 328),
-            data_block_size: le32(b, 336),
-            metadata_block_size: le32(b, 340),
-            metadata_nr_blocks: le64(b, 344),
-            compat_flags: le32(b, 352),
-            compat_ro_flags: le32(b, 356),
-            incompat_flags: le32(b, 360),
-        };
+        let sb = Superblock::fields(b);
         if sb.incompat_flags != 0 {
             return Err(corrupt(
                 "thin superblock incompat_flags",
@@ -105,6 +86,33 @@ impl Superblock {
             ));
         }
         Ok(sb)
+    }
+
+    /// Decode a superblock's fields without checking any (thin_dump 0.9 checks only the
+    /// checksum: it prints a superblock with another magic, blocknr, metadata block size
+    /// or incompat flags).
+    #[must_use]
+    pub fn fields(b: &[u8]) -> Superblock {
+        let mut uuid = [0; 16];
+        uuid.copy_from_slice(&b[16..32]);
+        Superblock {
+            flags: le32(b, 4),
+            uuid,
+            version: le32(b, 40),
+            time: le32(b, 44),
+            transaction_id: le64(b, 48),
+            held_root: le64(b, 56),
+            data_sm: SmRoot::parse(b, 64),
+            metadata_sm: SmRoot::parse(b, 192),
+            data_mapping_root: le64(b, 320),
+            device_details_root: le64(b, 328),
+            data_block_size: le32(b, 336),
+            metadata_block_size: le32(b, 340),
+            metadata_nr_blocks: le64(b, 344),
+            compat_flags: le32(b, 352),
+            compat_ro_flags: le32(b, 356),
+            incompat_flags: le32(b, 360),
+        }
     }
 
     /// Whether `needs_check` is set.
