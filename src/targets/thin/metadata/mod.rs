@@ -133,7 +133,7 @@ impl Metadata {
     pub fn open(volume: SharedVolume) -> Result<Metadata> {
         let dev = MetaDev::new(volume);
         let buf = dev.read_raw(0, "thin superblock")?;
-        if buf.iter().all(|&b| b == 0) {
+        if crate::volume::is_zero(&buf) {
             return Err(corrupt(
                 "thin superblock",
                 0,
