@@ -6,9 +6,11 @@
 #      jobs at queue depth 8), IOPS: dmemu >= 1.0 x nbdkit;
 #   3. an aes-xts-plain64 crypt device (AES-256, 4 KiB sectors) read through NBD (nbdcopy)
 #      against `dmemu read` of the same table to /dev/null: >= 0.8;
+#   (3 also prints the client's ceiling: nbdkit's null plugin read by `nbdcopy --no-extents`)
 #   4. FUSE sequential read (`dd bs=1M` of the mounted file) against nbdcopy of the same
 #      linear device through NBD: >= 0.7.
-# Wall clock, best of RUNS, the image in the page cache: run it on a quiet machine.
+# Wall clock, best of RUNS, the image in the page cache: run it on a quiet machine (or under
+# `chrt -f 50`, which puts it ahead of other work on the machine).
 # Usage: benches/nbd_vs_nbdkit.sh [MiB, default 1024] [runs, default 3] [fio seconds, default 10]
 # Needs nbdkit, nbdcopy (libnbd-bin), fio (with its nbd engine) and fuse3 for part 4.
 set -euo pipefail
@@ -66,6 +68,9 @@ fio_theirs=$(nbdkit -r -U - file "$work/a.img" --run 'sh "$work/fio.sh" "$uri"' 
 # 3. crypt: through NBD against dmemu read.
 crypt_nbd=$(best "$dmemu" serve --read-only --table "$work/c" --run "$copy")
 crypt_read=$(best "$dmemu" read --table "$work/c" -o /dev/null)
+# The client's own ceiling: nbdkit's null plugin does no work per request, and without
+# extents nbdcopy reads every byte, so this is what the transport into nbdcopy can carry.
+ceiling=$(best nbdkit -r -U - null "$((mib << 20))" --run 'nbdcopy --no-extents "$uri" null:')
 
 # 4. FUSE against NBD on the linear device.
 fuse=""
@@ -79,6 +84,8 @@ printf "%-44s %10s %10s   %s\n" "" "dmemu" "peer" "ratio"
 line "1. nbdcopy seq read MB/s (peer: nbdkit file)" "$(mbps "$ours")" "$(mbps "$theirs")" 1.0
 line "2. fio 4k randread 4 conns IOPS (nbdkit)" "$fio_ours" "$fio_theirs" 1.0
 line "3. crypt MB/s, NBD (peer: dmemu read)" "$(mbps "$crypt_nbd")" "$(mbps "$crypt_read")" 0.8
+awk -v c="$(mbps "$ceiling")" -v r="$(mbps "$crypt_read")" -v n="$(mbps "$crypt_nbd")" 'BEGIN {
+  printf "   nbdcopy ceiling (nbdkit null, no extents) %10.0f MB/s = %.2f x dmemu read; crypt NBD = %.2f x ceiling\n", c, c / r, n / c }'
 if [ -n "$fuse" ]; then
   line "4. seq read MB/s, FUSE (peer: NBD)" "$(mbps "$fuse")" "$(mbps "$ours")" 0.7
 else

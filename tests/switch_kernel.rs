@@ -256,12 +256,24 @@ fn flushes_reach_no_path_and_fua_writes_pass_down_as_the_kernel_does() {
             Arc::new(LogWrites::over(data, log.clone(), SectorCount(2048)))
         })
         .collect();
-    let sw = Switch::over(
+    let switch = Switch::over(
         paths.iter().map(|p| p.clone() as SharedVolume).collect(),
         &args,
         SectorCount(2048),
     )
     .unwrap();
+    // Through a table, as dm core sends it: the table's flush asks the target whether it
+    // takes flushes at all.
+    let sw = dmemu::mapped_device::LoadedTable::from_segments(
+        "sw",
+        t.clone(),
+        TableMode::ReadWrite,
+        vec![dmemu::mapped_device::Segment {
+            start: Sector(0),
+            len: SectorCount(2048),
+            target: Arc::new(switch),
+        }],
+    );
     let both = |mark: &str, statuses: &mut std::vec::IntoIter<&str>| {
         for (i, p) in paths.iter().enumerate() {
             p.message(&["mark", mark]).unwrap();

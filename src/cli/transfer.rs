@@ -22,7 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount, SECTOR_SIZE};
 use crate::volume::copy::{self, CopyOptions};
-use crate::volume::{check_range, ImageFile, Volume};
+use crate::volume::{check_range, is_zero, ImageFile, Volume};
 
 /// Transfers of at least this many bytes show a progress bar, when stderr is a terminal.
 pub const PROGRESS_MIN_BYTES: u64 = 8 << 20;
@@ -227,10 +227,6 @@ impl Sink {
             Sink::File { file, .. } => file.file().set_len(len),
         }
     }
-}
-
-fn is_zero(b: &[u8]) -> bool {
-    b.iter().fold(0u8, |acc, &x| acc | x) == 0
 }
 
 fn write_at(file: &File, direct: Option<&File>, b: &[u8], pos: u64) -> io::Result<()> {

@@ -520,21 +520,23 @@ impl Volume for LoadedTable {
         self.write_pieces(sector, buf, |t, rel, piece| t.write(rel, piece))
     }
 
+    /// Every line whose target takes flushes (`Target::takes_flushes`, the kernel's
+    /// `num_flush_bios`), side by side when the table is concurrent.
     fn flush(&self) -> Result<()> {
+        let mut lines = self
+            .segments
+            .iter()
+            .filter(|seg| seg.target.takes_flushes());
         if self.concurrent && self.segments.len() > 1 {
             return run_all(
-                self.segments
-                    .iter()
+                lines
                     .map(|seg| -> Box<dyn FnOnce() -> Result<()> + Send + '_> {
                         Box::new(move || seg.target.flush())
                     })
                     .collect(),
             );
         }
-        for seg in &self.segments {
-            seg.target.flush()?;
-        }
-        Ok(())
+        lines.try_for_each(|seg| seg.target.flush())
     }
 
     fn discard(&self, sector: Sector, count: SectorCount) -> Result<()> {

@@ -192,7 +192,7 @@ impl CloneArgs {
         }
         Error::Unsupported {
             target: "clone",
-            op: if sb.iter().all(|&b| b == 0) {
+            op: if crate::volume::is_zero(&sb) {
                 "I/O (clone is parsed and printed, not executed; its metadata would be formatted)"
             } else {
                 "I/O (clone is parsed and printed, not executed)"
@@ -203,7 +203,7 @@ impl CloneArgs {
     /// `sb_check` and `__open_metadata`'s size check on the superblock `sb` (all zeros:
     /// not formatted, nothing to check).
     fn check_superblock(&self, sb: &[u8], len: SectorCount) -> Result<(), Error> {
-        if sb.iter().all(|&b| b == 0) {
+        if crate::volume::is_zero(sb) {
             return Ok(());
         }
         let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().unwrap_or([0; 4]));

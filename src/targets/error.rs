@@ -55,7 +55,7 @@ impl Volume for ErrorTarget {
         check_io(self.size, sector, buf.len())?;
         Err(fail())
     }
-    /// No `num_flush_bios`: the flush completes at the dm core without reaching the target.
+    /// Nothing to flush (and a table never calls it: no `num_flush_bios`).
     fn flush(&self) -> Result<()> {
         Ok(())
     }
@@ -76,4 +76,8 @@ impl Volume for ErrorTarget {
     }
 }
 
-impl Target for ErrorTarget {}
+impl Target for ErrorTarget {
+    fn takes_flushes(&self) -> bool {
+        false
+    }
+}

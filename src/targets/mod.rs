@@ -92,6 +92,14 @@ pub trait Target: Volume + Any {
         false
     }
 
+    /// Whether dm core sends the target flushes (its constructor sets `num_flush_bios`).
+    /// A table's flush skips lines whose target says no, and an empty flush to a device
+    /// of only such lines completes at once, as in 6.12 (switch, unstriped and error set
+    /// none). The target's own `flush` is then never reached through a table.
+    fn takes_flushes(&self) -> bool {
+        true
+    }
+
     /// `presuspend`: the device is about to suspend; new I/O will wait and in-flight I/O
     /// must be able to finish (delay releases every held request).
     fn presuspend(&self) {}

@@ -409,9 +409,10 @@ impl Volume for Switch {
         })
     }
 
-    /// No `num_flush_bios`: dm core completes the flush without sending it to any path.
+    /// Every path. A table never calls it: switch sets no `num_flush_bios`
+    /// (`takes_flushes`), so dm core completes the flush without sending it to any path.
     fn flush(&self) -> Result<()> {
-        Ok(())
+        self.paths.iter().try_for_each(|path| path.device.flush())
     }
 
     /// The whole range down the path of its first sector, as dm core sends it.
@@ -440,6 +441,10 @@ impl Volume for Switch {
 
 /// STATUSTYPE_INFO prints nothing; `set_region_mappings` is the one message.
 impl Target for Switch {
+    fn takes_flushes(&self) -> bool {
+        false
+    }
+
     fn message(&self, argv: &[&str]) -> Result<String> {
         match argv.first() {
             Some(w) if w.eq_ignore_ascii_case("set_region_mappings") => {

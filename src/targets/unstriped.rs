@@ -192,11 +192,12 @@ impl Volume for Unstriped {
         })
     }
 
-    /// unstripe_ctr sets no `num_flush_bios`: dm core sends the target no flush and the
-    /// empty flush completes at once, so the device never sees one (a FUA write still goes
-    /// down as FUA). Kernel fixture: tests/fixtures/remap/kernel-6.12-flush.txt.
+    /// The device's flush. A table never calls it: unstripe_ctr sets no `num_flush_bios`
+    /// (`takes_flushes`), so the empty flush completes at once and the device never sees
+    /// one (a FUA write still goes down as FUA). Kernel fixture:
+    /// tests/fixtures/remap/kernel-6.12-flush.txt.
     fn flush(&self) -> Result<()> {
-        Ok(())
+        self.device.flush()
     }
 
     /// unstripe_ctr sets no `num_discard_bios`: the device takes no discards.
@@ -222,4 +223,8 @@ impl Volume for Unstriped {
 }
 
 /// STATUSTYPE_INFO prints nothing: the default status.
-impl Target for Unstriped {}
+impl Target for Unstriped {
+    fn takes_flushes(&self) -> bool {
+        false
+    }
+}

@@ -67,4 +67,9 @@ impl Volume for Zero {
     }
 }
 
-impl Target for Zero {}
+/// zero_ctr sets no `num_flush_bios`: a table's flush skips the line.
+impl Target for Zero {
+    fn takes_flushes(&self) -> bool {
+        false
+    }
+}

@@ -259,6 +259,15 @@ impl Extents {
     }
 }
 
+/// Whether every byte of `b` is zero: an OR over 4 KiB pieces, which the compiler
+/// vectorises (a byte-by-byte `all`, with its exit test per byte, ran at a fraction of
+/// memory speed and capped NBD reads of holes), stopping at the first piece that is not.
+#[must_use]
+pub fn is_zero(b: &[u8]) -> bool {
+    b.chunks(4096)
+        .all(|piece| piece.iter().fold(0u8, |acc, &x| acc | x) == 0)
+}
+
 /// Largest zero buffer the default `write_zeroes` writes at once (1 MiB).
 pub const ZERO_CHUNK: usize = 1 << 20;
 
@@ -325,6 +334,19 @@ pub fn chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_zero_sees_one_set_byte_anywhere() {
+        assert!(is_zero(&[]));
+        for len in [1, 4095, 4096, 4097, 3 * 4096 + 17] {
+            assert!(is_zero(&vec![0u8; len]), "{len}");
+            for at in [0, len / 2, len - 1] {
+                let mut b = vec![0u8; len];
+                b[at] = 0x80;
+                assert!(!is_zero(&b), "{len} {at}");
+            }
+        }
+    }
 
     #[test]
     fn chunks_split_at_boundaries() {

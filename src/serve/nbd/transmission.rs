@@ -9,7 +9,7 @@ use super::options::Session;
 use super::reply::{self, errno, Failure, Last};
 use super::{be_u16, be_u32, be_u64, protocol_error, skip, Stopping, MAX_REQUEST, REQUEST_MAGIC};
 use crate::serve::export::{Durability, ZeroSpeed};
-use crate::volume::{Allocation, Unmap};
+use crate::volume::{is_zero, Allocation, Unmap};
 
 const CMD_READ: u16 = 0;
 const CMD_WRITE: u16 = 1;
@@ -310,8 +310,7 @@ fn read_chunks(w: &mut impl Write, s: &Session, req: &Request, data: &[u8]) -> i
         for (n, state) in runs {
             let n = n.min(len - at);
             let range = usize::try_from(at).unwrap_or(0)..usize::try_from(at + n).unwrap_or(0);
-            let hole =
-                state == Allocation::Hole && n >= MIN_HOLE && data[range].iter().all(|&b| b == 0);
+            let hole = state == Allocation::Hole && n >= MIN_HOLE && is_zero(&data[range]);
             push(at, n, hole);
             at += n;
         }

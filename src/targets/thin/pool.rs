@@ -544,7 +544,7 @@ impl Pool {
     ) -> Result<Pool> {
         check_range(data.size(), Sector(0), len)?;
         let mdev = MetaDev::new(Arc::clone(&meta));
-        if mdev.read_raw(0, "thin superblock")?.iter().all(|&b| b == 0) {
+        if crate::volume::is_zero(&mdev.read_raw(0, "thin superblock")?) {
             // __open_or_format_metadata: an all-zero superblock means a new pool, which
             // only a writable pool may format (-EPERM otherwise).
             if args.features.read_only {

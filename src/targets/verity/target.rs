@@ -376,6 +376,12 @@ impl Volume for Verity {
 }
 
 impl Target for Verity {
+    /// verity_ctr sets no `num_flush_bios`: a table's flush never reaches the data or
+    /// hash device.
+    fn takes_flushes(&self) -> bool {
+        false
+    }
+
     /// STATUSTYPE_INFO in 6.12: `V`, or `C` once a corruption has been seen.
     fn status(&self) -> String {
         if self.is_corrupted() { "C" } else { "V" }.to_string()

@@ -164,7 +164,7 @@ impl Metadata {
     fn superblock_block(volume: SharedVolume) -> Result<(MetaDev, Vec<u8>)> {
         let dev = MetaDev::new(volume);
         let buf = dev.read_raw(0, "thin superblock")?;
-        if buf.iter().all(|&b| b == 0) {
+        if crate::volume::is_zero(&buf) {
             return Err(corrupt(
                 "thin superblock",
                 0,
