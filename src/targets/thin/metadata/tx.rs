@@ -24,9 +24,10 @@
 //! `blocknr`, node header, value size, key order, keys inside the parent's range, depth),
 //! and a count that would go below zero is corrupt metadata, not a panic.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::block_map::BlockMap;
 use crate::error::{Error, Result};
 
 use super::block::{
@@ -210,7 +211,7 @@ struct Sm {
     index: Vec<IndexEntry>,
     nr_blocks: u64,
     /// Current counts of the blocks this transaction touched.
-    counts: HashMap<u64, u32>,
+    counts: BlockMap<u32>,
     allocated: u64,
     /// Where the next free block search starts (`begin`).
     cursor: u64,
@@ -235,7 +236,7 @@ impl Sm {
             committed: root,
             index: sm.index,
             nr_blocks: root.nr_blocks,
-            counts: HashMap::new(),
+            counts: BlockMap::default(),
             allocated: root.nr_allocated,
             cursor,
         })
@@ -546,9 +547,9 @@ pub struct Tx {
     meta: Sm,
     data: Sm,
     /// Nodes allocated in this transaction.
-    nodes: HashMap<u64, Node>,
+    nodes: BlockMap<Node>,
     /// Other blocks to write (a metadata snapshot's superblock copy).
-    raw: HashMap<u64, Vec<u8>>,
+    raw: BlockMap<Vec<u8>>,
     /// The superblock being built (roots, time, transaction id, held root).
     pub sb: Superblock,
 }
@@ -579,8 +580,8 @@ impl Tx {
             cache,
             meta,
             data,
-            nodes: HashMap::new(),
-            raw: HashMap::new(),
+            nodes: BlockMap::default(),
+            raw: BlockMap::default(),
             sb: sb.clone(),
         })
     }
