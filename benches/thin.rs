@@ -3,7 +3,8 @@
 //! tests/fixtures/thin/restore-big-meta.img.gz) against linear reads of the same data
 //! volume; opening the pool (superblock, space map checks, details and top level: the
 //! mappings are read on demand) and opening it plus a first 4 KiB read; sequential 1 MiB
-//! reads of a fully mapped 256 MiB thin read on demand against linear;
+//! reads of a fully mapped 256 MiB thin read on demand against linear; the random reads
+//! again while a transaction is open (one block written, not committed);
 //! commits: after one new mapping on that pool, and after one changed mapping on a
 //! 200,000-mapping tree four snapshots share (incremental against laying out afresh).
 #![allow(missing_docs)]
@@ -14,7 +15,7 @@ use std::hint::black_box;
 use std::io::Read;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Bencher, Criterion, Throughput};
 use dmemu::table::args::Args;
 use dmemu::targets::linear::Linear;
 use std::collections::BTreeMap;
@@ -103,16 +104,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("thin_read_4k_random");
     g.throughput(Throughput::Bytes(4096));
     let mut buf = Aligned::new(4096);
-    g.bench_function("thin_mapped", |b| {
-        let mut r = xorshift();
-        b.iter(|| {
-            let x = r();
-            let v = mapped[usize::try_from(x % mapped.len() as u64).unwrap()];
-            let s = v * BLOCK + (x >> 32) % (BLOCK / 8) * 8;
-            thin.read(Sector(s), buf.buf(4096)).unwrap();
-            black_box(&buf);
-        })
-    });
+    g.bench_function("thin_mapped", |b| random_reads(b, &thin, &mapped, &mut buf));
     g.bench_function("linear", |b| {
         let mut r = xorshift();
         b.iter(|| {
@@ -124,6 +116,21 @@ fn bench(c: &mut Criterion) {
             black_box(&buf);
         })
     });
+    g.finish();
+
+    // The same reads while a transaction is open: one block written (provisioned) and
+    // not committed, so every lookup goes through the transaction.
+    let mut g = c.benchmark_group("thin_read_4k_random_pending_writes");
+    g.throughput(Throughput::Bytes(4096));
+    {
+        let meta: SharedVolume = Arc::new(MemVolume::from_bytes(meta_bytes.clone()).unwrap());
+        let pool = open_pool(&meta, &data, len);
+        let thin = Thin::over(Arc::clone(&pool), 1, SectorCount(virt.0 + BLOCK), None).unwrap();
+        thin.write(Sector((mapped.last().unwrap() + 1) * BLOCK), &[7; 4096])
+            .unwrap();
+        assert!(pool.mappings_loaded());
+        g.bench_function("thin_mapped", |b| random_reads(b, &thin, &mapped, &mut buf));
+    }
     g.finish();
 
     // A commit after one new mapping: dmemu rewrites the whole metadata (5 devices,
@@ -168,6 +175,18 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     sequential(c);
+}
+
+/// 4 KiB reads of `thin` at random offsets of random mapped blocks.
+fn random_reads(b: &mut Bencher<'_>, thin: &Thin, mapped: &[u64], buf: &mut Aligned) {
+    let mut r = xorshift();
+    b.iter(|| {
+        let x = r();
+        let v = mapped[usize::try_from(x % mapped.len() as u64).unwrap()];
+        let s = v * BLOCK + (x >> 32) % (BLOCK / 8) * 8;
+        thin.read(Sector(s), buf.buf(4096)).unwrap();
+        black_box(&*buf);
+    });
 }
 
 /// With `THIN_BENCH_META=PATH` (benches/thin_scale.sh sets it for each pool it makes) only

@@ -94,24 +94,11 @@ fn tail(line: &str) -> &str {
     line.splitn(4, ' ').nth(3).unwrap()
 }
 
-/// Pool status `ours` equals the kernel's `theirs` but in metadata usage, where dmemu's
-/// commits use no more blocks than the kernel's shadowing and splitting did, and in the
-/// held metadata snapshot's block, which both have (its number follows every earlier
-/// commit's allocations).
-fn assert_status_but_metadata(ours: &str, theirs: &str) {
-    let (o, t): (Vec<&str>, Vec<&str>) = (ours.split(' ').collect(), theirs.split(' ').collect());
-    assert_eq!(o.len(), t.len(), "{ours} / {theirs}");
-    for (i, (a, b)) in o.iter().zip(&t).enumerate() {
-        if i == 3 && *b != "-" {
-            assert!(a.parse::<u64>().is_ok_and(|h| h > 0), "{ours} / {theirs}");
-        } else if i == 1 {
-            let used = |s: &str| s.split('/').next().unwrap().parse::<u64>().unwrap();
-            assert!(used(a) <= used(b), "{ours} / {theirs}");
-            assert_eq!(a.split('/').nth(1), b.split('/').nth(1));
-        } else {
-            assert_eq!(a, b, "{ours} / {theirs}");
-        }
-    }
+/// Pool status `ours` is the kernel's `theirs`, metadata usage and the held metadata
+/// snapshot's block included: dmemu's btree inserts split and rebalance nodes as
+/// dm-btree's do and its space maps hand out blocks in the kernel's order.
+fn assert_status(ours: &str, theirs: &str) {
+    assert_eq!(ours, theirs);
 }
 
 /// reserve-kernel.txt (make-reserve.sh): the kernel's `KIND NAME` value.
@@ -174,13 +161,8 @@ fn replayed_kernel_script_gives_the_kernels_thin_contents_and_status() {
         let want = tail(&status[name]);
         assert_eq!(t.status(), want, "{name}");
     }
-    // Transaction id and data usage as the kernel's pool status; metadata usage differs
-    // (dmemu packs re-written leaves evenly, the kernel splits them as they fill).
-    let ours: Vec<String> = pool.status().split(' ').map(str::to_string).collect();
-    let theirs: Vec<&str> = status["pool"].split(' ').skip(3).collect();
-    assert_eq!(ours[0], theirs[0]);
-    assert_eq!(ours[2], theirs[2]);
-    assert_eq!(ours[3..], theirs[3..]);
+    // The kernel's pool status, metadata usage included.
+    assert_status(&pool.status(), tail(&status["pool"]));
     if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
         drop(thins);
         drop(pool);
@@ -535,10 +517,17 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
     assert_eq!(snap.dump_xml().unwrap(), live_then);
     assert_ne!(md.dump_xml().unwrap(), before);
     assert_consistent(&(img.meta.clone() as SharedVolume));
-    assert_status_but_metadata(
-        &pool.status(),
-        tail(&reserve_kernel("STATUS", "reserve-pool")),
-    );
+    // make-reserve.sh takes the images here, before the comparison with what the
+    // kernel reported on them.
+    let status = pool.status();
+    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
+        drop(thins);
+        drop(pool);
+        std::fs::write(format!("{dir}/reserve-meta.img"), img.meta.to_vec()).unwrap();
+        std::fs::write(format!("{dir}/reserve-data.img"), img.data.to_vec()).unwrap();
+        return;
+    }
+    assert_status(&status, tail(&reserve_kernel("STATUS", "reserve-pool")));
     assert_eq!(
         sha256_head(&thins[0].1, 8192),
         reserve_kernel("SHA256", "reserve-t0")
@@ -547,18 +536,11 @@ fn reserve_metadata_snap_keeps_the_mappings_of_that_moment() {
         sha256_head(&thins[1].1, 8192),
         reserve_kernel("SHA256", "reserve-t1")
     );
-    if let Ok(dir) = std::env::var("DMEMU_THIN_WRITE_OUT") {
-        drop(thins);
-        drop(pool);
-        std::fs::write(format!("{dir}/reserve-meta.img"), img.meta.to_vec()).unwrap();
-        std::fs::write(format!("{dir}/reserve-data.img"), img.data.to_vec()).unwrap();
-        return;
-    }
     msg(&pool, "release_metadata_snap");
     let mut b = b"kernel after release".to_vec();
     b.resize(4096, 0);
     thins[0].1.write(Sector(40 * 8), &b).unwrap();
-    assert_status_but_metadata(
+    assert_status(
         &pool.status(),
         tail(&reserve_kernel("STATUS", "reserve-released")),
     );

@@ -496,16 +496,17 @@ impl Found {
 
 /// One step of a cached descent: node `block`, checked as a node of a tree whose leaves
 /// hold `value_size`-byte values, whose keys must lie in `lo..hi`, reached through
-/// `parent` (named in read errors, as a walk names it); `path` holds the nodes above it.
+/// `parent` (named in read errors, as a walk names it); `path` holds the nodes above it
+/// in this descent, below `above` more.
 fn step(
     cache: &BlockCache,
     block: u64,
     value_size: usize,
     (lo, hi): (u64, Option<u64>),
     parent: Option<(u64, usize, usize)>,
-    path: &[u64],
+    (path, above): (&[u64], usize),
 ) -> Result<(Arc<Cached>, Shape)> {
-    if path.len() >= MAX_DEPTH {
+    if above + path.len() >= MAX_DEPTH {
         return Err(corrupt(
             "btree depth",
             block,
@@ -540,21 +541,41 @@ fn step(
     Ok((node, shape))
 }
 
+/// Where a cached descent starts: the keys its first node must hold (`lo..hi`) and how
+/// many nodes lie above it (a subtree reached from nodes held elsewhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The key range the parent's entry gives the first node.
+    pub range: (u64, Option<u64>),
+    /// Nodes above the first one.
+    pub depth: usize,
+}
+
+impl Start {
+    /// A whole tree: any keys, no node above.
+    pub const ROOT: Start = Start {
+        range: (0, None),
+        depth: 0,
+    };
+}
+
 /// A descent through `cache` from `root`: at each node `pick` names the entry to follow
 /// (`None`: the key is not there); the leaf, its shape and the entry picked in it.
 fn descend(
     cache: &BlockCache,
     root: u64,
     value_size: usize,
+    start: Start,
     pick: impl Fn(&[u8], &Shape) -> Option<usize>,
 ) -> Result<Option<(Arc<Cached>, Shape, usize)>> {
     let mut path = [0u64; MAX_DEPTH];
     let mut depth = 0;
     let mut block = root;
-    let mut range = (0, None);
+    let mut range = start.range;
     let mut parent = None;
     loop {
-        let (node, shape) = step(cache, block, value_size, range, parent, &path[..depth])?;
+        let at = (&path[..depth], start.depth);
+        let (node, shape) = step(cache, block, value_size, range, parent, at)?;
         path[depth] = block;
         depth += 1;
         let buf = &node.bytes;
@@ -581,7 +602,21 @@ pub fn lookup_cached(
     key: u64,
     value_size: usize,
 ) -> Result<Option<Found>> {
-    let found = descend(cache, root, value_size, |buf, s| s.lower_bound(buf, key))?;
+    lookup_cached_from(cache, root, key, value_size, Start::ROOT)
+}
+
+/// `lookup_cached` in the subtree at `block`, reached as `start` says (its keys checked
+/// against the range its parent gives it, the depth counted from the tree's root).
+pub fn lookup_cached_from(
+    cache: &BlockCache,
+    block: u64,
+    key: u64,
+    value_size: usize,
+    start: Start,
+) -> Result<Option<Found>> {
+    let found = descend(cache, block, value_size, start, |buf, s| {
+        s.lower_bound(buf, key)
+    })?;
     Ok(found
         .filter(|(leaf, s, i)| s.key(&leaf.bytes, *i) == key)
         .map(|(leaf, s, i)| Found {
@@ -594,6 +629,8 @@ pub fn lookup_cached(
 /// the last child down with a lookup's checks; `None` for an empty tree (the kernel's
 /// `-ENODATA` from an empty node).
 pub fn highest_key_cached(cache: &BlockCache, root: u64, value_size: usize) -> Result<Option<u64>> {
-    let found = descend(cache, root, value_size, |_, s| s.nr_entries.checked_sub(1))?;
+    let found = descend(cache, root, value_size, Start::ROOT, |_, s| {
+        s.nr_entries.checked_sub(1)
+    })?;
     Ok(found.map(|(leaf, s, i)| s.key(&leaf.bytes, i)))
 }

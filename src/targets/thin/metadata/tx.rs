@@ -6,8 +6,11 @@
 //!   whose count is above 1 (shared by a snapshot) is copied and its children each gain a
 //!   reference (`dm_tm_shadow_block` + btree's `inc_children`); the original loses one.
 //! - Btree insert, remove and delete shadow only the root-to-leaf path of the key they
-//!   change; full nodes split (the root beneath itself), nodes under a third full after a
-//!   remove merge with or take entries from a sibling, a root with one child collapses.
+//!   change. Insert is `btree_insert_raw`, top-down: a full node on the way makes room
+//!   first (`btree_split_beneath` at the root; below it `rebalance_or_split`: entries into
+//!   an unshared sibling with room, else a split in two or, with a sibling, in three).
+//!   Nodes under a third full after a remove merge with or take entries from a sibling, a
+//!   root with one child collapses.
 //! - Both space maps read a bitmap (and the ref count btree for counts of 3 and more) on
 //!   demand and keep the counts of the blocks this transaction touched; a block is handed
 //!   out only when both its committed and its current count are 0, so nothing freed in
@@ -21,16 +24,19 @@
 //! `blocknr`, node header, value size, key order, keys inside the parent's range, depth),
 //! and a count that would go below zero is corrupt metadata, not a panic.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::block_map::BlockMap;
 use crate::error::{Error, Result};
 
 use super::block::{
     corrupt, le32, le64, put32, put64, seal, Kind, BITMAP_CSUM_XOR, BLOCK_SIZE, BTREE_CSUM_XOR,
     INDEX_CSUM_XOR,
 };
-use super::btree::{max_entries, Shape, HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, MAX_DEPTH};
+use super::btree::{
+    lookup_cached_from, max_entries, Shape, Start, HEADER_SIZE, INTERNAL_NODE, LEAF_NODE, MAX_DEPTH,
+};
 use super::cache::BlockCache;
 use super::space_map::{
     bitmap_entry, IndexEntry, SmKind, SmRoot, BITMAP_HEADER, ENTRIES_PER_BLOCK, INDEX_BLOCK_HEADER,
@@ -62,6 +68,49 @@ impl Vt {
             Vt::Index => INDEX_ENTRY_SIZE,
             Vt::Count => 4,
         }
+    }
+
+    /// `value_type.equal`: an overwrite with an equal value keeps the old one's
+    /// reference (a mapping compares its data block only, as `data_block_equal`).
+    fn equal(self, a: &[u8], b: &[u8]) -> bool {
+        match self {
+            Vt::Mapping => {
+                BlockTime::unpack(le64(a, 0)).block == BlockTime::unpack(le64(b, 0)).block
+            }
+            _ => a == b,
+        }
+    }
+}
+
+/// A value found in a btree, as long as its tree's values (a details entry at most).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Val {
+    len: usize,
+    bytes: [u8; DETAILS_SIZE],
+}
+
+const _: () = assert!(INDEX_ENTRY_SIZE <= DETAILS_SIZE);
+
+impl Val {
+    fn new(v: &[u8]) -> Val {
+        let mut bytes = [0; DETAILS_SIZE];
+        bytes[..v.len()].copy_from_slice(v);
+        Val {
+            len: v.len(),
+            bytes,
+        }
+    }
+
+    /// The value's bytes.
+    #[must_use]
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Its first 8 bytes as a little-endian number (a block, a root, a packed mapping).
+    #[must_use]
+    pub fn le64(&self) -> u64 {
+        le64(&self.bytes, 0)
     }
 }
 
@@ -112,6 +161,10 @@ impl Node {
     fn lower_bound(&self, key: u64) -> Option<usize> {
         self.keys.partition_point(|&k| k <= key).checked_sub(1)
     }
+    /// `has_space_for_insert`: not full, or a full leaf that already holds `key`.
+    fn has_space_for_insert(&self, key: u64) -> bool {
+        self.len() < self.max || (self.leaf && self.keys.binary_search(&key).is_ok())
+    }
     /// Split off entries `at..` into a new node.
     fn split_off(&mut self, at: usize) -> Node {
         Node {
@@ -158,7 +211,7 @@ struct Sm {
     index: Vec<IndexEntry>,
     nr_blocks: u64,
     /// Current counts of the blocks this transaction touched.
-    counts: HashMap<u64, u32>,
+    counts: BlockMap<u32>,
     allocated: u64,
     /// Where the next free block search starts (`begin`).
     cursor: u64,
@@ -183,7 +236,7 @@ impl Sm {
             committed: root,
             index: sm.index,
             nr_blocks: root.nr_blocks,
-            counts: HashMap::new(),
+            counts: BlockMap::default(),
             allocated: root.nr_allocated,
             cursor,
         })
@@ -412,6 +465,81 @@ fn index_entry_bytes(e: &IndexEntry) -> [u8; INDEX_ENTRY_SIZE] {
 /// Key range a node must keep its keys in.
 type Range = (u64, Option<u64>);
 
+/// A full node an insert passes below the root: entry `pi` of (shadowed) parent `p`,
+/// whose keys lie in `prange`, at `depth`, on the way to `key` of a `vt` tree.
+#[derive(Clone, Copy)]
+struct Full {
+    p: u64,
+    pi: usize,
+    cur: u64,
+    vt: Vt,
+    key: u64,
+    prange: Range,
+    depth: usize,
+}
+
+/// The range of entry `j`'s child of node `n`, whose own keys lie in `range`.
+fn child_range(n: &Node, j: usize, range: Range) -> Range {
+    (n.keys[j], n.keys.get(j + 1).copied().or(range.1))
+}
+
+/// `redistribute2` / `redistribute3`: the nodes' entries, in order, shared out so that
+/// node `i` of `k` gets a `1 / (k - i)` share of what the ones before it left.
+fn redistribute(nodes: &mut [&mut Node]) {
+    let mut keys = Vec::new();
+    let mut vals = Vec::new();
+    for n in nodes.iter_mut() {
+        keys.append(&mut n.keys);
+        vals.append(&mut n.vals);
+    }
+    let (k, vs) = (nodes.len(), nodes[0].vs);
+    let mut left = keys.len();
+    let mut at = 0;
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let take = left / (k - i);
+        n.keys.extend_from_slice(&keys[at..at + take]);
+        n.vals.extend_from_slice(&vals[at * vs..(at + take) * vs]);
+        at += take;
+        left -= take;
+    }
+}
+
+/// A walk's checks on a node reached at `depth` through a parent whose entry gives
+/// `range`: keys inside it, an internal node not empty.
+fn check_node(n: &Node, b: u64, range: Range, depth: usize) -> Result<()> {
+    if depth >= MAX_DEPTH {
+        return Err(corrupt(
+            "btree depth",
+            b,
+            0,
+            format_args!("tree deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    if let (Some(&first), Some(&last)) = (n.keys.first(), n.keys.last()) {
+        let (lo, hi) = range;
+        if first < lo || hi.is_some_and(|h| last >= h) {
+            return Err(corrupt(
+                "btree node keys",
+                b,
+                HEADER_SIZE,
+                format_args!(
+                    "keys {first}..={last} outside the parent's range {lo}..{}",
+                    hi.map_or_else(String::new, |h| h.to_string())
+                ),
+            ));
+        }
+    }
+    if !n.leaf && n.keys.is_empty() {
+        return Err(corrupt(
+            "btree node nr_entries",
+            b,
+            16,
+            "internal node without entries",
+        ));
+    }
+    Ok(())
+}
+
 /// One transaction on a pool's metadata.
 #[derive(Clone, Debug)]
 pub struct Tx {
@@ -419,9 +547,9 @@ pub struct Tx {
     meta: Sm,
     data: Sm,
     /// Nodes allocated in this transaction.
-    nodes: HashMap<u64, Node>,
+    nodes: BlockMap<Node>,
     /// Other blocks to write (a metadata snapshot's superblock copy).
-    raw: HashMap<u64, Vec<u8>>,
+    raw: BlockMap<Vec<u8>>,
     /// The superblock being built (roots, time, transaction id, held root).
     pub sb: Superblock,
 }
@@ -452,8 +580,8 @@ impl Tx {
             cache,
             meta,
             data,
-            nodes: HashMap::new(),
-            raw: HashMap::new(),
+            nodes: BlockMap::default(),
+            raw: BlockMap::default(),
             sb: sb.clone(),
         })
     }
@@ -531,28 +659,7 @@ impl Tx {
                 Node::decode(&c.bytes, &shape)
             }
         };
-        if let (Some(&first), Some(&last)) = (n.keys.first(), n.keys.last()) {
-            let (lo, hi) = range;
-            if first < lo || hi.is_some_and(|h| last >= h) {
-                return Err(corrupt(
-                    "btree node keys",
-                    b,
-                    HEADER_SIZE,
-                    format_args!(
-                        "keys {first}..={last} outside the parent's range {lo}..{}",
-                        hi.map_or_else(String::new, |h| h.to_string())
-                    ),
-                ));
-            }
-        }
-        if !n.leaf && n.keys.is_empty() {
-            return Err(corrupt(
-                "btree node nr_entries",
-                b,
-                16,
-                "internal node without entries",
-            ));
-        }
+        check_node(&n, b, range, depth)?;
         Ok(n)
     }
 
@@ -614,21 +721,34 @@ impl Tx {
         self.new_node(Node::empty(true, vt.size()))
     }
 
-    /// `dm_btree_lookup`: the value of `key`.
-    pub fn lookup(&self, root: u64, vt: Vt, key: u64) -> Result<Option<Vec<u8>>> {
+    /// `dm_btree_lookup`: the value of `key`. Nodes this transaction holds are read in
+    /// place; below the first committed node on the path (everything under it is
+    /// committed too) the descent goes through the block cache as a committed lookup
+    /// does, with the same checks.
+    pub fn lookup(&self, root: u64, vt: Vt, key: u64) -> Result<Option<Val>> {
         let (mut b, mut range) = (root, (0, None));
-        for depth in 0..=MAX_DEPTH {
-            let n = self.fetch(b, vt, range, depth)?;
+        for depth in 0..MAX_DEPTH {
+            let Some(n) = self.nodes.get(&b) else {
+                let start = Start { range, depth };
+                let found = lookup_cached_from(&self.cache, b, key, vt.size(), start)?;
+                return Ok(found.map(|f| Val::new(f.value(vt.size()))));
+            };
+            check_node(n, b, range, depth)?;
             if n.leaf {
-                return Ok(n.keys.binary_search(&key).ok().map(|i| n.val(i).to_vec()));
+                return Ok(n.keys.binary_search(&key).ok().map(|i| Val::new(n.val(i))));
             }
             let Some(i) = n.lower_bound(key) else {
                 return Ok(None);
             };
-            range = (n.keys[i], n.keys.get(i + 1).copied().or(range.1));
+            range = child_range(n, i, range);
             b = n.child(i);
         }
-        Err(corrupt("btree depth", root, 0, "lookup too deep"))
+        Err(corrupt(
+            "btree depth",
+            b,
+            0,
+            format_args!("tree deeper than {MAX_DEPTH} levels"),
+        ))
     }
 
     /// `dm_btree_find_highest_key`.
@@ -657,90 +777,300 @@ impl Tx {
         key: u64,
         value: &[u8],
     ) -> Result<(u64, Option<Vec<u8>>)> {
-        self.insert_opt(root, vt, key, value, true)
+        self.insert_levels(root, &[(key, vt)], value, true)
     }
 
-    /// `insert`; `drop_old`: an overwritten value loses its reference.
-    fn insert_opt(
+    /// dm-btree.c's `insert` over `levels` (key and value type per level: a two-level
+    /// mapping tree is `[(dev, Top), (block, Mapping)]`), one shadow spine from the top
+    /// root to the bottom leaf; a missing key on an upper level gets an empty subtree.
+    /// `drop_old`: an overwritten value that differs loses its reference. The new top
+    /// root and the old value.
+    fn insert_levels(
+        &mut self,
+        root: u64,
+        levels: &[(u64, Vt)],
+        value: &[u8],
+        drop_old: bool,
+    ) -> Result<(u64, Option<Vec<u8>>)> {
+        let mut parent = None;
+        let mut block = root;
+        let mut new_root = None;
+        for (level, &(key, vt)) in levels.iter().enumerate() {
+            let (sub_root, leaf, i) = self.insert_raw(block, vt, key, parent)?;
+            new_root.get_or_insert(sub_root);
+            let mut n = self.nodes.remove(&leaf).ok_or_else(|| missing(leaf))?;
+            let present = n.keys.get(i) == Some(&key);
+            if level + 1 < levels.len() {
+                if !present {
+                    let t = self.empty_tree(levels[level + 1].1)?;
+                    n.insert_at(i, key, &t.to_le_bytes());
+                }
+                block = n.child(i);
+                self.nodes.insert(leaf, n);
+                parent = Some((leaf, i));
+                continue;
+            }
+            let mut old = None;
+            if present {
+                let o = n.val(i).to_vec();
+                n.set_val(i, value);
+                self.nodes.insert(leaf, n);
+                if drop_old && !vt.equal(&o, value) {
+                    self.dec_value(vt, &o)?;
+                }
+                old = Some(o);
+            } else {
+                n.insert_at(i, key, value);
+                self.nodes.insert(leaf, n);
+            }
+            return Ok((new_root.unwrap_or(sub_root), old));
+        }
+        Err(Error::invalid(
+            "thin-pool metadata",
+            "btree insert without a key",
+        ))
+    }
+
+    /// `btree_insert_raw`: shadow the path from `root` to the leaf `key` belongs in,
+    /// making room in every full node on the way down (`btree_split_beneath` at the root,
+    /// `rebalance_or_split` below it); `parent` is the node (already shadowed) and entry
+    /// pointing at `root` when this tree hangs under another level. The shadowed root,
+    /// the leaf and the index where `key` is or goes.
+    fn insert_raw(
         &mut self,
         root: u64,
         vt: Vt,
         key: u64,
-        value: &[u8],
-        drop_old: bool,
-    ) -> Result<(u64, Option<Vec<u8>>)> {
-        let (nb, split, old) = self.insert_rec(root, vt, (key, value, drop_old), (0, None), 0)?;
-        let Some((skey, sblock)) = split else {
-            return Ok((nb, old));
-        };
-        // btree_split_beneath: a new root over the two halves.
-        let first = self.nodes.get(&nb).and_then(|n| n.keys.first().copied());
-        let mut r = Node::empty(false, 8);
-        r.insert_at(0, first.unwrap_or(0), &nb.to_le_bytes());
-        r.insert_at(1, skey, &sblock.to_le_bytes());
-        Ok((self.new_node(r)?, old))
-    }
-
-    /// Insert below node `b`: its new block, a new right sibling when it split, the old
-    /// value.
-    #[allow(clippy::type_complexity)]
-    fn insert_rec(
-        &mut self,
-        b: u64,
-        vt: Vt,
-        (key, value, drop_old): (u64, &[u8], bool),
-        range: Range,
-        depth: usize,
-    ) -> Result<(u64, Option<(u64, u64)>, Option<Vec<u8>>)> {
-        let n = self.fetch(b, vt, range, depth)?;
-        let nb = self.shadow(b, n, vt)?;
-        let mut n = self.nodes.remove(&nb).ok_or_else(|| missing(nb))?;
-        let mut old = None;
-        if n.leaf {
-            match n.keys.binary_search(&key) {
-                Ok(i) => {
-                    let o = n.val(i).to_vec();
-                    n.set_val(i, value);
-                    if drop_old && o != value {
-                        self.nodes.insert(nb, n);
-                        self.dec_value(vt, &o)?;
-                        n = self.nodes.remove(&nb).ok_or_else(|| missing(nb))?;
-                    }
-                    old = Some(o);
-                }
-                Err(i) => n.insert_at(i, key, value),
+        mut parent: Option<(u64, usize)>,
+    ) -> Result<(u64, u64, usize)> {
+        let (mut b, mut range) = (root, (0, None));
+        let mut prange: Range = (0, None);
+        let mut top = true;
+        let mut new_root = None;
+        for depth in 0..=MAX_DEPTH {
+            let mut cur = self.shadow_at(b, vt, range, depth)?;
+            new_root.get_or_insert(cur);
+            if let Some((p, pi)) = parent {
+                self.node_mut(p)?.set_val(pi, &cur.to_le_bytes());
             }
-        } else {
-            let i = match n.lower_bound(key) {
+            if !self.node(cur)?.has_space_for_insert(key) {
+                if top {
+                    self.split_beneath(cur)?;
+                } else if let Some((p, pi)) = parent {
+                    let full = Full {
+                        p,
+                        pi,
+                        cur,
+                        vt,
+                        key,
+                        prange,
+                        depth,
+                    };
+                    cur = self.rebalance_or_split(full)?;
+                    // The node the key belongs in may be a sibling now: its range is
+                    // its entry's in the parent.
+                    let pn = self.node(p)?;
+                    let ci = pn.lower_bound(key).unwrap_or(0);
+                    range = child_range(pn, ci, prange);
+                }
+            }
+            let n = self.node_mut(cur)?;
+            let lb = n.lower_bound(key);
+            if n.leaf {
+                let i = match lb {
+                    Some(i) if n.keys[i] == key => i,
+                    Some(i) => i + 1,
+                    None => 0,
+                };
+                return Ok((new_root.unwrap_or(cur), cur, i));
+            }
+            let i = match lb {
                 Some(i) => i,
                 None => {
+                    // Change the bounds on the lowest key.
                     n.keys[0] = key;
+                    range.0 = range.0.min(key);
                     0
                 }
             };
-            let crange = (n.keys[i], n.keys.get(i + 1).copied().or(range.1));
-            let child = n.child(i);
-            // The child is changed with this node out of the map: put it back first.
-            self.nodes.insert(nb, n);
-            let (cb, split, o) =
-                self.insert_rec(child, vt, (key, value, drop_old), crange, depth + 1)?;
-            n = self.nodes.remove(&nb).ok_or_else(|| missing(nb))?;
-            n.set_val(i, &cb.to_le_bytes());
-            if let Some((sk, sb)) = split {
-                n.insert_at(i + 1, sk, &sb.to_le_bytes());
+            prange = range;
+            range = (n.keys[i], n.keys.get(i + 1).copied().or(range.1));
+            b = n.child(i);
+            parent = Some((cur, i));
+            top = false;
+        }
+        Err(corrupt("btree depth", root, 0, "insert too deep"))
+    }
+
+    /// Fetch node `b` (checked) and shadow it: the block to change.
+    fn shadow_at(&mut self, b: u64, vt: Vt, range: Range, depth: usize) -> Result<u64> {
+        if let Some(n) = self.nodes.get(&b) {
+            if self.meta.count(&self.cache, b)? <= 1 {
+                check_node(n, b, range, depth)?;
+                return Ok(b);
             }
-            old = o;
         }
-        let mut split = None;
-        if n.len() > n.max {
-            // split_one_into_two: the upper half goes to a new sibling.
-            let right = n.split_off(n.len() / 2);
-            let k = right.keys[0];
-            let rb = self.new_node(right)?;
-            split = Some((k, rb));
+        let n = self.fetch(b, vt, range, depth)?;
+        self.shadow(b, n, vt)
+    }
+
+    /// `shadow_child`: shadow entry `j` of (shadowed) node `p`, whose own keys lie in
+    /// `prange`, and point `p` at the copy.
+    fn shadow_child(
+        &mut self,
+        p: u64,
+        j: usize,
+        vt: Vt,
+        prange: Range,
+        depth: usize,
+    ) -> Result<u64> {
+        let pn = self.node(p)?;
+        let (b, crange) = (pn.child(j), child_range(pn, j, prange));
+        let nb = self.shadow_at(b, vt, crange, depth)?;
+        self.node_mut(p)?.set_val(j, &nb.to_le_bytes());
+        Ok(nb)
+    }
+
+    fn node(&self, b: u64) -> Result<&Node> {
+        self.nodes.get(&b).ok_or_else(|| missing(b))
+    }
+
+    fn node_mut(&mut self, b: u64) -> Result<&mut Node> {
+        self.nodes.get_mut(&b).ok_or_else(|| missing(b))
+    }
+
+    /// Two held nodes, taken out of the map to change together; `put2` returns them.
+    fn take2(&mut self, a: u64, b: u64) -> Result<(Node, Node)> {
+        let x = self.nodes.remove(&a).ok_or_else(|| missing(a))?;
+        match self.nodes.remove(&b) {
+            Some(y) => Ok((x, y)),
+            None => {
+                self.nodes.insert(a, x);
+                Err(missing(b))
+            }
         }
-        self.nodes.insert(nb, n);
-        Ok((nb, split, old))
+    }
+
+    fn put2(&mut self, (a, x): (u64, Node), (b, y): (u64, Node)) {
+        self.nodes.insert(a, x);
+        self.nodes.insert(b, y);
+    }
+
+    /// `btree_split_beneath`: the full root `r` keeps its block and becomes an internal
+    /// node over two new children holding its lower and upper halves.
+    fn split_beneath(&mut self, r: u64) -> Result<()> {
+        let mut n = self.nodes.remove(&r).ok_or_else(|| missing(r))?;
+        let right = n.split_off(n.len() / 2);
+        let (lk, rk) = (n.keys.first().copied(), right.keys.first().copied());
+        let lb = self.new_node(n)?;
+        let rb = self.new_node(right)?;
+        let mut root = Node::empty(false, 8);
+        root.insert_at(0, lk.unwrap_or(0), &lb.to_le_bytes());
+        root.insert_at(1, rk.unwrap_or(0), &rb.to_le_bytes());
+        self.nodes.insert(r, root);
+        Ok(())
+    }
+
+    /// `rebalance_or_split`: make room in full node `cur`, entry `pi` of `p` (whose keys
+    /// lie in `prange`): move entries into the left sibling, else the right one, when
+    /// it is not shared and has at least `SPACE_THRESHOLD` free entries; else split it
+    /// in two (at either end of the parent, next to a shared sibling, or under a parent
+    /// of at most two entries) or split it and a sibling into three. The node `key`
+    /// belongs in now.
+    fn rebalance_or_split(&mut self, f: Full) -> Result<u64> {
+        let (p, pi, cur, vt, key) = (f.p, f.pi, f.cur, f.vt, f.key);
+        let (prange, depth) = (f.prange, f.depth);
+        const SPACE_THRESHOLD: usize = 8;
+        let nr_parent = self.node(p)?.len();
+        let (mut left_shared, mut right_shared) = (false, false);
+        for (j, left) in [(pi.checked_sub(1), true), (Some(pi + 1), false)] {
+            let Some(j) = j.filter(|&j| j < nr_parent) else {
+                continue;
+            };
+            let pn = self.node(p)?;
+            let (sb, srange) = (pn.child(j), child_range(pn, j, prange));
+            let shared = self.meta.count(&self.cache, sb)? > 1;
+            if left {
+                left_shared = shared;
+            } else {
+                right_shared = shared;
+            }
+            if shared {
+                continue;
+            }
+            let free = match self.nodes.get(&sb) {
+                Some(s) => s.max.saturating_sub(s.len()),
+                None => {
+                    let s = self.fetch(sb, vt, srange, depth)?;
+                    s.max.saturating_sub(s.len())
+                }
+            };
+            if free >= SPACE_THRESHOLD {
+                let sib = self.shadow_child(p, j, vt, prange, depth)?;
+                let (l, r) = if left { (sib, cur) } else { (cur, sib) };
+                let (mut ln, mut rn) = self.take2(l, r)?;
+                redistribute(&mut [&mut ln, &mut rn]);
+                let first = rn.keys.first().copied().unwrap_or(0);
+                self.put2((l, ln), (r, rn));
+                self.node_mut(p)?.keys[if left { pi } else { pi + 1 }] = first;
+                return Ok(if key < first { l } else { r });
+            }
+        }
+        if left_shared || right_shared || nr_parent <= 2 || pi == 0 || pi + 1 == nr_parent {
+            self.split_one_into_two(p, pi, cur, key)
+        } else {
+            self.split_two_into_three(f)
+        }
+    }
+
+    /// `split_one_into_two`: the upper half of `cur` (entry `pi` of `p`) moves to a new
+    /// right sibling.
+    fn split_one_into_two(&mut self, p: u64, pi: usize, cur: u64, key: u64) -> Result<u64> {
+        let template = self.node(cur)?;
+        let right = Node::empty(template.leaf, template.vs);
+        let rb = self.new_node(right)?;
+        let (mut ln, mut rn) = self.take2(cur, rb)?;
+        redistribute(&mut [&mut ln, &mut rn]);
+        let first = rn.keys.first().copied().unwrap_or(0);
+        self.put2((cur, ln), (rb, rn));
+        self.node_mut(p)?
+            .insert_at(pi + 1, first, &rb.to_le_bytes());
+        Ok(if key < first { cur } else { rb })
+    }
+
+    /// `split_two_into_three`: `cur` (entry `pi` of `p`) and its left sibling (its right
+    /// one when `cur` is the first) share their entries with a new node between them.
+    fn split_two_into_three(&mut self, f: Full) -> Result<u64> {
+        let (p, pi, key) = (f.p, f.pi, f.key);
+        let (middle_index, l, r) = if pi == 0 {
+            let r = self.shadow_child(p, pi + 1, f.vt, f.prange, f.depth)?;
+            (1, f.cur, r)
+        } else {
+            let l = self.shadow_child(p, pi - 1, f.vt, f.prange, f.depth)?;
+            (pi, l, f.cur)
+        };
+        let template = self.node(l)?;
+        let middle = Node::empty(template.leaf, template.vs);
+        let mb = self.new_node(middle)?;
+        let (mut ln, mut rn) = self.take2(l, r)?;
+        let mut mn = self.nodes.remove(&mb).ok_or_else(|| missing(mb))?;
+        redistribute(&mut [&mut ln, &mut mn, &mut rn]);
+        let (mk, rk) = (
+            mn.keys.first().copied().unwrap_or(0),
+            rn.keys.first().copied().unwrap_or(0),
+        );
+        self.put2((l, ln), (r, rn));
+        self.nodes.insert(mb, mn);
+        let pn = self.node_mut(p)?;
+        pn.keys[middle_index] = rk;
+        pn.insert_at(middle_index, mk, &mb.to_le_bytes());
+        Ok(if key < mk {
+            l
+        } else if key < rk {
+            mb
+        } else {
+            r
+        })
     }
 
     /// `dm_btree_remove`: the new root and the removed value (its reference dropped);
@@ -904,7 +1234,7 @@ impl Tx {
     pub fn device_root(&self, id: u64) -> Result<Option<u64>> {
         Ok(self
             .lookup(self.sb.data_mapping_root, Vt::Top, id)?
-            .map(|v| le64(&v, 0)))
+            .map(|v| v.le64()))
     }
 
     /// The mapping of `vblock` in device `id`.
@@ -914,7 +1244,7 @@ impl Tx {
         };
         Ok(self
             .lookup(root, Vt::Mapping, vblock)?
-            .map(|v| BlockTime::unpack(le64(&v, 0))))
+            .map(|v| BlockTime::unpack(v.le64())))
     }
 
     /// The highest mapped block of device `id`.
@@ -930,7 +1260,7 @@ impl Tx {
     fn set_device_root(&mut self, id: u64, root: u64) -> Result<()> {
         let top = self.sb.data_mapping_root;
         let nt = self
-            .insert_opt(top, Vt::Top, id, &root.to_le_bytes(), false)?
+            .insert_levels(top, &[(id, Vt::Top)], &root.to_le_bytes(), false)?
             .0;
         self.sb.data_mapping_root = nt;
         Ok(())
@@ -944,12 +1274,14 @@ impl Tx {
         vblock: u64,
         bt: BlockTime,
     ) -> Result<Option<BlockTime>> {
-        let root = self.device_root(id)?.ok_or_else(|| no_device(id))?;
-        // Shadow the top level's path first, so a top leaf shared with a metadata
-        // snapshot hands its subtree roots a reference before the subtree is shadowed.
-        self.set_device_root(id, root)?;
-        let (nr, old) = self.insert(root, Vt::Mapping, vblock, &bt.pack().to_le_bytes())?;
-        self.set_device_root(id, nr)?;
+        self.device_root(id)?.ok_or_else(|| no_device(id))?;
+        // One spine through both levels, as the kernel's two-level insert: a top leaf
+        // shared with a metadata snapshot is shadowed (handing its subtree roots a
+        // reference) before the subtree is.
+        let levels = [(id, Vt::Top), (vblock, Vt::Mapping)];
+        let top = self.sb.data_mapping_root;
+        let (nt, old) = self.insert_levels(top, &levels, &bt.pack().to_le_bytes(), true)?;
+        self.sb.data_mapping_root = nt;
         Ok(old.map(|v| BlockTime::unpack(le64(&v, 0))))
     }
 
