@@ -329,3 +329,110 @@ mod writes {
         assert_eq!(sha256(&raw(&*origin)), k["ORIGIN_SHA256_CRASH"]);
     }
 }
+
+/// tests/fixtures/writecache/dmemu (make.sh there): what dmemu writes, the 6.12 kernel
+/// loads. dmemu.cmds replayed here (through `dmemu shell`'s interpreter, the images copied
+/// at its sleep as make.sh copies them) gives the images the kernel was given (their
+/// sha256 as the guest read them), and dmemu's view, writeback and crash recovery of them
+/// are the kernel's.
+mod dmemu_writes {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use super::sha256;
+    use dmemu::registry::{Registry, RemoveMode};
+    use dmemu::table::parse_concise;
+    use dmemu::{Access, MappedDevice, Sector, Volume};
+
+    const OPTS: &str = "4096 4 high_watermark 90 low_watermark 80";
+
+    fn dir() -> PathBuf {
+        super::fixture("dmemu")
+    }
+
+    fn kernel() -> BTreeMap<String, String> {
+        super::kernel_lines(&dir())
+    }
+
+    fn file_sha(p: &Path) -> String {
+        sha256(&std::fs::read(p).unwrap())
+    }
+
+    /// A writecache over `origin` and `cache` (files), as make.sh's table.
+    fn open(origin: &Path, cache: &Path) -> (Registry, Arc<MappedDevice>) {
+        let mut r = Registry::new().with_access(Access::ReadWrite);
+        r.bind("254:0", origin).unwrap();
+        r.bind("254:16", cache).unwrap();
+        let line = format!("wc,,,rw,0 16384 writecache s 254:0 254:16 {OPTS}");
+        let d = r
+            .create_all(&parse_concise(&line).unwrap())
+            .unwrap()
+            .remove(0);
+        (r, d)
+    }
+
+    fn close(r: Registry, d: Arc<MappedDevice>) {
+        drop(d);
+        r.remove("wc", RemoveMode::Normal).unwrap();
+    }
+
+    fn view(d: &MappedDevice) -> String {
+        let mut all = vec![0u8; 16384 * 512];
+        for (i, chunk) in all.chunks_mut(1 << 16).enumerate() {
+            d.read(Sector(i as u64 * 128), chunk).unwrap();
+        }
+        sha256(&all)
+    }
+
+    fn status(d: &MappedDevice) -> String {
+        d.status_text().trim_end().to_string()
+    }
+
+    #[test]
+    fn what_dmemu_writes_the_kernel_loads_reads_and_writes_back() {
+        let k = kernel();
+        let t = tempfile::tempdir().unwrap();
+        let p = |f: &str| t.path().join(f);
+        let pattern: Vec<u8> = (0..16384)
+            .flat_map(|i| format!("{:<511}\n", format!("origin sector {i}")).into_bytes())
+            .collect();
+        std::fs::write(p("origin.img"), &pattern).unwrap();
+        std::fs::write(p("cache.img"), vec![0u8; 1 << 20]).unwrap();
+        let (r, d) = open(&p("origin.img"), &p("cache.img"));
+        let cmds = std::fs::read_to_string(dir().join("dmemu.cmds")).unwrap();
+        let mut out = Vec::new();
+        dmemu::shell::run_with_sleep(&d, cmds.as_bytes(), &mut out, |_| {
+            std::fs::copy(p("origin.img"), p("crash-origin.img")).unwrap();
+            std::fs::copy(p("cache.img"), p("crash-cache.img")).unwrap();
+        })
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(!out.contains("error"), "{out}");
+        close(r, d);
+        // The images the kernel was given.
+        assert_eq!(file_sha(&p("origin.img")), k["INPUT_SHA256_vda"]);
+        assert_eq!(file_sha(&p("cache.img")), k["INPUT_SHA256_vdb"]);
+        assert_eq!(file_sha(&p("crash-origin.img")), k["INPUT_SHA256_vdc"]);
+        assert_eq!(file_sha(&p("crash-cache.img")), k["INPUT_SHA256_vdd"]);
+        // The watermark wrote blocks back: the origin is no longer the pattern.
+        assert_ne!(sha256(&pattern), k["INPUT_SHA256_vda"]);
+        // Loaded again: the kernel's status and view; the flush message writes back as the
+        // kernel did, after which the origin alone holds the view.
+        let (r, d) = open(&p("origin.img"), &p("cache.img"));
+        assert_eq!(status(&d), k["STATUS"]);
+        assert_eq!(view(&d), k["SHA256"]);
+        d.message(Sector(0), &["flush"]).unwrap();
+        assert_eq!(status(&d), k["STATUS_FLUSHED"]);
+        close(r, d);
+        assert_eq!(file_sha(&p("origin.img")), k["ORIGIN_SHA256_FLUSHED"]);
+        assert_eq!(k["ORIGIN_SHA256_FLUSHED"], k["SHA256"]);
+        assert_eq!(file_sha(&p("cache.img")), k["CACHE_SHA256_FLUSHED"]);
+        // dmemu's crash image (writes after the last flush): recovered as the kernel does.
+        let (r, d) = open(&p("crash-origin.img"), &p("crash-cache.img"));
+        assert_eq!(status(&d), k["RECOVERED_STATUS"]);
+        assert_eq!(view(&d), k["RECOVERED_SHA256"]);
+        close(r, d);
+        assert_eq!(file_sha(&p("crash-cache.img")), k["RECOVERED_CACHE_SHA256"]);
+    }
+}

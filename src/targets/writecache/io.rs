@@ -227,6 +227,16 @@ impl Writecache {
         Ok(())
     }
 
+    /// A cached origin sector inside the block at `s` (damaged metadata: entries are
+    /// block-aligned): the kernel splits the bio there and fails the rest as unaligned.
+    fn split_inside_a_block(&self, s: u64) -> Error {
+        failed(format!(
+            "I/O is not aligned, a cached block starts inside block at sector {s}, block \
+             size {}",
+            self.block
+        ))
+    }
+
     /// Before the first change: the activation's own writes (format, erased entries).
     fn prepare(&self, st: &mut State) -> Result<()> {
         if st.error != 0 {
@@ -275,7 +285,7 @@ impl Writecache {
 
     /// `writecache_map_write` for the request `[s, s + blocks)`: how many blocks it takes and
     /// where they go (`Some(cache sector)`, `None` for the origin).
-    fn map_write(&self, st: &mut State, s: u64, blocks: u64) -> (u64, Option<u64>) {
+    fn map_write(&self, st: &mut State, s: u64, blocks: u64) -> Result<(u64, Option<u64>)> {
         let bsec = self.block_sectors;
         if let Some(e) = st.lists.find(s) {
             if st.meta.committed(e) {
@@ -301,7 +311,7 @@ impl Writecache {
                 }
             }
             st.stats.writes += n;
-            return (n, Some(self.data_sector(e)));
+            return Ok((n, Some(self.data_sector(e))));
         }
         let around = st.cleaner || self.metadata_only;
         let e = if around { None } else { st.pop_free(None) };
@@ -311,9 +321,12 @@ impl Writecache {
                 Some(next) => ((next - s) / bsec).min(blocks),
                 None => blocks,
             };
+            if n == 0 {
+                return Err(self.split_inside_a_block(s));
+            }
             st.stats.writes_around += n;
             st.stats.writes += n;
-            return (n, None);
+            return Ok((n, None));
         };
         st.new_entry(e, s);
         st.stats.writes_allocate += 1;
@@ -327,7 +340,7 @@ impl Writecache {
         }
         st.stats.writes += n;
         st.stats.writes_allocate += n - 1;
-        (n, Some(self.data_sector(e)))
+        Ok((n, Some(self.data_sector(e))))
     }
 
     fn write_as(&self, sector: Sector, buf: &[u8], fua: bool) -> Result<()> {
@@ -340,7 +353,7 @@ impl Writecache {
         let mut to_cache = false;
         while at < buf.len() {
             let left = ((buf.len() - at) / 512) as u64 / self.block_sectors;
-            let (n, dest) = self.map_write(&mut st, s, left);
+            let (n, dest) = self.map_write(&mut st, s, left)?;
             let bytes = usize::try_from(n * self.block).unwrap_or(usize::MAX);
             let piece = &buf[at..at + bytes];
             let r = match dest {
@@ -392,13 +405,16 @@ impl Writecache {
         let orig = st.meta.original_sector(e);
         let mut n = 1;
         while n < MAX_RUN {
-            match st.lists.find(orig + n * self.block_sectors) {
+            let next = orig.checked_add(n * self.block_sectors);
+            match next.and_then(|o| st.lists.find(o)) {
                 Some(g) if g == e + n && st.meta.committed(g) => n += 1,
                 _ => break,
             }
         }
         // Clamped to the origin's end; a run past it is only freed.
-        let end = (orig + n * self.block_sectors).min(self.origin_sectors);
+        let end = orig
+            .saturating_add(n * self.block_sectors)
+            .min(self.origin_sectors);
         if orig < end {
             let r = self.copy(self.data_sector(e), orig, end - orig);
             st.check(r)?;
@@ -591,6 +607,9 @@ impl Volume for Writecache {
                 Some(o) => (((o - s) / self.block_sectors).min(left), None),
                 None => (left, None),
             };
+            if n == 0 {
+                return Err(self.split_inside_a_block(s));
+            }
             self.reads.fetch_add(n - 1, Ordering::Relaxed);
             let bytes = usize::try_from(n * self.block).unwrap_or(usize::MAX);
             let piece = &mut buf[at..at + bytes];
@@ -729,5 +748,68 @@ impl Target for Writecache {
     /// `writecache_resume`: the lists rebuilt from the metadata.
     fn resume(&self) {
         self.lock().resume();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::table::args::Args;
+    use crate::volume::MemVolume;
+
+    fn wc(opts: &str) -> (Writecache, Arc<MemVolume>, Arc<MemVolume>) {
+        let words: Vec<String> = format!("s o c 4096 {opts}")
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        let args = WritecacheArgs::parse(&mut Args::new(&words)).unwrap();
+        let origin = Arc::new(MemVolume::new(SectorCount(16384)).unwrap());
+        let cache = Arc::new(MemVolume::new(SectorCount(2048)).unwrap());
+        let w = Writecache::over(&args, SectorCount(16384), origin.clone(), cache.clone());
+        (w.unwrap(), origin, cache)
+    }
+
+    fn field(w: &Writecache, i: usize) -> u64 {
+        w.status().split(' ').nth(i).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn cleaner_writes_everything_back_and_later_writes_go_around() {
+        let (w, origin, _) = wc("0");
+        w.write(Sector(0), &[1; 8192]).unwrap();
+        w.write(Sector(800), &[2; 4096]).unwrap();
+        assert_eq!((field(&w, 1), field(&w, 2)), (254, 251));
+        w.message(&["cleaner"]).unwrap();
+        // activate_cleaner: both watermarks at n_blocks, so every entry is written back.
+        assert_eq!(field(&w, 2), 254);
+        let mut b = vec![0; 4096];
+        origin.read(Sector(800), &mut b).unwrap();
+        assert_eq!(b, vec![2; 4096]);
+        // A block not cached goes around the cache (writes_around).
+        w.write(Sector(8), &[3; 4096]).unwrap();
+        assert_eq!((field(&w, 2), field(&w, 9)), (254, 1));
+        origin.read(Sector(8), &mut b).unwrap();
+        assert_eq!(b, vec![3; 4096]);
+    }
+
+    #[test]
+    fn unaligned_io_and_unknown_messages_fail_with_the_kernels_words() {
+        let (w, _, _) = wc("0");
+        let e = w.write(Sector(4), &[0; 4096]).unwrap_err();
+        assert!(
+            e.to_string().contains("I/O is not aligned, sector 4"),
+            "{e}"
+        );
+        assert_eq!(e.errno(), 5);
+        let e = w.message(&["bogus"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unrecognised message received: bogus"),
+            "{e}"
+        );
+        assert_eq!(w.message(&["flush", "x"]).unwrap_err().errno(), 22);
+        assert_eq!(w.message(&["CLEAR_STATS"]).unwrap(), "");
     }
 }
