@@ -970,7 +970,8 @@ pub fn integrity_superblock(data: &[u8]) {
 /// An SSD-mode dm-writecache cache device from untrusted bytes: the first byte picks the
 /// block size (512 << (byte % 4)), the rest, zero-padded to 1 MiB, is the cache device from
 /// its superblock on. A writecache built over it and an 8 MiB origin is asked for its status
-/// and read across blocks: errors, never a panic, hang or unbounded allocation.
+/// read across blocks, written, flushed, discarded and written back: errors, never a panic,
+/// hang or unbounded allocation.
 pub fn writecache_ssd(data: &[u8]) {
     use std::sync::Arc;
 
@@ -1002,4 +1003,16 @@ pub fn writecache_ssd(data: &[u8]) {
         let n = if s == 16360 { 4096 } else { 12288 };
         let _ = w.read(Sector(s), &mut buf[..n]);
     }
+    // Writes over what was loaded: new entries, rewrites, a commit, a discard, writeback.
+    let block = usize::try_from(bs).unwrap_or(512);
+    for (i, s) in [0u64, 8, 4000, 16360, 0].into_iter().enumerate() {
+        let _ = w.write(Sector(s), &vec![i as u8; block]);
+    }
+    let _ = w.flush();
+    let _ = w.write_fua(Sector(64), &vec![9; block * 2]);
+    let _ = w.discard(Sector(0), SectorCount(16));
+    let _ = w.message(&["flush"]);
+    let _ = w.message(&["cleaner"]);
+    let _ = w.read(Sector(0), &mut buf);
+    let _ = w.status();
 }

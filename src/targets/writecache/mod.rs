@@ -1,5 +1,5 @@
 //! `writecache`: a write-back cache on an SSD or persistent memory (kernel dm-writecache.c,
-//! v1.6.0). Typed here; SSD mode caches are read (io.rs), writes refused.
+//! v1.6.0). SSD mode runs as the kernel does (io.rs, meta.rs); `p` needs DAX and is refused.
 //!
 //! Table args: `p|s <origin> <cache> <block_size> <#opts> <opt>...`, options
 //! `start_sector`, `high_watermark`, `low_watermark`, `writeback_jobs`,
@@ -26,6 +26,7 @@ use crate::volume::SharedVolume;
 use super::DeviceRef;
 
 mod io;
+mod meta;
 pub use io::Writecache;
 
 /// Parsed `writecache` arguments.
