@@ -646,19 +646,21 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
             quiet,
             overrides,
         } => {
-            let text = std::fs::read(&input).map_err(Error::io(&input.display()))?;
+            let len = std::fs::metadata(&input)
+                .map_err(Error::io(&input.display()))?
+                .len();
             let dev = open_output(&output)?;
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()
             } else {
-                crate::cli::transfer::progress(text.len() as u64)
+                // Two passes over the document: the check and count, then the build.
+                crate::cli::transfer::progress(len.saturating_mul(2))
             };
-            let pool = tools::xml::parse(&text, tools::max_mappings(&dev)?, &mut |n| {
+            let done = tools::restore_file(&input, &dev, overrides.get(), &mut |n| {
                 bar.set_position(n);
             });
             bar.finish_and_clear();
-            drop(text); // the document is not needed while the trees are built
-            tools::restore(&pool?, &dev, overrides.get())?;
+            done?;
             String::new()
         }
         ThinCommand::Repair {
