@@ -324,6 +324,15 @@ fn restore_and_dump_match_thin_restore_and_thin_dump() {
             ""
         );
         let checked = thin_check(&mine);
+        // From a pipe (held whole: it cannot be read twice): the same bytes.
+        let piped = blank(&tmp.path().join("piped"), 8 << 20);
+        let args = ["thin", "restore", "-q", "-i", "/dev/stdin", "-o", s(&piped)];
+        let got = dmemu(&args, xml.as_bytes());
+        assert!(got.status.success(), "{}", text(&got.stderr));
+        assert!(
+            std::fs::read(&piped).unwrap() == std::fs::read(&mine).unwrap(),
+            "seed {seed}: restore from a pipe"
+        );
         same(&ok("thin_dump", &[s(&mine)]), &xml, &format!("seed {seed}"));
         // thin_restore's: dmemu's dump is thin_dump's, which is the input.
         let theirs = restored_by_thin_restore(tmp.path(), "theirs", &xml);

@@ -2,7 +2,6 @@
 //! device listing, thin_check's space map check), for pulling thin volumes out of
 //! metadata + data images.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
@@ -210,31 +209,6 @@ fn open_pread(path: &PathBuf) -> Result<Metadata> {
     Metadata::open(Arc::new(FileVolume::open(path, Access::ReadOnly)?))
 }
 
-/// Devices mapping each data block (saturating at 255): a byte per block of the pool when
-/// `dense` is not empty, a hash map for the rest (blocks past the pool's end, which damaged
-/// metadata can name, or every block of a pool too large for the bytes).
-struct Users {
-    dense: Vec<u8>,
-    sparse: HashMap<u64, u8>,
-}
-
-impl Users {
-    fn add(&mut self, b: u64) {
-        let n = match usize::try_from(b).ok().and_then(|i| self.dense.get_mut(i)) {
-            Some(n) => n,
-            None => self.sparse.entry(b).or_insert(0),
-        };
-        *n = n.saturating_add(1);
-    }
-
-    fn get(&self, b: u64) -> u8 {
-        match usize::try_from(b).ok().and_then(|i| self.dense.get(i)) {
-            Some(&n) => n,
-            None => self.sparse.get(&b).copied().unwrap_or(0),
-        }
-    }
-}
-
 /// One device as `thin_ls` counts it: mapped blocks from its details, exclusive blocks
 /// (mapped by no other device of the same metadata) from the trees.
 struct DeviceCounts {
@@ -258,20 +232,12 @@ fn count_devices(md: &Metadata) -> Result<Vec<DeviceCounts>> {
             detail: format!("device {id} has details but no mapping tree root"),
         })
     };
-    // How many devices map each data block: one byte per data block when the pool is no
-    // larger than a few times what the metadata's leaves could map (bounded by the
-    // metadata device's size, not by what the superblock claims), a hash map otherwise.
+    // How many devices map each data block: one byte per data block up to a few times
+    // what the metadata's leaves could map (bounded by the metadata device's size, not by
+    // what the superblock claims), a map past it.
     let nr_data = md.superblock().data_sm.nr_blocks;
     let dense_limit = md.dev().nr_blocks().saturating_mul(4 * 252);
-    let dense = if nr_data <= dense_limit {
-        usize::try_from(nr_data).unwrap_or(0)
-    } else {
-        0
-    };
-    let mut users = Users {
-        dense: vec![0; dense],
-        sparse: HashMap::new(),
-    };
+    let mut users = tools::restore::BlockCounts::new(nr_data, dense_limit);
     for id in details.keys() {
         md.for_each_mapping(root(id)?, &mut |_, bt| {
             users.add(bt.block);
@@ -647,19 +613,27 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
             quiet,
             overrides,
         } => {
-            let text = std::fs::read(&input).map_err(Error::io(&input.display()))?;
+            let meta = std::fs::metadata(&input).map_err(Error::io(&input.display()))?;
             let dev = open_output(&output)?;
+            if !meta.is_file() {
+                // A pipe (`-i <(zcat ...)`) cannot be read twice: held whole instead.
+                let text = std::fs::read(&input).map_err(Error::io(&input.display()))?;
+                let pool = tools::xml::parse(&text, tools::max_mappings(&dev)?, &mut |_| {})?;
+                drop(text);
+                tools::restore(&pool, &dev, overrides.get())?;
+                return Ok(());
+            }
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()
             } else {
-                crate::cli::transfer::progress(text.len() as u64)
+                // Two passes over the document: the check and count, then the build.
+                crate::cli::transfer::progress(meta.len().saturating_mul(2))
             };
-            let pool = tools::xml::parse(&text, tools::max_mappings(&dev)?, &mut |n| {
+            let done = tools::restore_file(&input, &dev, overrides.get(), &mut |n| {
                 bar.set_position(n);
             });
             bar.finish_and_clear();
-            drop(text); // the document is not needed while the trees are built
-            tools::restore(&pool?, &dev, overrides.get())?;
+            done?;
             String::new()
         }
         ThinCommand::Repair {

@@ -52,6 +52,37 @@ pub struct Superblock {
 }
 
 impl Superblock {
+    /// The superblock of fresh metadata before any tree is written (`__format_metadata`'s
+    /// fields): version 2, time and transaction 0, no roots, empty space maps of
+    /// `nr_data_blocks` and `nr_meta` blocks.
+    #[must_use]
+    pub fn fresh(data_block_size: u32, nr_data_blocks: u64, nr_meta: u64) -> Superblock {
+        Superblock {
+            flags: 0,
+            uuid: [0; 16],
+            version: VERSION,
+            time: 0,
+            transaction_id: 0,
+            held_root: 0,
+            data_sm: SmRoot {
+                nr_blocks: nr_data_blocks,
+                ..SmRoot::default()
+            },
+            metadata_sm: SmRoot {
+                nr_blocks: nr_meta,
+                ..SmRoot::default()
+            },
+            data_mapping_root: 0,
+            device_details_root: 0,
+            data_block_size,
+            metadata_block_size: 8,
+            metadata_nr_blocks: nr_meta,
+            compat_flags: 0,
+            compat_ro_flags: 0,
+            incompat_flags: 0,
+        }
+    }
+
     /// Decode a superblock read from `block` (already checksum-checked for block 0; a
     /// metadata snapshot copy lives elsewhere). Checks what the kernel's `sb_check` and
     /// `__check_incompat_features` check: magic and unsupported feature bits.

@@ -15,14 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::error::{Error, Result};
 
-use super::block::INDEX_CSUM_XOR;
-use super::block::{put64, seal, MetaDev, BLOCK_SIZE};
+use super::block::MetaDev;
 use super::btree::{max_entries, read_node};
 use super::space_map::MAX_METADATA_BITMAPS;
-use super::space_map::{ENTRIES_PER_BLOCK, INDEX_BLOCK_HEADER, INDEX_ENTRY_SIZE};
+use super::space_map::{ENTRIES_PER_BLOCK, INDEX_ENTRY_SIZE};
 use super::superblock::{SmRoot, Superblock, VERSION};
 use super::{BlockTime, DeviceDetails, Metadata, RefCounts, DETAILS_SIZE};
-use crate::targets::pdata::write::{bitmap_block, build_internal, build_tree, pack, Allocator};
+use crate::targets::pdata::write::{self, build_internal, build_tree, pack, Allocator};
 
 /// Every device of a pool: its details and its mappings sorted by virtual block.
 pub type Devices = BTreeMap<u64, (DeviceDetails, Vec<(u64, BlockTime)>)>;
@@ -318,6 +317,9 @@ fn build_count_tree(
     build_tree(alloc, out, &keys, &values, 4)
 }
 
+/// A space map's index entries and its overflow counts (>= 3).
+type Bitmapped = (Vec<[u8; INDEX_ENTRY_SIZE]>, Vec<(u64, u32)>);
+
 /// Bitmaps for `counts` (block → count, all others 0) over `nr_blocks`, at `blocks`; the
 /// index entries; the overflow counts (>= 3).
 fn bitmaps(
@@ -325,23 +327,23 @@ fn bitmaps(
     counts: &BTreeMap<u64, u32>,
     blocks: &[u64],
     out: &mut Vec<(u64, Vec<u8>)>,
-) -> (Vec<[u8; INDEX_ENTRY_SIZE]>, Vec<(u64, u32)>) {
-    let mut index = Vec::new();
+) -> Result<Bitmapped> {
     let mut overflow = Vec::new();
-    for (i, &loc) in blocks.iter().enumerate() {
-        let base = u64::try_from(i).unwrap_or(u64::MAX) * ENTRIES_PER_BLOCK;
-        let end = nr_blocks.saturating_sub(base).min(ENTRIES_PER_BLOCK);
-        let mut range = counts.range(base..base + end).map(|(&b, &c)| {
-            if c >= 3 {
-                overflow.push((b, c));
-            }
-            (b - base, c)
-        });
-        let (bm, ie) = bitmap_block(loc, end, &mut range);
+    let mut counts = counts.range(..nr_blocks).map(|(&b, &c)| {
+        if c >= 3 {
+            overflow.push((b, c));
+        }
+        (b, c)
+    });
+    let mut index = Vec::new();
+    let mut locs = blocks.iter().copied();
+    write::bitmaps(nr_blocks, &mut locs, &mut counts, &mut |loc, bm, ie| {
         out.push((loc, bm));
         index.push(ie);
-    }
-    (index, overflow)
+        Ok(())
+    })?;
+    drop(counts);
+    Ok((index, overflow))
 }
 
 /// The blocks and superblock of one transaction, ready to commit.
@@ -481,7 +483,7 @@ impl Transaction {
         let data_bitmap_blocks: Vec<u64> = (0..nr_data.div_ceil(ENTRIES_PER_BLOCK))
             .map(|_| alloc.block())
             .collect::<Result<_>>()?;
-        let (index, overflow) = bitmaps(nr_data, &data_refs, &data_bitmap_blocks, &mut out);
+        let (index, overflow) = bitmaps(nr_data, &data_refs, &data_bitmap_blocks, &mut out)?;
         let index_keys: Vec<u64> = (0..u64::try_from(index.len()).unwrap_or(0)).collect();
         let index_vals: Vec<u8> = index.iter().flatten().copied().collect();
         let data_index_root = build_tree(
@@ -499,15 +501,8 @@ impl Transaction {
         for (&b, &c) in &old_meta {
             *meta_counts.entry(b).or_insert(0) += c;
         }
-        let (mindex, meta_overflow) = bitmaps(nr_meta, &meta_counts, &meta_bitmaps, &mut out);
-        let mut ib = vec![0; BLOCK_SIZE];
-        put64(&mut ib, 8, meta_index);
-        for (i, e) in mindex.iter().enumerate() {
-            let off = INDEX_BLOCK_HEADER + INDEX_ENTRY_SIZE * i;
-            ib[off..off + INDEX_ENTRY_SIZE].copy_from_slice(e);
-        }
-        seal(&mut ib, INDEX_CSUM_XOR);
-        out.push((meta_index, ib));
+        let (mindex, meta_overflow) = bitmaps(nr_meta, &meta_counts, &meta_bitmaps, &mut out)?;
+        out.push((meta_index, write::index_block(meta_index, &mindex)));
 
         debug_assert!(meta_overflow.iter().all(|o| held_overflow.contains(o)));
         let mut nsb = sb.clone();
@@ -578,30 +573,7 @@ pub fn format(
     max_blocks: u64,
 ) -> Result<()> {
     let nr_meta = dev.nr_blocks().min(max_blocks);
-    let sb = Superblock {
-        flags: 0,
-        uuid: [0; 16],
-        version: VERSION,
-        time: 0,
-        transaction_id: 0,
-        held_root: 0,
-        data_sm: SmRoot {
-            nr_blocks: nr_data_blocks,
-            ..SmRoot::default()
-        },
-        metadata_sm: SmRoot {
-            nr_blocks: nr_meta,
-            ..SmRoot::default()
-        },
-        data_mapping_root: 0,
-        device_details_root: 0,
-        data_block_size,
-        metadata_block_size: 8,
-        metadata_nr_blocks: nr_meta,
-        compat_flags: 0,
-        compat_ro_flags: 0,
-        incompat_flags: 0,
-    };
+    let sb = Superblock::fresh(data_block_size, nr_data_blocks, nr_meta);
     let tx = Transaction::build(
         &sb,
         (1..nr_meta).collect(),

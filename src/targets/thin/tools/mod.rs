@@ -4,8 +4,6 @@
 //! data too can do: trim a data image, extract a thin volume, write the changed extents of
 //! two snapshots ([`trim`], `extract`).
 
-use std::collections::BTreeMap;
-
 use crate::error::{Error, Result};
 use crate::units::{Sector, SectorCount};
 use crate::volume::Volume;
@@ -13,21 +11,22 @@ use crate::volume::Volume;
 use super::metadata::block::MetaDev;
 use super::metadata::btree::max_entries;
 use super::metadata::space_map::{ENTRIES_PER_BLOCK, MAX_METADATA_BITMAPS};
-use super::metadata::superblock::{SmRoot, Superblock};
-use super::metadata::writer::Transaction;
 use super::metadata::Metadata;
 
 pub mod delta;
 pub mod repair;
+pub mod restore;
 pub mod size;
 pub mod xml;
+
+pub use restore::{restore, restore_file};
 
 /// Metadata blocks a pool uses at most (`THIN_METADATA_MAX_SECTORS` / 8): what one
 /// metadata space map index block can count.
 pub const MAX_METADATA_BLOCKS: u64 = MAX_METADATA_BITMAPS * ENTRIES_PER_BLOCK;
 
 /// Metadata blocks restore lays out on `dev` (its whole size up to the kernel's limit).
-fn meta_blocks(dev: &MetaDev) -> Result<u64> {
+pub(crate) fn meta_blocks(dev: &MetaDev) -> Result<u64> {
     let n = dev.nr_blocks().min(MAX_METADATA_BLOCKS);
     if n < 8 {
         return Err(Error::invalid(
@@ -57,60 +56,6 @@ pub struct Overrides {
     pub data_block_size: Option<u32>,
     /// Data blocks.
     pub nr_data_blocks: Option<u64>,
-}
-
-/// Write `pool` as fresh metadata on `dev` (thin_restore): every device tree packed
-/// bottom-up, both space maps counted from the trees, committed in the kernel's order (all
-/// blocks, flush, superblock, flush). Everything is checked before the first write.
-pub fn restore(pool: &xml::XmlPool, dev: &MetaDev, over: Overrides) -> Result<()> {
-    let nr_meta = meta_blocks(dev)?;
-    let s = pool.sb;
-    let nr_data_blocks = over.nr_data_blocks.unwrap_or(s.nr_data_blocks);
-    for (id, (_, maps)) in &pool.devices {
-        if let Some(&(k, bt)) = maps.iter().find(|(_, bt)| bt.block >= nr_data_blocks) {
-            return Err(Error::invalid(
-                "thin restore",
-                format!(
-                    "device {id} maps virtual block {k} to data block {}: mapping beyond end \
-                     of data device ({} >= {nr_data_blocks})",
-                    bt.block, bt.block
-                ),
-            ));
-        }
-    }
-    let sb = Superblock {
-        flags: s.flags,
-        uuid: [0; 16],
-        version: s.version,
-        time: s.time,
-        transaction_id: over.transaction_id.unwrap_or(s.transaction),
-        held_root: 0,
-        data_sm: SmRoot {
-            nr_blocks: nr_data_blocks,
-            ..SmRoot::default()
-        },
-        metadata_sm: SmRoot {
-            nr_blocks: nr_meta,
-            ..SmRoot::default()
-        },
-        data_mapping_root: 0,
-        device_details_root: 0,
-        data_block_size: over.data_block_size.unwrap_or(s.data_block_size),
-        metadata_block_size: 8,
-        metadata_nr_blocks: nr_meta,
-        compat_flags: 0,
-        compat_ro_flags: 0,
-        incompat_flags: 0,
-    };
-    let mut tx = Transaction::build(
-        &sb,
-        (1..nr_meta).collect(),
-        &pool.devices,
-        &BTreeMap::new(),
-        None,
-    )?;
-    tx.set_version(s.version);
-    tx.commit(dev)
 }
 
 /// Data block runs `(first, blocks)` the data space map counts free, within the first

@@ -142,22 +142,27 @@ impl XmlPool {
     }
 }
 
-/// Line and column (both from 1) of byte `pos` in `text`.
-fn line_col(text: &[u8], pos: usize) -> (usize, usize) {
-    let before = &text[..pos.min(text.len())];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let col = before.len()
-        - before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1)
-        + 1;
+/// Line and column (both from 1) of byte `pos` of the document `src` reads (read again
+/// from its start, so a document streamed from a file needs no copy for its errors).
+pub fn line_col(src: impl std::io::Read, pos: u64) -> (u64, u64) {
+    use std::io::Read as _;
+    let (mut line, mut col) = (1, 1);
+    let mut src = src.take(pos);
+    let mut buf = [0u8; 1 << 16];
+    while let Ok(n) = src.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                line += 1;
+                col = 1;
+            } else {
+                col += 1;
+            }
+        }
+    }
     (line, col)
-}
-
-fn err_at(text: &[u8], pos: usize, what: impl std::fmt::Display) -> Error {
-    let (line, col) = line_col(text, pos);
-    Error::invalid("thin XML", format!("line {line}, column {col}: {what}"))
 }
 
 /// An element's attributes, by name (unescaped).
@@ -206,41 +211,96 @@ impl Attrs {
     }
 }
 
-/// The device being read: id, details, mappings in document order.
-type Open = (u64, DeviceDetails, Vec<(u64, BlockTime)>);
-
-/// Sort a device's mappings by virtual block, a later mapping of a block replacing an
-/// earlier one, and count them.
-fn finish(
-    mut maps: Vec<(u64, BlockTime)>,
-    mut d: DeviceDetails,
-) -> (DeviceDetails, Vec<(u64, BlockTime)>) {
-    maps.reverse();
-    maps.sort_by_key(|&(k, _)| k); // stable: the last in the document comes first
-    maps.dedup_by_key(|&mut (k, _)| k);
-    maps.shrink_to_fit(); // growth by doubling left up to half of it unused
-    d.mapped_blocks = maps.len() as u64;
-    (d, maps)
+/// What [`read`] hands on, element by element in document order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// The superblock's fields.
+    Superblock(XmlSuperblock),
+    /// A device opens (its `mapped_blocks` left 0: the count is recomputed).
+    Device(u64, DeviceDetails),
+    /// A run of mappings of the open device.
+    Mapping(Run),
+    /// The open device closes.
+    EndDevice,
 }
 
-/// Parse `text`. `max_mappings` bounds the mappings held (those a metadata device of the
-/// output's size can hold); `progress` is told the bytes read so far now and then.
-pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> Result<XmlPool> {
-    let mut reader = Reader::from_reader(text);
+/// `len` virtual blocks from `origin` mapped to data blocks from `data` at `time` (as
+/// read: within `nr_data_blocks`, origins below 2^64, `len` at least 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// First virtual block.
+    pub origin: u64,
+    /// First data block.
+    pub data: u64,
+    /// Blocks (a `single_mapping` is 1).
+    pub len: u64,
+    /// Time (24 bits).
+    pub time: u32,
+}
+
+impl Run {
+    /// The mappings, block by block.
+    pub fn blocks(self) -> impl Iterator<Item = (u64, BlockTime)> {
+        (0..self.len).map(move |i| {
+            (
+                self.origin + i,
+                BlockTime {
+                    block: self.data + i,
+                    time: self.time,
+                },
+            )
+        })
+    }
+}
+
+/// Why [`read`] stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The document is wrong at this byte offset, for this reason.
+    At(u64, String),
+    /// The sink refused an item.
+    Sink(Error),
+}
+
+impl ReadError {
+    /// The error, its offset named as line and column of the document `src` reads.
+    pub fn locate(self, src: impl std::io::Read) -> Error {
+        match self {
+            ReadError::At(pos, what) => {
+                let (line, col) = line_col(src, pos);
+                Error::invalid("thin XML", format!("line {line}, column {col}: {what}"))
+            }
+            ReadError::Sink(e) => e,
+        }
+    }
+}
+
+/// Read the document `src` streams, handing each element to `sink` as it is read and
+/// holding nothing of it beyond the device ids seen (a second device with one id is
+/// refused). `max_mappings` bounds the mappings the document may hold (those a metadata
+/// device of the output's size can hold); `progress` is told the bytes read so far now
+/// and then.
+pub fn read<R: std::io::BufRead>(
+    src: R,
+    max_mappings: u64,
+    progress: &mut dyn FnMut(u64),
+    sink: &mut dyn FnMut(Item) -> Result<()>,
+) -> std::result::Result<(), ReadError> {
+    let mut reader = Reader::from_reader(src);
     reader.config_mut().check_end_names = true;
     let mut buf = Vec::new();
     let mut sb: Option<XmlSuperblock> = None;
     let mut sb_closed = false;
-    let mut dev: Option<Open> = None;
-    let mut devices = Devices::new();
+    let mut dev_open = false;
+    let mut ids = std::collections::BTreeSet::new();
     let mut total: u64 = 0;
     let mut events: u64 = 0;
+    let feed = |sink: &mut dyn FnMut(Item) -> Result<()>, item| sink(item).map_err(ReadError::Sink);
     loop {
-        let pos = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
-        let ev = reader.read_event_into(&mut buf).map_err(|e| {
-            let at = usize::try_from(reader.error_position()).unwrap_or(usize::MAX);
-            err_at(text, at, format!("parse error: {e}"))
-        })?;
+        let pos = reader.buffer_position();
+        let ev = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| ReadError::At(reader.error_position(), format!("parse error: {e}")))?;
         events += 1;
         if events % 65_536 == 0 {
             progress(reader.buffer_position());
@@ -250,10 +310,9 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
             Event::Empty(e) => (e, true),
             Event::End(e) => {
                 match e.name().into_inner() {
-                    "device" => {
-                        if let Some((id, d, maps)) = dev.take() {
-                            devices.insert(id, finish(maps, d));
-                        }
+                    "device" if dev_open => {
+                        dev_open = false;
+                        feed(sink, Item::EndDevice)?;
                     }
                     "superblock" => sb_closed = true,
                     _ => {}
@@ -264,7 +323,7 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
             Event::Eof => break,
             Event::Text(t) => {
                 if sb_closed && t.as_ref().chars().any(|c| !c.is_ascii_whitespace()) {
-                    return Err(err_at(text, pos, "junk after document element"));
+                    return Err(ReadError::At(pos, "junk after document element".into()));
                 }
                 buf.clear();
                 continue;
@@ -275,8 +334,8 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
                 continue;
             }
         };
-        let a = Attrs::read(start).map_err(|e| err_at(text, pos, e))?;
-        let bad = |e: String| err_at(text, pos, e);
+        let bad = |e: String| ReadError::At(pos, e);
+        let a = Attrs::read(start).map_err(bad)?;
         if sb_closed {
             return Err(bad("junk after document element".into()));
         }
@@ -286,14 +345,16 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
                     return Err(bad("a second <superblock> inside the first".into()));
                 }
                 let _ = a.opt::<u64>("metadata_snap").map_err(bad)?;
-                sb = Some(XmlSuperblock {
+                let s = XmlSuperblock {
                     time: a.opt("time").map_err(bad)?.unwrap_or(0),
                     transaction: a.req("transaction").map_err(bad)?,
                     flags: a.opt("flags").map_err(bad)?.unwrap_or(0),
                     version: a.opt("version").map_err(bad)?.unwrap_or(1),
                     data_block_size: a.req("data_block_size").map_err(bad)?,
                     nr_data_blocks: a.req("nr_data_blocks").map_err(bad)?,
-                });
+                };
+                sb = Some(s);
+                feed(sink, Item::Superblock(s))?;
                 if empty {
                     sb_closed = true;
                 }
@@ -302,7 +363,7 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
                 if sb.is_none() {
                     return Err(bad("missing superblock".into()));
                 }
-                if dev.is_some() {
+                if dev_open {
                     return Err(bad("<device> inside a <device>".into()));
                 }
                 // thin_restore reads a device id as 32 bits.
@@ -314,22 +375,23 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
                     creation_time: a.req("creation_time").map_err(bad)?,
                     snapshotted_time: a.req("snap_time").map_err(bad)?,
                 };
-                if devices.contains_key(&id) {
+                if !ids.insert(id) {
                     return Err(bad(format!("Device already exists (dev_id {id})")));
                 }
+                feed(sink, Item::Device(id, d))?;
                 if empty {
-                    devices.insert(id, finish(Vec::new(), d));
+                    feed(sink, Item::EndDevice)?;
                 } else {
-                    dev = Some((id, d, Vec::new()));
+                    dev_open = true;
                 }
             }
             "range_mapping" | "single_mapping" => {
                 let Some(s) = sb else {
                     return Err(bad("missing superblock".into()));
                 };
-                let Some((_, _, maps)) = dev.as_mut() else {
+                if !dev_open {
                     return Err(bad(format!("<{}> not in device", a.tag)));
-                };
+                }
                 let (origin, data, len) = if a.tag == "range_mapping" {
                     (
                         a.req::<u64>("origin_begin").map_err(bad)?,
@@ -364,14 +426,16 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
                          metadata device"
                     )));
                 }
-                for i in 0..len {
-                    maps.push((
-                        origin + i,
-                        BlockTime {
-                            block: data + i,
+                if len > 0 {
+                    feed(
+                        sink,
+                        Item::Mapping(Run {
+                            origin,
+                            data,
+                            len,
                             time: time & 0xff_ffff,
-                        },
-                    ));
+                        }),
+                    )?;
                 }
             }
             other => {
@@ -383,16 +447,64 @@ pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> R
         }
         buf.clear();
     }
-    let end = text.len();
-    if dev.is_some() || (sb.is_some() && !sb_closed) {
-        return Err(err_at(
-            text,
+    let end = reader.buffer_position();
+    if dev_open || (sb.is_some() && !sb_closed) {
+        return Err(ReadError::At(
             end,
-            "no element found (an element is not closed)",
+            "no element found (an element is not closed)".into(),
         ));
     }
-    let sb = sb.ok_or_else(|| err_at(text, end, "no element found (no <superblock>)"))?;
-    Ok(XmlPool { sb, devices })
+    if sb.is_none() {
+        return Err(ReadError::At(
+            end,
+            "no element found (no <superblock>)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Sort a device's mappings by virtual block, a later mapping of a block replacing an
+/// earlier one, and count them.
+pub fn finish(
+    mut maps: Vec<(u64, BlockTime)>,
+    mut d: DeviceDetails,
+) -> (DeviceDetails, Vec<(u64, BlockTime)>) {
+    maps.reverse();
+    maps.sort_by_key(|&(k, _)| k); // stable: the last in the document comes first
+    maps.dedup_by_key(|&mut (k, _)| k);
+    maps.shrink_to_fit(); // growth by doubling left up to half of it unused
+    d.mapped_blocks = maps.len() as u64;
+    (d, maps)
+}
+
+/// A device being read whole: id, details, mappings in document order.
+type Open = (u64, DeviceDetails, Vec<(u64, BlockTime)>);
+
+/// Parse `text` whole: every device with its mappings sorted. `max_mappings` bounds the
+/// mappings held (those a metadata device of the output's size can hold); `progress` is
+/// told the bytes read so far now and then.
+pub fn parse(text: &[u8], max_mappings: u64, progress: &mut dyn FnMut(u64)) -> Result<XmlPool> {
+    let mut pool = XmlPool::default();
+    let mut open: Option<Open> = None;
+    read(text, max_mappings, progress, &mut |item| {
+        match item {
+            Item::Superblock(s) => pool.sb = s,
+            Item::Device(id, d) => open = Some((id, d, Vec::new())),
+            Item::Mapping(run) => {
+                if let Some((_, _, maps)) = open.as_mut() {
+                    maps.extend(run.blocks());
+                }
+            }
+            Item::EndDevice => {
+                if let Some((id, d, maps)) = open.take() {
+                    pool.devices.insert(id, finish(maps, d));
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| e.locate(text))?;
+    Ok(pool)
 }
 
 #[cfg(test)]
