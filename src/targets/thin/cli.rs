@@ -137,6 +137,34 @@ pub enum ThinCommand {
         #[arg(long = "data-dev")]
         data_dev: PathBuf,
     },
+    /// thin_metadata_pack (thin-provisioning-tools 1.x): the metadata blocks of an image,
+    /// zlib-compressed, in pack format version 3.
+    #[command(name = "metadata-pack")]
+    MetadataPack {
+        /// Metadata image.
+        #[arg(short = 'i', long)]
+        input: PathBuf,
+        /// Pack file to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Accepted for thin_metadata_pack's command line (the output is always replaced).
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// thin_metadata_unpack: a pack back into a metadata image (blocks that were not
+    /// packed read as zeros).
+    #[command(name = "metadata-unpack")]
+    MetadataUnpack {
+        /// Pack file.
+        #[arg(short = 'i', long)]
+        input: PathBuf,
+        /// Metadata image to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Accepted for thin_metadata_unpack's command line (the output is always replaced).
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
     /// thin_metadata_size: the metadata a pool needs, with its options (`-b BLOCKSIZE -s
     /// POOLSIZE -m MAXTHINS [-u UNIT] [-n[short|long]]`) and output, byte for byte.
     #[command(name = "metadata-size", disable_help_flag = true)]
@@ -677,6 +705,14 @@ pub fn run(cmd: ThinCommand) -> Result<()> {
             String::new()
         }
         ThinCommand::MetadataSize { args } => tools::size::metadata_size(&args)?,
+        ThinCommand::MetadataPack { input, output, .. } => {
+            tools::pack::pack(&input, &output)?;
+            String::new()
+        }
+        ThinCommand::MetadataUnpack { input, output, .. } => {
+            tools::pack::unpack(&input, &output)?;
+            String::new()
+        }
         ThinCommand::Extract {
             metadata,
             data,

@@ -1,5 +1,5 @@
 //! The thin metadata toolbox beyond dump/ls/check, as thin-provisioning-tools 0.9 has it:
-//! restore from thin_dump's XML (`xml`, [`restore`]), delta and rmap (`delta`), the
+//! restore from thin_dump's XML (`xml`, [`restore()`]), delta and rmap (`delta`), the
 //! metadata size estimate (`size`), repair (`repair`), and what only a tool holding the
 //! data too can do: trim a data image, extract a thin volume, write the changed extents of
 //! two snapshots ([`trim`], `extract`).
@@ -14,6 +14,7 @@ use super::metadata::space_map::{ENTRIES_PER_BLOCK, MAX_METADATA_BITMAPS};
 use super::metadata::Metadata;
 
 pub mod delta;
+pub mod pack;
 pub mod repair;
 pub mod restore;
 pub mod size;
