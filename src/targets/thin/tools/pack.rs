@@ -49,7 +49,8 @@ const MAX_BLOCKS: u64 = 1 << 30;
 /// Whether `b` (one block) carries a persistent-data checksum of a known block type
 /// (thin-provisioning-tools' `metadata_block_type` is not `UNKNOWN`).
 fn is_metadata(b: &[u8]) -> bool {
-    let sum = le32(b, 0);
+    // One CRC for every type: `checksum(data, xor)` is the same CRC xored with the salt.
+    let salt = le32(b, 0) ^ checksum(&b[4..], 0);
     [
         SUPERBLOCK_CSUM_XOR,
         CACHE_SUPERBLOCK_CSUM_XOR,
@@ -59,8 +60,7 @@ fn is_metadata(b: &[u8]) -> bool {
         INDEX_CSUM_XOR,
         ARRAY_CSUM_XOR,
     ]
-    .iter()
-    .any(|&xor| checksum(&b[4..], xor) == sum)
+    .contains(&salt)
 }
 
 fn io_err(what: &Path) -> impl Fn(io::Error) -> Error + '_ {
